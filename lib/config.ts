@@ -21,6 +21,11 @@ export interface ModelConfig {
   // seeMoE only
   num_experts: number;
   top_k: number;
+  // Beyond the original (a checkpoint without these keys means the original's behaviour):
+  /** "cls": one visual token, the ViT's CLS output (original); "patches": CLS and every patch token. */
+  visual_tokens: "cls" | "patches";
+  /** Train the last visual position to predict the caption's first character (original: false). */
+  first_token_from_image: boolean;
 }
 
 /** Optimisation: not part of a checkpoint's architecture. */
@@ -32,6 +37,12 @@ export interface TrainConfig {
   eval_iters: number;
   val_batch_size: number;
   seed: number;
+  /**
+   * Which `<pad>` targets count in the loss. "all": every one, as the original (the model then spends
+   * capacity predicting padding); "first": only the pad right after each caption, which is what
+   * teaches the model to stop; "none": no pad target at all.
+   */
+  pad_loss: "all" | "first" | "none";
 }
 
 export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
@@ -49,6 +60,8 @@ export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
   block_positions: 1000,
   num_experts: 8,
   top_k: 2,
+  visual_tokens: "cls",
+  first_token_from_image: false,
 };
 
 export const DEFAULT_TRAIN: TrainConfig = {
@@ -59,6 +72,7 @@ export const DEFAULT_TRAIN: TrainConfig = {
   eval_iters: 40,
   val_batch_size: 8,
   seed: 1337,
+  pad_loss: "first",
 };
 
 /** ImageNet statistics the original normalises images with. */

@@ -1,0 +1,99 @@
+// Block: one transformer layer, shared by the ViT (bidirectional) and the decoder (causal).
+//
+// Faithful quirk: the original normalises BEFORE attention but adds the feed-forward output to the
+// NORMALISED stream —  x = x + attn(ln1(x));  x = ln2(x);  x = x + ffn(x)  — so the second residual
+// carries ln2's output, not the raw stream. We keep it so the same weights give the same logits.
+//
+// seemore's blocks use an unnamed feed-forward (Linear → GELU → Linear, no dropout; saved as ffn.0 /
+// ffn.2). seeMoE's ViT blocks use the `MLP` module instead (ReLU, dropout; saved as ffn.net.0 / .2).
+
+import * as tf from "@tensorflow/tfjs";
+import { type KVCache, MultiHeadAttention } from "./attention.ts";
+import { MLP } from "./mlp.ts";
+import {
+  type Ctx,
+  gelu,
+  type Initialiser,
+  LayerNorm,
+  Linear,
+  type Parametrised,
+  type StateDict,
+} from "./ops.ts";
+
+/** seemore's feed-forward: Linear(C, 4C) → GELU → Linear(4C, C). */
+export class FeedForward implements Parametrised {
+  readonly fc1: Linear; // ffn.0
+  readonly fc2: Linear; // ffn.2
+
+  constructor(readonly nEmbd: number, init: Initialiser) {
+    this.fc1 = new Linear(nEmbd, 4 * nEmbd, init);
+    this.fc2 = new Linear(4 * nEmbd, nEmbd, init);
+  }
+
+  forward(x: tf.Tensor, _ctx: Ctx): tf.Tensor {
+    return this.fc2.forward(gelu(this.fc1.forward(x))); // (B, T, C)
+  }
+
+  variables(): tf.Variable[] {
+    return [...this.fc1.variables(), ...this.fc2.variables()];
+  }
+  saveState(prefix: string, out: StateDict): void {
+    this.fc1.saveState(`${prefix}.0`, out);
+    this.fc2.saveState(`${prefix}.2`, out);
+  }
+  loadState(prefix: string, state: StateDict): void {
+    this.fc1.loadState(`${prefix}.0`, state);
+    this.fc2.loadState(`${prefix}.2`, state);
+  }
+}
+
+export type FeedForwardKind = "gelu" | "mlp";
+
+export class Block implements Parametrised {
+  readonly ln1: LayerNorm;
+  readonly attn: MultiHeadAttention;
+  readonly ln2: LayerNorm;
+  readonly ffn: FeedForward | MLP;
+
+  constructor(
+    nEmbd: number,
+    numHeads: number,
+    dropoutRate: number,
+    isDecoder: boolean,
+    init: Initialiser,
+    ffnKind: FeedForwardKind = "gelu",
+  ) {
+    this.ln1 = new LayerNorm(nEmbd, init);
+    this.attn = new MultiHeadAttention(nEmbd, numHeads, dropoutRate, isDecoder, init);
+    this.ln2 = new LayerNorm(nEmbd, init);
+    // seeMoE's MLP keeps its own default dropout of 0.1, whatever the block's rate.
+    this.ffn = ffnKind === "gelu" ? new FeedForward(nEmbd, init) : new MLP(nEmbd, 0.1, true, init);
+  }
+
+  forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D {
+    const h = tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)); // (B, T, C)
+    const n = this.ln2.forward(h); // (B, T, C)
+    return tf.add(n, this.ffn.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)
+  }
+
+  variables(): tf.Variable[] {
+    return [
+      ...this.ln1.variables(),
+      ...this.attn.variables(),
+      ...this.ln2.variables(),
+      ...this.ffn.variables(),
+    ];
+  }
+  saveState(prefix: string, out: StateDict): void {
+    this.ln1.saveState(`${prefix}.ln1`, out);
+    this.attn.saveState(`${prefix}.attn`, out);
+    this.ln2.saveState(`${prefix}.ln2`, out);
+    this.ffn.saveState(`${prefix}.ffn`, out);
+  }
+  loadState(prefix: string, state: StateDict): void {
+    this.ln1.loadState(`${prefix}.ln1`, state);
+    this.attn.loadState(`${prefix}.attn`, state);
+    this.ln2.loadState(`${prefix}.ln2`, state);
+    this.ffn.loadState(`${prefix}.ffn`, state);
+  }
+}

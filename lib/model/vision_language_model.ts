@@ -1,0 +1,147 @@
+// VisionLanguageModel: the whole of seemore — ViT image encoder → projector → decoder.
+//
+// forward(images, idx) gives logits for every position of [visual tokens, caption]; loss() turns them
+// into the training objective. Parameters are saved and loaded under the original's state_dict names
+// (`vision_encoder.*`, `decoder.*`), so weights move freely between this code and the PyTorch original.
+
+import * as tf from "@tensorflow/tfjs";
+import type { ModelConfig, TrainConfig } from "../config.ts";
+import { DecoderLanguageModel } from "./decoder.ts";
+import { crossEntropy, type Ctx, Initialiser, type Parametrised, type StateDict } from "./ops.ts";
+import { ViT } from "./vit.ts";
+
+export type PadLoss = TrainConfig["pad_loss"];
+
+export class VisionLanguageModel implements Parametrised {
+  readonly visionEncoder: ViT;
+  readonly decoder: DecoderLanguageModel;
+
+  constructor(readonly config: ModelConfig, seed = 0) {
+    const init = new Initialiser(seed);
+    const c = config;
+    if (c.image_embed_dim % c.n_head !== 0) {
+      throw new Error(`image_embed_dim ${c.image_embed_dim} must be divisible by n_head ${c.n_head}`);
+    }
+    this.visionEncoder = new ViT(
+      c.img_size,
+      c.patch_size,
+      c.image_embed_dim,
+      c.n_head,
+      c.num_blks,
+      c.emb_dropout,
+      c.blk_dropout,
+      init,
+      c.visual_tokens,
+      this.vitFeedForward(),
+    );
+    this.decoder = this.buildDecoder(init);
+  }
+
+  /** seemore's ViT blocks use the GELU feed-forward; seeMoE overrides this. */
+  protected vitFeedForward(): "gelu" | "mlp" {
+    return "gelu";
+  }
+
+  protected buildDecoder(init: Initialiser): DecoderLanguageModel {
+    const c = this.config;
+    return new DecoderLanguageModel({
+      nEmbd: c.n_embd,
+      imageEmbedDim: c.image_embed_dim,
+      vocabSize: c.vocab_size,
+      numHeads: c.n_head,
+      nLayer: c.n_layer,
+      dropout: c.dropout,
+      blockPositions: c.block_positions,
+      useImages: true,
+    }, init);
+  }
+
+  /** Visual tokens per image (1 for the original's CLS-only encoder). */
+  get numVisualTokens(): number {
+    return this.visionEncoder.numVisualTokens;
+  }
+
+  /** images (B, 3, S, S), idx (B, T) → logits (B, V+T, vocab). */
+  forward(images: tf.Tensor4D, idx: tf.Tensor2D, ctx: Ctx): tf.Tensor3D {
+    const imageEmbeds = this.visionEncoder.forward(images, ctx); // (B, V, D)
+    return this.decoder.forward(idx, imageEmbeds, ctx);
+  }
+
+  /** Mean next-character cross-entropy of a batch (scalar). */
+  loss(images: tf.Tensor4D, idx: tf.Tensor2D, targets: tf.Tensor2D, ctx: Ctx, padLoss: PadLoss): tf.Scalar {
+    const logits = this.forward(images, idx, ctx); // (B, V+T, vocab)
+    const [B, L, vocab] = logits.shape;
+    const { ids, weights } = this.lossTargets(idx, targets, padLoss);
+    return crossEntropy(
+      tf.reshape(logits, [B * L, vocab]) as tf.Tensor2D,
+      tf.tensor1d(ids, "int32"),
+      tf.tensor1d(weights, "float32"),
+    );
+  }
+
+  /**
+   * Target id and weight (1 = counts) for every position of [visual tokens, caption]. The original
+   * ignores the visual positions; with `first_token_from_image` the last visual position learns the
+   * caption's first character, so a caption can be generated from the image alone.
+   */
+  lossTargets(
+    idx: tf.Tensor2D,
+    targets: tf.Tensor2D,
+    padLoss: PadLoss,
+  ): { ids: Int32Array; weights: Float32Array } {
+    const [B, T] = idx.shape;
+    const V = this.numVisualTokens;
+    const pad = this.config.vocab_size - 1;
+    const idxData = idx.dataSync();
+    const tgtData = targets.dataSync();
+    const L = V + T;
+    const ids = new Int32Array(B * L);
+    const weights = new Float32Array(B * L);
+    for (let b = 0; b < B; b++) {
+      if (this.config.first_token_from_image) {
+        ids[b * L + V - 1] = idxData[b * T];
+        weights[b * L + V - 1] = 1;
+      }
+      let seenPad = false;
+      for (let t = 0; t < T; t++) {
+        const target = tgtData[b * T + t];
+        const isPad = target === pad;
+        const counts = !isPad || padLoss === "all" || (padLoss === "first" && !seenPad);
+        if (isPad) seenPad = true;
+        ids[b * L + V + t] = target;
+        weights[b * L + V + t] = counts ? 1 : 0;
+      }
+    }
+    return { ids, weights };
+  }
+
+  variables(): tf.Variable[] {
+    return [...this.visionEncoder.variables(), ...this.decoder.variables()];
+  }
+
+  /** The original's state_dict: PyTorch names, layouts and shapes. */
+  stateDict(): StateDict {
+    const out: StateDict = new Map();
+    this.saveState("", out);
+    return out;
+  }
+
+  saveState(_prefix: string, out: StateDict): void {
+    this.visionEncoder.saveState("vision_encoder", out);
+    this.decoder.saveState("decoder", out);
+  }
+
+  loadState(_prefix: string, state: StateDict): void {
+    this.visionEncoder.loadState("vision_encoder", state);
+    this.decoder.loadState("decoder", state);
+  }
+
+  /** The names and shapes this model's state_dict must have. */
+  expectedShapes(): Map<string, number[]> {
+    return new Map([...this.stateDict()].map(([k, v]) => [k, v.shape]));
+  }
+
+  dispose(): void {
+    for (const v of this.variables()) v.dispose();
+  }
+}
