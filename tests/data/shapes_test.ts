@@ -1,0 +1,332 @@
+// Tests of the shapes data set: reproducibility, the caption grammar, the geometry behind each
+// caption, the held-out split, the PNGs, and the bundled CSVs in data/shapes/.
+
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { join } from "node:path";
+import pl from "nodejs-polars";
+import sharp from "sharp";
+import {
+  captionOf,
+  COLOUR_HEX,
+  COLOURS,
+  createRng,
+  CSV_HEADER,
+  csvField,
+  isHeldOut,
+  type Level,
+  makeRows,
+  makeSplits,
+  parseCaption,
+  type PlacedThing,
+  renderScene,
+  rowsToCsv,
+  sampleScene,
+  type Scene,
+  type Split,
+} from "../../lib/data/shapes.ts";
+import { parseOptions } from "../../lib/data/make_shapes.ts";
+
+const DATA_DIR = new URL("../../data/shapes/", import.meta.url).pathname;
+// The command in data/shapes/README.md that made the bundled files.
+const BUNDLED = { seed: 1337, level: 1 as Level, train: 5000, val: 300, test: 500 };
+const LEVELS: Level[] = [1, 2, 3];
+
+function readCsv(split: Split): pl.DataFrame {
+  return pl.readCSV(join(DATA_DIR, `${split}.csv`));
+}
+
+function pairKey(colour: string, shape: string): string {
+  return `${colour} ${shape}`;
+}
+
+async function decodePng(png: Uint8Array) {
+  const { data, info } = await sharp(Buffer.from(png)).raw().toBuffer({ resolveWithObject: true });
+  const pixel = (x: number, y: number) =>
+    Array.from(data.subarray((y * info.width + x) * info.channels, (y * info.width + x) * info.channels + 3));
+  return { info, pixel };
+}
+
+function hexToRgb(hex: string): number[] {
+  return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Deno.test("same seed gives the same CSV bytes; another seed gives other bytes", () => {
+  for (const level of LEVELS) {
+    const options = { seed: 7, level, train: 6, val: 3, test: 3 };
+    const a = makeSplits(options);
+    const b = makeSplits(options);
+    const c = makeSplits({ ...options, seed: 8 });
+    for (const split of ["train", "val", "test"] as const) {
+      assert.equal(a[split], b[split], `level ${level} ${split}: same seed`);
+      assert.notEqual(a[split], c[split], `level ${level} ${split}: other seed`);
+    }
+  }
+});
+
+Deno.test("the first rows of a split do not depend on how many rows are asked for", () => {
+  const few = makeRows(3, 2, "test", 4);
+  const more = makeRows(3, 2, "test", 9);
+  assert.deepEqual(more.slice(0, 4), few);
+});
+
+Deno.test("the bundled CSVs start with the rows their documented command makes", async () => {
+  for (const split of ["train", "val", "test"] as const) {
+    const text = await Deno.readTextFile(join(DATA_DIR, `${split}.csv`));
+    const expected = rowsToCsv(makeRows(BUNDLED.seed, BUNDLED.level, split, 25));
+    assert.equal(text.slice(0, expected.length), expected, split);
+  }
+});
+
+Deno.test("every caption parses back to its scene, in the vocabulary, for each level", () => {
+  for (const level of LEVELS) {
+    for (const split of ["train", "test"] as const) {
+      const rng = createRng(11, `parse-${level}-${split}`);
+      for (let i = 0; i < 300; i++) {
+        const scene = sampleScene(rng, level, split);
+        const caption = captionOf(scene.attrs);
+        assert.match(caption, /^[a-z ,]+\.$/);
+        assert.deepEqual(parseCaption(caption), scene.attrs, caption);
+        if (level === 1) assert.ok(caption.length < 60, caption);
+      }
+    }
+  }
+});
+
+Deno.test("parseCaption rejects text outside the grammar", () => {
+  assert.deepEqual(parseCaption("  a small red circle at the left. "), {
+    objects: [{ size: "small", colour: "red", shape: "circle" }],
+    position: "left",
+  });
+  for (
+    const text of [
+      "",
+      "a small red circle at the left",
+      "a tiny red circle at the left.",
+      "a small pink circle at the left.",
+      "A small red circle at the left.",
+      "a small red circle in the left.",
+      "a small red circle above.",
+      "a small red circle above a blue square.",
+      "a small red circle, a large blue square.",
+      "a small red circle at the left. a large blue square at the top.",
+    ]
+  ) assert.equal(parseCaption(text), null, JSON.stringify(text));
+});
+
+// ---------------------------------------------------------------------------------------------
+// The drawing says what the caption says
+
+function box(t: PlacedThing) {
+  return { left: t.x - t.r, right: t.x + t.r, top: t.y - t.r, bottom: t.y + t.r };
+}
+
+function apart(a: PlacedThing, b: PlacedThing): boolean {
+  const p = box(a), q = box(b);
+  return p.right < q.left || q.right < p.left || p.bottom < q.top || q.bottom < p.top;
+}
+
+function checkGeometry(scene: Scene): void {
+  const { attrs, placed } = scene;
+  const what = captionOf(attrs);
+  assert.deepEqual(placed.map(({ size, colour, shape }) => ({ size, colour, shape })), attrs.objects, what);
+  for (const t of placed) {
+    const b = box(t);
+    assert.ok(b.left >= 0 && b.top >= 0 && b.right <= 96 && b.bottom <= 96, `inside the canvas: ${what}`);
+    assert.ok(t.size === "small" ? t.r <= 9 : t.r >= 13, `size: ${what}`);
+  }
+  for (let i = 0; i < placed.length; i++) {
+    for (let j = i + 1; j < placed.length; j++) assert.ok(apart(placed[i], placed[j]), `overlap: ${what}`);
+  }
+  assert.equal(new Set(attrs.objects.map((o) => o.colour)).size, attrs.objects.length, `colours: ${what}`);
+  if (placed.length === 1) {
+    const [{ x, y }] = placed;
+    const mid = (v: number) => v >= 40 && v <= 56;
+    const ok = {
+      left: x < 30 && mid(y),
+      right: x > 66 && mid(y),
+      top: y < 30 && mid(x),
+      bottom: y > 66 && mid(x),
+      centre: mid(x) && mid(y),
+    }[attrs.position!];
+    assert.ok(ok, `position: ${what} at (${x}, ${y})`);
+  } else if (placed.length === 2) {
+    const [a, b] = placed.map(box);
+    const [p, q] = placed;
+    const ok = {
+      "above": a.bottom < b.top && Math.abs(p.x - q.x) <= 6,
+      "below": b.bottom < a.top && Math.abs(p.x - q.x) <= 6,
+      "left of": a.right < b.left && Math.abs(p.y - q.y) <= 6,
+      "right of": b.right < a.left && Math.abs(p.y - q.y) <= 6,
+    }[attrs.relation!];
+    assert.ok(ok, `relation: ${what}`);
+    // named in a fixed order: large first, then by colour
+    const first = p.size === "large" && q.size === "small" ||
+      p.size === q.size && COLOURS.indexOf(p.colour) < COLOURS.indexOf(q.colour);
+    assert.ok(first, `order of mention: ${what}`);
+  } else {
+    const [a, b, c] = placed;
+    assert.ok(a.x < b.x && b.x < c.x, `left to right: ${what}`);
+    assert.ok(Math.max(a.y, b.y, c.y) - Math.min(a.y, b.y, c.y) <= 6, `in a row: ${what}`);
+  }
+}
+
+Deno.test("objects sit where their caption says, apart from each other", () => {
+  for (const level of LEVELS) {
+    const rng = createRng(12, `geometry-${level}`);
+    for (let i = 0; i < 300; i++) checkGeometry(sampleScene(rng, level, i % 2 ? "train" : "test"));
+  }
+});
+
+Deno.test("held-out colour-shape pairs appear only in test scenes, and every test scene has one", () => {
+  for (const level of LEVELS) {
+    const rng = createRng(13, `held-out-${level}`);
+    for (let i = 0; i < 200; i++) {
+      for (const split of ["train", "val"] as const) {
+        const { attrs } = sampleScene(rng, level, split);
+        assert.ok(!attrs.objects.some(isHeldOut), `${split}: ${captionOf(attrs)}`);
+      }
+      const { attrs } = sampleScene(rng, level, "test");
+      assert.ok(attrs.objects.some(isHeldOut), `test: ${captionOf(attrs)}`);
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+Deno.test("a scene renders to a 96x96 PNG with its colours where it drew them", async () => {
+  const scene: Scene = {
+    attrs: { objects: [{ size: "large", colour: "blue", shape: "square" }], position: "left" },
+    placed: [{ size: "large", colour: "blue", shape: "square", x: 22, y: 48, r: 14 }],
+    background: "rgb(44,44,44)",
+  };
+  const { info, pixel } = await decodePng(renderScene(scene));
+  assert.equal(info.width, 96);
+  assert.equal(info.height, 96);
+  assert.deepEqual(pixel(22, 48), hexToRgb(COLOUR_HEX.blue));
+  assert.deepEqual(pixel(80, 48), [44, 44, 44]);
+  assert.deepEqual(pixel(22, 10), [44, 44, 44]);
+});
+
+Deno.test("images of the bundled CSVs decode to 96x96", async () => {
+  for (const split of ["train", "test"] as const) {
+    const images = readCsv(split).getColumn("b64string_images").toArray().slice(0, 3) as string[];
+    for (const b64 of images) {
+      const { info } = await decodePng(Buffer.from(b64, "base64"));
+      assert.deepEqual([info.width, info.height], [96, 96]);
+    }
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// CSV text and the bundled files
+
+Deno.test("CSV fields are quoted only when needed and read back by a CSV reader", async () => {
+  assert.equal(csvField("a b."), "a b.");
+  assert.equal(csvField("a, b"), '"a, b"');
+  assert.equal(csvField('say "hi"'), '"say ""hi"""');
+  const rows = makeRows(5, 3, "train", 12); // level 3: some captions hold commas
+  assert.ok(rows.some((r) => r.caption.includes(",")));
+  const text = rowsToCsv(rows);
+  assert.ok(text.startsWith(CSV_HEADER + "\n"));
+  const file = await Deno.makeTempFile({ suffix: ".csv" });
+  try {
+    await Deno.writeTextFile(file, text);
+    const df = pl.readCSV(file);
+    assert.deepEqual(df.columns, ["b64string_images", "caption"]);
+    assert.deepEqual(df.getColumn("caption").toArray(), rows.map((r) => r.caption));
+    assert.deepEqual(df.getColumn("b64string_images").toArray(), rows.map((r) => r.image));
+  } finally {
+    await Deno.remove(file);
+  }
+});
+
+Deno.test("bundled CSVs: schema, sizes, captions in the grammar", async () => {
+  let bytes = 0;
+  for (const split of ["train", "val", "test"] as const) {
+    bytes += (await Deno.stat(join(DATA_DIR, `${split}.csv`))).size;
+    const df = readCsv(split);
+    assert.deepEqual(df.columns, ["b64string_images", "caption"]);
+    assert.equal(df.height, BUNDLED[split]);
+    for (const caption of df.getColumn("caption").toArray() as string[]) {
+      const attrs = parseCaption(caption);
+      assert.ok(attrs && attrs.objects.length === 1, `${split}: ${caption}`);
+    }
+  }
+  assert.ok(bytes < 15e6, `${bytes} bytes`);
+});
+
+Deno.test("bundled CSVs: no test colour-shape pair occurs in train; val is in-distribution", () => {
+  const pairsOf = (split: Split) =>
+    (readCsv(split).getColumn("caption").toArray() as string[]).map((c) =>
+      parseCaption(c)!.objects.map((o) => pairKey(o.colour, o.shape))
+    );
+  const trainPairs = new Set(pairsOf("train").flat());
+  assert.equal(trainPairs.size, 30); // 6 colours x 6 shapes, less the 6 held out
+  for (const pairs of pairsOf("test")) {
+    assert.ok(pairs.some((p) => !trainPairs.has(p)), `test holds only seen pairs: ${pairs}`);
+  }
+  for (const pairs of pairsOf("val")) {
+    for (const p of pairs) assert.ok(trainPairs.has(p), `val pair not in train: ${p}`);
+  }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The command-line script
+
+Deno.test("make_shapes: options are checked with clear errors", () => {
+  assert.deepEqual(parseOptions(["--seed", "3", "--level", "2", "--train", "10"]), {
+    out: "data/shapes",
+    seed: 3,
+    level: 2,
+    train: 10,
+    val: 300,
+    test: 500,
+  });
+  assert.throws(() => parseOptions(["--seed", "abc"]), /--seed must be a whole number/);
+  assert.throws(() => parseOptions(["--bogus", "1"]), /make_shapes: .*bogus/);
+  assert.throws(
+    () => makeSplits({ seed: 1, level: 4 as Level, train: 1, val: 1, test: 1 }),
+    /level must be 1, 2 or 3/,
+  );
+  assert.throws(() => makeSplits({ seed: 1, level: 1, train: -1, val: 1, test: 1 }), /--train must be/);
+});
+
+Deno.test("make_shapes: the script writes the three CSVs and nothing else", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const script = new URL("../../lib/data/make_shapes.ts", import.meta.url).pathname;
+    const args = [
+      "run",
+      "-A",
+      script,
+      "--out",
+      out,
+      "--seed",
+      "9",
+      "--level",
+      "3",
+      "--train",
+      "4",
+      "--val",
+      "2",
+      "--test",
+      "2",
+    ];
+    const result = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
+      .output();
+    assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+    const expected = makeSplits({ seed: 9, level: 3, train: 4, val: 2, test: 2 });
+    const names = [];
+    for await (const entry of Deno.readDir(out)) names.push(entry.name);
+    assert.deepEqual(names.sort(), ["test.csv", "train.csv", "val.csv"]);
+    for (const split of ["train", "val", "test"] as const) {
+      assert.equal(await Deno.readTextFile(join(out, `${split}.csv`)), expected[split]);
+    }
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
