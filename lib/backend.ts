@@ -71,6 +71,7 @@ export async function initBackend(requested?: string, opts: { blas?: boolean } =
   const want = requested ?? Deno.env.get("SEEMORE_BACKEND") ?? "auto";
   const blas = opts.blas ?? Deno.env.get("SEEMORE_BLAS") !== "0";
   const notes: string[] = [];
+  tf.env().set("PROD", true); // no "install tfjs-node" banner, no debug-only checks
   if (want !== "auto" && !(BACKENDS as readonly string[]).includes(want)) {
     throw new Error(`unknown backend "${want}": choose one of ${BACKENDS.join(", ")} or auto`);
   }

@@ -377,7 +377,7 @@ function configText(config: Record<string, unknown>, file: string): string {
 }
 
 /** Writes each file to a temporary name beside it, then renames; on failure removes the temporaries. */
-async function writeFilesAtomically(files: [string, Uint8Array][]): Promise<void> {
+export async function writeFilesAtomically(files: [string, Uint8Array][]): Promise<void> {
   const temps: string[] = [];
   try {
     for (const [path, bytes] of files) {

@@ -1,0 +1,132 @@
+// Caption generation with a KV cache.
+//
+// The image is encoded once; the visual tokens and the prompt go through the decoder in one pass
+// that fills each layer's key/value cache; after that every new character costs one position's work.
+// The result is exactly what recomputing the whole sequence each step would give (tested).
+//
+// Sampling: greedy (argmax), or temperature with optional top-k and top-p (nucleus) filtering.
+// Generation stops at max tokens, or for a row when it emits <pad> (the end-of-caption symbol).
+
+import * as tf from "@tensorflow/tfjs";
+import type { KVCache } from "./model/attention.ts";
+import { Ctx } from "./model/ops.ts";
+import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+
+export interface SampleOptions {
+  greedy?: boolean; // default true
+  temperature?: number; // default 1
+  topK?: number; // keep the k most likely symbols (0 = all)
+  topP?: number; // keep the smallest set whose probability reaches p (1 = all)
+  seed?: number;
+}
+
+export interface GenerateOptions extends SampleOptions {
+  maxNewTokens: number;
+  prompt?: number[]; // token ids every row starts with (may be empty)
+}
+
+/** A small seeded PRNG (mulberry32): same seed, same samples. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Picks a token id from one row of logits. */
+export function sampleToken(logits: Float32Array, opts: SampleOptions, rand: () => number): number {
+  if (opts.greedy ?? true) return argmax(logits);
+  const t = opts.temperature ?? 1;
+  if (!(t > 0)) throw new Error(`temperature must be > 0 (got ${t}); use greedy decoding for t = 0`);
+  const maxLogit = Math.max(...logits);
+  let items = Array.from(logits, (l, id) => ({ id, p: Math.exp((l - maxLogit) / t) }));
+  items.sort((a, b) => b.p - a.p);
+  if (opts.topK && opts.topK > 0) items = items.slice(0, opts.topK);
+  normalise(items);
+  if (opts.topP !== undefined && opts.topP < 1) {
+    let mass = 0;
+    const kept = [];
+    for (const it of items) {
+      kept.push(it);
+      mass += it.p;
+      if (mass >= opts.topP) break;
+    }
+    items = kept;
+    normalise(items);
+  }
+  let r = rand();
+  for (const it of items) {
+    r -= it.p;
+    if (r <= 0) return it.id;
+  }
+  return items[items.length - 1].id;
+}
+
+function normalise(items: { p: number }[]): void {
+  const total = items.reduce((s, it) => s + it.p, 0);
+  for (const it of items) it.p /= total;
+}
+
+function argmax(xs: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < xs.length; i++) if (xs[i] > xs[best]) best = i;
+  return best;
+}
+
+/**
+ * Generates up to `maxNewTokens` ids for each image (B, 3, S, S). Returns, per row, the new ids
+ * (without the prompt), cut before the first <pad>.
+ */
+export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: GenerateOptions): number[][] {
+  const B = images.shape[0];
+  const pad = model.config.vocab_size - 1;
+  const prompt = opts.prompt ?? [];
+  const rand = mulberry32(opts.seed ?? 0);
+  const ctx = Ctx.eval();
+  const caches: KVCache[] = model.decoder.blocks.map(() => ({ k: null, v: null }));
+  const out: number[][] = Array.from({ length: B }, () => []);
+  const done = new Array<boolean>(B).fill(false);
+  try {
+    // First pass: visual tokens + prompt, all at once.
+    let logits = tf.tidy(() => {
+      const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
+      let x = visual;
+      if (prompt.length > 0) {
+        const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
+        x = tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D; // (B, V+P, C)
+      }
+      return lastPosition(model.decoder.run(x, 0, ctx, caches)); // (B, vocab)
+    });
+    let position = model.numVisualTokens + prompt.length;
+    for (let step = 0; step < opts.maxNewTokens; step++) {
+      const rows = logits.arraySync() as number[][];
+      logits.dispose();
+      const next = rows.map((row, b) => done[b] ? pad : sampleToken(Float32Array.from(row), opts, rand));
+      next.forEach((id, b) => {
+        if (done[b]) return;
+        if (id === pad) done[b] = true;
+        else out[b].push(id);
+      });
+      if (done.every((d) => d) || step === opts.maxNewTokens - 1) break;
+      const start = position;
+      logits = tf.tidy(() => {
+        const x = model.decoder.embedTokens(tf.tensor2d(next, [B, 1], "int32")); // (B, 1, C)
+        return lastPosition(model.decoder.run(x, start, ctx, caches)); // (B, vocab)
+      });
+      position += 1;
+    }
+  } finally {
+    for (const c of caches) tf.dispose([c.k!, c.v!].filter(Boolean));
+  }
+  return out;
+}
+
+/** logits (B, T, vocab) → the last position's (B, vocab). */
+function lastPosition(logits: tf.Tensor3D): tf.Tensor2D {
+  const [B, T, V] = logits.shape;
+  return tf.reshape(tf.slice(logits, [0, T - 1, 0], [B, 1, V]), [B, V]);
+}

@@ -1,0 +1,174 @@
+// The training loop: Adam on random batches, a validation estimate every eval_interval steps,
+// metrics as a polars DataFrame, checkpoints that can be resumed.
+//
+// Reproducibility: the batch of step s, its dropout masks and the validation batches drawn at step s
+// all come from seeds derived from (seed, s). So a run resumed from a checkpoint at step s (weights,
+// optimizer moments and step count restored) follows the same loss curve as one never interrupted.
+
+import * as tf from "@tensorflow/tfjs";
+import pl from "nodejs-polars";
+import { decodeSafetensors, encodeSafetensors, writeFilesAtomically } from "./checkpoint.ts";
+import type { TrainConfig } from "./config.ts";
+import { BatchSampler, type ImageCaptionDataset } from "./data/batches.ts";
+import { saveModel } from "./model/factory.ts";
+import { Ctx, hash32 } from "./model/ops.ts";
+import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+import { Adam } from "./optim.ts";
+import { ProgressBar } from "./progress.ts";
+
+export interface MetricRow {
+  step: number; // optimizer steps done when measured
+  train_loss: number; // loss of the batch just trained on
+  val_loss: number | null; // mean over eval_iters validation batches (null when there is no val set)
+  elapsed_s: number; // training time so far (evaluation excluded)
+}
+
+export interface TrainRun {
+  model: VisionLanguageModel;
+  vocab: string[];
+  train: ImageCaptionDataset;
+  val?: ImageCaptionDataset;
+  cfg: TrainConfig;
+  /** Folder for the checkpoint, optimizer state and metrics (written at the end, on Ctrl-C, and on evals). */
+  outDir?: string;
+  /** Extra keys for config.json (e.g. the data the run used). */
+  extraConfig?: Record<string, unknown>;
+  /** Called after every evaluation (notebooks draw their live chart from this). */
+  onEval?: (row: MetricRow, all: MetricRow[]) => void;
+  /** Draw a progress bar on stderr. */
+  progress?: boolean;
+  /** Save and stop cleanly on Ctrl-C (CLI only). */
+  handleSigint?: boolean;
+}
+
+export interface TrainResult {
+  metrics: MetricRow[];
+  /** The same metrics as a polars DataFrame. */
+  frame: pl.DataFrame;
+  steps: number;
+  interrupted: boolean;
+}
+
+const STATE_FILE = "train_state.json";
+const OPTIMIZER_FILE = "optimizer.safetensors";
+
+/** Seeds for the three random streams of a step. */
+const seeds = (seed: number, step: number) => ({
+  batch: hash32(seed, step, 1),
+  dropout: hash32(seed, step, 2),
+  val: hash32(seed, step, 3),
+});
+
+/** One optimizer step on one batch; returns the batch loss. Leaves no tensors behind. */
+export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, step: number): number {
+  const { cfg } = run;
+  const s = seeds(cfg.seed, step);
+  const batch = new BatchSampler(run.train, s.batch).next(cfg.batch_size);
+  const ctx = new Ctx(true, s.dropout, step);
+  try {
+    const { value, grads } = tf.variableGrads(
+      () => model.loss(batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss),
+      opt.params,
+    );
+    opt.update(opt.params.map((p) => grads[p.name]));
+    const loss = value.dataSync()[0];
+    tf.dispose([value, ...Object.values(grads)]);
+    return loss;
+  } finally {
+    tf.dispose(batch);
+  }
+}
+
+/** Mean loss over `eval_iters` validation batches (with replacement, as the original), no dropout. */
+export function estimateLoss(model: VisionLanguageModel, data: ImageCaptionDataset, cfg: TrainConfig, seed: number): number {
+  const sampler = new BatchSampler(data, seed);
+  let total = 0;
+  for (let i = 0; i < cfg.eval_iters; i++) {
+    const batch = sampler.next(cfg.val_batch_size, { replace: true });
+    total += tf.tidy(() =>
+      model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), cfg.pad_loss).dataSync()[0]
+    );
+    tf.dispose(batch);
+  }
+  return total / cfg.eval_iters;
+}
+
+export function metricsFrame(rows: MetricRow[]): pl.DataFrame {
+  return pl.DataFrame({
+    step: rows.map((r) => r.step),
+    train_loss: rows.map((r) => r.train_loss),
+    val_loss: rows.map((r) => r.val_loss),
+    elapsed_s: rows.map((r) => r.elapsed_s),
+  });
+}
+
+function metricsCsv(rows: MetricRow[]): string {
+  const lines = rows.map((r) => [r.step, r.train_loss, r.val_loss ?? "", r.elapsed_s].join(","));
+  return ["step,train_loss,val_loss,elapsed_s", ...lines].join("\n") + "\n";
+}
+
+/** Writes the checkpoint (config.json + model.safetensors) and everything --resume needs. */
+export async function saveRun(run: TrainRun, opt: Adam, metrics: MetricRow[], dir: string): Promise<void> {
+  await saveModel(dir, run.model, run.vocab, { ...run.extraConfig, train: run.cfg });
+  const enc = new TextEncoder();
+  await writeFilesAtomically([
+    [`${dir}/${OPTIMIZER_FILE}`, encodeSafetensors(opt.state())],
+    [`${dir}/${STATE_FILE}`, enc.encode(JSON.stringify({ step: opt.step, metrics }, null, 2) + "\n")],
+    [`${dir}/metrics.csv`, enc.encode(metricsCsv(metrics))],
+  ]);
+}
+
+/** Restores optimizer state and metrics saved by saveRun (the model itself is loaded by loadModel). */
+export async function loadRunState(dir: string, opt: Adam): Promise<MetricRow[]> {
+  const stateFile = `${dir}/${STATE_FILE}`;
+  let state: { step: number; metrics: MetricRow[] };
+  try {
+    state = JSON.parse(await Deno.readTextFile(stateFile));
+  } catch (e) {
+    throw new Error(`${stateFile}: cannot resume from this folder (${(e as Error).message.split("\n")[0]})`);
+  }
+  const optFile = `${dir}/${OPTIMIZER_FILE}`;
+  opt.load(state.step, decodeSafetensors(await Deno.readFile(optFile), optFile), optFile);
+  return state.metrics;
+}
+
+/**
+ * Trains `run.model` for cfg.max_iters optimizer steps in all (a resumed run continues its count).
+ * `resumeDir`: a folder written by saveRun whose weights are already loaded into run.model.
+ */
+export async function train(run: TrainRun, resumeDir?: string): Promise<TrainResult> {
+  const { model, cfg } = run;
+  const opt = new Adam(model.variables(), cfg.learning_rate);
+  const metrics = resumeDir ? await loadRunState(resumeDir, opt) : [];
+  const bar = run.progress ? new ProgressBar(cfg.max_iters) : null;
+  let stop = false;
+  const onSigint = () => {
+    stop = true;
+  };
+  if (run.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
+  let trainSeconds = metrics.at(-1)?.elapsed_s ?? 0;
+  let lastLoss = NaN;
+  try {
+    while (opt.step < cfg.max_iters && !stop) {
+      const step = opt.step;
+      const t0 = performance.now();
+      lastLoss = trainStep(model, opt, run, step);
+      trainSeconds += (performance.now() - t0) / 1000;
+      bar?.update(opt.step, { loss: lastLoss }, opt.step / Math.max(trainSeconds, 1e-9));
+      if (step % cfg.eval_interval === 0 || opt.step === cfg.max_iters) {
+        const val = run.val ? estimateLoss(model, run.val, cfg, seeds(cfg.seed, step).val) : null;
+        const row = { step: opt.step, train_loss: lastLoss, val_loss: val, elapsed_s: trainSeconds };
+        metrics.push(row);
+        run.onEval?.(row, metrics);
+      }
+      // Let a pending Ctrl-C (or a notebook's display update) through between steps.
+      await new Promise((r) => setTimeout(r, 0));
+    }
+  } finally {
+    if (run.handleSigint) Deno.removeSignalListener("SIGINT", onSigint);
+    bar?.finish();
+  }
+  if (run.outDir) await saveRun(run, opt, metrics, run.outDir);
+  opt.dispose();
+  return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: stop };
+}
