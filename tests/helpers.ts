@@ -1,0 +1,51 @@
+// Shared test helpers: a backend set up once, and float comparisons with useful messages.
+
+import * as tf from "@tensorflow/tfjs";
+import { initBackend } from "../lib/backend.ts";
+import { DEFAULT_MODEL } from "../lib/config.ts";
+
+/** Starts a backend for a test file (cpu unless SEEMORE_TEST_BACKEND says otherwise). */
+export async function useBackend(name = Deno.env.get("SEEMORE_TEST_BACKEND") ?? "cpu"): Promise<void> {
+  if (tf.getBackend() !== name) await initBackend(name);
+}
+
+/** Largest absolute difference between two equally long arrays. */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} != ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+/** Fails unless every element agrees within `tol`. */
+export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what = "values") {
+  const d = maxAbsDiff(actual, expected);
+  if (!(d <= tol)) throw new Error(`${what}: max |diff| ${d} > ${tol}`);
+}
+
+/** A small model config for fast tests (same structure as the original, smaller sizes). */
+export function tinyConfig(overrides: Partial<import("../lib/config.ts").ModelConfig> = {}) {
+  return {
+    ...DEFAULT_MODEL,
+    n_embd: 32,
+    image_embed_dim: 32,
+    n_head: 4,
+    n_layer: 2,
+    num_blks: 1,
+    img_size: 32,
+    patch_size: 16,
+    block_positions: 64,
+    vocab_size: 66,
+    ...overrides,
+  } as import("../lib/config.ts").ModelConfig;
+}
+
+/** `n` generated shape scenes as an in-memory dataset (images resized to `imgSize`). */
+export async function shapesDataset(n: number, imgSize = 32, seed = 1) {
+  const { makeRows } = await import("../lib/data/shapes.ts");
+  const { ImageCaptionDataset } = await import("../lib/data/batches.ts");
+  const { Tokenizer } = await import("../lib/tokenizer.ts");
+  const rows = makeRows(seed, 1, "train", n);
+  const table = { file: "generated", images: rows.map((r) => r.image), captions: rows.map((r) => r.caption) };
+  return ImageCaptionDataset.fromTable(table, Tokenizer.original(), imgSize);
+}

@@ -1,0 +1,126 @@
+// The original notebook's shape checks for every component, plus the behaviour that defines them:
+// causal masking, fused heads equal to separate Heads, and the state_dict contract.
+
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { Head, MultiHeadAttention } from "../../lib/model/attention.ts";
+import { Block } from "../../lib/model/block.ts";
+import { DecoderLanguageModel } from "../../lib/model/decoder.ts";
+import { MLP } from "../../lib/model/mlp.ts";
+import { Ctx, Initialiser, type StateDict } from "../../lib/model/ops.ts";
+import { PatchEmbeddings } from "../../lib/model/patch_embeddings.ts";
+import { MultiModalProjector } from "../../lib/model/projector.ts";
+import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
+import { ViT } from "../../lib/model/vit.ts";
+import { DEFAULT_MODEL } from "../../lib/config.ts";
+import { assertClose, maxAbsDiff, tinyConfig, useBackend } from "../helpers.ts";
+
+await useBackend();
+const init = new Initialiser(7);
+const ctx = Ctx.eval();
+const B = 4;
+
+Deno.test("shape checks of the original notebook", () => {
+  tf.tidy(() => {
+    const pe = new PatchEmbeddings(96, 16, 512, init);
+    assert.deepEqual(pe.forward(tf.zeros([B, 3, 96, 96])).shape, [B, 36, 512]);
+    assert.deepEqual(new MLP(128, 0.1, true, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
+    assert.deepEqual(new Head(128, 16, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 16]);
+    assert.deepEqual(new MultiHeadAttention(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
+    assert.deepEqual(new Block(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
+    const vit = new ViT(96, 16, 512, 8, 3, 0.1, 0.1, init);
+    const feats = vit.forward(tf.zeros([B, 3, 96, 96]), ctx);
+    assert.deepEqual(feats.shape, [B, 1, 512]); // the original's (B, 512), one visual token
+    assert.deepEqual(new MultiModalProjector(128, 512, 0.1, init).forward(feats, ctx).shape, [B, 1, 128]);
+    const dec = new DecoderLanguageModel({
+      nEmbd: 128,
+      imageEmbedDim: 512,
+      vocabSize: 66,
+      numHeads: 8,
+      nLayer: 2,
+      dropout: 0.1,
+      blockPositions: 1000,
+      useImages: true,
+    }, init);
+    assert.deepEqual(dec.forward(tf.zeros([B, 10], "int32"), feats, ctx).shape, [B, 11, 66]);
+  });
+});
+
+Deno.test("the full model's parameters are exactly the original's state_dict names and shapes", async () => {
+  const path = new URL("../../../shared/reference/state_dict_keys.json", import.meta.url);
+  let reference: Record<string, number[]>;
+  try {
+    reference = JSON.parse(await Deno.readTextFile(path)).seemore;
+  } catch {
+    console.warn("../shared/reference not present: checking the parameter count only");
+    reference = {};
+  }
+  const model = new VisionLanguageModel({ ...DEFAULT_MODEL, vocab_size: 66 });
+  const ours = Object.fromEntries(model.expectedShapes());
+  if (Object.keys(reference).length > 0) assert.deepEqual(ours, reference);
+  const total = Object.values(ours).reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
+  assert.equal(total, model.variables().reduce((n, v) => n + v.size, 0));
+  model.dispose();
+});
+
+Deno.test("causal masking: changing a later token never changes earlier logits", () => {
+  const model = new VisionLanguageModel(tinyConfig(), 1);
+  tf.tidy(() => {
+    const images = tf.randomNormal([2, 3, 32, 32], 0, 1, "float32", 3) as tf.Tensor4D;
+    const a = [[5, 9, 14, 20, 33, 40], [1, 2, 3, 4, 5, 6]];
+    const b = a.map((row) => [...row.slice(0, 4), 60, 61]); // tokens 4 and 5 changed
+    const la = model.forward(images, tf.tensor2d(a, undefined, "int32"), ctx).arraySync() as number[][][];
+    const lb = model.forward(images, tf.tensor2d(b, undefined, "int32"), ctx).arraySync() as number[][][];
+    for (let row = 0; row < 2; row++) {
+      // positions 0 (image) .. 4 (after reading token 3) see only unchanged inputs
+      for (let p = 0; p <= 4; p++) assertClose(la[row][p], lb[row][p], 1e-6, `row ${row} position ${p}`);
+      assert(maxAbsDiff(la[row][5], lb[row][5]) > 1e-4, "a changed token must change its own position");
+    }
+  });
+  model.dispose();
+});
+
+Deno.test("fused multi-head attention equals the original's separate heads", () => {
+  const mha = new MultiHeadAttention(32, 4, 0, true, init);
+  const state: StateDict = new Map();
+  mha.saveState("attn", state);
+  const heads = [0, 1, 2, 3].map((h) => {
+    const head = new Head(32, 8, 0, true, init);
+    head.loadState(`attn.heads.${h}`, state);
+    return head;
+  });
+  tf.tidy(() => {
+    const x = tf.randomNormal([2, 5, 32], 0, 1, "float32", 11) as tf.Tensor3D;
+    const fused = mha.forward(x, ctx);
+    const concat = tf.concat(heads.map((h) => h.forward(x, ctx)), -1); // (B, T, C)
+    const separate = mha.proj.forward(concat);
+    assertClose(fused.dataSync(), separate.dataSync(), 1e-5, "attention output");
+  });
+});
+
+Deno.test("dropout is on in training and off in evaluation", () => {
+  const model = new VisionLanguageModel(tinyConfig(), 2);
+  tf.tidy(() => {
+    const images = tf.randomNormal([2, 3, 32, 32], 0, 1, "float32", 5) as tf.Tensor4D;
+    const idx = tf.tensor2d([[1, 2, 3], [4, 5, 6]], undefined, "int32");
+    const e1 = model.forward(images, idx, Ctx.eval()).dataSync();
+    const e2 = model.forward(images, idx, Ctx.eval()).dataSync();
+    assert.equal(maxAbsDiff(e1, e2), 0);
+    const t1 = model.forward(images, idx, new Ctx(true, 1, 0)).dataSync();
+    const t1again = model.forward(images, idx, new Ctx(true, 1, 0)).dataSync();
+    const t2 = model.forward(images, idx, new Ctx(true, 1, 1)).dataSync();
+    assert.equal(maxAbsDiff(t1, t1again), 0, "same seed and step, same masks");
+    assert(maxAbsDiff(t1, t2) > 1e-4, "another step draws other masks");
+    assert(maxAbsDiff(t1, e1) > 1e-4, "training differs from evaluation");
+  });
+  model.dispose();
+});
+
+Deno.test("a caption longer than the position table is a clear error", () => {
+  const model = new VisionLanguageModel(tinyConfig({ block_positions: 8 }), 1);
+  assert.throws(
+    () => tf.tidy(() => model.forward(tf.zeros([1, 3, 32, 32]), tf.zeros([1, 8], "int32"), ctx)),
+    /9 positions .* exceeds the position table of 8/,
+  );
+  model.dispose();
+});
