@@ -3,6 +3,8 @@
 //   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
 //             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
 //             [--pad-loss all|first|none] [--visual-tokens cls|patches] [--first-token-from-image]
+//             [--n-embd N] [--image-embed-dim N] [--n-head N] [--n-layer N] [--num-blks N] [--img-size N]
+//             [--patch-size N] [--dropout X]
 //   eval      --ckpt DIR --data CSV [--json] [--blind] [--backend B]
 //   generate  --ckpt DIR --image FILE [--prompt TEXT] [--greedy | --temperature T --top-k K --top-p P]
 //             [--max-tokens N] [--seed S] [--backend B]
@@ -14,8 +16,9 @@ import { parseArgs } from "node:util";
 import { initBackend } from "./backend.ts";
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type TrainConfig } from "./config.ts";
 import { ImageCaptionDataset } from "./data/batches.ts";
+import { readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
-import { type Evaluation, evaluate } from "./evaluate.ts";
+import { evaluate, type Evaluation } from "./evaluate.ts";
 import { generate } from "./generate.ts";
 import { buildModel, loadModel } from "./model/factory.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
@@ -26,6 +29,18 @@ const BUNDLED = new URL("../data/shapes/", import.meta.url).pathname;
 
 class UsageError extends Error {}
 
+/** Architecture flags of `train` (defaults: the original's hyper-parameters). */
+const ARCH_FLAGS = [
+  ["n-embd", "n_embd"],
+  ["image-embed-dim", "image_embed_dim"],
+  ["n-head", "n_head"],
+  ["n-layer", "n_layer"],
+  ["num-blks", "num_blks"],
+  ["img-size", "img_size"],
+  ["patch-size", "patch_size"],
+  ["dropout", "dropout"],
+] as const;
+
 function num(v: string | undefined, name: string, fallback: number): number {
   if (v === undefined) return fallback;
   const n = Number(v);
@@ -35,7 +50,9 @@ function num(v: string | undefined, name: string, fallback: number): number {
 
 function oneOf<T extends string>(v: string | undefined, name: string, allowed: readonly T[], fallback: T): T {
   if (v === undefined) return fallback;
-  if (!(allowed as readonly string[]).includes(v)) throw new UsageError(`--${name} must be one of ${allowed.join(", ")}`);
+  if (!(allowed as readonly string[]).includes(v)) {
+    throw new UsageError(`--${name} must be one of ${allowed.join(", ")}`);
+  }
   return v as T;
 }
 
@@ -98,6 +115,7 @@ async function cmdTrain(args: string[]): Promise<void> {
       "pad-loss": { type: "string" },
       "visual-tokens": { type: "string" },
       "first-token-from-image": { type: "boolean" },
+      ...Object.fromEntries(ARCH_FLAGS.map(([flag]) => [flag, { type: "string" as const }])),
     },
   });
   const backend = await initBackend(v.backend);
@@ -119,6 +137,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, DEFAULT_TRAIN.pad_loss),
   };
 
+  const table = readImageCaptionCsv(dataPath);
   let model: VisionLanguageModel;
   let tokenizer: Tokenizer;
   if (v.resume) {
@@ -128,28 +147,36 @@ async function cmdTrain(args: string[]): Promise<void> {
     const saved = loaded.extra.train as Partial<TrainConfig> | undefined;
     if (saved) Object.assign(cfg, { ...saved, max_iters: cfg.max_iters });
   } else {
-    const captions = (await import("./data/csv.ts")).readImageCaptionCsv(dataPath).captions;
-    tokenizer = chooseTokenizer(captions);
+    tokenizer = chooseTokenizer(table.captions);
     const config: ModelConfig = {
       ...DEFAULT_MODEL,
       model_type: oneOf(v.model, "model", ["seemore", "seemoe"] as const, "seemore"),
       vocab_size: tokenizer.vocabSize,
-      visual_tokens: oneOf(v["visual-tokens"], "visual-tokens", ["cls", "patches"] as const, DEFAULT_MODEL.visual_tokens),
+      visual_tokens: oneOf(
+        v["visual-tokens"],
+        "visual-tokens",
+        ["cls", "patches"] as const,
+        DEFAULT_MODEL.visual_tokens,
+      ),
       first_token_from_image: v["first-token-from-image"] ?? DEFAULT_MODEL.first_token_from_image,
     };
+    for (const [flag, key] of ARCH_FLAGS) {
+      config[key] = num((v as Record<string, string | undefined>)[flag], flag, config[key]);
+    }
     model = buildModel(config, cfg.seed);
   }
   const c = model.config;
-  const load = (path: string) =>
-    ImageCaptionDataset.fromCsv(path, tokenizer, c.img_size, {
-      maxLen: c.block_positions,
-      visualTokens: model.numVisualTokens,
-    });
-  const all = await load(dataPath);
-  const { train: trainSet, val: valSet } = valPath ? { train: all, val: await load(valPath) } : all.split(0.9);
+  const opts = { maxLen: c.block_positions, visualTokens: model.numVisualTokens };
+  const load = (path: string) => ImageCaptionDataset.fromCsv(path, tokenizer, c.img_size, opts);
+  const all = await ImageCaptionDataset.fromTable(table, tokenizer, c.img_size, opts);
+  const { train: trainSet, val: valSet } = valPath
+    ? { train: all, val: await load(valPath) }
+    : all.split(0.9);
   const outDir = v.resume ?? v.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, "-")}`;
   console.error(
-    `model: ${c.model_type}, ${model.variables().reduce((n, x) => n + x.size, 0).toLocaleString()} parameters; ` +
+    `model: ${c.model_type}, ${
+      model.variables().reduce((n, x) => n + x.size, 0).toLocaleString()
+    } parameters; ` +
       `train ${trainSet.length} rows, val ${valSet.length} rows; ${cfg.max_iters} steps of batch ${cfg.batch_size}; ` +
       `run folder ${outDir}`,
   );
@@ -267,7 +294,9 @@ if (import.meta.main) {
   const [command, ...rest] = Deno.args;
   const run = COMMANDS[command];
   if (!run) {
-    console.error(`usage: deno task train|eval|generate [options]  (see the header of lib/cli.ts or README.md)`);
+    console.error(
+      `usage: deno task train|eval|generate [options]  (see the header of lib/cli.ts or README.md)`,
+    );
     Deno.exit(2);
   }
   try {

@@ -1,0 +1,177 @@
+// The command line end to end, as a user runs it: train on a CSV, evaluate, generate; and bad inputs
+// fail with a message naming the file, row and column, leaving nothing half-written.
+
+import assert from "node:assert/strict";
+import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
+
+const CLI = new URL("../lib/cli.ts", import.meta.url).pathname;
+const TINY = [
+  "--n-embd",
+  "32",
+  "--image-embed-dim",
+  "32",
+  "--n-head",
+  "4",
+  "--n-layer",
+  "2",
+  "--num-blks",
+  "1",
+  "--img-size",
+  "32",
+];
+
+async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const p = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    env: { NO_COLOR: "1", SEEMORE_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const r = await p.output();
+  const dec = new TextDecoder();
+  return { code: r.code, out: dec.decode(r.stdout), err: dec.decode(r.stderr) };
+}
+
+const dir = await Deno.makeTempDir();
+await Deno.writeTextFile(`${dir}/train.csv`, rowsToCsv(makeRows(3, 1, "train", 24)));
+await Deno.writeTextFile(`${dir}/val.csv`, rowsToCsv(makeRows(3, 1, "val", 4)));
+const png = Uint8Array.from(atob(makeRows(3, 1, "val", 1)[0].image), (c) => c.charCodeAt(0));
+await Deno.writeFile(`${dir}/image.png`, png);
+
+Deno.test("train → eval → generate on a user's CSV", async () => {
+  const run = `${dir}/run`;
+  const t = await cli(
+    "train",
+    "--data",
+    `${dir}/train.csv`,
+    "--val",
+    `${dir}/val.csv`,
+    "--steps",
+    "3",
+    "--batch",
+    "4",
+    "--eval-iters",
+    "1",
+    "--eval-interval",
+    "2",
+    "--out",
+    run,
+    ...TINY,
+  );
+  assert.equal(t.code, 0, t.err);
+  assert.match(t.out, /prediction \| truth/);
+  for (
+    const f of [
+      "config.json",
+      "model.safetensors",
+      "metrics.csv",
+      "optimizer.safetensors",
+      "train_state.json",
+    ]
+  ) {
+    await Deno.stat(`${run}/${f}`);
+  }
+  assert.equal(
+    (await Deno.readTextFile(`${run}/metrics.csv`)).trim().split("\n")[0],
+    "step,train_loss,val_loss,elapsed_s",
+  );
+
+  const e = await cli("eval", "--ckpt", run, "--data", `${dir}/val.csv`, "--json");
+  assert.equal(e.code, 0, e.err);
+  const scores = JSON.parse(e.out);
+  for (const k of ["loss", "exact_match", "char_accuracy", "n"]) assert.equal(typeof scores[k], "number", k);
+  assert.equal(scores.n, 4);
+
+  const g = await cli(
+    "generate",
+    "--ckpt",
+    run,
+    "--image",
+    `${dir}/image.png`,
+    "--prompt",
+    "a",
+    "--max-tokens",
+    "10",
+  );
+  assert.equal(g.code, 0, g.err);
+  assert.match(g.out, /^a/);
+  const s = await cli(
+    "generate",
+    "--ckpt",
+    run,
+    "--image",
+    `${dir}/image.png`,
+    "--temperature",
+    "0.8",
+    "--top-k",
+    "5",
+    "--top-p",
+    "0.9",
+    "--max-tokens",
+    "5",
+    "--seed",
+    "3",
+  );
+  assert.equal(s.code, 0, s.err);
+
+  const r = await cli(
+    "train",
+    "--data",
+    `${dir}/train.csv`,
+    "--val",
+    `${dir}/val.csv`,
+    "--steps",
+    "4",
+    "--resume",
+    run,
+    "--eval-iters",
+    "1",
+  );
+  assert.equal(r.code, 0, r.err);
+  assert.equal(JSON.parse(await Deno.readTextFile(`${run}/train_state.json`)).step, 4);
+});
+
+Deno.test("bad inputs fail clearly and write nothing", async () => {
+  const cases: [string, string, RegExp][] = [
+    ["missing-column.csv", "image,caption\nAAAA,a cat\n", /missing-column\.csv.*b64string_images/s],
+    [
+      "bad-base64.csv",
+      `b64string_images,caption\n${btoa("x".repeat(30))},a dog\n@@@not base64@@@,a cat\n`,
+      /bad-base64\.csv, row \d, column "b64string_images"/,
+    ],
+    [
+      "not-image.csv",
+      `b64string_images,caption\n${btoa("hello, not an image at all")},a cat\n`,
+      /not-image\.csv, row 1, column "b64string_images"/,
+    ],
+    [
+      "bad-symbol.csv",
+      `b64string_images,caption\n${btoa(String.fromCharCode(...png))},a café\n`,
+      /bad-symbol\.csv, row 1, column "caption".*"é"/s,
+    ],
+    ["empty.csv", "b64string_images,caption\n", /empty\.csv/],
+  ];
+  for (const [name, text, pattern] of cases) {
+    await Deno.writeTextFile(`${dir}/${name}`, text);
+    const out = `${dir}/out-${name}`;
+    // A new model takes its vocabulary from its training captions: an unknown symbol is a validation error.
+    const files = name === "bad-symbol.csv"
+      ? ["--data", `${dir}/train.csv`, "--val", `${dir}/${name}`]
+      : ["--data", `${dir}/${name}`, "--val", `${dir}/val.csv`];
+    const r = await cli("train", ...files, "--steps", "1", "--out", out, ...TINY);
+    assert.equal(r.code, 1, `${name}: ${r.err}`);
+    assert.match(r.err, pattern, name);
+    await assert.rejects(Deno.stat(out), Deno.errors.NotFound, `${name}: nothing is written`);
+  }
+  // an empty validation split: one row, no --val
+  await Deno.writeTextFile(
+    `${dir}/one.csv`,
+    `b64string_images,caption\n${btoa(String.fromCharCode(...png))},a cat.\n`,
+  );
+  const one = await cli("train", "--data", `${dir}/one.csv`, "--steps", "1", ...TINY);
+  assert.equal(one.code, 1);
+  assert.match(one.err, /one\.csv.*empty/s);
+  const usage = await cli("train", "--steps", "many");
+  assert.equal(usage.code, 2);
+  assert.match(usage.err, /--steps expects a number/);
+});

@@ -1,0 +1,110 @@
+// Models in and out of checkpoint folders: byte-identical round trips, PyTorch layouts landing in the
+// right places, and clear errors when config and tensors disagree.
+
+import * as tf from "@tensorflow/tfjs";
+import assert from "node:assert/strict";
+import { encodeSafetensors, loadCheckpoint, saveCheckpoint } from "../../lib/checkpoint.ts";
+import { configJson, loadModel, saveModel } from "../../lib/model/factory.ts";
+import { Ctx } from "../../lib/model/ops.ts";
+import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
+import { Tokenizer } from "../../lib/tokenizer.ts";
+import { assertClose, tinyConfig, useBackend } from "../helpers.ts";
+
+await useBackend();
+const vocab = Tokenizer.original().symbols as string[];
+
+Deno.test("checkpoint round trip is byte-identical and gives the same logits", async () => {
+  const a = await Deno.makeTempDir();
+  const b = await Deno.makeTempDir();
+  const model = new VisionLanguageModel(tinyConfig(), 9);
+  await saveModel(a, model, vocab);
+  const { model: again } = await loadModel(a);
+  await saveModel(b, again, vocab);
+  for (const f of ["config.json", "model.safetensors"]) {
+    assert.deepEqual(await Deno.readFile(`${a}/${f}`), await Deno.readFile(`${b}/${f}`), f);
+  }
+  tf.tidy(() => {
+    const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 2) as tf.Tensor4D;
+    const idx = tf.tensor2d([[3, 4, 5]], undefined, "int32");
+    assertClose(
+      again.forward(images, idx, Ctx.eval()).dataSync(),
+      model.forward(images, idx, Ctx.eval()).dataSync(),
+      0,
+    );
+  });
+  model.dispose();
+  again.dispose();
+});
+
+Deno.test("a safetensors file with PyTorch layouts lands in the right places", async () => {
+  const dir = await Deno.makeTempDir();
+  const model = new VisionLanguageModel(tinyConfig(), 1);
+  // Fill every tensor with its flat index scaled, in PyTorch layout: [out, in] for Linear,
+  // [out, 3, kh, kw] for the conv, one [head_size, C] per head.
+  const state = model.stateDict();
+  const tensors = [...state].map(([name, t], k) => ({
+    name,
+    shape: t.shape,
+    data: Float32Array.from({ length: t.data.length }, (_, i) => (k * 1000 + i) / 1e6),
+  }));
+  await saveCheckpoint(dir, configJson(model.config, vocab), tensors);
+  const { model: loaded } = await loadModel(dir);
+  // lm_head: PyTorch weight[o][i] must be our internal w[i][o]
+  const lm = tensors.find((t) => t.name === "decoder.lm_head.weight")!;
+  const w = loaded.decoder.lmHead.w.arraySync();
+  assert.equal(w[5][7], lm.data[7 * 32 + 5]); // row 7 (output 7), column 5 (input 5)
+  // head 2's query weight row r, column c → fused qkv[c][0·C + 2·hs + r]
+  const q2 = tensors.find((t) => t.name === "decoder.blocks.1.attn.heads.2.query.weight")!;
+  const qkv = loaded.decoder.blocks[1] as unknown as { attn: { qkv: tf.Variable } };
+  assert.equal((qkv.attn.qkv.arraySync() as number[][])[3][2 * 8 + 4], q2.data[4 * 32 + 3]);
+  // key of head 0 sits after all query columns
+  const k0 = tensors.find((t) => t.name === "decoder.blocks.1.attn.heads.0.key.weight")!;
+  assert.equal((qkv.attn.qkv.arraySync() as number[][])[6][32 + 1], k0.data[1 * 32 + 6]);
+  // conv weight [out, c, kh, kw] → patch projection row (c, kh, kw), column out
+  const conv = tensors.find((t) => t.name === "vision_encoder.patch_embedding.conv.weight")!;
+  const pw = loaded.visionEncoder.patchEmbedding.proj.w.arraySync();
+  const [o, c, kh, kw] = [9, 2, 3, 11];
+  assert.equal(pw[c * 256 + kh * 16 + kw][o], conv.data[((o * 3 + c) * 16 + kh) * 16 + kw]);
+  // and the whole state_dict comes back unchanged
+  for (const t of tensors) assert.deepEqual(loaded.stateDict().get(t.name)!.data, t.data, t.name);
+  model.dispose();
+  loaded.dispose();
+});
+
+Deno.test("a checkpoint whose config and tensors disagree is a clear error naming the tensor", async () => {
+  const dir = await Deno.makeTempDir();
+  const model = new VisionLanguageModel(tinyConfig(), 1);
+  await saveModel(dir, model, vocab);
+  const { config, tensors } = await loadCheckpoint(dir);
+  // config says 3 decoder layers, the weights hold 2
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...config, n_layer: 3 }));
+  await assert.rejects(loadModel(dir), /decoder\.blocks\.2\.[a-z_.0-9]+/);
+  // a tensor of the wrong shape
+  const bad = [...tensors].map(([name, t]) => ({ name, shape: t.shape, data: t.data }));
+  const i = bad.findIndex((t) => t.name === "decoder.ln_f.weight");
+  bad[i] = { name: bad[i].name, shape: [31], data: bad[i].data.slice(0, 31) };
+  await Deno.writeFile(`${dir}/model.safetensors`, encodeSafetensors(bad));
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+  await assert.rejects(loadModel(dir), /decoder\.ln_f\.weight/);
+  model.dispose();
+});
+
+Deno.test("bad config.json values are clear errors", async () => {
+  const dir = await Deno.makeTempDir();
+  const model = new VisionLanguageModel(tinyConfig(), 1);
+  await saveModel(dir, model, vocab);
+  const { config } = await loadCheckpoint(dir);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ ...config, vocab: ["a", "b"] }, /last "vocab" entry must be "<pad>"/],
+    [{ ...config, model_type: "gpt" }, /"model_type" must be "seemore" or "seemoe"/],
+    [{ ...config, n_embd: "wide" }, /"n_embd" must be a non-negative number/],
+    [{ ...config, vocab_size: 12 }, /"vocab_size" is 12 but "vocab" lists 66/],
+  ];
+  for (const [json, pattern] of cases) {
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(json));
+    await assert.rejects(loadModel(dir), pattern);
+  }
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
+  await assert.rejects(loadModel(dir, "seemoe"), /holds a "seemore" model, not "seemoe"/);
+  model.dispose();
+});
