@@ -8,7 +8,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { ImageCaptionDataset } from "./data/batches.ts";
-import { type Summary, summarize } from "./eval.ts";
+import { summarize, type Summary } from "./eval.ts";
 import { generate, type SampleOptions } from "./generate.ts";
 import { Ctx } from "./model/ops.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
@@ -66,9 +66,8 @@ export function datasetLoss(model: VisionLanguageModel, data: ImageCaptionDatase
   let total = 0;
   for (const batch of data.allBatches(batchSize)) {
     const n = batch.rows.length;
-    total += n * tf.tidy(() =>
-      model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
-    );
+    total += n *
+      tf.tidy(() => model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]);
     tf.dispose(batch);
   }
   return total / data.length;

@@ -11,7 +11,13 @@ export class Adam {
   private m: tf.Variable[];
   private v: tf.Variable[];
 
-  constructor(readonly params: tf.Variable[], public lr = 1e-3, readonly beta1 = 0.9, readonly beta2 = 0.999, readonly eps = 1e-8) {
+  constructor(
+    readonly params: tf.Variable[],
+    public lr = 1e-3,
+    readonly beta1 = 0.9,
+    readonly beta2 = 0.999,
+    readonly eps = 1e-8,
+  ) {
     this.m = params.map((p) => tf.variable(tf.zerosLike(p), false));
     this.v = params.map((p) => tf.variable(tf.zerosLike(p), false));
   }
@@ -45,7 +51,9 @@ export class Adam {
     const restore = (kind: string, vs: tf.Variable[]) =>
       vs.forEach((t, i) => {
         const s = tensors.get(`adam.${kind}.${i}`);
-        if (!s || s.data.length !== t.size) throw new Error(`${file}: optimizer tensor adam.${kind}.${i} is missing or mis-shaped`);
+        if (!s || s.data.length !== t.size) {
+          throw new Error(`${file}: optimizer tensor adam.${kind}.${i} is missing or mis-shaped`);
+        }
         tf.tidy(() => t.assign(tf.tensor(s.data, t.shape)));
       });
     restore("m", this.m);

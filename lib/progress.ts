@@ -15,7 +15,9 @@ export class ProgressBar {
     const filled = Math.round(frac * this.width);
     const bar = "█".repeat(filled) + "·".repeat(this.width - filled);
     const extra = Object.entries(fields).map(([k, v]) => `${k} ${typeof v === "number" ? v.toFixed(4) : v}`);
-    const line = `${this.label} [${bar}] ${done}/${this.total} ${extra.join("  ")}  ${stepsPerSecond.toFixed(2)} steps/s`;
+    const line = `${this.label} [${bar}] ${done}/${this.total} ${extra.join("  ")}  ${
+      stepsPerSecond.toFixed(2)
+    } steps/s`;
     const now = performance.now();
     if (this.tty) {
       Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K`));

@@ -11,7 +11,12 @@ import { tinyConfig, useBackend } from "./helpers.ts";
 await useBackend();
 
 /** Greedy decoding by full recomputation: the reference the cache must match. */
-function greedyByRecompute(model: VisionLanguageModel, images: tf.Tensor4D, prompt: number[], n: number): number[][] {
+function greedyByRecompute(
+  model: VisionLanguageModel,
+  images: tf.Tensor4D,
+  prompt: number[],
+  n: number,
+): number[][] {
   const B = images.shape[0];
   const rows = Array.from({ length: B }, () => [...prompt]);
   for (let i = 0; i < n; i++) {
@@ -19,11 +24,15 @@ function greedyByRecompute(model: VisionLanguageModel, images: tf.Tensor4D, prom
       const visual = model.decoder.projectImage(model.visionEncoder.forward(images, Ctx.eval()), Ctx.eval());
       let x = visual;
       if (rows[0].length > 0) {
-        x = tf.concat([visual, model.decoder.embedTokens(tf.tensor2d(rows, undefined, "int32"))], 1) as tf.Tensor3D;
+        x = tf.concat(
+          [visual, model.decoder.embedTokens(tf.tensor2d(rows, undefined, "int32"))],
+          1,
+        ) as tf.Tensor3D;
       }
       const logits = model.decoder.run(x, 0, Ctx.eval()); // (B, L, vocab)
       const L = logits.shape[1];
-      return tf.argMax(tf.squeeze(tf.slice(logits, [0, L - 1, 0], [B, 1, -1]), [1]), -1).arraySync() as number[];
+      return tf.argMax(tf.squeeze(tf.slice(logits, [0, L - 1, 0], [B, 1, -1]), [1]), -1)
+        .arraySync() as number[];
     });
     next.forEach((id, b) => rows[b].push(id));
   }
@@ -67,7 +76,10 @@ Deno.test("sampling: greedy, temperature, top-k and top-p", () => {
   assert.deepEqual([...count({ greedy: false, topP: 0.5 })], [1]);
   assert.deepEqual([...count({ greedy: false, topP: 0.8 })].sort(), [1, 3]);
   assert.equal(count({ greedy: false, temperature: 100 }).size, 4, "a high temperature reaches every symbol");
-  assert.throws(() => sampleToken(logits, { greedy: false, temperature: 0 }, rand), /temperature must be > 0/);
+  assert.throws(
+    () => sampleToken(logits, { greedy: false, temperature: 0 }, rand),
+    /temperature must be > 0/,
+  );
   // seeded: the same seed gives the same samples
   const draw = (seed: number) => {
     const r = mulberry32(seed);

@@ -18,7 +18,12 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** Fails unless every element agrees within `tol`. */
-export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol: number, what = "values") {
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  what = "values",
+) {
   const d = maxAbsDiff(actual, expected);
   if (!(d <= tol)) throw new Error(`${what}: max |diff| ${d} > ${tol}`);
 }

@@ -8,7 +8,7 @@ import { loadModel } from "../lib/model/factory.ts";
 import { Ctx } from "../lib/model/ops.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
-import { type TrainRun, train, trainStep } from "../lib/train.ts";
+import { train, type TrainRun, trainStep } from "../lib/train.ts";
 import { Adam } from "../lib/optim.ts";
 import { datasetLoss } from "../lib/evaluate.ts";
 import { shapesDataset, tinyConfig, useBackend } from "./helpers.ts";
@@ -24,7 +24,13 @@ function cfg(over: Partial<TrainConfig> = {}): TrainConfig {
 Deno.test("loss < 0.1 after overfitting three images", async () => {
   const model = new VisionLanguageModel(tinyConfig({ first_token_from_image: true }), 3);
   const before = datasetLoss(model, three);
-  const result = await train({ model, vocab, train: three, val: three, cfg: cfg({ max_iters: 150, eval_interval: 50, learning_rate: 3e-3 }) });
+  const result = await train({
+    model,
+    vocab,
+    train: three,
+    val: three,
+    cfg: cfg({ max_iters: 150, eval_interval: 50, learning_rate: 3e-3 }),
+  });
   const after = datasetLoss(model, three);
   console.log(`loss ${before.toFixed(3)} → ${after.toFixed(4)} in ${result.steps} steps`);
   assert(after < 0.1, `loss after overfitting is ${after}`);
@@ -54,14 +60,26 @@ Deno.test("--resume follows the same loss curve as an uninterrupted run", async 
   const full = await train({ model: straight, vocab, train: three, val: three, cfg: base, outDir: dirA });
 
   const first = new VisionLanguageModel(tinyConfig(), 5);
-  await train({ model: first, vocab, train: three, val: three, cfg: { ...base, max_iters: 4 }, outDir: dirB });
+  await train({
+    model: first,
+    vocab,
+    train: three,
+    val: three,
+    cfg: { ...base, max_iters: 4 },
+    outDir: dirB,
+  });
   first.dispose();
   const { model: resumed } = await loadModel(dirB);
-  const rest = await train({ model: resumed, vocab, train: three, val: three, cfg: base, outDir: dirB }, dirB);
+  const rest = await train(
+    { model: resumed, vocab, train: three, val: three, cfg: base, outDir: dirB },
+    dirB,
+  );
 
   assert.equal(rest.steps, 8);
   // The interrupted run also logged its last step (4); every other row matches to the bit.
-  const row = (r: { step: number; train_loss: number; val_loss: number | null }) => [r.step, r.train_loss, r.val_loss];
+  const row = (
+    r: { step: number; train_loss: number; val_loss: number | null },
+  ) => [r.step, r.train_loss, r.val_loss];
   assert.deepEqual(rest.metrics.filter((r) => r.step !== 4).map(row), full.metrics.map(row));
   const a = await Deno.readFile(`${dirA}/model.safetensors`);
   const b = await Deno.readFile(`${dirB}/model.safetensors`);
@@ -73,8 +91,12 @@ Deno.test("--resume follows the same loss curve as an uninterrupted run", async 
 Deno.test("evaluation draws no dropout: two losses on the same batch agree", () => {
   const model = new VisionLanguageModel(tinyConfig(), 6);
   const batch = [...three.allBatches(3)][0];
-  const l1 = tf.tidy(() => model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]);
-  const l2 = tf.tidy(() => model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]);
+  const l1 = tf.tidy(() =>
+    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
+  );
+  const l2 = tf.tidy(() =>
+    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
+  );
   assert.equal(l1, l2);
   tf.dispose(batch);
   model.dispose();
@@ -85,7 +107,8 @@ Deno.test("pad targets: 'all' counts every pad (the original), 'first' only the 
   const pad = 65;
   const idx = tf.tensor2d([[1, 2, 3, 4], [5, 6, pad, pad]], undefined, "int32");
   const targets = tf.tensor2d([[2, 3, 4, pad], [6, pad, pad, pad]], undefined, "int32");
-  const weights = (mode: "all" | "first" | "none") => Array.from(model.lossTargets(idx, targets, mode).weights);
+  const weights = (mode: "all" | "first" | "none") =>
+    Array.from(model.lossTargets(idx, targets, mode).weights);
   // one visual position (never a target in the original setting), then 4 caption positions per row
   assert.deepEqual(weights("all"), [0, 1, 1, 1, 1, 0, 1, 1, 1, 1]);
   assert.deepEqual(weights("first"), [0, 1, 1, 1, 1, 0, 1, 1, 0, 0]);

@@ -25,9 +25,20 @@ Deno.test("shape checks of the original notebook", () => {
     const pe = new PatchEmbeddings(96, 16, 512, init);
     assert.deepEqual(pe.forward(tf.zeros([B, 3, 96, 96])).shape, [B, 36, 512]);
     assert.deepEqual(new MLP(128, 0.1, true, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
-    assert.deepEqual(new Head(128, 16, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 16]);
-    assert.deepEqual(new MultiHeadAttention(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
-    assert.deepEqual(new Block(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
+    assert.deepEqual(new Head(128, 16, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [
+      B,
+      3,
+      16,
+    ]);
+    assert.deepEqual(
+      new MultiHeadAttention(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape,
+      [B, 3, 128],
+    );
+    assert.deepEqual(new Block(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [
+      B,
+      3,
+      128,
+    ]);
     const vit = new ViT(96, 16, 512, 8, 3, 0.1, 0.1, init);
     const feats = vit.forward(tf.zeros([B, 3, 96, 96]), ctx);
     assert.deepEqual(feats.shape, [B, 1, 512]); // the original's (B, 512), one visual token

@@ -42,9 +42,13 @@ export async function checkParity(kind: "seemore" | "seemoe") {
   const lossAll = tf.tidy(() => model.loss(images, idx, targets, ctx, "all").dataSync()[0]);
   const lossNone = tf.tidy(() => model.loss(images, idx, targets, ctx, "none").dataSync()[0]);
   assert(Math.abs(lossAll - io.loss_original) < 1e-5, `loss with pad ${lossAll} vs ${io.loss_original}`);
-  assert(Math.abs(lossNone - io.loss_ignore_pad) < 1e-5, `loss without pad ${lossNone} vs ${io.loss_ignore_pad}`);
+  assert(
+    Math.abs(lossNone - io.loss_ignore_pad) < 1e-5,
+    `loss without pad ${lossNone} vs ${io.loss_ignore_pad}`,
+  );
   tf.dispose([images, idx, targets, logits]);
   model.dispose();
 }
 
-Deno.test("seemore: same weights and inputs give the original's logits and losses", () => checkParity("seemore"));
+Deno.test("seemore: same weights and inputs give the original's logits and losses", () =>
+  checkParity("seemore"));
