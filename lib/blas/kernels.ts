@@ -1,0 +1,858 @@
+// Faster kernels for tfjs's wasm backend: matmuls go to OpenBLAS's cblas_sgemm (through Deno FFI, on
+// views of the wasm heap), and ops the stock backend does slowly are replaced too: Transpose, Unpack,
+// SplitV and Sum (JS, or C where native.ts could build its kernels), Identity (no copy), and with
+// the C kernels also Erf and Exp plus the fused GELU / layer norm / Adam kernels behind fused.ts.
+//
+//   import * as tf from "@tensorflow/tfjs-core";
+//   import "@tensorflow/tfjs-backend-wasm";
+//   await tf.setBackend("wasm");
+//   const blas = await enableBlasKernels(); // { ok, reason?, kernels, native? }
+//
+// If OpenBLAS (or --allow-ffi) is missing, enableBlasKernels returns ok:false and changes nothing.
+//
+// Differences from the stock wasm kernels, on purpose:
+// - _FusedMatMul adds the bias correctly for transposeB and batch > 1 (stock wasm gets it wrong).
+// - Batch dims broadcast like numpy ([2,1]x[1,3] → [2,3]); tfjs's cpu backend does that case wrongly.
+// - Nothing is cached by tensor id (stock wasm caches packed weights by id).
+// - Identity shares the input's buffer (as the cpu backend does) instead of copying it. Code that
+//   writes into a tensor's memory in place therefore changes its clones too.
+// Only float32 goes to BLAS and C; other dtypes run the stock kernel (Transpose/Unpack/SplitV also
+// handle int32 and bool).
+
+import * as tf from "@tensorflow/tfjs-core";
+import { type Blas, loadBlas } from "./ffi.ts";
+import { loadNative, type Native, simplifyReduction } from "./native.ts";
+
+export { simplifyReduction };
+
+type TensorInfo = tf.TensorInfo;
+type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: object; attrs?: tf.NamedAttrMap };
+
+/** The parts of tfjs-backend-wasm's BackendWasm these kernels use. */
+interface WasmBackend {
+  wasm: { HEAPU8: Uint8Array<ArrayBuffer> };
+  dataIdMap: { get(dataId: object): { memoryOffset: number; shape: number[] } | undefined };
+  makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
+  incRef(dataId: object): void;
+}
+
+export interface EnableOptions {
+  /** Use small C kernels compiled with the system `cc` where they help (default true; JS if no compiler). */
+  native?: boolean;
+  /** Open this OpenBLAS instead of searching the usual paths (tests use a bad path to force the fallback). */
+  libraryPath?: string;
+  /**
+   * OpenBLAS threads. Default: OpenBLAS's own choice (all cores, or $OPENBLAS_NUM_THREADS). On a
+   * busy 2-core machine 1 thread measured as fast as 2 and steadier.
+   */
+  threads?: number;
+}
+
+export interface EnableResult {
+  ok: boolean;
+  /** Why nothing was changed (ok:false), in one line. */
+  reason?: string;
+  /** Kernels now overridden on the wasm backend. */
+  kernels: string[];
+  /** Which C kernels are in use, or why none are ("" when native was not asked for). */
+  native?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// State: the stock kernel configs we replaced, so they can be restored and used as fallbacks.
+
+const BACKEND = "wasm";
+const originals = new Map<string, tf.KernelConfig>();
+const added = new Set<string>(); // our own kernel names (no stock version)
+let blas: Blas | null = null;
+let native: Native | null = null;
+let lastResult: EnableResult | null = null;
+
+/**
+ * Replaces the kernels listed above on the wasm backend. Call after `await tf.setBackend("wasm")`.
+ * Once it has succeeded, later calls return the first result (call disableBlasKernels() first to
+ * change options).
+ */
+// deno-lint-ignore require-await
+export async function enableBlasKernels(opts: EnableOptions = {}): Promise<EnableResult> {
+  if (lastResult?.ok) return lastResult;
+  if (opts.threads !== undefined && !(Number.isInteger(opts.threads) && opts.threads >= 1)) {
+    throw new Error(`lib/blas/kernels.ts: threads must be a positive integer, got ${opts.threads}`);
+  }
+  if (tf.getBackend() !== BACKEND) {
+    return {
+      ok: false,
+      reason: `lib/blas/kernels.ts: the active tfjs backend is '${tf.getBackend()}'; ` +
+        `call enableBlasKernels() after await tf.setBackend("wasm")`,
+      kernels: [],
+    };
+  }
+  const loaded = loadBlas(opts.libraryPath);
+  if (!loaded.ok) return { ok: false, reason: loaded.reason, kernels: [] };
+  blas = loaded.blas;
+  if (opts.threads !== undefined) blas.setNumThreads(opts.threads);
+
+  let nativeNote = "";
+  native = null;
+  if (opts.native ?? true) {
+    const n = loadNative();
+    native = n.ok ? n.native : null;
+    nativeNote = n.ok ? `C kernels from ${n.native.path}` : n.reason;
+  }
+
+  const overrides: [string, tf.KernelFunc][] = [
+    ["BatchMatMul", batchMatMulKernel as tf.KernelFunc],
+    ["_FusedMatMul", fusedMatMulKernel as tf.KernelFunc],
+    ["Transpose", transposeKernel as tf.KernelFunc],
+    ["Identity", identityKernel as tf.KernelFunc],
+    ["Unpack", unpackKernel as tf.KernelFunc],
+    ["SplitV", splitVKernel as tf.KernelFunc],
+    ["Sum", sumKernel as tf.KernelFunc],
+  ];
+  if (native) {
+    overrides.push(["Erf", unaryKernel("Erf", "erf")], ["Exp", unaryKernel("Exp", "exp")]);
+  }
+  for (const [name, kernelFunc] of overrides) override(name, kernelFunc);
+  const fused = native ? registerFusedKernels() : [];
+  lastResult = { ok: true, kernels: [...overrides.map(([name]) => name), ...fused], native: nativeNote };
+  return lastResult;
+}
+
+/** Names of the extra kernels behind lib/blas/fused.ts (registered only with the C kernels). */
+export const FUSED_KERNELS = {
+  gelu: "SeemoreGelu",
+  geluGrad: "SeemoreGeluGrad",
+  layerNorm: "SeemoreLayerNorm",
+  layerNormGrad: "SeemoreLayerNormGrad",
+  adam: "SeemoreAdam",
+} as const;
+
+function registerFusedKernels(): string[] {
+  const kernels: [string, tf.KernelFunc][] = [
+    [FUSED_KERNELS.gelu, geluKernel as tf.KernelFunc],
+    [FUSED_KERNELS.geluGrad, geluGradKernel as tf.KernelFunc],
+    [FUSED_KERNELS.layerNorm, layerNormKernel as tf.KernelFunc],
+    [FUSED_KERNELS.layerNormGrad, layerNormGradKernel as tf.KernelFunc],
+    [FUSED_KERNELS.adam, adamKernel as tf.KernelFunc],
+  ];
+  for (const [kernelName, kernelFunc] of kernels) {
+    if (tf.getKernel(kernelName, BACKEND)) tf.unregisterKernel(kernelName, BACKEND);
+    tf.registerKernel({ kernelName, backendName: BACKEND, kernelFunc });
+    added.add(kernelName);
+  }
+  return kernels.map(([name]) => name);
+}
+
+/** Puts the stock kernels back (benchmarks and tests compare both in one process). */
+export function disableBlasKernels(): void {
+  for (const [name, config] of originals) {
+    tf.unregisterKernel(name, BACKEND);
+    tf.registerKernel(config);
+  }
+  originals.clear();
+  for (const name of added) tf.unregisterKernel(name, BACKEND);
+  added.clear();
+  lastResult = null;
+}
+
+/** Whether the overrides are active. */
+export function blasKernelsEnabled(): boolean {
+  return lastResult?.ok === true;
+}
+
+/** The OpenBLAS in use (null before enableBlasKernels succeeds). */
+export function activeBlas(): Blas | null {
+  return blas;
+}
+
+function override(name: string, kernelFunc: tf.KernelFunc): void {
+  const stock = tf.getKernel(name, BACKEND);
+  if (!stock) throw new Error(`lib/blas/kernels.ts: wasm backend has no ${name} kernel to replace`);
+  originals.set(name, stock);
+  tf.unregisterKernel(name, BACKEND);
+  tf.registerKernel({ kernelName: name, backendName: BACKEND, kernelFunc });
+}
+
+function stock(name: string, args: KernelArgs): TensorInfo | TensorInfo[] {
+  const config = originals.get(name);
+  if (!config) throw new Error(`lib/blas/kernels.ts: stock ${name} kernel missing`);
+  return config.kernelFunc(args);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wasm heap. Offsets come from the backend's own table; every view is checked against the
+// tensor's allocation and the heap, and built from the heap's *current* buffer (it can grow).
+
+type HeapArray = Float32Array | Int32Array | Uint8Array;
+type HeapCtor = Float32ArrayConstructor | Int32ArrayConstructor | Uint8ArrayConstructor;
+
+function wasmOf(backend: object): WasmBackend {
+  const b = backend as WasmBackend;
+  if (!b?.dataIdMap || !b.wasm?.HEAPU8) {
+    throw new Error("lib/blas/kernels.ts: kernel called on a non-wasm backend");
+  }
+  return b;
+}
+
+function heapView<T extends HeapArray>(backend: WasmBackend, info: TensorInfo, Ctor: HeapCtor): T {
+  const data = backend.dataIdMap.get(info.dataId);
+  if (!data || data.memoryOffset == null) {
+    throw new Error(`lib/blas/kernels.ts: tensor ${info.shape} has no wasm memory`);
+  }
+  const size = tf.util.sizeFromShape(info.shape);
+  const allocated = tf.util.sizeFromShape(data.shape);
+  const bytes = size * Ctor.BYTES_PER_ELEMENT;
+  const buffer = backend.wasm.HEAPU8.buffer;
+  const offset = data.memoryOffset;
+  if (
+    size > allocated || offset % Ctor.BYTES_PER_ELEMENT !== 0 || offset < 0 ||
+    offset + bytes > buffer.byteLength || (size > 0 && offset === 0)
+  ) {
+    throw new Error(
+      `lib/blas/kernels.ts: tensor ${info.shape} (${size} elements) does not fit its wasm allocation ` +
+        `(${allocated} elements at byte ${offset} of ${buffer.byteLength})`,
+    );
+  }
+  return new Ctor(buffer, offset, size) as T;
+}
+
+/** A typed array that copies `dtype`'s elements bit for bit (float32 copied as int32: NaNs stay intact). */
+function copyCtor(dtype: tf.DataType): HeapCtor | null {
+  if (dtype === "float32" || dtype === "int32") return Int32Array;
+  if (dtype === "bool") return Uint8Array;
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matmul: shapes, batch broadcasting, and the sgemm calls.
+
+/** How one batched matmul maps onto sgemm calls. */
+export interface MatMulPlan {
+  outShape: number[]; // [...batch, m, n]
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  aIndex: Int32Array; // which A matrix each output batch reads
+  bIndex: Int32Array;
+  /** All batches are one sgemm: B is shared, A untransposed and not broadcast, so rows stack. */
+  merged: boolean;
+}
+
+/** Works out a (batched, broadcasting) matmul's shape and batch mapping; throws on bad shapes. */
+export function planMatMul(aShape: number[], bShape: number[], transA: boolean, transB: boolean): MatMulPlan {
+  const ar = aShape.length, br = bShape.length;
+  if (ar < 2 || br < 2) {
+    throw new Error(`lib/blas/kernels.ts: matMul needs rank >= 2 tensors, got [${aShape}] and [${bShape}]`);
+  }
+  const m = transA ? aShape[ar - 1] : aShape[ar - 2];
+  const k = transA ? aShape[ar - 2] : aShape[ar - 1];
+  const kB = transB ? bShape[br - 1] : bShape[br - 2];
+  const n = transB ? bShape[br - 2] : bShape[br - 1];
+  if (k !== kB) {
+    throw new Error(
+      `lib/blas/kernels.ts: matMul inner sizes differ: [${aShape}]${transA ? "ᵀ" : ""} @ [${bShape}]${
+        transB ? "ᵀ" : ""
+      } (${k} vs ${kB})`,
+    );
+  }
+  const aOuter = aShape.slice(0, -2), bOuter = bShape.slice(0, -2);
+  const batchShape = tf.broadcast_util.assertAndGetBroadcastShape(aOuter, bOuter);
+  const batch = tf.util.sizeFromShape(batchShape);
+  const aIndex = broadcastIndex(aOuter, batchShape);
+  const bIndex = broadcastIndex(bOuter, batchShape);
+  const bShared = bIndex.every((i) => i === 0);
+  const aOwn = aIndex.every((v, i) => v === i);
+  return {
+    outShape: [...batchShape, m, n],
+    batch,
+    m,
+    n,
+    k,
+    transA,
+    transB,
+    aIndex,
+    bIndex,
+    merged: batch > 1 && bShared && aOwn && !transA,
+  };
+}
+
+/** For each flat index of `outShape`, the flat index of the element of `shape` broadcast onto it. */
+export function broadcastIndex(shape: number[], outShape: number[]): Int32Array {
+  const total = tf.util.sizeFromShape(outShape);
+  const rank = outShape.length;
+  const strides = new Array(rank).fill(0);
+  let stride = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    const od = rank - shape.length + d;
+    strides[od] = shape[d] === 1 ? 0 : stride;
+    stride *= shape[d];
+  }
+  const index = new Int32Array(total);
+  const coord = new Array(rank).fill(0);
+  let pos = 0;
+  for (let i = 0; i < total; i++) {
+    index[i] = pos;
+    for (let d = rank - 1; d >= 0; d--) {
+      coord[d]++;
+      pos += strides[d];
+      if (coord[d] < outShape[d]) break;
+      pos -= strides[d] * coord[d];
+      coord[d] = 0;
+    }
+  }
+  return index;
+}
+
+/** C[i] = op(A[aIndex[i]]) @ op(B[bIndex[i]]) (+ beta * C[i]) for every batch i. */
+function runGemm(plan: MatMulPlan, a: Float32Array, b: Float32Array, c: Float32Array, beta: 0 | 1): void {
+  const { m, n, k, transA, transB, batch } = plan;
+  if (batch === 0 || m === 0 || n === 0) return;
+  if (k === 0) {
+    if (beta === 0) c.fill(0);
+    return;
+  }
+  const lda = transA ? m : k, ldb = transB ? k : n;
+  if (plan.merged) {
+    blas!.sgemm(false, transB, batch * m, n, k, 1, a, lda, b, ldb, beta, c, n);
+    return;
+  }
+  const aSize = m * k, bSize = k * n, cSize = m * n;
+  for (let i = 0; i < batch; i++) {
+    const ai = plan.aIndex[i] * aSize, bi = plan.bIndex[i] * bSize;
+    blas!.sgemm(
+      transA,
+      transB,
+      m,
+      n,
+      k,
+      1,
+      batch === 1 ? a : a.subarray(ai, ai + aSize),
+      lda,
+      batch === 1 ? b : b.subarray(bi, bi + bSize),
+      ldb,
+      beta,
+      batch === 1 ? c : c.subarray(i * cSize, (i + 1) * cSize),
+      n,
+    );
+  }
+}
+
+function matMulArgs(args: KernelArgs): { transA: boolean; transB: boolean } {
+  const attrs = args.attrs ?? {};
+  return { transA: attrs.transposeA === true, transB: attrs.transposeB === true };
+}
+
+function batchMatMulKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+  if (a.dtype !== "float32" || b.dtype !== "float32") return stock("BatchMatMul", args);
+  const backend = wasmOf(args.backend);
+  const { transA, transB } = matMulArgs(args);
+  const plan = planMatMul(a.shape, b.shape, transA, transB);
+  const out = backend.makeOutput(plan.outShape, "float32");
+  if (tf.util.sizeFromShape(plan.outShape) === 0) return out;
+  runGemm(
+    plan,
+    heapView(backend, a, Float32Array),
+    heapView(backend, b, Float32Array),
+    heapView(backend, out, Float32Array),
+    0,
+  );
+  return out;
+}
+
+function fusedMatMulKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const { a, b, bias, preluActivationWeights: prelu } = args.inputs as Record<string, TensorInfo | undefined>;
+  if (!a || !b) throw new Error("lib/blas/kernels.ts: _FusedMatMul needs inputs a and b");
+  const attrs = args.attrs ?? {};
+  const activation = (attrs.activation as string | undefined) ?? "linear";
+  const floats = [a, b, bias, prelu].every((t) => t == null || t.dtype === "float32");
+  if (!floats || !ACTIVATIONS.has(activation)) return stock("_FusedMatMul", args);
+  const backend = wasmOf(args.backend);
+  const { transA, transB } = matMulArgs(args);
+  const plan = planMatMul(a.shape, b.shape, transA, transB);
+  const out = backend.makeOutput(plan.outShape, "float32");
+  if (tf.util.sizeFromShape(plan.outShape) === 0) return out;
+  const c = heapView<Float32Array>(backend, out, Float32Array);
+  if (bias) fillBroadcast(c, plan.outShape, heapView(backend, bias, Float32Array), bias.shape, "bias");
+  runGemm(plan, heapView(backend, a, Float32Array), heapView(backend, b, Float32Array), c, bias ? 1 : 0);
+  if (activation !== "linear") {
+    const alpha = (attrs.leakyreluAlpha as number | undefined) ?? 0.2;
+    const weights = prelu ? heapView<Float32Array>(backend, prelu, Float32Array) : null;
+    applyActivation(c, activation, alpha, weights, prelu?.shape ?? [], plan.outShape);
+  }
+  return out;
+}
+
+/** Writes `src` (shape `srcShape`) broadcast onto `dst` (shape `dstShape`). */
+function fillBroadcast(
+  dst: Float32Array,
+  dstShape: number[],
+  src: Float32Array,
+  srcShape: number[],
+  name: string,
+) {
+  const shape = stripLeadingOnes(srcShape);
+  if (shape.length > dstShape.length) {
+    throw new Error(
+      `lib/blas/kernels.ts: _FusedMatMul ${name} shape [${srcShape}] does not broadcast to [${dstShape}]`,
+    );
+  }
+  const joint = tf.broadcast_util.assertAndGetBroadcastShape(dstShape, shape);
+  if (!tf.util.arraysEqual(joint, dstShape)) {
+    throw new Error(
+      `lib/blas/kernels.ts: _FusedMatMul ${name} shape [${srcShape}] does not broadcast to [${dstShape}]`,
+    );
+  }
+  const n = dstShape[dstShape.length - 1];
+  if (shape.length <= 1 && (src.length === n || src.length === 1)) {
+    fillRows(dst, src.length === n ? src : new Float32Array(n).fill(src[0]), n);
+    return;
+  }
+  const index = broadcastIndex(shape, dstShape);
+  for (let i = 0; i < dst.length; i++) dst[i] = src[index[i]];
+}
+
+/** Repeats one row of length n over all of dst, doubling the copied block each time. */
+function fillRows(dst: Float32Array, row: Float32Array, n: number): void {
+  dst.set(row, 0);
+  let filled = n;
+  while (filled < dst.length) {
+    const len = Math.min(filled, dst.length - filled);
+    dst.copyWithin(filled, 0, len);
+    filled += len;
+  }
+}
+
+function stripLeadingOnes(shape: number[]): number[] {
+  let i = 0;
+  while (i < shape.length - 1 && shape[i] === 1) i++;
+  return shape.slice(i);
+}
+
+const ACTIVATIONS = new Set(["linear", "relu", "relu6", "leakyrelu", "prelu", "sigmoid", "elu"]);
+
+/** The fused activations, with the same formulas as tfjs's cpu backend. */
+function applyActivation(
+  c: Float32Array,
+  activation: string,
+  alpha: number,
+  weights: Float32Array | null,
+  weightsShape: number[],
+  outShape: number[],
+): void {
+  const len = c.length;
+  switch (activation) {
+    case "relu":
+      for (let i = 0; i < len; i++) if (c[i] < 0) c[i] = 0;
+      return;
+    case "relu6":
+      for (let i = 0; i < len; i++) c[i] = Math.min(Math.max(c[i], 0), 6);
+      return;
+    case "leakyrelu":
+      for (let i = 0; i < len; i++) if (c[i] < 0) c[i] = alpha * c[i];
+      return;
+    case "sigmoid":
+      for (let i = 0; i < len; i++) c[i] = 1 / (1 + Math.exp(-c[i]));
+      return;
+    case "elu":
+      for (let i = 0; i < len; i++) if (c[i] < 0) c[i] = Math.exp(c[i]) - 1;
+      return;
+    case "prelu": {
+      if (!weights) throw new Error("lib/blas/kernels.ts: prelu activation without preluActivationWeights");
+      const w = new Float32Array(len);
+      fillBroadcast(w, outShape, weights, weightsShape, "preluActivationWeights");
+      for (let i = 0; i < len; i++) if (c[i] < 0) c[i] = w[i] * c[i];
+      return;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// C elementwise kernels and fused layers (only registered when native.ts loaded).
+
+function floatView(backend: WasmBackend, info: TensorInfo, what: string): Float32Array {
+  if (info.dtype !== "float32") {
+    throw new Error(`lib/blas/kernels.ts: ${what} must be float32, got ${info.dtype}`);
+  }
+  return heapView<Float32Array>(backend, info, Float32Array);
+}
+
+function unaryKernel(name: string, op: "erf" | "exp"): tf.KernelFunc {
+  return ((args: KernelArgs) => {
+    const x = args.inputs.x as TensorInfo;
+    if (x.dtype !== "float32" || !native) return stock(name, args);
+    const backend = wasmOf(args.backend);
+    const out = backend.makeOutput(x.shape, "float32");
+    native.unary(op, floatView(backend, x, "x"), floatView(backend, out, "out"));
+    return out;
+  }) as tf.KernelFunc;
+}
+
+function geluKernel(args: KernelArgs): TensorInfo {
+  const x = args.inputs.x as TensorInfo;
+  const backend = wasmOf(args.backend);
+  const out = backend.makeOutput(x.shape, "float32");
+  native!.unary("gelu", floatView(backend, x, "gelu x"), floatView(backend, out, "out"));
+  return out;
+}
+
+function geluGradKernel(args: KernelArgs): TensorInfo {
+  const { x, dy } = args.inputs as { x: TensorInfo; dy: TensorInfo };
+  const backend = wasmOf(args.backend);
+  const dx = backend.makeOutput(x.shape, "float32");
+  native!.geluGrad(
+    floatView(backend, x, "gelu x"),
+    floatView(backend, dy, "gelu dy"),
+    floatView(backend, dx, "dx"),
+  );
+  return dx;
+}
+
+/** inputs x (..., C), g (C), b (C); attrs eps → [y (..., C), mean (...), rstd (...)]. */
+function layerNormKernel(args: KernelArgs): TensorInfo[] {
+  const { x, g, b } = args.inputs as { x: TensorInfo; g: TensorInfo; b: TensorInfo };
+  const backend = wasmOf(args.backend);
+  const cols = x.shape[x.shape.length - 1];
+  const rowShape = x.shape.slice(0, -1);
+  const y = backend.makeOutput(x.shape, "float32");
+  const mean = backend.makeOutput(rowShape, "float32");
+  const rstd = backend.makeOutput(rowShape, "float32");
+  native!.layerNorm(
+    floatView(backend, x, "layerNorm x"),
+    floatView(backend, g, "layerNorm gain"),
+    floatView(backend, b, "layerNorm bias"),
+    {
+      y: floatView(backend, y, "y"),
+      mean: floatView(backend, mean, "mean"),
+      rstd: floatView(backend, rstd, "rstd"),
+    },
+    cols,
+    args.attrs?.eps as number,
+  );
+  return [y, mean, rstd];
+}
+
+/** inputs dy, x, g, mean, rstd → [dx, dg, db]. */
+function layerNormGradKernel(args: KernelArgs): TensorInfo[] {
+  const { dy, x, g, mean, rstd } = args.inputs as Record<string, TensorInfo>;
+  const backend = wasmOf(args.backend);
+  const dx = backend.makeOutput(x.shape, "float32");
+  const dg = backend.makeOutput(g.shape, "float32");
+  const db = backend.makeOutput(g.shape, "float32");
+  native!.layerNormGrad(
+    floatView(backend, dy, "layerNorm dy"),
+    floatView(backend, x, "layerNorm x"),
+    floatView(backend, g, "layerNorm gain"),
+    floatView(backend, mean, "layerNorm mean"),
+    floatView(backend, rstd, "layerNorm rstd"),
+    { dx: floatView(backend, dx, "dx"), dg: floatView(backend, dg, "dg"), db: floatView(backend, db, "db") },
+  );
+  return [dx, dg, db];
+}
+
+/** inputs p, m, v, g (same shape); attrs beta1, beta2, stepSize, sqrtBc2, eps → [p', m', v']. */
+function adamKernel(args: KernelArgs): TensorInfo[] {
+  const { p, m, v, g } = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as Record<string, number>;
+  const backend = wasmOf(args.backend);
+  const outs = [p, m, v].map(() => backend.makeOutput(p.shape, "float32"));
+  const [pOut, mOut, vOut] = outs.map((o) => floatView(backend, o, "adam out"));
+  native!.adam(
+    {
+      p: floatView(backend, p, "adam param"),
+      m: floatView(backend, m, "adam m"),
+      v: floatView(backend, v, "adam v"),
+      g: floatView(backend, g, "adam grad"),
+    },
+    { p: pOut, m: mOut, v: vOut },
+    {
+      beta1: attrs.beta1,
+      beta2: attrs.beta2,
+      stepSize: attrs.stepSize,
+      sqrtBc2: attrs.sqrtBc2,
+      eps: attrs.eps,
+    },
+  );
+  return outs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory-bound kernels.
+
+function transposeKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const x = args.inputs.x as TensorInfo;
+  const Ctor = copyCtor(x.dtype);
+  if (!Ctor) return stock("Transpose", args);
+  const backend = wasmOf(args.backend);
+  const perm = (args.attrs?.perm as number[]).map((p) => (p < 0 ? p + x.shape.length : p));
+  const out = backend.makeOutput(perm.map((p) => x.shape[p]), x.dtype);
+  if (tf.util.sizeFromShape(x.shape) === 0) return out;
+  const src = heapView<Int32Array>(backend, x, Ctor);
+  const dst = heapView<Int32Array>(backend, out, Ctor);
+  const [shape, order] = simplifyTranspose(x.shape, perm); // same transpose on fewer axes
+  if (shape.length <= 1) dst.set(src);
+  else if (native && Ctor === Int32Array && shape.length <= 8) native.transpose32(src, dst, shape, order);
+  else transposeInto(src, dst, shape, order);
+  return out;
+}
+
+/** Identity shares the input's buffer, like the cpu backend (tfjs clones every saved tensor). */
+function identityKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const x = args.inputs.x as TensorInfo;
+  if (x.dtype === "string" || x.dtype === "complex64") return stock("Identity", args);
+  const backend = wasmOf(args.backend);
+  backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+}
+
+function unpackKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const value = args.inputs.value as TensorInfo;
+  const Ctor = copyCtor(value.dtype);
+  if (!Ctor) return stock("Unpack", args);
+  const backend = wasmOf(args.backend);
+  const rank = value.shape.length;
+  let axis = (args.attrs?.axis as number | undefined) ?? 0;
+  if (axis < 0) axis += rank;
+  const count = value.shape[axis];
+  const outShape = value.shape.filter((_, d) => d !== axis);
+  const outs = Array.from({ length: count }, () => backend.makeOutput(outShape, value.dtype)); // allocate first
+  const outer = tf.util.sizeFromShape(value.shape.slice(0, axis));
+  const inner = tf.util.sizeFromShape(value.shape.slice(axis + 1));
+  if (outer * inner === 0) return outs;
+  const src = heapView<Int32Array>(backend, value, Ctor);
+  for (let i = 0; i < count; i++) {
+    const dst = heapView<Int32Array>(backend, outs[i], Ctor);
+    for (let o = 0; o < outer; o++) {
+      const from = (o * count + i) * inner;
+      copyRun(src, from, dst, o * inner, inner);
+    }
+  }
+  return outs;
+}
+
+function splitVKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const x = args.inputs.x as TensorInfo;
+  const Ctor = copyCtor(x.dtype);
+  if (!Ctor) return stock("SplitV", args);
+  const backend = wasmOf(args.backend);
+  const axis = tf.util.parseAxisParam(args.attrs?.axis as number, x.shape)[0];
+  const sizes = tf.backend_util.prepareSplitSize(
+    x as tf.Tensor,
+    args.attrs?.numOrSizeSplits as number | number[],
+    axis,
+  );
+  const outs = sizes.map((size) => {
+    const shape = x.shape.slice();
+    shape[axis] = size;
+    return backend.makeOutput(shape, x.dtype); // allocate first
+  });
+  const outer = tf.util.sizeFromShape(x.shape.slice(0, axis));
+  const inner = tf.util.sizeFromShape(x.shape.slice(axis + 1));
+  const width = x.shape[axis];
+  if (outer * inner * width === 0) return outs;
+  const src = heapView<Int32Array>(backend, x, Ctor);
+  let start = 0;
+  sizes.forEach((size, i) => {
+    const dst = heapView<Int32Array>(backend, outs[i], Ctor);
+    const run = size * inner;
+    for (let o = 0; o < outer; o++) copyRun(src, (o * width + start) * inner, dst, o * run, run);
+    start += size;
+  });
+  return outs;
+}
+
+/** Sum over any axes of a float32 tensor without transposing it first (stock wasm transposes). */
+function sumKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const x = args.inputs.x as TensorInfo;
+  if (x.dtype !== "float32") return stock("Sum", args);
+  const backend = wasmOf(args.backend);
+  const axes = tf.util.parseAxisParam(args.attrs?.axis as number | number[], x.shape);
+  const keepDims = args.attrs?.keepDims === true;
+  const outShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d)).filter((_, i) =>
+    keepDims || !axes.includes(i)
+  );
+  const out = backend.makeOutput(outShape, "float32");
+  const dst = heapView<Float32Array>(backend, out, Float32Array);
+  if (tf.util.sizeFromShape(x.shape) === 0) {
+    dst.fill(0);
+    return out;
+  }
+  const src = heapView<Float32Array>(backend, x, Float32Array);
+  if (native) native.sum(src, dst, x.shape, axes);
+  else sumInto(src, dst, x.shape, axes);
+  return out;
+}
+
+/** dst = sum of src (row-major `shape`) over `axes`, accumulated in double precision. */
+export function sumInto(src: Float32Array, dst: Float32Array, shape: number[], axes: number[]): void {
+  const [sizes, reduced] = simplifyReduction(shape, axes);
+  const acc = new Float64Array(dst.length);
+  const last = sizes.length - 1;
+  if (last < 0) {
+    dst[0] = src[0];
+    return;
+  }
+  const len = sizes[last];
+  // Output stride of each group: 0 for reduced groups.
+  const outStep = new Array(sizes.length).fill(0);
+  for (let g = last, s = 1; g >= 0; g--) {
+    if (!reduced[g]) {
+      outStep[g] = s;
+      s *= sizes[g];
+    }
+  }
+  const inStep = stridesOf(sizes);
+  forEachGroup(sizes, inStep, outStep, last, (inBase, outBase) => {
+    if (reduced[last]) {
+      let total = 0;
+      for (let j = 0; j < len; j++) total += src[inBase + j];
+      acc[outBase] += total;
+    } else {
+      for (let j = 0; j < len; j++) acc[outBase + j] += src[inBase + j];
+    }
+  });
+  for (let i = 0; i < dst.length; i++) dst[i] = acc[i];
+}
+
+/** Calls fn(inOffset, outOffset) for every combination of the groups before `inner`. */
+function forEachGroup(
+  sizes: number[],
+  inStep: number[],
+  outStep: number[],
+  inner: number,
+  fn: (inBase: number, outBase: number) => void,
+): void {
+  let total = 1;
+  for (let g = 0; g < inner; g++) total *= sizes[g];
+  const coord = new Array(inner).fill(0);
+  let inPos = 0, outPos = 0;
+  for (let t = 0; t < total; t++) {
+    fn(inPos, outPos);
+    for (let g = inner - 1; g >= 0; g--) {
+      coord[g]++;
+      inPos += inStep[g];
+      outPos += outStep[g];
+      if (coord[g] < sizes[g]) break;
+      inPos -= inStep[g] * coord[g];
+      outPos -= outStep[g] * coord[g];
+      coord[g] = 0;
+    }
+  }
+}
+
+/** dst[to .. to+len) = src[from .. from+len); short runs by hand (subarray costs more than it saves). */
+function copyRun(src: HeapArray, from: number, dst: HeapArray, to: number, len: number): void {
+  if (len >= 64) {
+    dst.set(src.subarray(from, from + len), to);
+    return;
+  }
+  for (let j = 0; j < len; j++) dst[to + j] = src[from + j];
+}
+
+/**
+ * Drops size-1 axes and merges axes that stay neighbours under `perm`: the transpose is the same,
+ * on fewer, longer axes. Returns the reduced shape and permutation.
+ */
+export function simplifyTranspose(shape: number[], perm: number[]): [number[], number[]] {
+  const keep = shape.map((s) => s !== 1);
+  // Axes of the input, renumbered after dropping size-1 axes.
+  const renumber = new Array(shape.length).fill(-1);
+  const dims: number[] = [];
+  for (let d = 0; d < shape.length; d++) if (keep[d]) renumber[d] = dims.push(shape[d]) - 1;
+  const p = perm.filter((d) => keep[d]).map((d) => renumber[d]);
+  // Merge runs p[i+1] === p[i] + 1 into one axis.
+  const groups: number[][] = [];
+  for (const d of p) {
+    const last = groups[groups.length - 1];
+    if (last && last[last.length - 1] + 1 === d) last.push(d);
+    else groups.push([d]);
+  }
+  const order = groups.map((g) => g[0]).sort((x, y) => x - y);
+  const mergedShape = order.map((first) => {
+    const g = groups.find((gr) => gr[0] === first)!;
+    return g.reduce((acc, d) => acc * dims[d], 1);
+  });
+  const mergedPerm = groups.map((g) => order.indexOf(g[0]));
+  return [mergedShape, mergedPerm];
+}
+
+/** dst = transpose(src, perm) for a row-major tensor of `shape` (any element type). */
+export function transposeInto(src: HeapArray, dst: HeapArray, shape: number[], perm: number[]): void {
+  const [s, p] = simplifyTranspose(shape, perm);
+  const r = s.length;
+  if (r <= 1) {
+    dst.set(src.subarray(0, dst.length));
+    return;
+  }
+  const inStrides = stridesOf(s);
+  const outShape = p.map((d) => s[d]);
+  const outStrides = stridesOf(outShape);
+  // Input stride of each output axis.
+  const step = p.map((d) => inStrides[d]);
+  if (p[r - 1] === r - 1) {
+    // Rows of the last axis stay contiguous: copy them whole.
+    const len = s[r - 1];
+    forEachOuter(outShape, step, [r - 1], (inBase, outBase) => copyRun(src, inBase, dst, outBase, len));
+    return;
+  }
+  // Output axis q reads the input's contiguous axis; the output's last axis reads stride `far`.
+  const q = p.indexOf(r - 1);
+  const rows = outShape[q], cols = outShape[r - 1], far = step[r - 1], outRow = outStrides[q];
+  const TILE = 32;
+  forEachOuter(outShape, step, [q, r - 1], (inBase, outBase) => {
+    for (let i0 = 0; i0 < rows; i0 += TILE) {
+      const i1 = Math.min(rows, i0 + TILE);
+      for (let j0 = 0; j0 < cols; j0 += TILE) {
+        const j1 = Math.min(cols, j0 + TILE);
+        for (let i = i0; i < i1; i++) {
+          const o = outBase + i * outRow;
+          const x = inBase + i;
+          for (let j = j0; j < j1; j++) dst[o + j] = src[x + j * far];
+        }
+      }
+    }
+  });
+}
+
+/**
+ * Calls fn(inputOffset, outputOffset) for every combination of the output axes not in `inner`,
+ * visiting outputs in order. `step[d]` is the input stride of output axis d.
+ */
+function forEachOuter(
+  outShape: number[],
+  step: number[],
+  inner: number[],
+  fn: (inBase: number, outBase: number) => void,
+): void {
+  const outStrides = stridesOf(outShape);
+  const axes = outShape.map((_, d) => d).filter((d) => !inner.includes(d));
+  const total = axes.reduce((acc, d) => acc * outShape[d], 1);
+  const coord = new Array(axes.length).fill(0);
+  let inPos = 0, outPos = 0;
+  for (let t = 0; t < total; t++) {
+    fn(inPos, outPos);
+    for (let a = axes.length - 1; a >= 0; a--) {
+      const d = axes[a];
+      coord[a]++;
+      inPos += step[d];
+      outPos += outStrides[d];
+      if (coord[a] < outShape[d]) break;
+      inPos -= step[d] * coord[a];
+      outPos -= outStrides[d] * coord[a];
+      coord[a] = 0;
+    }
+  }
+}
+
+function stridesOf(shape: number[]): number[] {
+  const strides = new Array(shape.length);
+  let s = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    strides[d] = s;
+    s *= shape[d];
+  }
+  return strides;
+}

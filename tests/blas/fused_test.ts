@@ -1,0 +1,139 @@
+// The fused GELU / layer norm / Adam ops (C kernels on wasm) against the same maths from tfjs ops on
+// the cpu backend: forward values, gradients, and several Adam steps.
+
+import * as tf from "@tensorflow/tfjs";
+import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../../lib/blas/fused.ts";
+import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
+import { loadNative } from "../../lib/blas/native.ts";
+import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
+
+const TOL = 1e-4;
+const READY = BLAS_OK && loadNative().ok;
+const NOTE = READY ? "" : " [ignored: needs OpenBLAS and a C compiler]";
+
+function tensor(shape: number[], seed: number, scale = 1): tf.Tensor {
+  return tf.tensor(seeded(tf.util.sizeFromShape(shape), seed).map((v) => v * scale), shape);
+}
+
+/** Runs fn on wasm and returns the names of the kernels it ran. */
+async function kernelsRun(fn: () => tf.Tensor | tf.Tensor[]): Promise<string[]> {
+  const info = await tf.profile(() => {
+    const out = fn();
+    tf.dispose(out);
+  });
+  return info.kernels.map((k) => k.name);
+}
+
+async function ready(): Promise<void> {
+  const res = await enableBlasKernels();
+  if (!res.ok || !res.kernels.includes(FUSED_KERNELS.gelu)) {
+    throw new Error(`fused kernels missing: ${JSON.stringify(res)}`);
+  }
+}
+
+Deno.test({
+  name: `gelu (fused C) equals the tfjs-op GELU on cpu, values and gradient${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const x = () => tensor([4, 7, 33], 70, 4); // values in [-4, 4)
+    const w = () => tensor([4, 7, 33], 71);
+    const fused = () => [gelu(x()), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(gelu(t), w())))(x())];
+    const plain = () => [geluOps(x()), tf.grad((t: tf.Tensor) => tf.sum(tf.mul(geluOps(t), w())))(x())];
+    assertClose(await valuesOn("wasm", fused), await valuesOn("cpu", plain), TOL, "gelu");
+    const names = await kernelsRun(() => tf.grad((t: tf.Tensor) => tf.sum(gelu(t)))(x()));
+    assertEquals(
+      names.includes(FUSED_KERNELS.gelu) && names.includes(FUSED_KERNELS.geluGrad),
+      true,
+      "fused kernels ran",
+    );
+  },
+});
+
+Deno.test({
+  name: `layerNorm (fused C) equals the tfjs-op layer norm on cpu, values and all gradients${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    for (const shape of [[3, 5, 48], [6, 16], [2, 2, 3, 130]]) {
+      const C = shape[shape.length - 1];
+      const inputs = () => [tensor(shape, 72, 3), tf.add(1, tensor([C], 73, 0.5)), tensor([C], 74, 0.5)];
+      const w = () => tensor(shape, 75);
+      const with_ = (ln: typeof layerNorm) => () => {
+        const [x, g, b] = inputs();
+        const f = (a: tf.Tensor, c: tf.Tensor, d: tf.Tensor) => tf.sum(tf.mul(ln(a, c, d), w()));
+        return [ln(x, g, b), ...tf.grads(f)([x, g, b])];
+      };
+      assertClose(
+        await valuesOn("wasm", with_(layerNorm)),
+        await valuesOn("cpu", with_(layerNormOps)),
+        TOL,
+        `layerNorm [${shape}]`,
+      );
+    }
+    const names = await kernelsRun(() => layerNorm(tensor([2, 8], 76), tf.ones([8]), tf.zeros([8])));
+    assertEquals(names.includes(FUSED_KERNELS.layerNorm), true, "fused kernel ran");
+  },
+});
+
+Deno.test({
+  name: `adamStep (fused C) equals the tfjs-op Adam on cpu over 4 steps${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const steps = (step: typeof adamStep) => () => {
+      let p = tensor([37, 29], 77), m = tf.zeros([37, 29]), v = tf.zeros([37, 29]);
+      for (let t = 1; t <= 4; t++) {
+        const g = tensor([37, 29], 80 + t, 0.1 * t);
+        ({ p, m, v } = step(p, m, v, g, { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, step: t }));
+      }
+      return [p, m, v];
+    };
+    assertClose(await valuesOn("wasm", steps(adamStep)), await valuesOn("cpu", steps(adamOps)), TOL, "adam");
+    const names = await kernelsRun(() => {
+      const r = adamStep(tf.ones([4]), tf.zeros([4]), tf.zeros([4]), tf.ones([4]), {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: 1,
+      });
+      return [r.p, r.m, r.v];
+    });
+    assertEquals(names.includes(FUSED_KERNELS.adam), true, "fused kernel ran");
+  },
+});
+
+Deno.test({
+  name: `Erf and Exp kernels (C) equal cpu${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const run = () => [tf.erf(tensor([1000], 90, 5)), tf.exp(tensor([1000], 91, 20))];
+    assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, "erf/exp");
+  },
+});
+
+Deno.test("on the cpu backend the fused ops fall back to tfjs ops", async () => {
+  await tf.setBackend("cpu");
+  try {
+    const x = tensor([3, 8], 92, 2), g = tensor([8], 93), b = tensor([8], 94);
+    assertClose([gelu(x).dataSync() as Float32Array], [geluOps(x).dataSync() as Float32Array], 0, "gelu");
+    assertClose(
+      [layerNorm(x, g, b).dataSync() as Float32Array],
+      [layerNormOps(x, g, b).dataSync() as Float32Array],
+      0,
+      "ln",
+    );
+    let threw = false;
+    try {
+      layerNorm(x, tensor([7], 95), b);
+    } catch (err) {
+      threw = String(err).includes("must be [8]");
+    }
+    assertEquals(threw, true, "bad gain shape rejected");
+    tf.dispose([x, g, b]);
+  } finally {
+    await tf.setBackend("wasm");
+  }
+});

@@ -1,0 +1,82 @@
+// Shared setup for the BLAS kernel tests: seeded data, running the same computation on the cpu
+// backend and on wasm (with or without our kernels), and closeness checks.
+
+import * as tf from "@tensorflow/tfjs"; // the union package registers gradients and chained ops
+import "@tensorflow/tfjs-backend-cpu";
+import "@tensorflow/tfjs-backend-wasm";
+import { loadBlas } from "../../lib/blas/ffi.ts";
+
+await tf.setBackend("wasm");
+
+/** Whether OpenBLAS can be opened here (tests that need it are ignored otherwise). */
+export const BLAS_OK = loadBlas().ok;
+export const SKIP_NOTE = BLAS_OK
+  ? ""
+  : " [ignored: OpenBLAS not loadable; apt-get install libopenblas0-pthread]";
+
+/** Deterministic values in [-1, 1) (mulberry32). */
+export function seeded(size: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(size);
+  for (let i = 0; i < size; i++) {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+/** Runs fn on the named backend and returns its tensors' values (everything else is disposed). */
+export async function valuesOn(
+  backend: "cpu" | "wasm",
+  fn: () => tf.Tensor | tf.Tensor[],
+): Promise<Float32Array[]> {
+  await tf.setBackend(backend);
+  try {
+    const out = tf.tidy(fn);
+    const list = Array.isArray(out) ? out : [out];
+    const values = list.map((t) => Float32Array.from(t.dataSync() as ArrayLike<number>));
+    tf.dispose(list);
+    return values;
+  } finally {
+    await tf.setBackend("wasm");
+  }
+}
+
+/** Largest |a - b| / max(1, |b|): absolute for small values, relative for large ones. */
+export function maxRelDiff(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]) / Math.max(1, Math.abs(b[i]));
+    if (!(d <= worst)) worst = d; // NaN propagates as a failure
+  }
+  return worst;
+}
+
+export function assertClose(
+  actual: Float32Array[],
+  expected: Float32Array[],
+  tol: number,
+  what: string,
+): void {
+  if (actual.length !== expected.length) {
+    throw new Error(`${what}: ${actual.length} outputs vs ${expected.length}`);
+  }
+  actual.forEach((a, i) => {
+    const d = maxRelDiff(a, expected[i]);
+    if (!(d <= tol)) throw new Error(`${what}: output ${i} differs by ${d} (tolerance ${tol})`);
+  });
+}
+
+/** Allocates and frees a NaN-filled buffer so the next allocation likely reuses dirty memory. */
+export function dirtyHeap(size: number): void {
+  tf.tidy(() => tf.fill([size], NaN).dataSync());
+}
+
+/** Throws unless actual === expected (the shared import map may lack @std/assert while others edit it). */
+export function assertEquals<T>(actual: T, expected: T, what = "value"): void {
+  if (actual !== expected) throw new Error(`${what}: got ${String(actual)}, expected ${String(expected)}`);
+}

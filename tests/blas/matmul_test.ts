@@ -1,0 +1,278 @@
+// BatchMatMul and _FusedMatMul through OpenBLAS on the wasm backend, against tfjs's cpu backend:
+// forward values, gradients, and a few Adam steps of a tiny MLP.
+
+import * as tf from "@tensorflow/tfjs";
+import { activeBlas, disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
+import { assertClose, assertEquals, BLAS_OK, dirtyHeap, seeded, SKIP_NOTE, valuesOn } from "./helpers.ts";
+
+const TOL = 1e-4;
+
+async function enabled(): Promise<void> {
+  const res = await enableBlasKernels();
+  if (!res.ok) throw new Error(`enableBlasKernels failed: ${res.reason}`);
+}
+
+function tensor(shape: number[], seed: number): tf.Tensor {
+  return tf.tensor(seeded(tf.util.sizeFromShape(shape), seed), shape);
+}
+
+type Case = [number[], number[], boolean, boolean];
+
+const MATMUL_CASES: Case[] = [
+  [[5, 7], [7, 3], false, false],
+  [[5, 7], [3, 7], false, true],
+  [[7, 5], [7, 3], true, false],
+  [[7, 5], [3, 7], true, true],
+  [[4, 5, 7], [4, 7, 3], false, false],
+  [[4, 5, 7], [4, 3, 7], false, true],
+  [[4, 7, 5], [4, 7, 3], true, false],
+  [[4, 7, 5], [4, 3, 7], true, true],
+  [[1, 5, 7], [4, 7, 3], false, false], // A broadcast over the batch
+  [[1, 7, 5], [4, 3, 7], true, true],
+  [[4, 5, 7], [1, 7, 3], false, false], // B broadcast: one merged sgemm
+  [[4, 5, 7], [7, 3], false, false], // rank-2 B under a rank-3 A
+  [[4, 5, 7], [3, 7], false, true],
+  [[4, 7, 5], [7, 3], true, false], // B shared but A transposed: per-batch calls
+  [[2, 3, 5, 7], [2, 3, 4, 7], false, true],
+  [[2, 3, 5, 7], [7, 4], false, false],
+  [[3, 0], [0, 4], false, false], // empty inner dimension: zeros
+  [[64, 96], [96, 80], false, false], // large enough for OpenBLAS's blocked path
+];
+
+Deno.test({
+  name: `BatchMatMul (all transposes, batches, broadcasting) equals cpu${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    for (const [aShape, bShape, ta, tb] of MATMUL_CASES) {
+      const run = () => tf.matMul(tensor(aShape, 1), tensor(bShape, 2), ta, tb);
+      const want = await valuesOn("cpu", run);
+      dirtyHeap(want[0].length);
+      const got = await valuesOn("wasm", run);
+      assertClose(got, want, TOL, `matMul [${aShape}]${ta ? "ᵀ" : ""} @ [${bShape}]${tb ? "ᵀ" : ""}`);
+    }
+  },
+});
+
+Deno.test({
+  name: `BatchMatMul broadcasts batch dims like numpy ([2,1]x[1,3])${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    // tfjs's cpu kernel pairs batches by modulo here, so compare with explicitly tiled inputs.
+    const want = await valuesOn("cpu", () => {
+      const a = tf.tile(tensor([2, 1, 5, 7], 3), [1, 3, 1, 1]);
+      const b = tf.tile(tensor([1, 3, 7, 4], 4), [2, 1, 1, 1]);
+      return tf.matMul(a, b);
+    });
+    const got = await valuesOn("wasm", () => tf.matMul(tensor([2, 1, 5, 7], 3), tensor([1, 3, 7, 4], 4)));
+    assertClose(got, want, TOL, "broadcast matMul");
+  },
+});
+
+Deno.test({
+  name: `matMul gradients (all transposes, 2-D and batched) equal cpu${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    const cases = MATMUL_CASES.filter(([a, b]) => a.length === b.length && a[0] === b[0] && a[1] !== 0);
+    for (const [aShape, bShape, ta, tb] of cases) {
+      const run = () => {
+        const a = tensor(aShape, 5), b = tensor(bShape, 6);
+        const f = (x: tf.Tensor, y: tf.Tensor) => {
+          const out = tf.matMul(x, y, ta, tb);
+          return tf.sum(tf.mul(out, tensor(out.shape, 7)));
+        };
+        return tf.grads(f)([a, b]);
+      };
+      assertClose(
+        await valuesOn("wasm", run),
+        await valuesOn("cpu", run),
+        TOL,
+        `grads [${aShape}] @ [${bShape}]`,
+      );
+    }
+  },
+});
+
+const ACTIVATIONS = ["linear", "relu", "relu6", "leakyrelu", "prelu", "sigmoid", "elu"] as const;
+
+Deno.test({
+  name: `_FusedMatMul with bias and activations (incl. transposeB, batch > 1) equals cpu${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    const shapes: Case[] = [
+      [[6, 9], [9, 5], false, false],
+      [[6, 9], [5, 9], false, true], // stock wasm adds the bias wrongly here
+      [[3, 6, 9], [3, 5, 9], false, true], // ... and here (batch > 1)
+      [[3, 9, 6], [3, 9, 5], true, false],
+      [[3, 9, 6], [1, 5, 9], true, true],
+    ];
+    const biasShapes = [[5], [1, 5], [6, 5], [6, 1], [1]];
+    for (const [aShape, bShape, ta, tb] of shapes) {
+      for (const activation of ACTIVATIONS) {
+        for (const biasShape of biasShapes) {
+          const run = () =>
+            tf.fused.matMul({
+              a: tensor(aShape, 8),
+              b: tensor(bShape, 9),
+              transposeA: ta,
+              transposeB: tb,
+              bias: tensor(biasShape, 10),
+              activation,
+              preluActivationWeights: activation === "prelu" ? tensor([5], 11) : undefined,
+              leakyreluAlpha: 0.3,
+            });
+          const what = `fused [${aShape}]${ta ? "ᵀ" : ""} @ [${bShape}]${
+            tb ? "ᵀ" : ""
+          } + [${biasShape}] ${activation}`;
+          assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, what);
+        }
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: `fused matMul gradients (bias, linear and relu) equal cpu${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]]) {
+      for (const activation of ["linear", "relu"] as const) {
+        const run = () => {
+          const a = tensor(ta ? [3, 9, 6] : [3, 6, 9], 12), b = tensor(tb ? [3, 5, 9] : [3, 9, 5], 13);
+          const bias = tensor([5], 14);
+          const f = (x: tf.Tensor, y: tf.Tensor, z: tf.Tensor) => {
+            const out = tf.fused.matMul({ a: x, b: y, transposeA: ta, transposeB: tb, bias: z, activation });
+            return tf.sum(tf.mul(out, tensor(out.shape, 15)));
+          };
+          return tf.grads(f)([a, b, bias]);
+        };
+        assertClose(
+          await valuesOn("wasm", run),
+          await valuesOn("cpu", run),
+          TOL,
+          `fused grads ${ta} ${tb} ${activation}`,
+        );
+      }
+    }
+  },
+});
+
+/** Five Adam steps of a 2-layer MLP; returns the losses and the final weights. */
+function trainTinyMlp(): tf.Tensor[] {
+  const w1 = tf.variable(tf.mul(tensor([8, 16], 20), 0.5));
+  const b1 = tf.variable(tf.mul(tensor([16], 21), 0.1));
+  const w2 = tf.variable(tf.mul(tensor([16, 4], 22), 0.5));
+  const b2 = tf.variable(tf.mul(tensor([4], 23), 0.1));
+  const x = tensor([30, 8], 24), y = tensor([30, 4], 25); // 2-D: tfjs cannot take gradients of broadcast matmuls
+  const opt = tf.train.adam(0.01);
+  const losses: tf.Tensor[] = [];
+  for (let step = 0; step < 5; step++) {
+    const loss = opt.minimize(() => {
+      const h = tf.relu(tf.add(tf.matMul(x, w1), b1)); // (30, 16)
+      const out = tf.fused.matMul({ a: h, b: w2, bias: b2 }); // (30, 4)
+      return tf.mean(tf.square(tf.sub(out, y))) as tf.Scalar;
+    }, true)!;
+    losses.push(loss);
+  }
+  const result = [...losses, w1, b1, w2, b2].map((t) => tf.clone(t));
+  opt.dispose();
+  tf.dispose([w1, b1, w2, b2, ...losses]);
+  return result;
+}
+
+Deno.test({
+  name: `five Adam steps of a tiny MLP equal cpu${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    const want = await valuesOn("cpu", trainTinyMlp);
+    const got = await valuesOn("wasm", trainTinyMlp);
+    assertClose(got, want, TOL, "tiny MLP after Adam");
+    // The loss went down: the steps did something.
+    assertEquals(got[4][0] < got[0][0], true);
+  },
+});
+
+Deno.test({
+  name: `matMul kernels leak no wasm memory${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    const before = tf.memory().numTensors;
+    const dataIds = (tf.backend() as unknown as { numDataIds(): number }).numDataIds();
+    tf.tidy(() => {
+      tf.matMul(tensor([4, 5, 7], 1), tensor([7, 3], 2));
+      tf.fused.matMul({
+        a: tensor([4, 5, 7], 1),
+        b: tensor([4, 3, 7], 2),
+        transposeB: true,
+        bias: tensor([3], 3),
+      });
+    });
+    assertEquals(tf.memory().numTensors, before);
+    assertEquals((tf.backend() as unknown as { numDataIds(): number }).numDataIds(), dataIds);
+  },
+});
+
+Deno.test({
+  name: `disableBlasKernels restores the stock kernels${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    const ours = tf.getKernel("BatchMatMul", "wasm").kernelFunc;
+    disableBlasKernels();
+    const restored = tf.getKernel("BatchMatMul", "wasm").kernelFunc;
+    assertEquals(restored === ours, false);
+    const got = await valuesOn("wasm", () => tf.matMul(tensor([5, 7], 1), tensor([7, 3], 2)));
+    const want = await valuesOn("cpu", () => tf.matMul(tensor([5, 7], 1), tensor([7, 3], 2)));
+    assertClose(got, want, TOL, "stock matMul");
+    await enabled();
+    assertEquals(tf.getKernel("BatchMatMul", "wasm").kernelFunc === ours, true);
+  },
+});
+
+Deno.test({
+  name: `a matmul whose output grows the wasm heap still writes the right memory${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    const heap = () =>
+      (tf.backend() as unknown as { wasm: { HEAPU8: Uint8Array } }).wasm.HEAPU8.buffer.byteLength;
+    const before = heap();
+    const rows = 1024, cols = Math.ceil(before / 4 / rows) + 1024; // output alone is larger than the heap
+    const a = tf.tensor(seeded(rows, 16), [rows, 1]), b = tf.tensor(seeded(cols, 17), [1, cols]);
+    const out = tf.matMul(a, b); // (rows, cols), an outer product
+    assertEquals(heap() > before, true, "heap grew");
+    const av = a.dataSync(), bv = b.dataSync();
+    for (const r of [0, 517, rows - 1]) {
+      const row = tf.tidy(() => tf.slice(out, [r, cols - 64], [1, 64]).dataSync());
+      const want = Float32Array.from({ length: 64 }, (_, j) => av[r] * bv[cols - 64 + j]);
+      assertClose([row as Float32Array], [want], 1e-6, `row ${r}`);
+    }
+    tf.dispose([a, b, out]);
+  },
+});
+
+Deno.test({
+  name: `enableBlasKernels({ threads }) sets OpenBLAS's thread count${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    disableBlasKernels();
+    const res = await enableBlasKernels({ threads: 1 });
+    assertEquals(res.ok, true, "enabled");
+    assertEquals(activeBlas()!.numThreads(), 1, "threads");
+    let threw = false;
+    disableBlasKernels();
+    try {
+      await enableBlasKernels({ threads: 0 });
+    } catch (err) {
+      threw = String(err).includes("positive integer");
+    }
+    assertEquals(threw, true, "threads: 0 rejected");
+    await enabled();
+  },
+});
