@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
 import { fileURLToPath } from "node:url";
+import { useFastMatmul } from "./model/ops.ts";
 
 export type BackendName = "tensorflow-gpu" | "tensorflow" | "wasm" | "cpu";
 export const BACKENDS = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
@@ -54,6 +55,7 @@ async function tryWasm(notes: string[], blas: boolean): Promise<boolean> {
     try {
       const { enableBlasKernels } = await import("./blas/kernels.ts");
       const r = await enableBlasKernels();
+      useFastMatmul(r.ok);
       if (r.ok) notes.push(`OpenBLAS kernels: ${r.kernels.join(", ")}`);
       else notes.push(r.reason ?? "OpenBLAS not available");
     } catch (e) {
@@ -76,6 +78,7 @@ export async function initBackend(requested?: string, opts: { blas?: boolean } =
     throw new Error(`unknown backend "${want}": choose one of ${BACKENDS.join(", ")} or auto`);
   }
   let ok = false;
+  useFastMatmul(false);
   if (want === "tensorflow-gpu" || want === "tensorflow") {
     ok = await tryNode(want, notes);
     if (!ok) {

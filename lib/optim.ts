@@ -1,9 +1,11 @@
-// Adam, as torch.optim.Adam with its defaults (betas 0.9/0.999, eps 1e-8, no weight decay).
+// Adam, as torch.optim.Adam with its defaults (betas 0.9/0.999, eps 1e-8, no weight decay):
+//   m' = b1 m + (1-b1) g;  v' = b2 v + (1-b2) g²;  p' = p - lr/(1-b1^t) · m' / (√v' / √(1-b2^t) + eps)
 // Written out (rather than tf.train.adam) so its state — step count and both moment estimates, one
 // pair per variable in model order — can be saved with a checkpoint and restored exactly on --resume.
 
 import * as tf from "@tensorflow/tfjs";
 import type { NamedTensor } from "./checkpoint.ts";
+import { adamStep } from "./blas/fused.ts";
 import { readData } from "./model/ops.ts";
 
 export class Adam {
@@ -25,18 +27,14 @@ export class Adam {
   /** One update from gradients given in the same order as `params`. */
   update(grads: tf.Tensor[]): void {
     this.step += 1;
-    const bc1 = 1 - this.beta1 ** this.step;
-    const bc2 = 1 - this.beta2 ** this.step;
-    tf.tidy(() => {
-      this.params.forEach((p, i) => {
-        const g = grads[i];
-        const m = tf.add(tf.mul(this.m[i], this.beta1), tf.mul(g, 1 - this.beta1)); // first moment
-        const v = tf.add(tf.mul(this.v[i], this.beta2), tf.mul(tf.square(g), 1 - this.beta2)); // second moment
-        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), this.eps);
-        p.assign(tf.sub(p, tf.mul(tf.div(m, denom), this.lr / bc1)));
-        this.m[i].assign(m);
-        this.v[i].assign(v);
-      });
+    const hyper = { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, step: this.step };
+    this.params.forEach((p, i) => {
+      // adamStep: one C kernel on the fast CPU path, the same formula in tfjs ops elsewhere.
+      const next = adamStep(p, this.m[i], this.v[i], grads[i], hyper);
+      p.assign(next.p);
+      this.m[i].assign(next.m);
+      this.v[i].assign(next.v);
+      tf.dispose([next.p, next.m, next.v]);
     });
   }
 

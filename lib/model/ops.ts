@@ -92,28 +92,34 @@ export const matmul2d = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[])
   };
 }) as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
 
+/**
+ * Set by lib/backend.ts when matmuls run on OpenBLAS: transposed matmuls are then as fast as plain ones,
+ * so tfjs's own gradient (and a bias fused into the matmul) beat matmul2d's explicit transposes.
+ */
+let fastMatmul = false;
+export function useFastMatmul(on: boolean): void {
+  fastMatmul = on;
+}
+
+/** `a @ b` for 2-D tensors, plus an optional bias row, by whichever route is fastest here. */
+function matmulBias(a: tf.Tensor2D, b: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor2D {
+  if (fastMatmul) return tf.fused.matMul({ a, b, bias }) as tf.Tensor2D;
+  const y = matmul2d(a, b);
+  return bias ? tf.add(y, bias) : y;
+}
+
 /** `x @ W (+ b)` over the last axis of x, any leading shape; W is [in, out]. */
 export function dense(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor {
   const lead = x.shape.slice(0, -1);
   const [nIn, nOut] = w.shape;
   const x2 = tf.reshape(x, [-1, nIn]) as tf.Tensor2D; // (N, in)
-  let y: tf.Tensor = matmul2d(x2, w); // (N, out)
-  if (b) y = tf.add(y, b);
-  return tf.reshape(y, [...lead, nOut]);
+  return tf.reshape(matmulBias(x2, w, b), [...lead, nOut]); // (..., out)
 }
 
-/** GELU with the exact erf form, as PyTorch's nn.GELU() default. */
-export function gelu(x: tf.Tensor): tf.Tensor {
-  return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, Math.SQRT1_2))));
-}
-
-/** Layer normalisation over the last axis (PyTorch's biased variance, eps 1e-5). */
-export function layerNorm(x: tf.Tensor, g: tf.Tensor1D, b: tf.Tensor1D, eps = 1e-5): tf.Tensor {
-  const mean = tf.mean(x, -1, true); // (..., 1)
-  const centred = tf.sub(x, mean); // (..., C)
-  const variance = tf.mean(tf.square(centred), -1, true); // (..., 1)
-  return tf.add(tf.mul(tf.mul(centred, tf.rsqrt(tf.add(variance, eps))), g), b);
-}
+// GELU (exact erf form, as PyTorch's nn.GELU()) and LayerNorm (biased variance, eps 1e-5) come from
+// lib/blas/fused.ts: one C kernel each when the fast CPU path is on, the same maths in tfjs ops otherwise.
+import { gelu, layerNorm } from "../blas/fused.ts";
+export { gelu, layerNorm };
 
 /**
  * Row lookup `table[ids]` as a one-hot matmul, so its gradient is a matmul too (the wasm backend has
@@ -122,7 +128,7 @@ export function layerNorm(x: tf.Tensor, g: tf.Tensor1D, b: tf.Tensor1D, eps = 1e
 export function embed(ids: tf.Tensor, table: tf.Tensor2D): tf.Tensor {
   const [vocab, width] = table.shape;
   const oneHot = tf.cast(tf.oneHot(tf.reshape(ids, [-1]) as tf.Tensor1D, vocab), "float32") as tf.Tensor2D; // (N, V)
-  return tf.reshape(matmul2d(oneHot, table), [...ids.shape, width]); // (..., C)
+  return tf.reshape(matmulBias(oneHot, table), [...ids.shape, width]); // (..., C)
 }
 
 /**
