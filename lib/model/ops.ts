@@ -146,9 +146,6 @@ export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D, weights:
 // ---------------------------------------------------------------------------------------------
 // Parameter holders.
 
-/** A deterministic normal initialiser (PyTorch's own init differs; ours is seeded and documented). */
-export type Init = (shape: number[]) => tf.Tensor;
-
 /** Seeded initialisers for one model: each call gets its own seed derived from the model seed. */
 export class Initialiser {
   private counter = 0;
@@ -297,19 +294,4 @@ export class Param implements Parametrised {
   loadState(prefix: string, state: StateDict): void {
     assign(this.v, this.shape, state.get(prefix + this.suffix)!.data);
   }
-}
-
-/** Saves a list of sub-modules under `prefix.<key>`. */
-export function saveAll(prefix: string, out: StateDict, parts: [string, Parametrised][]): void {
-  for (const [key, part] of parts) part.saveState(`${prefix}${key}`, out);
-}
-
-/** Loads a list of sub-modules from `prefix.<key>`. */
-export function loadAll(prefix: string, state: StateDict, parts: [string, Parametrised][]): void {
-  for (const [key, part] of parts) part.loadState(`${prefix}${key}`, state);
-}
-
-/** All variables of a list of sub-modules. */
-export function allVariables(parts: Parametrised[]): tf.Variable[] {
-  return parts.flatMap((p) => p.variables());
 }
