@@ -1,16 +1,36 @@
 // Speed and memory of one configuration (the original's, unless flags say otherwise):
-//   deno task bench [--backend B] [--model seemore|seemoe] [--batch N] [--steps N] [--json]
-// Train step and forward: medians of --steps timed runs after warm-up. Generation: tokens per second
-// for one image and 40 new tokens with the KV cache. Peak RSS: the process's high-water mark.
+//   deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
+//                   [--steps N] [--threads N] [--profile] [--json]
+//   deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
+//
+// Train step (forward, backward, Adam) and forward (eval mode): medians of --steps timed runs after
+// warm-up. Generation: one image, 40 new tokens, greedy, with the KV cache. Peak RSS: this process's
+// high-water mark (VmHWM). --profile adds the per-kernel time profile of one train step (top 10).
+//
+// --compare-original also runs the ORIGINAL PyTorch model (bench/original_step.py under Debian's
+// /usr/bin/python3) on the same batch shapes, in a child process, alternating with ours round by round
+// (ours, then theirs: the two never run at once; each figure the best of --repeat runs), and prints
+// both medians and ours/original, the median of the rounds' ratios (each pair ran seconds apart under
+// the same load, which the medians of a busy machine do not). Torch's thread counts (--torch-threads)
+// are first probed on the train step; the original is then timed at every count within 30% of the
+// best, and each figure is compared with its best count. Without torch it says how to install it and
+// reports our figures alone.
 
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
-import { DEFAULT_MODEL, DEFAULT_TRAIN } from "../lib/config.ts";
+import { activeBlas, setKernelThreads } from "../lib/blas/kernels.ts";
+import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { buildModel } from "../lib/model/factory.ts";
 import { Ctx } from "../lib/model/ops.ts";
+import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
+import { OriginalProcess } from "./original.ts";
+import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
+
+export const GENERATE_TOKENS = 40;
+const VOCAB = 66; // the original's: 65 characters of input.txt + <pad>
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -34,22 +54,47 @@ function time(f: () => void): number {
   return performance.now() - t0;
 }
 
-export interface BenchResult {
-  backend: string;
-  backend_notes: string[];
-  model_type: string;
-  batch_size: number;
-  caption_length: number;
-  train_step_ms: number;
-  forward_ms: number;
-  generate_tokens_per_s: number;
-  peak_rss_mib: number;
-  train_step_gflop: number;
-  train_gflop_per_s: number;
+// ---------------------------------------------------------------------------------------------
+// Configurations
+
+export type BenchSize = "original" | "tiny";
+
+export interface BenchOptions {
+  backend?: string;
+  model?: string;
+  size?: BenchSize;
+  batch?: number;
+  steps?: number;
+  threads?: number;
+}
+
+/** The shapes one benchmark runs: the original's config, or a tiny one for tests of this file. */
+export function benchShapes(
+  size: BenchSize,
+  model: string,
+): { config: ModelConfig; batch: number; caption: number } {
+  if (model !== "seemore" && model !== "seemoe") {
+    throw new Error(`--model must be seemore or seemoe, got "${model}"`);
+  }
+  const base = { ...DEFAULT_MODEL, model_type: model as ModelType, vocab_size: VOCAB };
+  if (size === "original") return { config: base, batch: DEFAULT_TRAIN.batch_size, caption: 49 };
+  if (size === "tiny") {
+    const tiny = {
+      n_embd: 16,
+      image_embed_dim: 32,
+      n_head: 2,
+      n_layer: 1,
+      num_blks: 1,
+      img_size: 32,
+      num_experts: 4,
+    };
+    return { config: { ...base, ...tiny }, batch: 2, caption: 8 };
+  }
+  throw new Error(`--size must be original or tiny, got "${size}"`);
 }
 
 /** FLOPs of the matmuls in one forward pass (a train step ≈ 3×). */
-function forwardFlops(c: typeof DEFAULT_MODEL, B: number, T: number): number {
+export function forwardFlops(c: ModelConfig, B: number, T: number): number {
   const np = (c.img_size / c.patch_size) ** 2;
   const D = c.image_embed_dim, C = c.n_embd, N = np + 1, L = T + 1;
   const vit = 2 * B * np * 3 * c.patch_size ** 2 * D +
@@ -57,64 +102,472 @@ function forwardFlops(c: typeof DEFAULT_MODEL, B: number, T: number): number {
   const proj = 2 * B * (D * 4 * D + 4 * D * C);
   const ffn = c.model_type === "seemoe" ? c.top_k * 8 * C : 8 * C;
   const dec = c.n_layer * (2 * B * L * C * (4 * C) + 2 * B * L * ffn * C + 4 * B * L * L * C);
-  return vit + proj + dec + 2 * B * L * C * 66;
+  return vit + proj + dec + 2 * B * L * C * c.vocab_size;
 }
 
-export async function bench(opts: { backend?: string; model?: string; batch?: number; steps?: number }): Promise<BenchResult> {
-  const info = await initBackend(opts.backend);
-  const B = opts.batch ?? DEFAULT_TRAIN.batch_size;
-  const T = 49; // a 49-character caption, 50 positions with the visual token
-  const config = { ...DEFAULT_MODEL, model_type: (opts.model ?? "seemore") as "seemore" | "seemoe", vocab_size: 66 };
-  const model = buildModel(config, 1);
-  const opt = new Adam(model.variables(), 1e-3);
-  const images = tf.randomNormal([B, 3, config.img_size, config.img_size], 0, 1, "float32", 1) as tf.Tensor4D;
-  const idx = tf.randomUniform([B, T], 0, 65, "int32", 2) as tf.Tensor2D;
-  const targets = tf.randomUniform([B, T], 0, 66, "int32", 3) as tf.Tensor2D;
-  const steps = opts.steps ?? 10;
+// ---------------------------------------------------------------------------------------------
+// Our model, ready to time
 
-  const trainOnce = (step: number) => {
-    const { value, grads } = tf.variableGrads(
-      () => model.loss(images, idx, targets, new Ctx(true, 1, step), "first"),
-      opt.params,
-    );
-    opt.update(opt.params.map((p) => grads[p.name]));
-    value.dataSync();
-    tf.dispose([value, ...Object.values(grads)]);
-  };
-  const forwardOnce = () => tf.tidy(() => model.forward(images, idx, Ctx.eval()).dataSync());
+/** One model, its optimizer and a fixed random batch; each method runs and times one thing. */
+export class OurModel {
+  private step = 0;
+  private constructor(
+    readonly model: VisionLanguageModel,
+    readonly opt: Adam,
+    readonly images: tf.Tensor4D,
+    readonly idx: tf.Tensor2D,
+    readonly targets: tf.Tensor2D,
+    readonly oneImage: tf.Tensor4D,
+  ) {}
 
-  for (let i = 0; i < 2; i++) trainOnce(i); // warm-up: kernels compiled, buffers allocated
-  const trainMs = median(Array.from({ length: steps }, (_, i) => time(() => trainOnce(i + 2))));
-  forwardOnce();
-  const forwardMs = median(Array.from({ length: steps }, () => time(forwardOnce)));
-  const one = tf.slice(images, [0, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D;
-  // Count only full 40-token runs: a <pad> would stop early, so forbid nothing and time what was made.
-  generate(model, one, { maxNewTokens: 5, prompt: [1] });
-  const genRuns = Array.from({ length: 3 }, () => {
-    let n = 0;
-    const ms = time(() => {
-      n = generate(model, one, { maxNewTokens: 40, prompt: [1] })[0].length;
+  static create(config: ModelConfig, batch: number, caption: number): OurModel {
+    const model = buildModel(config, 1);
+    const opt = new Adam(model.variables(), 1e-3);
+    const S = config.img_size;
+    const images = tf.randomNormal([batch, 3, S, S], 0, 1, "float32", 1) as tf.Tensor4D; // (B, 3, S, S)
+    const idx = tf.randomUniform([batch, caption], 0, VOCAB - 1, "int32", 2) as tf.Tensor2D; // (B, T)
+    const targets = tf.randomUniform([batch, caption], 0, VOCAB, "int32", 3) as tf.Tensor2D; // (B, T)
+    const oneImage = tf.slice(images, [0, 0, 0, 0], [1, -1, -1, -1]) as tf.Tensor4D; // (1, 3, S, S)
+    neverPad(model);
+    return new OurModel(model, opt, images, idx, targets, oneImage);
+  }
+
+  /** One Adam step on the batch (dropout on); returns milliseconds. */
+  train(): number {
+    const step = this.step++;
+    return time(() => {
+      const { value, grads } = tf.variableGrads(
+        () => this.model.loss(this.images, this.idx, this.targets, new Ctx(true, 1, step), "first"),
+        this.opt.params,
+      );
+      this.opt.update(this.opt.params.map((p) => grads[p.name]));
+      value.dataSync();
+      tf.dispose([value, ...Object.values(grads)]);
     });
-    return Math.max(n, 1) / (ms / 1000);
-  });
-  const gflop = 3 * forwardFlops(config, B, T) / 1e9;
-  const result: BenchResult = {
-    backend: info.name,
-    backend_notes: info.notes,
-    model_type: config.model_type,
-    batch_size: B,
-    caption_length: T,
+  }
+
+  /** Logits of the batch in eval mode; returns milliseconds. */
+  forward(): number {
+    return time(() => tf.tidy(() => this.model.forward(this.images, this.idx, Ctx.eval()).dataSync()));
+  }
+
+  /** 40 new tokens for one image (greedy, KV cache); returns milliseconds and how many were made. */
+  generate(): { ms: number; tokens: number } {
+    let tokens = 0;
+    const ms = time(() => {
+      tokens = generate(this.model, this.oneImage, { maxNewTokens: GENERATE_TOKENS, prompt: [0] })[0].length;
+    });
+    return { ms, tokens };
+  }
+
+  dispose(): void {
+    tf.dispose([this.images, this.idx, this.targets, this.oneImage]);
+    this.opt.dispose();
+    this.model.dispose();
+  }
+}
+
+/**
+ * Makes the (random) benchmark model never pick <pad>, so that generation always makes all 40
+ * tokens: <pad> ends a caption early. Only one bias value changes; the work per token does not.
+ */
+function neverPad(model: VisionLanguageModel): void {
+  const bias = model.decoder.lmHead.b;
+  if (!bias) return;
+  const values = bias.dataSync().slice() as Float32Array;
+  values[values.length - 1] = -1e4; // <pad> is the last id
+  tf.tidy(() => bias.assign(tf.tensor1d(values)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Our figures alone
+
+export interface BenchResult {
+  backend: string;
+  backend_notes: string[];
+  blas_threads: number | null;
+  model_type: string;
+  size: BenchSize;
+  batch_size: number;
+  caption_length: number;
+  train_step_ms: number;
+  forward_ms: number;
+  generate_ms: number;
+  generate_tokens: number;
+  generate_tokens_per_s: number;
+  peak_rss_mib: number;
+  train_step_gflop: number;
+  train_gflop_per_s: number;
+  profile?: KernelProfile;
+}
+
+interface Prepared {
+  ours: OurModel;
+  info: { name: string; notes: string[] };
+  config: ModelConfig;
+  batch: number;
+  caption: number;
+  size: BenchSize;
+}
+
+async function prepare(opts: BenchOptions): Promise<Prepared> {
+  const info = await initBackend(opts.backend);
+  if (opts.threads !== undefined) {
+    if (!activeBlas()) throw new Error("--threads: OpenBLAS is not in use on this backend");
+    setKernelThreads(opts.threads);
+  }
+  const size = opts.size ?? "original";
+  const shapes = benchShapes(size, opts.model ?? "seemore");
+  const batch = opts.batch ?? shapes.batch;
+  const ours = OurModel.create(shapes.config, batch, shapes.caption);
+  // Warm-up: kernels compiled, the wasm heap grown to its working size.
+  ours.train();
+  ours.train();
+  ours.forward();
+  ours.generate();
+  return { ours, info, config: shapes.config, batch, caption: shapes.caption, size };
+}
+
+function resultOf(
+  p: Prepared,
+  train: number[],
+  forward: number[],
+  gen: { ms: number; tokens: number }[],
+): BenchResult {
+  const trainMs = median(train);
+  const genMs = median(gen.map((g) => g.ms));
+  const tokens = Math.min(...gen.map((g) => g.tokens));
+  const gflop = 3 * forwardFlops(p.config, p.batch, p.caption) / 1e9;
+  return {
+    backend: p.info.name,
+    backend_notes: p.info.notes,
+    blas_threads: activeBlas()?.numThreads() ?? null,
+    model_type: p.config.model_type,
+    size: p.size,
+    batch_size: p.batch,
+    caption_length: p.caption,
     train_step_ms: trainMs,
-    forward_ms: forwardMs,
-    generate_tokens_per_s: median(genRuns),
+    forward_ms: median(forward),
+    generate_ms: genMs,
+    generate_tokens: tokens,
+    generate_tokens_per_s: tokens / (genMs / 1000),
     peak_rss_mib: peakRssMiB(),
     train_step_gflop: gflop,
     train_gflop_per_s: gflop / (trainMs / 1000),
   };
-  tf.dispose([images, idx, targets, one]);
-  opt.dispose();
-  model.dispose();
+}
+
+/** Our figures: medians of `steps` runs of each. */
+export async function bench(opts: BenchOptions & { profile?: boolean } = {}): Promise<BenchResult> {
+  const p = await prepare(opts);
+  const steps = opts.steps ?? 10;
+  const train = Array.from({ length: steps }, () => p.ours.train());
+  const forward = Array.from({ length: steps }, () => p.ours.forward());
+  const gen = Array.from({ length: Math.min(steps, 5) }, () => p.ours.generate());
+  const result = resultOf(p, train, forward, gen);
+  if (opts.profile) result.profile = await profileKernels(() => p.ours.train());
+  p.ours.dispose();
   return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Side by side with the original
+
+export interface OriginalFigures {
+  torch: string;
+  default_threads: number;
+  /** Train-step times of the thread-count probe, by thread count. */
+  thread_probe_ms: Record<string, number[]>;
+  /** Thread counts timed in the rounds (those within 30% of the probe's best). */
+  threads_timed: number[];
+  train_step_ms: number;
+  train_step_threads: number;
+  forward_ms: number;
+  forward_threads: number;
+  generate_ms: number;
+  generate_threads: number;
+  /** Medians at every timed thread count. */
+  by_threads: Record<string, { train_step_ms: number; forward_ms: number; generate_ms: number }>;
+  /** Every round's figure (ms) at every timed thread count. */
+  by_threads_rounds: Record<string, { train: number[]; forward: number[]; generate: number[] }>;
+  peak_rss_mib: number;
+}
+
+export interface CompareResult {
+  rounds: number;
+  /** Each figure of a round is the best of this many back-to-back runs. */
+  repeat: number;
+  ours: BenchResult;
+  original: OriginalFigures | null;
+  original_unavailable?: string;
+  /**
+   * ours / original: for times the median over rounds of each round's ratio (the two were measured
+   * seconds apart, under the same load); for memory the ratio of peaks. generate_speedup = 1 / generate.
+   */
+  ratio:
+    | { train_step: number; forward: number; generate: number; generate_speedup: number; peak_rss: number }
+    | null;
+  /** ours' median / the original's median, for comparison with the paired ratios. */
+  ratio_of_medians?: { train_step: number; forward: number; generate: number };
+  /** Every round's figures (ms), ours and the original's (by thread count). */
+  per_round?: {
+    ours: { train: number[]; forward: number[]; generate: number[] };
+    original: OriginalFigures["by_threads_rounds"];
+  };
+}
+
+/** Best (lowest) median over thread counts: [median, threads]. */
+function best(byThreads: Map<number, number[]>): [number, number] {
+  let out: [number, number] = [Infinity, 0];
+  for (const [t, xs] of byThreads) if (xs.length && median(xs) < out[0]) out = [median(xs), t];
+  return out;
+}
+
+export async function compareOriginal(
+  opts: BenchOptions & {
+    rounds?: number;
+    repeat?: number;
+    torchThreads?: number[];
+    profile?: boolean;
+    log?: (s: string) => void;
+  },
+): Promise<CompareResult> {
+  const log = opts.log ?? (() => {});
+  const rounds = opts.rounds ?? 7;
+  const repeat = opts.repeat ?? 2;
+  const threads = opts.torchThreads ?? [1, 2];
+  const p = await prepare(opts);
+  const started = await OriginalProcess.start({ model: p.config.model_type, size: p.size });
+  const train: number[] = [], forward: number[] = [], gen: { ms: number; tokens: number }[] = [];
+  if (!started.ok) {
+    log(`original not timed: ${started.reason}`);
+    for (let r = 0; r < rounds; r++) {
+      train.push(p.ours.train());
+      forward.push(p.ours.forward());
+      gen.push(p.ours.generate());
+    }
+    const ours = resultOf(p, train, forward, gen);
+    if (opts.profile) ours.profile = await profileKernels(() => p.ours.train());
+    p.ours.dispose();
+    return { rounds, repeat, ours, original: null, original_unavailable: started.reason, ratio: null };
+  }
+  const orig = started.process;
+  try {
+    // Probe torch's thread counts on the train step (a count far slower than the best is dropped early:
+    // under load, torch's OpenMP threads spin and one step can take 30 s).
+    const probe = new Map<number, number[]>(threads.map((t) => [t, []]));
+    let fastest = Infinity;
+    for (const t of threads) {
+      await orig.ask(`threads ${t}`);
+      const warm = (await orig.ask("train")).ms; // warm-up at this count
+      // A count already twice as slow as the best is not worth a second step.
+      const ms = warm > 2 * fastest ? warm : (await orig.ask("train")).ms;
+      probe.get(t)!.push(ms);
+      fastest = Math.min(fastest, ms);
+      log(`torch ${t} thread(s): train step ${ms.toFixed(0)} ms`);
+    }
+    const [probeBest] = best(probe);
+    const timed = threads.filter((t) => median(probe.get(t)!) <= 1.3 * probeBest);
+    for (const t of timed) {
+      await orig.ask(`threads ${t}`);
+      await orig.ask("forward"); // warm-up
+      await orig.ask("generate");
+    }
+    const oTrain = new Map<number, number[]>(timed.map((t) => [t, []]));
+    const oForward = new Map<number, number[]>(timed.map((t) => [t, []]));
+    const oGen = new Map<number, number[]>(timed.map((t) => [t, []]));
+    // Each figure of a round is the best of `repeat` back-to-back runs: another process's burst
+    // slows one run, rarely all of them.
+    const theirs = async (command: string, t: number) => {
+      await orig.ask(`threads ${t}`);
+      let ms = Infinity;
+      for (let i = 0; i < repeat; i++) ms = Math.min(ms, (await orig.ask(command)).ms);
+      return ms;
+    };
+    for (let r = 0; r < rounds; r++) {
+      train.push(Math.min(...Array.from({ length: repeat }, () => p.ours.train())));
+      for (const t of timed) oTrain.get(t)!.push(await theirs("train", t));
+      forward.push(Math.min(...Array.from({ length: repeat }, () => p.ours.forward())));
+      for (const t of timed) oForward.get(t)!.push(await theirs("forward", t));
+      const gens = Array.from({ length: repeat }, () => p.ours.generate());
+      gen.push(gens.reduce((a, b) => (b.ms < a.ms ? b : a)));
+      for (const t of timed) oGen.get(t)!.push(await theirs("generate", t));
+      log(
+        `round ${r + 1}/${rounds}: ours ${train[r].toFixed(0)}/${forward[r].toFixed(0)}/${
+          gen[r].ms.toFixed(0)
+        } ms, original ${
+          timed.map((t) =>
+            `${t}t ${oTrain.get(t)!.at(-1)!.toFixed(0)}/${oForward.get(t)!.at(-1)!.toFixed(0)}/${
+              oGen.get(t)!.at(-1)!.toFixed(0)
+            }`
+          ).join(", ")
+        } ms (train/forward/generate)`,
+      );
+    }
+    const ours = resultOf(p, train, forward, gen);
+    if (opts.profile) ours.profile = await profileKernels(() => p.ours.train());
+    const rss = (await orig.ask("rss")).peak_rss_mib;
+    const [trainMs, trainT] = best(oTrain),
+      [forwardMs, forwardT] = best(oForward),
+      [genMs, genT] = best(oGen);
+    const original: OriginalFigures = {
+      torch: started.torch,
+      default_threads: started.defaultThreads,
+      thread_probe_ms: Object.fromEntries([...probe].map(([t, xs]) => [String(t), xs])),
+      threads_timed: timed,
+      train_step_ms: trainMs,
+      train_step_threads: trainT,
+      forward_ms: forwardMs,
+      forward_threads: forwardT,
+      generate_ms: genMs,
+      generate_threads: genT,
+      by_threads: Object.fromEntries(timed.map((t) => [String(t), {
+        train_step_ms: median(oTrain.get(t)!),
+        forward_ms: median(oForward.get(t)!),
+        generate_ms: median(oGen.get(t)!),
+      }])),
+      by_threads_rounds: Object.fromEntries(timed.map((t) => [String(t), {
+        train: oTrain.get(t)!,
+        forward: oForward.get(t)!,
+        generate: oGen.get(t)!,
+      }])),
+      peak_rss_mib: rss,
+    };
+    const paired = (mine: number[], other: number[]) => median(mine.map((x, i) => x / other[i]));
+    const genOurs = gen.map((g) => g.ms);
+    const generateRatio = paired(genOurs, oGen.get(genT)!);
+    const ratio = {
+      train_step: paired(train, oTrain.get(trainT)!),
+      forward: paired(forward, oForward.get(forwardT)!),
+      generate: generateRatio,
+      generate_speedup: 1 / generateRatio,
+      peak_rss: ours.peak_rss_mib / rss,
+    };
+    const ratioOfMedians = {
+      train_step: ours.train_step_ms / trainMs,
+      forward: ours.forward_ms / forwardMs,
+      generate: ours.generate_ms / genMs,
+    };
+    const perRound = { ours: { train, forward, generate: genOurs }, original: original.by_threads_rounds };
+    return { rounds, repeat, ours, original, ratio, ratio_of_medians: ratioOfMedians, per_round: perRound };
+  } finally {
+    await orig.close();
+    p.ours.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Printing
+
+function describeOurs(r: BenchResult): string[] {
+  const threads = r.blas_threads ? `, OpenBLAS ${r.blas_threads} thread(s)` : "";
+  return [
+    `backend ${r.backend}${threads}${r.backend_notes.length ? ` (${r.backend_notes.join("; ")})` : ""}`,
+    `model ${r.model_type} (${r.size} config), batch ${r.batch_size}, caption ${r.caption_length} characters`,
+  ];
+}
+
+function printBench(r: BenchResult): void {
+  console.log(describeOurs(r).join("\n"));
+  console.log(
+    `train step      ${r.train_step_ms.toFixed(1)} ms (median)  ≈ ${
+      r.train_gflop_per_s.toFixed(1)
+    } GFLOP/s of ${r.train_step_gflop.toFixed(1)} GFLOP`,
+  );
+  console.log(`forward         ${r.forward_ms.toFixed(1)} ms (median)`);
+  console.log(
+    `generate        ${r.generate_ms.toFixed(1)} ms for ${r.generate_tokens} tokens = ${
+      r.generate_tokens_per_s.toFixed(1)
+    } tokens/s (batch 1, greedy, KV cache)`,
+  );
+  console.log(`peak RSS        ${r.peak_rss_mib.toFixed(0)} MiB`);
+  if (r.profile) console.log(formatProfile(r.profile, 10));
+}
+
+function printCompare(c: CompareResult): void {
+  const o = c.ours;
+  console.log(describeOurs(o).join("\n"));
+  if (!c.original || !c.ratio) {
+    console.log(`original PyTorch not timed: ${c.original_unavailable}`);
+    printBench(o);
+    return;
+  }
+  const g = c.original;
+  console.log(
+    `original: PyTorch ${g.torch} (default ${g.default_threads} thread(s)); thread probe (train step ms): ${
+      Object.entries(g.thread_probe_ms).map(([t, xs]) => `${t}: ${xs.map((x) => x.toFixed(0)).join(", ")}`)
+        .join(
+          "; ",
+        )
+    }; timed at ${g.threads_timed.join(" and ")} thread(s)`,
+  );
+  console.log(
+    `${c.rounds} alternating rounds, each figure the best of ${c.repeat} runs; medians, and ours/original as ` +
+      `the median of the rounds' ratios; original at its best thread count per figure\n`,
+  );
+  const rows: [string, string, string, string, string][] = [
+    [
+      "train step (ms)",
+      o.train_step_ms.toFixed(0),
+      `${g.train_step_ms.toFixed(0)} (${g.train_step_threads}t)`,
+      c.ratio.train_step.toFixed(2),
+      "≤ 0.50",
+    ],
+    [
+      "forward (ms)",
+      o.forward_ms.toFixed(0),
+      `${g.forward_ms.toFixed(0)} (${g.forward_threads}t)`,
+      c.ratio.forward.toFixed(2),
+      "≤ 0.50",
+    ],
+    [
+      `generate ${GENERATE_TOKENS} tok (ms)`,
+      `${o.generate_ms.toFixed(0)}${
+        o.generate_tokens < GENERATE_TOKENS ? ` [${o.generate_tokens} tok]` : ""
+      }`,
+      `${g.generate_ms.toFixed(0)} (${g.generate_threads}t)`,
+      `${c.ratio.generate.toFixed(3)} (${c.ratio.generate_speedup.toFixed(1)}x faster)`,
+      "≤ 0.10",
+    ],
+    [
+      "peak RSS (MiB)",
+      o.peak_rss_mib.toFixed(0),
+      g.peak_rss_mib.toFixed(0),
+      c.ratio.peak_rss.toFixed(2),
+      "≤ 500 MiB",
+    ],
+  ];
+  const head: [string, string, string, string, string] = ["", "ours", "original", "ours/original", "target"];
+  const widths = [24, 18, 14, 26, 10];
+  for (const row of [head, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i])).join(""));
+  if (c.ratio_of_medians) {
+    const m = c.ratio_of_medians;
+    console.log(
+      `(ratios of the medians instead: train ${m.train_step.toFixed(2)}, forward ${m.forward.toFixed(2)}, ` +
+        `generate ${m.generate.toFixed(3)})`,
+    );
+  }
+  console.log(
+    `\nours: ${o.train_gflop_per_s.toFixed(1)} GFLOP/s over the step's ${
+      o.train_step_gflop.toFixed(1)
+    } GFLOP of matmuls`,
+  );
+  if (o.profile) console.log(formatProfile(o.profile, 10));
+}
+
+function parseThreads(s: string): number[] {
+  const list = s.split(",").map((x) => Number(x.trim()));
+  if (list.length === 0 || list.some((t) => !Number.isInteger(t) || t < 1)) {
+    throw new Error(`--torch-threads must be a comma-separated list of positive integers, got "${s}"`);
+  }
+  return list;
+}
+
+function positive(name: string, s: string | undefined): number | undefined {
+  if (s === undefined) return undefined;
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a positive integer, got "${s}"`);
+  return n;
 }
 
 if (import.meta.main) {
@@ -123,24 +576,40 @@ if (import.meta.main) {
     options: {
       backend: { type: "string" },
       model: { type: "string" },
+      size: { type: "string" },
       batch: { type: "string" },
       steps: { type: "string" },
+      rounds: { type: "string" },
+      threads: { type: "string" },
+      "torch-threads": { type: "string" },
+      repeat: { type: "string" },
+      "compare-original": { type: "boolean" },
+      profile: { type: "boolean" },
       json: { type: "boolean" },
     },
   });
-  const r = await bench({
+  const opts = {
     backend: v.backend,
     model: v.model,
-    batch: v.batch ? Number(v.batch) : undefined,
-    steps: v.steps ? Number(v.steps) : undefined,
-  });
-  if (v.json) console.log(JSON.stringify(r));
-  else {
-    console.log(`backend ${r.backend}${r.backend_notes.length ? ` (${r.backend_notes.join("; ")})` : ""}`);
-    console.log(`model ${r.model_type}, batch ${r.batch_size}, caption ${r.caption_length} characters`);
-    console.log(`train step      ${r.train_step_ms.toFixed(1)} ms (median)  ≈ ${r.train_gflop_per_s.toFixed(1)} GFLOP/s of ${r.train_step_gflop.toFixed(1)} GFLOP`);
-    console.log(`forward         ${r.forward_ms.toFixed(1)} ms (median)`);
-    console.log(`generate        ${r.generate_tokens_per_s.toFixed(1)} tokens/s (batch 1, up to 40 tokens, KV cache)`);
-    console.log(`peak RSS        ${r.peak_rss_mib.toFixed(0)} MiB`);
+    size: (v.size ?? "original") as BenchSize,
+    batch: positive("batch", v.batch),
+    steps: positive("steps", v.steps),
+    threads: positive("threads", v.threads),
+    profile: v.profile,
+  };
+  if (v["compare-original"]) {
+    const c = await compareOriginal({
+      ...opts,
+      rounds: positive("rounds", v.rounds),
+      repeat: positive("repeat", v.repeat),
+      torchThreads: v["torch-threads"] ? parseThreads(v["torch-threads"]) : undefined,
+      log: v.json ? undefined : (s) => console.error(s),
+    });
+    if (v.json) console.log(JSON.stringify(c));
+    else printCompare(c);
+  } else {
+    const r = await bench(opts);
+    if (v.json) console.log(JSON.stringify(r));
+    else printBench(r);
   }
 }

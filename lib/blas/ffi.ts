@@ -68,9 +68,14 @@ export interface Blas {
   path: string;
   /** OpenBLAS's own build description (version, core, threading), when it exports one. */
   config: string;
-  /** Threads OpenBLAS will use (0 if unknown). */
+  /** Threads OpenBLAS may use for large products (0 if unknown). */
   numThreads(): number;
   setNumThreads(n: number): void;
+  /**
+   * Sets the threads OpenBLAS uses from now on without changing numThreads() (kernels.ts runs small
+   * products on one thread); a no-op when that many are already in use.
+   */
+  useThreads(n: number): void;
   /**
    * C = alpha * op(A) @ op(B) + beta * C, row-major; op(A) is (M, K), op(B) is (K, N), C is (M, N).
    * A is (M, K) or, with transA, (K, M), stored with row stride lda; likewise B and ldb; C with ldc.
@@ -143,11 +148,23 @@ function wrap(path: string, lib: BlasLibrary): Blas {
   const s = lib.symbols;
   const configPtr = s.openblas_get_config ? s.openblas_get_config() : null;
   const config = configPtr ? new Deno.UnsafePointerView(configPtr).getCString() : "unknown";
+  let configured = s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0;
+  let active = configured;
+  const useThreads = (n: number) => {
+    if (n === active || !s.openblas_set_num_threads) return;
+    s.openblas_set_num_threads(n);
+    active = n;
+  };
   return {
     path,
     config,
-    numThreads: () => (s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0),
-    setNumThreads: (n: number) => s.openblas_set_num_threads?.(n),
+    numThreads: () => configured,
+    setNumThreads(n: number) {
+      if (!Number.isInteger(n) || n < 1) throw new Error(`lib/blas/ffi.ts: threads must be >= 1, got ${n}`);
+      useThreads(n);
+      configured = n;
+    },
+    useThreads,
     sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
       checkGemm(transA, transB, m, n, k, a, lda, b, ldb, c, ldc);
       if (m === 0 || n === 0) return;

@@ -1,7 +1,9 @@
-// Fused layers for the fast path: GELU, layer norm and an Adam step, each one C kernel (forward and
-// backward) instead of 5–25 small tfjs ops. They use the kernels that enableBlasKernels() registers
-// on the wasm backend when the C kernels built; on any other backend, or without them, they compute
-// the same maths with plain tfjs ops. Either way the results equal tfjs's cpu backend within 1e-4.
+// Fused layers for the fast path: GELU, layer norm, dropout, multi-head attention and an Adam step,
+// each one C kernel (forward and backward) instead of 5–25 small tfjs ops. They use the kernels that
+// enableBlasKernels() registers on the wasm backend when the C kernels built; on any other backend, or
+// without them, gelu / layerNorm / dropout / adamStep compute the same maths with plain tfjs ops
+// (attention has no such fallback here: lib/model/attention.ts keeps the ops version). Either way the
+// results equal tfjs's cpu backend within 1e-4, and dropout draws exactly tf.dropout's noise.
 //
 //   import { adamStep, gelu, layerNorm } from "./lib/blas/fused.ts";
 //   const y = layerNorm(x, gain, bias);                     // (..., C)
@@ -93,6 +95,102 @@ function layerNormFused(eps: number): (x: tf.Tensor, g: tf.Tensor, b: tf.Tensor)
     layerNormByEps.set(eps, op);
   }
   return op;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+/**
+ * tf.dropout(x, rate, undefined, seed) — the same noise, the same numbers. On the fast path one C
+ * kernel draws the noise (tfjs's generator, ported) and applies it, and only a byte mask is kept for
+ * the gradient (tf.dropout makes four float tensors of x's size and draws the noise in JavaScript).
+ */
+export function dropout(x: tf.Tensor, rate: number, seed: number): tf.Tensor {
+  if (x.dtype !== "float32" || !hasKernel(FUSED_KERNELS.dropout)) return tf.dropout(x, rate, undefined, seed);
+  const keep = 1 - rate;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, save] = args as [tf.Tensor, tf.GradSaveFunc];
+    const [y, mask] = run(FUSED_KERNELS.dropout, { x: input }, { keep, seed }) as tf.Tensor[];
+    save([mask]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run(FUSED_KERNELS.dropoutGrad, { dy, mask: saved[0] }, { keep }) as tf.Tensor,
+    };
+  }) as (x: tf.Tensor) => tf.Tensor;
+  return op(x);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+export interface AttentionOptions {
+  heads: number;
+  /** Scores are multiplied by this (the original: n_embd^-0.5). */
+  scale: number;
+  /** Decoder: position t attends to positions ≤ t only. */
+  causal: boolean;
+  /** Dropout on the attention weights, drawn as tf.dropout(weights, rate, undefined, seed) would. */
+  dropout?: { rate: number; seed: number };
+}
+
+/** Whether attention() can run here (the fast CPU path with C kernels that call OpenBLAS). */
+export function canFuseAttention(): boolean {
+  return hasKernel(FUSED_KERNELS.attention);
+}
+
+/**
+ * Multi-head self-attention from the fused projection qkv (B, T, 3C) — all heads' queries, then
+ * keys, then values — to the heads side by side (B, T, C), as one kernel that reads q, k and v in
+ * place: softmax(scale · q kᵀ (+ causal mask)), dropout, times v. Keeps only the softmax weights and
+ * a byte mask for the gradient. Only where canFuseAttention(); lib/model/attention.ts has the ops.
+ */
+export function attention(qkv: tf.Tensor3D, o: AttentionOptions): tf.Tensor3D {
+  const { heads, scale, causal } = o;
+  const keep = o.dropout ? 1 - o.dropout.rate : 1;
+  const dropout = o.dropout !== undefined;
+  const seed = o.dropout?.seed ?? 0; // the noise tf.dropout would draw for (B, H, T, T)
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [x, save] = args as [tf.Tensor3D, tf.GradSaveFunc];
+    const [out, probs, mask] = run(FUSED_KERNELS.attention, { qkv: x }, {
+      heads,
+      scale,
+      causal,
+      keep,
+      dropout,
+      seed,
+    }) as tf.Tensor[];
+    save([x, probs, mask]);
+    return {
+      value: out, // (B, T, C)
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run(FUSED_KERNELS.attentionGrad, { dout: dy, qkv: saved[0], probs: saved[1], mask: saved[2] }, {
+          heads,
+          scale,
+          keep,
+        }) as tf.Tensor, // (B, T, 3C)
+    };
+  }) as (x: tf.Tensor3D) => tf.Tensor3D;
+  return op(qkv);
+}
+
+/**
+ * attention() for generation with a key/value cache: qkv (B, Tn, 3C) holds new positions that follow
+ * the cached ones (k, v: (B, H, tPast, hs), or null at the start). Returns the merged heads
+ * (B, Tn, C) and the grown cache (B, H, tPast + Tn, hs). No dropout and no gradient.
+ */
+export function cachedAttention(
+  qkv: tf.Tensor3D,
+  past: { k: tf.Tensor4D; v: tf.Tensor4D } | null,
+  o: Omit<AttentionOptions, "dropout">,
+): { out: tf.Tensor3D; k: tf.Tensor4D; v: tf.Tensor4D } {
+  const inputs: tf.NamedTensorMap = past ? { qkv, k: past.k, v: past.v } : { qkv };
+  const [out, k, v] = run(FUSED_KERNELS.attentionCached, inputs, {
+    heads: o.heads,
+    scale: o.scale,
+    causal: o.causal,
+  }) as tf.Tensor[];
+  return { out: out as tf.Tensor3D, k: k as tf.Tensor4D, v: v as tf.Tensor4D };
 }
 
 // ---------------------------------------------------------------------------------------------

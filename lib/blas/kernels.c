@@ -1,13 +1,117 @@
 /* Small CPU kernels for tfjs's wasm backend, called through Deno FFI (see native.ts).
- * Built on first use with `cc -O3 -std=c99 -shared -fPIC kernels.c -lm`. Callers check all sizes;
- * these functions trust their arguments. Keep seemore_abi_version in step with native.ts. */
+ * Built on first use with `cc -O3 -std=c99 -fno-trapping-math -fno-math-errno -shared -fPIC
+ * kernels.c -lm -ldl` (native.ts has the flags). Callers check all sizes; these functions trust
+ * their arguments. Keep seemore_abi_version in step with native.ts. */
 
+#define _GNU_SOURCE /* dlopen's RTLD_NOLOAD */
+#include <dlfcn.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 1; }
+int32_t seemore_abi_version(void) { return 7; }
+
+/* ---------------------------------------------------------------------------------------------
+ * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
+ * returns the same handle), so the attention kernels below can call it without an FFI round trip. */
+
+typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                         int ldc);
+static sgemm_fn sgemm = NULL;
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+
+/* 0 on success; -1 if the library cannot be opened, -2 if it has no cblas_sgemm. */
+int32_t seemore_bind_sgemm(const char *path) {
+  void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  if (!lib) lib = dlopen(path, RTLD_NOW);
+  if (!lib) return -1;
+  sgemm = (sgemm_fn)dlsym(lib, "cblas_sgemm");
+  return sgemm ? 0 : -2;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * parallel_for: fn(args, begin, end) over [0, n) in chunks of `grain`, on this thread and up to
+ * n_threads - 1 helper threads started for the call. Chunks are claimed from a shared counter, so
+ * when the machine is busy and a helper does not get a core, this thread simply does more of them;
+ * it waits only for chunks a helper has already started. A helper that starts late finds no chunk
+ * left and never touches `args` (the job itself is reference-counted). */
+
+typedef void (*range_fn)(void *args, int64_t begin, int64_t end);
+
+typedef struct {
+  range_fn fn;
+  void *args;
+  int64_t n, grain, next, done;
+  int32_t refs;
+} job_t;
+
+#define MAX_THREADS 16
+static int32_t n_threads = 1;
+static int64_t helpers_started = 0; /* for tests: proof that the split path ran */
+
+/* Threads for the kernels that split their work (1 = no helpers; 0 = leave as is); returns the
+ * number in use. */
+int32_t seemore_set_threads(int32_t n) {
+  if (n > 0) n_threads = n > MAX_THREADS ? MAX_THREADS : n;
+  return n_threads;
+}
+
+/* How many helper threads parallel_for has started so far. */
+int64_t seemore_helpers_started(void) { return __atomic_load_n(&helpers_started, __ATOMIC_RELAXED); }
+
+static void run_chunks(job_t *job) {
+  for (;;) {
+    int64_t begin = __atomic_fetch_add(&job->next, job->grain, __ATOMIC_RELAXED);
+    if (begin >= job->n) return;
+    int64_t end = begin + job->grain < job->n ? begin + job->grain : job->n;
+    job->fn(job->args, begin, end);
+    __atomic_fetch_add(&job->done, end - begin, __ATOMIC_RELEASE);
+  }
+}
+
+static void release_job(job_t *job) {
+  if (__atomic_sub_fetch(&job->refs, 1, __ATOMIC_ACQ_REL) == 0) free(job);
+}
+
+static void *helper(void *p) {
+  run_chunks(p);
+  release_job(p);
+  return NULL;
+}
+
+static void parallel_for(int64_t n, int64_t grain, range_fn fn, void *args) {
+  if (grain < 1) grain = 1;
+  job_t *job = n_threads > 1 && n >= 2 * grain ? malloc(sizeof *job) : NULL;
+  if (!job) {
+    if (n > 0) fn(args, 0, n);
+    return;
+  }
+  *job = (job_t){fn, args, n, grain, 0, 0, 1};
+  int64_t helpers = (n + grain - 1) / grain - 1;
+  if (helpers > n_threads - 1) helpers = n_threads - 1;
+  for (int64_t t = 0; t < helpers; t++) {
+    pthread_t thread;
+    __atomic_add_fetch(&job->refs, 1, __ATOMIC_RELAXED);
+    if (pthread_create(&thread, NULL, helper, job) == 0) {
+      pthread_detach(thread);
+      __atomic_add_fetch(&helpers_started, 1, __ATOMIC_RELAXED);
+    } else {
+      release_job(job);
+    }
+  }
+  run_chunks(job);
+  while (__atomic_load_n(&job->done, __ATOMIC_ACQUIRE) < n) sched_yield();
+  release_job(job);
+}
+
+/* Elements per chunk for the elementwise kernels, and heads per chunk for attention: big enough that
+ * starting a thread pays, and that small calls (generation, one image) never wait for a helper. */
+#define GRAIN (1 << 16)
+#define ATTENTION_GRAIN 16
 
 /* ---------------------------------------------------------------------------------------------
  * Transpose of 4-byte elements, any rank up to 8: dst = transpose(src, perm).
@@ -77,6 +181,21 @@ void seemore_transpose32(const int32_t *src, int32_t *dst, int32_t rank, const i
       in_pos -= step[d] * coord[a];
       out_pos -= out_stride[d] * coord[a];
       coord[a] = 0;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Gather of 4-byte elements along one axis: src (outer, dim, inner) -> dst (outer, n_index, inner),
+ * dst[o, i, :] = src[o, index[i], :]. Callers check that every index is in [0, dim). */
+
+void seemore_gather32(const int32_t *src, int32_t *dst, int32_t outer, int32_t dim, int32_t inner,
+                      const int32_t *index, int32_t n_index) {
+  for (int64_t o = 0; o < outer; o++) {
+    const int32_t *from = src + o * dim * (int64_t)inner;
+    int32_t *to = dst + o * n_index * (int64_t)inner;
+    for (int64_t i = 0; i < n_index; i++) {
+      memcpy(to + i * inner, from + (int64_t)index[i] * inner, (size_t)inner * sizeof(int32_t));
     }
   }
 }
@@ -161,44 +280,85 @@ static inline float fast_expf(float x) {
   return y * s1.f * s2.f;
 }
 
-/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the formula tfjs's cpu backend uses. */
-static inline float fast_erff(float x) {
+/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the formula tfjs's cpu backend uses,
+ * given exp_mx2 = exp(-x^2). */
+static inline float erff_with_exp(float x, float exp_mx2) {
   float v = fabsf(x);
   float t = 1.0f / (1.0f + 0.3275911f * v);
   float poly = ((((1.061405429f * t - 1.453152027f) * t) + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f;
-  return copysignf(1.0f - poly * t * fast_expf(-v * v), x);
+  return copysignf(1.0f - poly * t * exp_mx2, x);
 }
 
-void seemore_erf(const float *restrict x, float *restrict y, int32_t n) {
-  for (int32_t i = 0; i < n; i++) y[i] = fast_erff(x[i]);
+static inline float fast_erff(float x) { return erff_with_exp(x, fast_expf(-x * x)); }
+
+typedef struct {
+  const float *x, *dy;
+  float *y;
+} unary_args;
+
+static void erf_range(void *p, int64_t b, int64_t e) {
+  unary_args *a = p;
+  for (int64_t i = b; i < e; i++) a->y[i] = fast_erff(a->x[i]);
 }
 
-void seemore_exp(const float *restrict x, float *restrict y, int32_t n) {
-  for (int32_t i = 0; i < n; i++) y[i] = fast_expf(x[i]);
+static void exp_range(void *p, int64_t b, int64_t e) {
+  unary_args *a = p;
+  for (int64_t i = b; i < e; i++) a->y[i] = fast_expf(a->x[i]);
 }
 
 /* GELU, exact erf form: y = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2. */
-void seemore_gelu(const float *restrict x, float *restrict y, int32_t n) {
-  for (int32_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + fast_erff(x[i] * SQRT1_2));
+static void gelu_range(void *p, int64_t b, int64_t e) {
+  unary_args *a = p;
+  for (int64_t i = b; i < e; i++) a->y[i] = 0.5f * a->x[i] * (1.0f + fast_erff(a->x[i] * SQRT1_2));
 }
 
-/* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density. */
-void seemore_gelu_grad(const float *restrict x, const float *restrict dy, float *restrict dx, int32_t n) {
-  for (int32_t i = 0; i < n; i++) {
-    float v = x[i];
-    float cdf = 0.5f * (1.0f + fast_erff(v * SQRT1_2));
-    float pdf = INV_SQRT_2PI * fast_expf(-0.5f * v * v);
-    dx[i] = dy[i] * (cdf + v * pdf);
+/* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx). Phi's erf and phi
+ * share one exponential: exp(-(x / sqrt 2)^2) = exp(-x^2 / 2). */
+static void gelu_grad_range(void *p, int64_t b, int64_t e) {
+  unary_args *a = p;
+  for (int64_t i = b; i < e; i++) {
+    float v = a->x[i];
+    float gauss = fast_expf(-0.5f * v * v);
+    float cdf = 0.5f * (1.0f + erff_with_exp(v * SQRT1_2, gauss));
+    a->y[i] = a->dy[i] * (cdf + v * (INV_SQRT_2PI * gauss));
   }
+}
+
+void seemore_erf(const float *x, float *y, int32_t n) {
+  unary_args a = {x, NULL, y};
+  parallel_for(n, GRAIN, erf_range, &a);
+}
+
+void seemore_exp(const float *x, float *y, int32_t n) {
+  unary_args a = {x, NULL, y};
+  parallel_for(n, GRAIN, exp_range, &a);
+}
+
+void seemore_gelu(const float *x, float *y, int32_t n) {
+  unary_args a = {x, NULL, y};
+  parallel_for(n, GRAIN, gelu_range, &a);
+}
+
+void seemore_gelu_grad(const float *x, const float *dy, float *dx, int32_t n) {
+  unary_args a = {x, dy, dx};
+  parallel_for(n, GRAIN, gelu_grad_range, &a);
 }
 
 /* Layer norm over the last axis of x (rows, cols): y = (x - mean) * rstd * g + b, with the biased
  * variance; also returns each row's mean and rstd = 1 / sqrt(var + eps) for the backward pass. */
-void seemore_layer_norm(const float *x, const float *g, const float *b, float *y, float *mean,
-                        float *rstd, int32_t rows, int32_t cols, float eps) {
-  for (int32_t r = 0; r < rows; r++) {
-    const float *xr = x + (int64_t)r * cols;
-    float *yr = y + (int64_t)r * cols;
+typedef struct {
+  const float *x, *g, *b;
+  float *y, *mean, *rstd;
+  int32_t cols;
+  float eps;
+} layer_norm_args;
+
+static void layer_norm_range(void *p, int64_t r0, int64_t r1) {
+  layer_norm_args *a = p;
+  int32_t cols = a->cols;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *xr = a->x + r * cols;
+    float *yr = a->y + r * cols;
     double s = 0;
     for (int32_t c = 0; c < cols; c++) s += xr[c];
     float mu = (float)(s / cols);
@@ -207,11 +367,17 @@ void seemore_layer_norm(const float *x, const float *g, const float *b, float *y
       float d = xr[c] - mu;
       ss += (double)d * d;
     }
-    float rs = (float)(1.0 / sqrt(ss / cols + (double)eps));
-    for (int32_t c = 0; c < cols; c++) yr[c] = (xr[c] - mu) * rs * g[c] + b[c];
-    mean[r] = mu;
-    rstd[r] = rs;
+    float rs = (float)(1.0 / sqrt(ss / cols + (double)a->eps));
+    for (int32_t c = 0; c < cols; c++) yr[c] = (xr[c] - mu) * rs * a->g[c] + a->b[c];
+    a->mean[r] = mu;
+    a->rstd[r] = rs;
   }
+}
+
+void seemore_layer_norm(const float *x, const float *g, const float *b, float *y, float *mean,
+                        float *rstd, int32_t rows, int32_t cols, float eps) {
+  layer_norm_args a = {x, g, b, y, mean, rstd, cols, eps};
+  parallel_for(rows, GRAIN / (cols > 0 ? cols : 1), layer_norm_range, &a);
 }
 
 /* Gradients of seemore_layer_norm: with xhat = (x - mean) * rstd and d = dy * g,
@@ -252,11 +418,19 @@ int32_t seemore_layer_norm_grad(const float *dy, const float *x, const float *g,
 /* One Adam step (torch.optim.Adam without weight decay), in float32 like the op-by-op version:
  * m' = b1 m + (1 - b1) g;  v' = b2 v + (1 - b2) g^2;  p' = p - step_size * m' / (sqrt(v') / sqrt_bc2 + eps)
  * with step_size = lr / (1 - b1^t) and sqrt_bc2 = sqrt(1 - b2^t). */
-void seemore_adam(const float *p, const float *m, const float *v, const float *g, float *p_out,
-                  float *m_out, float *v_out, int32_t n, float beta1, float beta2, float step_size,
-                  float sqrt_bc2, float eps) {
-  float one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
-  for (int32_t i = 0; i < n; i++) {
+typedef struct {
+  const float *p, *m, *v, *g;
+  float *p_out, *m_out, *v_out;
+  float beta1, beta2, step_size, sqrt_bc2, eps;
+} adam_args;
+
+/* restrict parameters (not restrict locals) are what lets gcc vectorize this loop. */
+static void adam_loop(const float *restrict p, const float *restrict m, const float *restrict v,
+                      const float *restrict g, float *restrict p_out, float *restrict m_out,
+                      float *restrict v_out, int64_t b, int64_t e, const adam_args *h) {
+  float beta1 = h->beta1, beta2 = h->beta2, one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
+  float step_size = h->step_size, sqrt_bc2 = h->sqrt_bc2, eps = h->eps;
+  for (int64_t i = b; i < e; i++) {
     float gi = g[i];
     float mi = m[i] * beta1 + gi * one_b1;
     float vi = v[i] * beta2 + (gi * gi) * one_b2;
@@ -265,4 +439,255 @@ void seemore_adam(const float *p, const float *m, const float *v, const float *g
     m_out[i] = mi;
     v_out[i] = vi;
   }
+}
+
+static void adam_range(void *args, int64_t b, int64_t e) {
+  adam_args *a = args;
+  adam_loop(a->p, a->m, a->v, a->g, a->p_out, a->m_out, a->v_out, b, e, a);
+}
+
+void seemore_adam(const float *p, const float *m, const float *v, const float *g, float *p_out,
+                  float *m_out, float *v_out, int32_t n, float beta1, float beta2, float step_size,
+                  float sqrt_bc2, float eps) {
+  adam_args a = {p, m, v, g, p_out, m_out, v_out, beta1, beta2, step_size, sqrt_bc2, eps};
+  parallel_for(n, GRAIN, adam_range, &a);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * tf.randomUniform's noise, bit for bit: tfjs draws it from seedrandom's Alea generator and stores
+ * each value as a float. Alea computes t = 2091639 s0 + c 2^-32 in doubles, where every s is a
+ * multiple of 2^-32 and t < 2^53 / 2^32, so those doubles are exact: with S = s 2^32 the same step
+ * is the integer multiply-with-carry T = 2091639 S0 + c, c' = T >> 32, S' = T mod 2^32 — the same
+ * numbers, about 3x faster (the carry chain is an integer multiply-add instead of a float round trip).
+ * state = {c, s0, s1, s2} as native.ts seeds it (exactly as seedrandom does). */
+
+typedef struct {
+  uint64_t c, s0, s1, s2; /* s scaled by 2^32 */
+} alea_t;
+
+static alea_t alea_load(const double *state) {
+  alea_t g = {(uint64_t)state[0], (uint64_t)(state[1] * 4294967296.0), (uint64_t)(state[2] * 4294967296.0),
+              (uint64_t)(state[3] * 4294967296.0)};
+  return g;
+}
+
+static void alea_store(const alea_t *g, double *state) {
+  state[0] = (double)g->c;
+  state[1] = (double)g->s0 / 4294967296.0;
+  state[2] = (double)g->s1 / 4294967296.0;
+  state[3] = (double)g->s2 / 4294967296.0;
+}
+
+/* The next value as tf.randomUniform stores it (a float in [0, 1)). */
+static inline float alea_next(alea_t *g) {
+  uint64_t t = 2091639u * g->s0 + g->c;
+  g->s0 = g->s1;
+  g->s1 = g->s2;
+  g->c = t >> 32;
+  g->s2 = t & 0xffffffffu;
+  return (float)((double)g->s2 * 2.3283064365386963e-10); /* 2^-32 */
+}
+
+void seemore_uniform(double *state, float *out, int32_t n) {
+  alea_t g = alea_load(state);
+  for (int32_t i = 0; i < n; i++) out[i] = alea_next(&g);
+  alea_store(&g, state);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Dropout with the multiplier tfjs's tf.dropout computes from its uniform noise u (drawn here from
+ * the seeded state, as tf.randomUniform would):
+ *   mult = floor(u + keep) / keep   (0 or 1/keep, in float32)      y = x * mult
+ * The kept/dropped flags are stored as bytes for the backward pass: dx = dy * mult. */
+
+void seemore_dropout(const float *restrict x, float *restrict y, uint8_t *restrict mask, int32_t n,
+                     float keep, const double *state) {
+  alea_t g = alea_load(state);
+  for (int32_t i = 0; i < n; i++) {
+    float kept = floorf(alea_next(&g) + keep);
+    y[i] = x[i] * (kept / keep);
+    mask[i] = kept != 0.0f;
+  }
+}
+
+void seemore_dropout_grad(const float *restrict dy, const uint8_t *restrict mask, float *restrict dx,
+                          int32_t n, float keep) {
+  float scale = 1.0f / keep;
+  for (int32_t i = 0; i < n; i++) dx[i] = dy[i] * (mask[i] ? scale : 0.0f);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Multi-head self-attention reading q, k and v in place from the fused projection
+ * qkv (B, T, 3C) = [all heads' queries | keys | values], head h at columns h*hs of each part,
+ * and writing the heads side by side into out (B, T, C) — no split, no transposes:
+ *   S = scale * Q K^T (+ causal mask);  P = softmax(S);  out = (P * mult) V
+ * probs (B, H, T, T) receives P (before dropout), kept for the backward pass. With a noise state
+ * (dropout: noise for (B, H, T, T) in that order), mult and mask are as in seemore_dropout; with
+ * NULL, mult = 1 and mask is not touched.
+ * Returns 0, or -1 without sgemm (seemore_bind_sgemm not called), -2 out of memory. */
+
+/* Softmax of each row of p (rows, cols), in place. With seen >= 0 (causal), row i sees only its
+ * first seen + i + 1 entries (the rest become 0: a masked score would give exp() = 0 anyway). */
+static void softmax_rows(float *p, int64_t rows, int64_t cols, int64_t seen) {
+  for (int64_t i = 0; i < rows; i++) {
+    float *row = p + i * cols;
+    int64_t n = seen >= 0 ? seen + i + 1 : cols;
+    float max = row[0];
+    for (int64_t j = 1; j < n; j++) max = row[j] > max ? row[j] : max;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+      row[j] = fast_expf(row[j] - max);
+      sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+    for (int64_t j = n; j < cols; j++) row[j] = 0.0f;
+  }
+}
+
+typedef struct {
+  const float *qkv, *dout, *saved_probs;
+  const uint8_t *mask; /* NULL: no dropout */
+  float *out, *probs, *dqkv;
+  int64_t T, H, hs;
+  float scale, keep;
+  int32_t causal;
+  int32_t failed; /* set when a chunk could not get its scratch memory */
+} attention_args;
+
+/* Heads bh0..bh1 (flat b * H + h) of the forward pass. */
+static void attention_range(void *p, int64_t bh0, int64_t bh1) {
+  attention_args *a = p;
+  int64_t T = a->T, H = a->H, hs = a->hs, C = H * hs, C3 = 3 * C, TT = T * T;
+  float inv_keep = 1.0f / a->keep; /* == floor(u + keep) / keep for a kept weight */
+  float *dropped = a->mask ? malloc((size_t)TT * sizeof(float)) : NULL;
+  if (a->mask && !dropped) {
+    __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  for (int64_t bh = bh0; bh < bh1; bh++) {
+    int64_t b = bh / H, h = bh % H;
+    const float *q = a->qkv + b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+    float *probs = a->probs + bh * TT;
+    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)hs, a->scale, q, (int)C3, k, (int)C3, 0.0f,
+          probs, (int)T);
+    softmax_rows(probs, T, T, a->causal ? 0 : -1);
+    const float *weights = probs;
+    if (a->mask) {
+      const uint8_t *m = a->mask + bh * TT;
+      for (int64_t e = 0; e < TT; e++) dropped[e] = probs[e] * (m[e] ? inv_keep : 0.0f);
+      weights = dropped;
+    }
+    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, v, (int)C3,
+          0.0f, a->out + b * T * C + h * hs, (int)C);
+  }
+  free(dropped);
+}
+
+int32_t seemore_attention(const float *qkv, const double *noise, float *out, float *probs,
+                          uint8_t *mask, int32_t B, int32_t T, int32_t H, int32_t hs, float scale,
+                          int32_t causal, float keep) {
+  if (!sgemm) return -1;
+  int64_t TT = (int64_t)T * T;
+  if (noise) { /* the dropout flags first, in tf.dropout's order (the noise is one sequence) */
+    alea_t g = alea_load(noise);
+    for (int64_t e = 0; e < (int64_t)B * H * TT; e++) mask[e] = floorf(alea_next(&g) + keep) != 0.0f;
+  }
+  attention_args a = {qkv, NULL, NULL, noise ? mask : NULL, out, probs, NULL, T, H, hs, scale, keep, causal, 0};
+  parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_range, &a);
+  return a.failed ? -2 : 0;
+}
+
+/* Gradient of seemore_attention: from dout (B, T, C), the saved qkv, probs and mask (NULL when
+ * there was no dropout), writes dqkv (B, T, 3C). With M = mult and W = P * M:
+ *   dV = W^T dO;  dW = dO V^T;  dP = dW * M;  dS = P * (dP - rowsum(dP * P));
+ *   dQ = scale * dS K;  dK = scale * dS^T Q. */
+/* Heads bh0..bh1 of the backward pass (each writes only its own columns of dqkv). */
+static void attention_grad_range(void *p, int64_t bh0, int64_t bh1) {
+  attention_args *a = p;
+  int64_t T = a->T, H = a->H, hs = a->hs, C = H * hs, C3 = 3 * C, TT = T * T;
+  float inv_keep = 1.0f / a->keep;
+  float *w = malloc((size_t)TT * 2 * sizeof(float));
+  if (!w) {
+    __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *dp = w + TT;
+  for (int64_t bh = bh0; bh < bh1; bh++) {
+    int64_t b = bh / H, h = bh % H;
+    const float *q = a->qkv + b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
+    const float *d_o = a->dout + b * T * C + h * hs;
+    float *dq = a->dqkv + b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+    const float *probs = a->saved_probs + bh * TT;
+    const uint8_t *m = a->mask ? a->mask + bh * TT : NULL;
+    const float *weights = probs;
+    if (m) {
+      for (int64_t e = 0; e < TT; e++) w[e] = probs[e] * (m[e] ? inv_keep : 0.0f);
+      weights = w;
+    }
+    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, d_o, (int)C, 0.0f,
+          dv, (int)C3);
+    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)hs, 1.0f, d_o, (int)C, v, (int)C3, 0.0f, dp,
+          (int)T);
+    for (int64_t i = 0; i < T; i++) {
+      float *dr = dp + i * T;
+      const float *pr = probs + i * T;
+      if (m) {
+        const uint8_t *mr = m + i * T;
+        for (int64_t j = 0; j < T; j++) dr[j] *= mr[j] ? inv_keep : 0.0f;
+      }
+      float s = 0.0f;
+      for (int64_t j = 0; j < T; j++) s += dr[j] * pr[j];
+      for (int64_t j = 0; j < T; j++) dr[j] = pr[j] * (dr[j] - s);
+    }
+    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)T, (int)hs, (int)T, a->scale, dp, (int)T, k, (int)C3, 0.0f,
+          dq, (int)C3);
+    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)hs, (int)T, a->scale, dp, (int)T, q, (int)C3, 0.0f,
+          dk, (int)C3);
+  }
+  free(w);
+}
+
+int32_t seemore_attention_grad(const float *dout, const float *qkv, const float *probs,
+                               const uint8_t *mask, float *dqkv, int32_t B, int32_t T, int32_t H,
+                               int32_t hs, float scale, float keep) {
+  if (!sgemm) return -1;
+  attention_args a = {qkv, dout, probs, mask, NULL, NULL, dqkv, T, H, hs, scale, keep, 0, 0};
+  parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_grad_range, &a);
+  return a.failed ? -2 : 0;
+}
+
+/* Attention for generation with a key/value cache: qkv (B, Tn, 3C) holds the new positions, which
+ * follow t_past cached ones in k_past / v_past (B, H, t_past, hs; NULL when t_past = 0). Writes the
+ * grown caches k_all / v_all (B, H, t_past + Tn, hs) and out (B, Tn, C); new position i sees cached
+ * positions and new ones up to itself (all of them when not causal). No dropout, no gradient. */
+int32_t seemore_attention_cached(const float *qkv, const float *k_past, const float *v_past,
+                                 float *out, float *k_all, float *v_all, int32_t B, int32_t Tn,
+                                 int32_t t_past, int32_t H, int32_t hs, float scale, int32_t causal) {
+  if (!sgemm) return -1;
+  int64_t C = (int64_t)H * hs, C3 = 3 * C, t_all = (int64_t)t_past + Tn;
+  float *scores = malloc((size_t)(Tn * t_all) * sizeof(float));
+  if (!scores) return -2;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t h = 0; h < H; h++) {
+      int64_t bh = (b * H + h) * t_all * hs, bh_past = (b * H + h) * (int64_t)t_past * hs;
+      float *k = k_all + bh, *v = v_all + bh;
+      if (t_past > 0) {
+        memcpy(k, k_past + bh_past, (size_t)(t_past * hs) * sizeof(float));
+        memcpy(v, v_past + bh_past, (size_t)(t_past * hs) * sizeof(float));
+      }
+      const float *q = qkv + b * Tn * C3 + h * hs;
+      for (int64_t i = 0; i < Tn; i++) {
+        memcpy(k + (t_past + i) * hs, q + i * C3 + C, (size_t)hs * sizeof(float));
+        memcpy(v + (t_past + i) * hs, q + i * C3 + 2 * C, (size_t)hs * sizeof(float));
+      }
+      sgemm(ROW_MAJOR, NO_TRANS, TRANS, Tn, (int)t_all, hs, scale, q, (int)C3, k, hs, 0.0f, scores,
+            (int)t_all);
+      softmax_rows(scores, Tn, t_all, causal ? t_past : -1);
+      sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, Tn, hs, (int)t_all, 1.0f, scores, (int)t_all, v, hs, 0.0f,
+            out + b * Tn * C + h * hs, (int)C);
+    }
+  }
+  free(scores);
+  return 0;
 }

@@ -1,7 +1,10 @@
 // Faster kernels for tfjs's wasm backend: matmuls go to OpenBLAS's cblas_sgemm (through Deno FFI, on
 // views of the wasm heap), and ops the stock backend does slowly are replaced too: Transpose, Unpack,
-// SplitV and Sum (JS, or C where native.ts could build its kernels), Identity (no copy), and with
-// the C kernels also Erf and Exp plus the fused GELU / layer norm / Adam kernels behind fused.ts.
+// SplitV, GatherV2 and Sum (JS, or C where native.ts could build its kernels), Identity (no copy),
+// and with the C kernels also Erf and Exp plus the fused GELU / layer norm / Adam / dropout /
+// attention kernels behind fused.ts. It also installs the lean backward pass (lean_gradients.ts),
+// which frees gradients and saved tensors as soon as they are used: the wasm heap never shrinks, so
+// the backward pass's peak would otherwise stay the process's memory.
 //
 //   import * as tf from "@tensorflow/tfjs-core";
 //   import "@tensorflow/tfjs-backend-wasm";
@@ -21,7 +24,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { type Blas, loadBlas } from "./ffi.ts";
-import { loadNative, type Native, simplifyReduction } from "./native.ts";
+import { installLeanGradients, uninstallLeanGradients } from "./lean_gradients.ts";
+import { type AttentionDims, loadNative, type Native, simplifyReduction } from "./native.ts";
 
 export { simplifyReduction };
 
@@ -41,9 +45,11 @@ export interface EnableOptions {
   native?: boolean;
   /** Open this OpenBLAS instead of searching the usual paths (tests use a bad path to force the fallback). */
   libraryPath?: string;
+  /** Free each gradient and saved tensor as soon as the backward pass is done with it (default true; see lean_gradients.ts). */
+  leanGradients?: boolean;
   /**
-   * OpenBLAS threads. Default: OpenBLAS's own choice (all cores, or $OPENBLAS_NUM_THREADS). On a
-   * busy 2-core machine 1 thread measured as fast as 2 and steadier.
+   * Threads for large products (small ones always use one: see SMALL_GEMM) and for the C kernels.
+   * Default: OpenBLAS's own choice (all cores, or $OPENBLAS_NUM_THREADS).
    */
   threads?: number;
 }
@@ -98,6 +104,7 @@ export async function enableBlasKernels(opts: EnableOptions = {}): Promise<Enabl
     const n = loadNative();
     native = n.ok ? n.native : null;
     nativeNote = n.ok ? `C kernels from ${n.native.path}` : n.reason;
+    native?.setThreads(blas.numThreads() || 1);
   }
 
   const overrides: [string, tf.KernelFunc][] = [
@@ -107,6 +114,7 @@ export async function enableBlasKernels(opts: EnableOptions = {}): Promise<Enabl
     ["Identity", identityKernel as tf.KernelFunc],
     ["Unpack", unpackKernel as tf.KernelFunc],
     ["SplitV", splitVKernel as tf.KernelFunc],
+    ["GatherV2", gatherKernel as tf.KernelFunc],
     ["Sum", sumKernel as tf.KernelFunc],
   ];
   if (native) {
@@ -114,6 +122,7 @@ export async function enableBlasKernels(opts: EnableOptions = {}): Promise<Enabl
   }
   for (const [name, kernelFunc] of overrides) override(name, kernelFunc);
   const fused = native ? registerFusedKernels() : [];
+  if (opts.leanGradients ?? true) installLeanGradients();
   lastResult = { ok: true, kernels: [...overrides.map(([name]) => name), ...fused], native: nativeNote };
   return lastResult;
 }
@@ -125,6 +134,12 @@ export const FUSED_KERNELS = {
   layerNorm: "SeemoreLayerNorm",
   layerNormGrad: "SeemoreLayerNormGrad",
   adam: "SeemoreAdam",
+  dropout: "SeemoreDropout",
+  dropoutGrad: "SeemoreDropoutGrad",
+  /** Registered only when the C kernels can call OpenBLAS's sgemm themselves. */
+  attention: "SeemoreAttention",
+  attentionGrad: "SeemoreAttentionGrad",
+  attentionCached: "SeemoreAttentionCached",
 } as const;
 
 function registerFusedKernels(): string[] {
@@ -134,7 +149,16 @@ function registerFusedKernels(): string[] {
     [FUSED_KERNELS.layerNorm, layerNormKernel as tf.KernelFunc],
     [FUSED_KERNELS.layerNormGrad, layerNormGradKernel as tf.KernelFunc],
     [FUSED_KERNELS.adam, adamKernel as tf.KernelFunc],
+    [FUSED_KERNELS.dropout, dropoutKernel as tf.KernelFunc],
+    [FUSED_KERNELS.dropoutGrad, dropoutGradKernel as tf.KernelFunc],
   ];
+  if (native!.bindSgemm(blas!.path)) {
+    kernels.push(
+      [FUSED_KERNELS.attention, attentionKernel as tf.KernelFunc],
+      [FUSED_KERNELS.attentionGrad, attentionGradKernel as tf.KernelFunc],
+      [FUSED_KERNELS.attentionCached, attentionCachedKernel as tf.KernelFunc],
+    );
+  }
   for (const [kernelName, kernelFunc] of kernels) {
     if (tf.getKernel(kernelName, BACKEND)) tf.unregisterKernel(kernelName, BACKEND);
     tf.registerKernel({ kernelName, backendName: BACKEND, kernelFunc });
@@ -152,12 +176,24 @@ export function disableBlasKernels(): void {
   originals.clear();
   for (const name of added) tf.unregisterKernel(name, BACKEND);
   added.clear();
+  uninstallLeanGradients();
   lastResult = null;
 }
 
 /** Whether the overrides are active. */
 export function blasKernelsEnabled(): boolean {
   return lastResult?.ok === true;
+}
+
+/**
+ * Threads for large matmuls (OpenBLAS) and for the C kernels that split their work (elementwise,
+ * layer norm, Adam, attention). enableBlasKernels starts with OpenBLAS's own count.
+ */
+export function setKernelThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`lib/blas/kernels.ts: threads must be >= 1, got ${n}`);
+  if (!blas) throw new Error("lib/blas/kernels.ts: setKernelThreads before enableBlasKernels succeeded");
+  blas.setNumThreads(n);
+  native?.setThreads(n);
 }
 
 /** The OpenBLAS in use (null before enableBlasKernels succeeds). */
@@ -306,6 +342,13 @@ export function broadcastIndex(shape: number[], outShape: number[]): Int32Array 
   return index;
 }
 
+/**
+ * Products smaller than this many multiply-adds run on one OpenBLAS thread. Measured on the shared
+ * 2-core machine: a ViT matmul of one image (37×512×2048) got 66–74 GFLOP/s on one thread and 38–47
+ * on two, the decoder's 800×512×128 90 vs 30; the batch's 592×512×2048 was the same either way.
+ */
+export const SMALL_GEMM = 1 << 26;
+
 /** C[i] = op(A[aIndex[i]]) @ op(B[bIndex[i]]) (+ beta * C[i]) for every batch i. */
 function runGemm(plan: MatMulPlan, a: Float32Array, b: Float32Array, c: Float32Array, beta: 0 | 1): void {
   const { m, n, k, transA, transB, batch } = plan;
@@ -314,6 +357,7 @@ function runGemm(plan: MatMulPlan, a: Float32Array, b: Float32Array, c: Float32A
     if (beta === 0) c.fill(0);
     return;
   }
+  blas!.useThreads(m * n * k * (plan.merged ? batch : 1) < SMALL_GEMM ? 1 : blas!.numThreads() || 1);
   const lda = transA ? m : k, ldb = transB ? k : n;
   if (plan.merged) {
     blas!.sgemm(false, transB, batch * m, n, k, 1, a, lda, b, ldb, beta, c, n);
@@ -579,6 +623,141 @@ function adamKernel(args: KernelArgs): TensorInfo[] {
   return outs;
 }
 
+/** inputs x; attrs keep, seed (tf.dropout's) → [y (float32), mask (bool)]. */
+function dropoutKernel(args: KernelArgs): TensorInfo[] {
+  const { x } = args.inputs as { x: TensorInfo };
+  const backend = wasmOf(args.backend);
+  const y = backend.makeOutput(x.shape, "float32");
+  const mask = backend.makeOutput(x.shape, "bool");
+  native!.dropout(
+    floatView(backend, x, "dropout x"),
+    args.attrs?.seed as number,
+    { y: floatView(backend, y, "y"), mask: boolView(backend, mask, "mask") },
+    args.attrs?.keep as number,
+  );
+  return [y, mask];
+}
+
+/** inputs dy, mask (bool); attrs keep → dx. */
+function dropoutGradKernel(args: KernelArgs): TensorInfo {
+  const { dy, mask } = args.inputs as { dy: TensorInfo; mask: TensorInfo };
+  const backend = wasmOf(args.backend);
+  const dx = backend.makeOutput(dy.shape, "float32");
+  native!.dropoutGrad(
+    floatView(backend, dy, "dropout dy"),
+    boolView(backend, mask, "dropout mask"),
+    floatView(backend, dx, "dx"),
+    args.attrs?.keep as number,
+  );
+  return dx;
+}
+
+function attentionDims(qkv: TensorInfo, heads: number): AttentionDims {
+  if (qkv.shape.length !== 3 || qkv.shape[2] % (3 * heads) !== 0) {
+    throw new Error(`lib/blas/kernels.ts: attention qkv [${qkv.shape}] is not (B, T, 3·${heads}·head size)`);
+  }
+  const [batch, positions, width] = qkv.shape;
+  return { batch, positions, heads, headSize: width / (3 * heads) };
+}
+
+/**
+ * inputs qkv (B, T, 3C); attrs heads, scale, causal, and dropout (with its keep probability and
+ * seed) → [out (B, T, C), probs (B, H, T, T), mask (B, H, T, T) bool, or [0] without dropout].
+ */
+function attentionKernel(args: KernelArgs): TensorInfo[] {
+  const { qkv } = args.inputs as { qkv: TensorInfo };
+  const attrs = args.attrs as {
+    heads: number;
+    scale: number;
+    causal: boolean;
+    keep: number;
+    dropout: boolean;
+    seed: number;
+  };
+  const dropout = attrs.dropout === true;
+  const backend = wasmOf(args.backend);
+  const dims = attentionDims(qkv, attrs.heads);
+  const { batch: B, positions: T, heads: H, headSize } = dims;
+  const out = backend.makeOutput([B, T, H * headSize], "float32");
+  const probs = backend.makeOutput([B, H, T, T], "float32");
+  const mask = backend.makeOutput(dropout ? [B, H, T, T] : [0], "bool");
+  native!.attention(
+    floatView(backend, qkv, "attention qkv"),
+    dropout ? attrs.seed : null,
+    {
+      out: floatView(backend, out, "out"),
+      probs: floatView(backend, probs, "probs"),
+      mask: dropout ? boolView(backend, mask, "mask") : null,
+    },
+    dims,
+    { scale: attrs.scale, causal: attrs.causal, keep: attrs.keep },
+  );
+  return [out, probs, mask];
+}
+
+/**
+ * inputs qkv (B, Tn, 3C), optional k, v (B, H, tPast, hs): the cache; attrs heads, scale, causal
+ * → [out (B, Tn, C), k, v (B, H, tPast + Tn, hs)].
+ */
+function attentionCachedKernel(args: KernelArgs): TensorInfo[] {
+  const { qkv, k, v } = args.inputs as { qkv: TensorInfo; k?: TensorInfo; v?: TensorInfo };
+  const attrs = args.attrs as { heads: number; scale: number; causal: boolean };
+  const backend = wasmOf(args.backend);
+  const dims = attentionDims(qkv, attrs.heads);
+  const { batch: B, positions: Tn, heads: H, headSize } = dims;
+  if ((k == null) !== (v == null)) throw new Error("lib/blas/kernels.ts: attention cache needs both k and v");
+  const tPast = k ? k.shape[2] : 0;
+  for (const [name, t] of [["k", k], ["v", v]] as const) {
+    if (t && !tf.util.arraysEqual(t.shape, [B, H, tPast, headSize])) {
+      throw new Error(
+        `lib/blas/kernels.ts: attention cache ${name} [${t.shape}] is not [${B},${H},t,${headSize}]`,
+      );
+    }
+  }
+  const out = backend.makeOutput([B, Tn, H * headSize], "float32");
+  const kAll = backend.makeOutput([B, H, tPast + Tn, headSize], "float32");
+  const vAll = backend.makeOutput([B, H, tPast + Tn, headSize], "float32");
+  native!.attentionCached(
+    floatView(backend, qkv, "attention qkv"),
+    k && v && tPast > 0 ? { k: floatView(backend, k, "cache k"), v: floatView(backend, v, "cache v") } : null,
+    {
+      out: floatView(backend, out, "out"),
+      k: floatView(backend, kAll, "k"),
+      v: floatView(backend, vAll, "v"),
+    },
+    { ...dims, pastPositions: tPast },
+    { scale: attrs.scale, causal: attrs.causal },
+  );
+  return [out, kAll, vAll];
+}
+
+/** inputs dout (B, T, C), qkv, probs, mask (as attentionKernel made them); attrs heads, scale, keep → dqkv. */
+function attentionGradKernel(args: KernelArgs): TensorInfo {
+  const { dout, qkv, probs, mask } = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as { heads: number; scale: number; keep: number };
+  const backend = wasmOf(args.backend);
+  const dims = attentionDims(qkv, attrs.heads);
+  const dqkv = backend.makeOutput(qkv.shape, "float32");
+  const hasMask = tf.util.sizeFromShape(mask.shape) > 0;
+  native!.attentionGrad(
+    floatView(backend, dout, "attention dout"),
+    {
+      qkv: floatView(backend, qkv, "attention qkv"),
+      probs: floatView(backend, probs, "attention probs"),
+      mask: hasMask ? boolView(backend, mask, "attention mask") : null,
+    },
+    floatView(backend, dqkv, "dqkv"),
+    dims,
+    { scale: attrs.scale, keep: attrs.keep },
+  );
+  return dqkv;
+}
+
+function boolView(backend: WasmBackend, info: TensorInfo, what: string): Uint8Array {
+  if (info.dtype !== "bool") throw new Error(`lib/blas/kernels.ts: ${what} must be bool, got ${info.dtype}`);
+  return heapView<Uint8Array>(backend, info, Uint8Array);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory-bound kernels.
 
@@ -631,6 +810,40 @@ function unpackKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
     }
   }
   return outs;
+}
+
+/** tf.gather along one axis (batchDims 0): whole runs of the axes after it are copied at once. */
+function gatherKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
+  const { x, indices } = args.inputs as { x: TensorInfo; indices: TensorInfo };
+  const batchDims = (args.attrs?.batchDims as number | undefined) ?? 0;
+  const Ctor = copyCtor(x.dtype);
+  if (!Ctor || indices.dtype !== "int32" || batchDims !== 0) return stock("GatherV2", args);
+  const backend = wasmOf(args.backend);
+  const axis = tf.util.parseAxisParam(args.attrs?.axis as number, x.shape)[0];
+  const outer = tf.util.sizeFromShape(x.shape.slice(0, axis));
+  const dim = x.shape[axis];
+  const inner = tf.util.sizeFromShape(x.shape.slice(axis + 1));
+  const n = tf.util.sizeFromShape(indices.shape);
+  const index = n > 0 ? heapView<Int32Array>(backend, indices, Int32Array).slice() : new Int32Array(0);
+  for (let i = 0; i < n; i++) {
+    if (!(index[i] >= 0 && index[i] < dim)) {
+      throw new Error(`GatherV2: the index value ${index[i]} is not in [0, ${dim - 1}]`);
+    }
+  }
+  const out = backend.makeOutput(
+    [...x.shape.slice(0, axis), ...indices.shape, ...x.shape.slice(axis + 1)],
+    x.dtype,
+  );
+  if (outer * n * inner === 0) return out;
+  const src = heapView<Int32Array>(backend, x, Ctor);
+  const dst = heapView<Int32Array>(backend, out, Ctor);
+  if (native && Ctor === Int32Array) native.gather32(src, dst, { outer, dim, inner }, index);
+  else {
+    for (let o = 0; o < outer; o++) {
+      for (let i = 0; i < n; i++) copyRun(src, (o * dim + index[i]) * inner, dst, (o * n + i) * inner, inner);
+    }
+  }
+  return out;
 }
 
 function splitVKernel(args: KernelArgs): TensorInfo | TensorInfo[] {

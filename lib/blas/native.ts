@@ -8,17 +8,104 @@
 // Every function here checks its arguments' lengths before calling C: FFI does no bounds checks.
 
 const SOURCE_URL = new URL("./kernels.c", import.meta.url);
-// -fno-trapping-math lets the branch-free maths vectorize; results are unchanged (no FP traps are used).
-const CC_FLAGS = ["-O3", "-std=c99", "-fno-trapping-math", "-shared", "-fPIC"];
-const LIBS = ["-lm"];
-const ABI_VERSION = 1;
+// -fno-trapping-math lets the branch-free maths vectorize, and -fno-math-errno lets sqrtf be the sqrt
+// instruction (Adam's loop then vectorizes); results are unchanged (no FP traps or errno are used).
+// -ffp-contract=off: no fused multiply-adds, so results do not depend on the compiler's choices.
+const CC_FLAGS = [
+  "-O3",
+  "-std=c99",
+  "-fno-trapping-math",
+  "-fno-math-errno",
+  "-ffp-contract=off",
+  "-shared",
+  "-fPIC",
+];
+const LIBS = ["-lm", "-ldl", "-pthread"];
+const ABI_VERSION = 7;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
   seemore_abi_version: { parameters: [], result: "i32" },
+  seemore_bind_sgemm: { parameters: ["buffer"], result: "i32" },
+  seemore_set_threads: { parameters: ["i32"], result: "i32" },
+  seemore_helpers_started: { parameters: [], result: "i64" },
+  seemore_uniform: {
+    // state (f64[4], advanced), out, n
+    parameters: ["buffer", "buffer", "i32"],
+    result: "void",
+  },
+  seemore_dropout: {
+    // x, y, mask (u8), n, keep, noise state (f64[4])
+    parameters: ["buffer", "buffer", "buffer", "i32", "f32", "buffer"],
+    result: "void",
+  },
+  seemore_dropout_grad: {
+    // dy, mask (u8), dx, n, keep
+    parameters: ["buffer", "buffer", "buffer", "i32", "f32"],
+    result: "void",
+  },
+  seemore_attention: {
+    // qkv, noise state (f64[4], or null), out, probs, mask (u8, or null), B, T, H, hs, scale, causal, keep
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "i32",
+      "f32",
+    ],
+    result: "i32",
+  },
+  seemore_attention_cached: {
+    // qkv, k_past, v_past (or null), out, k_all, v_all, B, Tn, t_past, H, hs, scale, causal -> 0 on success
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "i32",
+    ],
+    result: "i32",
+  },
+  seemore_attention_grad: {
+    // dout, qkv, probs, mask (u8, or null), dqkv, B, T, H, hs, scale, keep -> 0 on success
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "f32",
+    ],
+    result: "i32",
+  },
   seemore_transpose32: {
     // src, dst, rank, shape (i32[rank]), perm (i32[rank])
     parameters: ["buffer", "buffer", "i32", "buffer", "buffer"],
+    result: "void",
+  },
+  seemore_gather32: {
+    // src, dst, outer, dim, inner, index (i32), n_index
+    parameters: ["buffer", "buffer", "i32", "i32", "i32", "buffer", "i32"],
     result: "void",
   },
   seemore_sum: {
@@ -74,12 +161,87 @@ const SYMBOLS = {
 
 type NativeLibrary = Deno.DynamicLibrary<typeof SYMBOLS>;
 
+/** Sizes of one multi-head attention: batch, positions, heads, head size (C = heads · head size). */
+export interface AttentionDims {
+  batch: number;
+  positions: number;
+  heads: number;
+  headSize: number;
+}
+
 /** The compiled kernels. */
 export interface Native {
   /** The shared library that was opened. */
   path: string;
+  /**
+   * Lets the C kernels call cblas_sgemm of the OpenBLAS at `libraryPath` (already opened by ffi.ts).
+   * Returns false if it cannot be found; the attention kernels need it.
+   */
+  bindSgemm(libraryPath: string): boolean;
+  /** Whether bindSgemm succeeded. */
+  hasSgemm(): boolean;
+  /**
+   * Threads the elementwise, layer-norm, Adam and attention kernels may use (default 1: helpers are
+   * started per call and only for large tensors). Returns the number now in use.
+   */
+  setThreads(n: number): number;
+  /** The thread count setThreads last set. */
+  threads(): number;
+  /** Helper threads started so far by the kernels that split their work (tests check the split ran). */
+  helpersStarted(): number;
+  /** tf.randomUniform(shape, 0, 1, "float32", seed)'s values, bit for bit, n of them. */
+  uniform(seed: number, n: number): Float32Array;
+  /**
+   * tf.dropout(x, 1 - keep, undefined, seed): y = x · floor(u + keep) / keep with u that seed's
+   * uniform noise; mask[i] = 1 where x[i] was kept.
+   */
+  dropout(x: Float32Array, seed: number, out: { y: Float32Array; mask: Uint8Array }, keep: number): void;
+  /** dx = dy · (mask ? 1/keep : 0). */
+  dropoutGrad(dy: Float32Array, mask: Uint8Array, dx: Float32Array, keep: number): void;
+  /**
+   * Attention from the fused projection qkv (B, T, 3C) into out (B, T, C); probs (B, H, T, T) gets the
+   * softmax weights. With a dropout seed, the weights get tf.dropout's noise for (B, H, T, T) and
+   * mask the kept flags (see kernels.c); with null, no dropout.
+   */
+  attention(
+    qkv: Float32Array,
+    seed: number | null,
+    out: { out: Float32Array; probs: Float32Array; mask: Uint8Array | null },
+    dims: AttentionDims,
+    opts: { scale: number; causal: boolean; keep: number },
+  ): void;
+  /**
+   * Attention of new positions (qkv (B, Tn, 3C), dims.positions = Tn) over `pastPositions` cached ones
+   * (past k/v (B, H, tPast, hs), null when tPast = 0): writes the grown caches k/v (B, H, tPast+Tn, hs)
+   * and out (B, Tn, C). Generation only: no dropout, no gradient.
+   */
+  attentionCached(
+    qkv: Float32Array,
+    past: { k: Float32Array; v: Float32Array } | null,
+    out: { out: Float32Array; k: Float32Array; v: Float32Array },
+    dims: AttentionDims & { pastPositions: number },
+    opts: { scale: number; causal: boolean },
+  ): void;
+  /** Gradient of attention(): dqkv (B, T, 3C) from dout (B, T, C) and what the forward saved. */
+  attentionGrad(
+    dout: Float32Array,
+    saved: { qkv: Float32Array; probs: Float32Array; mask: Uint8Array | null },
+    dqkv: Float32Array,
+    dims: AttentionDims,
+    opts: { scale: number; keep: number },
+  ): void;
   /** dst = transpose(src, perm), for 4-byte elements; shape is src's shape. */
   transpose32(src: Int32Array, dst: Int32Array, shape: number[], perm: number[]): void;
+  /**
+   * dst (outer, index.length, inner) = src (outer, dim, inner) gathered along the middle axis, for
+   * 4-byte elements. Every index must lie in [0, dim) (checked).
+   */
+  gather32(
+    src: Int32Array,
+    dst: Int32Array,
+    sizes: { outer: number; dim: number; inner: number },
+    index: Int32Array,
+  ): void;
   /** dst = sum of src over `axes` (dst holds the kept axes' elements), accumulated in double. */
   sum(src: Float32Array, dst: Float32Array, shape: number[], axes: number[]): void;
   /** y = f(x) elementwise; x and y have the same length. */
@@ -174,8 +336,124 @@ function compile(compiler: string, dir: string, path: string): void {
 
 function wrap(path: string, lib: NativeLibrary): Native {
   const s = lib.symbols;
+  let sgemmBound = false;
   return {
     path,
+    bindSgemm(libraryPath) {
+      if (!sgemmBound) sgemmBound = s.seemore_bind_sgemm(new TextEncoder().encode(libraryPath + "\0")) === 0;
+      return sgemmBound;
+    },
+    hasSgemm: () => sgemmBound,
+    setThreads(n) {
+      if (!Number.isInteger(n) || n < 1) {
+        throw new Error(`lib/blas/native.ts: threads must be >= 1, got ${n}`);
+      }
+      return s.seemore_set_threads(n);
+    },
+    threads: () => s.seemore_set_threads(0),
+    helpersStarted: () => Number(s.seemore_helpers_started()),
+    uniform(seed, n) {
+      const out = new Float32Array(n);
+      s.seemore_uniform(aleaState(seed), out, n);
+      return out;
+    },
+    dropout(x, seed, out, keep) {
+      checkKeep(keep);
+      sameLength("dropout", x.length, { y: out.y, mask: out.mask });
+      s.seemore_dropout(x, out.y, out.mask, x.length, keep, aleaState(seed));
+    },
+    dropoutGrad(dy, mask, dx, keep) {
+      checkKeep(keep);
+      sameLength("dropoutGrad", dy.length, { dx, mask });
+      s.seemore_dropout_grad(dy, mask, dx, dy.length, keep);
+    },
+    attention(qkv, seed, out, dims, opts) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: attention needs bindSgemm() first");
+      checkKeep(opts.keep);
+      const { qkvSize, outSize, probsSize } = attentionSizes(dims);
+      sameLength("attention", qkvSize, { qkv });
+      sameLength("attention", outSize, { out: out.out });
+      sameLength("attention", probsSize, { probs: out.probs });
+      if ((seed === null) !== (out.mask === null)) {
+        throw new Error("lib/blas/native.ts: attention needs both a dropout seed and a mask, or neither");
+      }
+      if (out.mask) sameLength("attention", probsSize, { mask: out.mask });
+      const { batch, positions, heads, headSize } = dims;
+      const rc = s.seemore_attention(
+        qkv,
+        seed === null ? null : aleaState(seed),
+        out.out,
+        out.probs,
+        out.mask,
+        batch,
+        positions,
+        heads,
+        headSize,
+        opts.scale,
+        opts.causal ? 1 : 0,
+        opts.keep,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_attention failed (${rc})`);
+    },
+    attentionCached(qkv, past, out, dims, opts) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: attentionCached needs bindSgemm() first");
+      const { pastPositions, ...newDims } = dims;
+      const tPast = pastPositions;
+      if (!Number.isInteger(tPast) || tPast < 0 || (tPast === 0) !== (past === null)) {
+        throw new Error(
+          `lib/blas/native.ts: attentionCached: ${tPast} cached positions but cache ${
+            past ? "given" : "missing"
+          }`,
+        );
+      }
+      const { qkvSize, outSize } = attentionSizes(newDims);
+      const { batch, positions, heads, headSize } = newDims;
+      const perPosition = batch * heads * headSize;
+      sameLength("attentionCached", qkvSize, { qkv });
+      sameLength("attentionCached", outSize, { out: out.out });
+      sameLength("attentionCached", perPosition * (tPast + positions), { k: out.k, v: out.v });
+      if (past) sameLength("attentionCached", perPosition * tPast, { pastK: past.k, pastV: past.v });
+      const rc = s.seemore_attention_cached(
+        qkv,
+        past?.k ?? null,
+        past?.v ?? null,
+        out.out,
+        out.k,
+        out.v,
+        batch,
+        positions,
+        tPast,
+        heads,
+        headSize,
+        opts.scale,
+        opts.causal ? 1 : 0,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_attention_cached failed (${rc})`);
+    },
+    attentionGrad(dout, saved, dqkv, dims, opts) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: attentionGrad needs bindSgemm() first");
+      checkKeep(opts.keep);
+      const { qkvSize, outSize, probsSize } = attentionSizes(dims);
+      sameLength("attentionGrad", qkvSize, { qkv: saved.qkv, dqkv });
+      sameLength("attentionGrad", outSize, { dout });
+      sameLength("attentionGrad", probsSize, { probs: saved.probs });
+      if (saved.mask) sameLength("attentionGrad", probsSize, { mask: saved.mask });
+      const { batch, positions, heads, headSize } = dims;
+      const rc = s.seemore_attention_grad(
+        dout,
+        saved.qkv,
+        saved.probs,
+        saved.mask,
+        dqkv,
+        batch,
+        positions,
+        heads,
+        headSize,
+        opts.scale,
+        opts.keep,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_attention_grad failed (${rc})`);
+    },
     transpose32(src, dst, shape, perm) {
       const size = shape.reduce((a, b) => a * b, 1);
       checkPerm(shape, perm);
@@ -185,6 +463,25 @@ function wrap(path: string, lib: NativeLibrary): Native {
         );
       }
       s.seemore_transpose32(src, dst, shape.length, Int32Array.from(shape), Int32Array.from(perm));
+    },
+    gather32(src, dst, { outer, dim, inner }, index) {
+      for (const [name, v] of [["outer", outer], ["dim", dim], ["inner", inner]] as const) {
+        if (!Number.isInteger(v) || v < 0 || v > 0x7fffffff) {
+          throw new Error(`lib/blas/native.ts: gather32 ${name}=${v} is not a valid size`);
+        }
+      }
+      for (let i = 0; i < index.length; i++) {
+        if (!(index[i] >= 0 && index[i] < dim)) {
+          throw new Error(`lib/blas/native.ts: gather index ${index[i]} is not in [0, ${dim - 1}]`);
+        }
+      }
+      if (src.length < outer * dim * inner || dst.length < outer * index.length * inner) {
+        throw new Error(
+          `lib/blas/native.ts: gather32 needs ${outer * dim * inner} -> ${outer * index.length * inner} ` +
+            `elements, got ${src.length} -> ${dst.length}`,
+        );
+      }
+      s.seemore_gather32(src, dst, outer, dim, inner, index, index.length);
     },
     sum(src, dst, shape, axes) {
       const [sizes, reduced] = simplifyReduction(shape, axes);
@@ -276,8 +573,61 @@ export function simplifyReduction(shape: number[], axes: number[]): [number[], b
   return [sizes, reduced];
 }
 
+/**
+ * The state {c, s0, s1, s2} of seedrandom's Alea generator seeded with String(seed), as
+ * tf.randomUniform seeds it (seedrandom 3.0.5's Alea and Mash, rewritten). kernels.c draws from it.
+ */
+export function aleaState(seed: number): Float64Array {
+  if (!Number.isFinite(seed)) throw new Error(`lib/blas/native.ts: dropout seed ${seed} is not a number`);
+  const mash = makeMash();
+  const key = String(seed);
+  const state = Float64Array.of(1, mash(" "), mash(" "), mash(" "));
+  for (let i = 1; i <= 3; i++) {
+    state[i] -= mash(key);
+    if (state[i] < 0) state[i] += 1;
+  }
+  return state;
+}
+
+/** Alea's string hash: each call folds `data` into the running value n and returns n / 2^32. */
+function makeMash(): (data: string) => number {
+  let n = 0xefc8249d;
+  return (data: string) => {
+    for (let i = 0; i < data.length; i++) {
+      n += data.charCodeAt(i);
+      let h = 0.02519603282416938 * n;
+      n = h >>> 0;
+      h -= n;
+      h *= n;
+      n = h >>> 0;
+      h -= n;
+      n += h * 0x100000000;
+    }
+    return (n >>> 0) * 2.3283064365386963e-10;
+  };
+}
+
+/** Element counts of attention's tensors; throws on sizes that are not positive int32s. */
+function attentionSizes(d: AttentionDims): { qkvSize: number; outSize: number; probsSize: number } {
+  for (const [name, v] of Object.entries(d)) {
+    if (!Number.isInteger(v) || v < 1 || v > 0x7fffffff) {
+      throw new Error(`lib/blas/native.ts: attention ${name}=${v} is not a positive int32`);
+    }
+  }
+  const C = d.heads * d.headSize;
+  return {
+    qkvSize: d.batch * d.positions * 3 * C,
+    outSize: d.batch * d.positions * C,
+    probsSize: d.batch * d.heads * d.positions * d.positions,
+  };
+}
+
+function checkKeep(keep: number): void {
+  if (!(keep > 0 && keep <= 1)) throw new Error(`lib/blas/native.ts: keep probability ${keep} not in (0, 1]`);
+}
+
 /** Throws unless every named array has exactly `n` elements (and n fits an int32). */
-function sameLength(what: string, n: number, arrays: Record<string, Float32Array>): void {
+function sameLength(what: string, n: number, arrays: Record<string, Float32Array | Uint8Array>): void {
   if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) {
     throw new Error(`lib/blas/native.ts: ${what}: bad size ${n}`);
   }

@@ -6,9 +6,12 @@
 //
 // Speed: MultiHeadAttention computes every head's q, k and v with ONE matmul against a fused weight
 // [C, 3C] (columns: all query heads, then all key heads, then all value heads). The saved parameters
-// are still the original's `heads.{h}.key|query|value.weight`, each [head_size, C].
+// are still the original's `heads.{h}.key|query|value.weight`, each [head_size, C]. On the fast CPU
+// path (lib/blas) the rest of the layer is one C kernel that reads q, k and v in place (training and
+// evaluation) or grows the KV cache (generation); the op-by-op version below is the reference.
 
 import * as tf from "@tensorflow/tfjs";
+import { attention, cachedAttention, canFuseAttention } from "../blas/fused.ts";
 import {
   assign,
   type Ctx,
@@ -98,6 +101,8 @@ export class MultiHeadAttention implements Parametrised {
     readonly dropoutRate: number,
     readonly isDecoder: boolean,
     init: Initialiser,
+    /** Scale scores by head_size^-0.5 (the usual transformer) instead of the original's n_embd^-0.5. */
+    readonly scaleByHeadSize = false,
   ) {
     if (nEmbd % numHeads !== 0) throw new Error(`n_embd ${nEmbd} must be divisible by n_head ${numHeads}`);
     this.headSize = nEmbd / numHeads;
@@ -110,6 +115,10 @@ export class MultiHeadAttention implements Parametrised {
 
   /** x (B, T, C) → (B, T, C). With a cache, x holds only the new positions and the cache grows. */
   forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D {
+    if (!this.keepAttention && canFuseAttention()) {
+      if (!cache) return this.forwardFused(x, ctx);
+      if (!ctx.training) return this.forwardCached(x, ctx, cache);
+    }
     const [B, T, C] = x.shape;
     const [q, kNew, vNew] = tf.split(dense(x, this.qkv), 3, -1).map((t) => this.splitHeads(t)); // 3 × (B, nh, T, hs)
     const tPast = cache?.k ? cache.k.shape[2] : 0;
@@ -117,7 +126,8 @@ export class MultiHeadAttention implements Parametrised {
     const v = cache?.v ? tf.concat([cache.v, vNew], 2) as tf.Tensor4D : vNew;
     if (cache) this.updateCache(cache, k, v);
 
-    let wei: tf.Tensor = tf.mul(tf.matMul(q, k, false, true), C ** -0.5); // (B, nh, T, tPast+T)
+    const scale = (this.scaleByHeadSize ? this.headSize : C) ** -0.5;
+    let wei: tf.Tensor = tf.mul(tf.matMul(q, k, false, true), scale); // (B, nh, T, tPast+T)
     if (this.isDecoder) wei = tf.add(wei, causalMask(T, tPast));
     wei = tf.softmax(wei, -1);
     if (this.keepAttention) this.keep(wei as tf.Tensor4D);
@@ -125,6 +135,36 @@ export class MultiHeadAttention implements Parametrised {
     const heads = tf.matMul(wei as tf.Tensor4D, v); // (B, nh, T, hs)
     const merged = tf.reshape(tf.transpose(heads, [0, 2, 1, 3]), [B, T, C]); // (B, T, C)
     return dropout(this.proj.forward(merged), this.dropoutRate, ctx) as tf.Tensor3D;
+  }
+
+  /**
+   * forward() without a cache on the fast CPU path: one kernel reads q, k and v in place from the
+   * fused projection and writes the merged heads (no split, transposes or saved score tensors).
+   * Same maths and the same dropout noise (seeds drawn in the same order) as the ops above.
+   */
+  private forwardFused(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
+    const C = x.shape[2];
+    const rate = ctx.training ? this.dropoutRate : 0;
+    const merged = attention(dense(x, this.qkv) as tf.Tensor3D, {
+      heads: this.numHeads,
+      scale: (this.scaleByHeadSize ? this.headSize : C) ** -0.5,
+      causal: this.isDecoder,
+      dropout: rate > 0 ? { rate, seed: ctx.nextSeed() } : undefined,
+    }); // (B, T, C)
+    return dropout(this.proj.forward(merged), this.dropoutRate, ctx) as tf.Tensor3D;
+  }
+
+  /** forward() with a cache (generation) on the fast CPU path: one kernel grows the cache and attends. */
+  private forwardCached(x: tf.Tensor3D, ctx: Ctx, cache: KVCache): tf.Tensor3D {
+    const C = x.shape[2];
+    const past = cache.k && cache.v ? { k: cache.k, v: cache.v } : null;
+    const { out, k, v } = cachedAttention(dense(x, this.qkv) as tf.Tensor3D, past, {
+      heads: this.numHeads,
+      scale: (this.scaleByHeadSize ? this.headSize : C) ** -0.5,
+      causal: this.isDecoder,
+    }); // (B, T, C), (B, nh, tPast+T, hs) × 2
+    this.updateCache(cache, k, v);
+    return dropout(this.proj.forward(out), this.dropoutRate, ctx) as tf.Tensor3D;
   }
 
   /** (B, T, C) → (B, nh, T, hs) */

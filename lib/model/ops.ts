@@ -63,10 +63,13 @@ export function hash32(a: number, b: number, c: number): number {
   return h;
 }
 
-/** Inverted dropout, active only while training. */
+/**
+ * Inverted dropout, active only while training: tf.dropout with the pass's next seed (one C kernel
+ * on the fast CPU path, same numbers; lib/blas/fused.ts).
+ */
 export function dropout(x: tf.Tensor, rate: number, ctx: Ctx): tf.Tensor {
   if (!ctx.training || rate <= 0) return x;
-  return tf.dropout(x, rate, undefined, ctx.nextSeed());
+  return fusedDropout(x, rate, ctx.nextSeed());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,15 +104,33 @@ export function useFastMatmul(on: boolean): void {
   fastMatmul = on;
 }
 
+/** Whether ops now run under a gradient tape (inside tf.grad / variableGrads' forward pass). */
+function recordingGradients(): boolean {
+  return (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0;
+}
+
+/**
+ * `x @ W (+ b)` straight through the OpenBLAS matmul kernel, for any leading shape of x, when no
+ * gradient is wanted (evaluation, generation): one kernel instead of the reshapes tf.fused.matMul
+ * puts around it, and the same single sgemm over all rows. Null where that route does not apply.
+ */
+function directMatmul(x: tf.Tensor, w: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor | null {
+  if (!fastMatmul || tf.getBackend() !== "wasm" || !blasKernelsEnabled() || recordingGradients()) return null;
+  const inputs: tf.NamedTensorMap = bias ? { a: x, b: w, bias } : { a: x, b: w };
+  return tf.engine().runKernel("_FusedMatMul", inputs, { transposeA: false, transposeB: false }) as tf.Tensor;
+}
+
 /** `a @ b` for 2-D tensors, plus an optional bias row, by whichever route is fastest here. */
 function matmulBias(a: tf.Tensor2D, b: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor2D {
-  if (fastMatmul) return tf.fused.matMul({ a, b, bias }) as tf.Tensor2D;
+  if (fastMatmul) return (directMatmul(a, b, bias) ?? tf.fused.matMul({ a, b, bias })) as tf.Tensor2D;
   const y = matmul2d(a, b);
   return bias ? tf.add(y, bias) : y;
 }
 
 /** `x @ W (+ b)` over the last axis of x, any leading shape; W is [in, out]. */
 export function dense(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor {
+  const direct = directMatmul(x, w, b); // (..., out)
+  if (direct) return direct;
   const lead = x.shape.slice(0, -1);
   const [nIn, nOut] = w.shape;
   const x2 = tf.reshape(x, [-1, nIn]) as tf.Tensor2D; // (N, in)
@@ -118,7 +139,8 @@ export function dense(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor 
 
 // GELU (exact erf form, as PyTorch's nn.GELU()) and LayerNorm (biased variance, eps 1e-5) come from
 // lib/blas/fused.ts: one C kernel each when the fast CPU path is on, the same maths in tfjs ops otherwise.
-import { gelu, layerNorm } from "../blas/fused.ts";
+import { dropout as fusedDropout, gelu, layerNorm } from "../blas/fused.ts";
+import { blasKernelsEnabled } from "../blas/kernels.ts";
 export { gelu, layerNorm };
 
 /**

@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../../lib/blas/fused.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
-import { loadNative } from "../../lib/blas/native.ts";
+import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
 
 const TOL = 1e-4;
@@ -101,6 +101,44 @@ Deno.test({
       return [r.p, r.m, r.v];
     });
     assertEquals(names.includes(FUSED_KERNELS.adam), true, "fused kernel ran");
+  },
+});
+
+Deno.test({
+  name: `the C kernels split across 2 threads give the same results: gelu, layer norm, Adam, erf${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const threads = native.threads(), helpers = native.helpersStarted();
+    native.setThreads(2); // sizes below are several chunks of 65536 elements, so helpers start
+    try {
+      const shape = [300, 1024];
+      const run = (fused: boolean) => () => {
+        const x = tensor(shape, 96, 4), g = tensor([1024], 97), b = tensor([1024], 98);
+        const w = tensor(shape, 99);
+        const geluF = fused ? gelu : geluOps, lnF = fused ? layerNorm : layerNormOps;
+        const adamF = fused ? adamStep : adamOps;
+        const dGelu = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(geluF(t), w)))(x);
+        const next = adamF(x, tf.mul(w, 0.1), tf.square(w), dGelu, {
+          lr: 1e-2,
+          beta1: 0.9,
+          beta2: 0.999,
+          eps: 1e-8,
+          step: 3,
+        });
+        return [geluF(x), dGelu, lnF(x, g, b), next.p, next.m, next.v, tf.erf(x)];
+      };
+      assertClose(
+        await valuesOn("wasm", run(true)),
+        await valuesOn("cpu", run(false)),
+        TOL,
+        "threaded kernels",
+      );
+      assertEquals(native.helpersStarted() > helpers, true, "helper threads started");
+    } finally {
+      native.setThreads(threads);
+    }
   },
 });
 

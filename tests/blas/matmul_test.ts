@@ -3,6 +3,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { activeBlas, disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
+import { dense, useFastMatmul } from "../../lib/model/ops.ts";
 import { assertClose, assertEquals, BLAS_OK, dirtyHeap, seeded, SKIP_NOTE, valuesOn } from "./helpers.ts";
 
 const TOL = 1e-4;
@@ -274,5 +275,30 @@ Deno.test({
     }
     assertEquals(threw, true, "threads: 0 rejected");
     await enabled();
+  },
+});
+
+Deno.test({
+  name:
+    `dense() outside a gradient tape (one kernel on x as it is) equals the taped route exactly${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enabled();
+    useFastMatmul(true);
+    const x = tensor([3, 11, 40], 60),
+      w = tensor([40, 24], 61) as tf.Tensor2D,
+      b = tensor([24], 62) as tf.Tensor1D;
+    const direct = tf.tidy(() => dense(x, w, b).dataSync());
+    let taped: Float32Array | null = null;
+    tf.grad((t: tf.Tensor) => {
+      const y = dense(t, w, b); // under the tape: reshapes around tf.fused.matMul
+      taped = y.dataSync() as Float32Array;
+      return tf.sum(y);
+    })(x);
+    assertClose([direct as Float32Array], [taped!], 0, "dense");
+    const info = await tf.profile(() => tf.dispose(dense(x, w, b)));
+    assertEquals(info.kernels.map((k) => k.name).join(","), "_FusedMatMul", "kernels run outside the tape");
+    tf.dispose([x, w, b]);
+    useFastMatmul(false);
   },
 });

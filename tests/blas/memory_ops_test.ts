@@ -1,4 +1,5 @@
-// Transpose, Identity and Unpack on the wasm heap (JS and C versions) against tfjs's cpu backend.
+// Transpose, Identity, Unpack, GatherV2 and Sum on the wasm heap (JS and C versions) against tfjs's cpu
+// backend.
 
 import * as tf from "@tensorflow/tfjs";
 import {
@@ -149,6 +150,35 @@ Deno.test({
       ];
       assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), 0, `unstack axis ${axis}`);
     }
+  },
+});
+
+Deno.test({
+  name: `GatherV2 kernel equals cpu on every axis, float32 and int32, and rejects bad indices${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enableBlasKernels();
+    const index = tf.tensor1d([2, 0, 2, 1], "int32");
+    for (const axis of [0, 1, 2]) {
+      const run = () => [
+        tf.gather(tf.tensor(seeded(60, 36), [3, 4, 5]), index, axis),
+        tf.gather(tf.tensor(iota(60), [3, 4, 5], "int32"), index, axis),
+        tf.gather(
+          tf.tensor(seeded(3 * 3 * 100, 37), [3, 3, 100]),
+          tf.tensor2d([[2, 0], [1, 1]], [2, 2], "int32"),
+          axis,
+        ),
+      ];
+      assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), 0, `gather axis ${axis}`);
+    }
+    let message = "";
+    try {
+      tf.tidy(() => tf.gather(tf.zeros([3, 2]), tf.tensor1d([0, 3], "int32")));
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    assertEquals(message.includes("index value 3 is not in [0, 2]"), true, message);
+    index.dispose();
   },
 });
 

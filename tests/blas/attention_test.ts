@@ -1,0 +1,184 @@
+// The fused attention and dropout kernels (C on wasm, reading q/k/v in place) against the op-by-op
+// versions on the cpu backend: MultiHeadAttention's output and every gradient, with and without
+// the causal mask and dropout (same seeds, so the same dropout noise); with a KV cache, position by
+// position as generation runs it; and dropout on its own.
+
+import * as tf from "@tensorflow/tfjs";
+import { attention, canFuseAttention, dropout } from "../../lib/blas/fused.ts";
+import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
+import { loadNative, type Native } from "../../lib/blas/native.ts";
+import { type KVCache, MultiHeadAttention } from "../../lib/model/attention.ts";
+import { Ctx, Initialiser } from "../../lib/model/ops.ts";
+import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
+
+const TOL = 1e-4;
+const READY = BLAS_OK && loadNative().ok;
+const NOTE = READY ? "" : " [ignored: needs OpenBLAS and a C compiler]";
+
+function tensor(shape: number[], seed: number, scale = 1): tf.Tensor {
+  return tf.tensor(seeded(tf.util.sizeFromShape(shape), seed).map((v) => v * scale), shape);
+}
+
+async function ready(): Promise<void> {
+  const res = await enableBlasKernels();
+  if (!res.ok || !res.kernels.includes(FUSED_KERNELS.attention)) {
+    throw new Error(`fused attention missing: ${JSON.stringify(res)}`);
+  }
+}
+
+/** Output and gradients (input, then each weight) of one attention layer, built fresh on the active backend. */
+function attentionRun(C: number, heads: number, causal: boolean, rate: number, training: boolean) {
+  return (): tf.Tensor[] => {
+    const mha = new MultiHeadAttention(C, heads, rate, causal, new Initialiser(7));
+    const x = tensor([3, 6, C], 80, 2) as tf.Tensor3D; // (B, T, C)
+    const w = tensor([3, 6, C], 81);
+    const loss = () => tf.sum(tf.mul(mha.forward(x, new Ctx(training, 5, 2)), w)) as tf.Scalar;
+    const out = mha.forward(x, new Ctx(training, 5, 2));
+    const dx = tf.grad((t: tf.Tensor) =>
+      tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new Ctx(training, 5, 2)), w))
+    )(x);
+    const { grads } = tf.variableGrads(loss, mha.variables());
+    const result = [out, dx, ...mha.variables().map((v) => grads[v.name])];
+    const copies = result.map((t) => t.clone());
+    mha.variables().forEach((v) => v.dispose());
+    return copies;
+  };
+}
+
+for (const causal of [false, true]) {
+  for (const [rate, training] of [[0, false], [0.25, true]] as const) {
+    Deno.test({
+      name: `attention (fused C) equals the ops on cpu: ${causal ? "causal" : "bidirectional"}, ` +
+        `dropout ${training ? rate : "off"}, output and all gradients${NOTE}`,
+      ignore: !READY,
+      async fn() {
+        await ready();
+        const fused = await valuesOn("wasm", attentionRun(12, 3, causal, rate, training));
+        const plain = await valuesOn("cpu", attentionRun(12, 3, causal, rate, training));
+        assertClose(fused, plain, TOL, "attention");
+        // The fused path really ran on wasm (and the cpu backend has no such kernel).
+        const info = await tf.profile(() => tf.dispose(attentionRun(12, 3, causal, rate, training)()));
+        const names = new Set(info.kernels.map((k) => k.name));
+        assertEquals(
+          names.has(FUSED_KERNELS.attention) && names.has(FUSED_KERNELS.attentionGrad),
+          true,
+          "ran",
+        );
+      },
+    });
+  }
+}
+
+Deno.test({
+  name: `attention split across 2 threads (64 heads of work) equals the ops on cpu, with dropout${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const threads = native.threads(), helpers = native.helpersStarted();
+    native.setThreads(2);
+    try {
+      const run = () => {
+        const mha = new MultiHeadAttention(32, 8, 0.2, true, new Initialiser(9));
+        const x = tensor([8, 7, 32], 88, 2) as tf.Tensor3D; // B·H = 64 heads: 4 chunks of 16
+        const w = tensor([8, 7, 32], 89);
+        const f = (t: tf.Tensor) => tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new Ctx(true, 3, 1)), w));
+        const out = [mha.forward(x, new Ctx(true, 3, 1)), tf.grad(f)(x)];
+        mha.variables().forEach((v) => v.dispose());
+        return out;
+      };
+      assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, "threaded attention");
+      assertEquals(native.helpersStarted() > helpers, true, "helper threads started");
+    } finally {
+      native.setThreads(threads);
+    }
+  },
+});
+
+/** Feeds 3 positions, then 1, 1, 2 more through a cached attention layer: every output and the final cache. */
+function cachedRun(causal: boolean) {
+  return (): tf.Tensor[] => {
+    const mha = new MultiHeadAttention(12, 3, 0.1, causal, new Initialiser(8));
+    const cache: KVCache = { k: null, v: null };
+    const outs: tf.Tensor[] = [];
+    for (const [i, n] of [3, 1, 1, 2].entries()) {
+      const x = tensor([2, n, 12], 84 + i, 2) as tf.Tensor3D; // (B, n, C)
+      outs.push(mha.forward(x, Ctx.eval(), cache));
+    }
+    const result = [...outs, cache.k!.clone(), cache.v!.clone()];
+    tf.dispose([cache.k!, cache.v!, ...mha.variables()]);
+    return result;
+  };
+}
+
+for (const causal of [true, false]) {
+  Deno.test({
+    name: `attention with a KV cache (fused C) equals the ops on cpu, ${
+      causal ? "causal" : "bidirectional"
+    }${NOTE}`,
+    ignore: !READY,
+    async fn() {
+      await ready();
+      const fused = await valuesOn("wasm", cachedRun(causal));
+      assertClose(fused, await valuesOn("cpu", cachedRun(causal)), TOL, "cached attention");
+      const info = await tf.profile(() => tf.dispose(cachedRun(causal)()));
+      assertEquals(
+        info.kernels.some((k) => k.name === FUSED_KERNELS.attentionCached),
+        true,
+        "fused kernel ran",
+      );
+    },
+  });
+}
+
+Deno.test({
+  name: `the C noise generator gives tf.randomUniform's values bit for bit${NOTE}`,
+  ignore: !READY,
+  fn() {
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    for (const [seed, n] of [[0, 1000], [1, 1000], [1234, 100_000], [4294967295, 1000], [2.5, 1000]]) {
+      const ours = native.uniform(seed, n);
+      const theirs = tf.tidy(() => tf.randomUniform([n], 0, 1, "float32", seed).dataSync());
+      for (let i = 0; i < ours.length; i++) {
+        if (!Object.is(ours[i], theirs[i])) {
+          throw new Error(`seed ${seed}, value ${i}: ${ours[i]} vs ${theirs[i]}`);
+        }
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: `dropout (fused C) gives tf.dropout's numbers with the same seed, values and gradient${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const x = () => tensor([5, 7, 9], 82, 3);
+    const w = () => tensor([5, 7, 9], 83);
+    const run = (f: (t: tf.Tensor) => tf.Tensor) => () => [
+      f(x()),
+      tf.grad((t: tf.Tensor) => tf.sum(tf.mul(f(t), w())))(x()),
+    ];
+    const fused = await valuesOn("wasm", run((t) => dropout(t, 0.3, 1234)));
+    const plain = await valuesOn("cpu", run((t) => tf.dropout(t, 0.3, undefined, 1234)));
+    assertClose(fused, plain, 1e-6, "dropout");
+    const zeros = fused[0].filter((v) => v === 0).length;
+    assertEquals(zeros > 0.15 * fused[0].length && zeros < 0.45 * fused[0].length, true, "about 30% dropped");
+  },
+});
+
+Deno.test({
+  name: `attention (fused C) rejects a qkv width that is not 3 × heads × head size${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    assertEquals(canFuseAttention(), true, "fused attention available");
+    let message = "";
+    try {
+      tf.tidy(() => attention(tf.zeros([2, 4, 10]) as tf.Tensor3D, { heads: 3, scale: 1, causal: false }));
+    } catch (e) {
+      message = (e as Error).message;
+    }
+    assertEquals(message.includes("qkv [2,4,10]"), true, `error names the tensor: ${message}`);
+  },
+});
