@@ -21,11 +21,21 @@ export interface ModelConfig {
   // seeMoE only
   num_experts: number;
   top_k: number;
+  /** Weight of the Switch-Transformer load-balancing loss added while training (0 = none, as the original). */
+  aux_loss_coef: number;
+  /** Expert capacity = ceil(factor · tokens · top_k / experts); tokens over it skip that expert (0 = no limit, as the original). */
+  capacity_factor: number;
+  /** Router noise in evaluation and generation too, as the original does (default false: noise only while training). */
+  router_noise_in_eval: boolean;
   // Beyond the original (a checkpoint without these keys means the original's behaviour):
   /** "cls": one visual token, the ViT's CLS output (original); "patches": CLS and every patch token. */
   visual_tokens: "cls" | "patches";
   /** Train the last visual position to predict the caption's first character (original: false). */
   first_token_from_image: boolean;
+  /** "width": attention scaled by n_embd^-0.5 (original); "head": by head_size^-0.5. */
+  attention_scale: "width" | "head";
+  /** "original": x = ln2(x + attn(ln1 x)); x += ffn(x). "pre_norm": x += attn(ln1 x); x += ffn(ln2 x). */
+  residual: "original" | "pre_norm";
 }
 
 /** Optimisation: not part of a checkpoint's architecture. */
@@ -43,6 +53,8 @@ export interface TrainConfig {
    * teaches the model to stop; "none": no pad target at all.
    */
   pad_loss: "all" | "first" | "none";
+  /** Steps of linear learning-rate warm-up from 0 (the original: 0, full rate from the first step). */
+  warmup_iters: number;
 }
 
 export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
@@ -60,8 +72,13 @@ export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
   block_positions: 1000,
   num_experts: 8,
   top_k: 2,
+  aux_loss_coef: 0,
+  capacity_factor: 0,
+  router_noise_in_eval: false,
   visual_tokens: "cls",
   first_token_from_image: false,
+  attention_scale: "width",
+  residual: "original",
 };
 
 export const DEFAULT_TRAIN: TrainConfig = {
@@ -73,6 +90,7 @@ export const DEFAULT_TRAIN: TrainConfig = {
   val_batch_size: 8,
   seed: 1337,
   pad_loss: "first",
+  warmup_iters: 0,
 };
 
 /** ImageNet statistics the original normalises images with. */
@@ -81,3 +99,29 @@ export const IMAGENET_STD = [0.229, 0.224, 0.225] as const;
 
 /** The padding symbol: always the last token id. */
 export const PAD = "<pad>";
+
+/**
+ * Named starting points for `deno task train --recipe NAME` (flags given after it still win).
+ * - "original": the PyTorch original's architecture and schedule (plus our bug fixes). On the shapes data it
+ *   learns caption statistics only: every image gets the same caption (see README, "A model that sees").
+ * - "seeing": the CLI's default. A smaller ViT over 64×64 images in 8×8 patches, every patch token passed to
+ *   the decoder, the usual pre-norm blocks with head-size attention scaling, and the first character
+ *   predicted from the image. It learns colour, size and position from the picture within minutes on a CPU.
+ */
+export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Partial<TrainConfig> }> = {
+  original: { model: {}, train: {} },
+  seeing: {
+    model: {
+      image_embed_dim: 128,
+      n_layer: 4,
+      img_size: 64,
+      patch_size: 8,
+      visual_tokens: "patches",
+      first_token_from_image: true,
+      attention_scale: "head",
+      residual: "pre_norm",
+    },
+    train: { max_iters: 1000, eval_interval: 100, eval_iters: 5 },
+  },
+};
+export const DEFAULT_RECIPE = "seeing";

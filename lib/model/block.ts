@@ -49,6 +49,14 @@ export class FeedForward implements Parametrised {
 
 export type FeedForwardKind = "gelu" | "mlp";
 
+/** Departures from the original's block, for recipes that train faster (both off = the original). */
+export interface BlockOptions {
+  /** x = x + attn(ln1(x)); x = x + ffn(ln2(x)) — the usual pre-norm block, residual stream never normalised. */
+  preNorm?: boolean;
+  /** Attention scaled by head_size^-0.5 instead of n_embd^-0.5. */
+  scaleByHeadSize?: boolean;
+}
+
 export class Block implements Parametrised {
   readonly ln1: LayerNorm;
   readonly attn: MultiHeadAttention;
@@ -62,9 +70,17 @@ export class Block implements Parametrised {
     isDecoder: boolean,
     init: Initialiser,
     ffnKind: FeedForwardKind = "gelu",
+    readonly options: BlockOptions = {},
   ) {
     this.ln1 = new LayerNorm(nEmbd, init);
-    this.attn = new MultiHeadAttention(nEmbd, numHeads, dropoutRate, isDecoder, init);
+    this.attn = new MultiHeadAttention(
+      nEmbd,
+      numHeads,
+      dropoutRate,
+      isDecoder,
+      init,
+      options.scaleByHeadSize,
+    );
     this.ln2 = new LayerNorm(nEmbd, init);
     // seeMoE's MLP keeps its own default dropout of 0.1, whatever the block's rate.
     this.ffn = ffnKind === "gelu" ? new FeedForward(nEmbd, init) : new MLP(nEmbd, 0.1, true, init);
@@ -73,6 +89,7 @@ export class Block implements Parametrised {
   forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D {
     const h = tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)); // (B, T, C)
     const n = this.ln2.forward(h); // (B, T, C)
+    if (this.options.preNorm) return tf.add(h, this.ffn.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)
     return tf.add(n, this.ffn.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)
   }
 

@@ -12,7 +12,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { type KVCache } from "./attention.ts";
-import { Block } from "./block.ts";
+import { Block, type BlockOptions } from "./block.ts";
 import {
   type Ctx,
   embed,
@@ -39,6 +39,7 @@ export interface DecoderOptions {
   dropout: number;
   blockPositions: number;
   useImages: boolean;
+  blockOptions?: BlockOptions;
 }
 
 export class DecoderLanguageModel implements Parametrised {
@@ -63,7 +64,8 @@ export class DecoderLanguageModel implements Parametrised {
     this.imageProjection = opts.useImages
       ? new MultiModalProjector(C, opts.imageEmbedDim, opts.dropout, init)
       : null;
-    const build = makeBlock ?? (() => new Block(C, opts.numHeads, opts.dropout, true, init));
+    const build = makeBlock ??
+      (() => new Block(C, opts.numHeads, opts.dropout, true, init, "gelu", opts.blockOptions));
     this.blocks = Array.from({ length: opts.nLayer }, build);
     if (blocksKey) this.blocksKey = blocksKey;
     this.lnF = new LayerNorm(C, init);

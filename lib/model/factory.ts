@@ -6,6 +6,7 @@
 
 import { checkTensors, loadCheckpoint, type NamedTensor, saveCheckpoint } from "../checkpoint.ts";
 import { DEFAULT_MODEL, type ModelConfig, type ModelType, PAD } from "../config.ts";
+import { VisionMoELanguageModel } from "./moe.ts";
 import type { StateDict } from "./ops.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
 
@@ -14,6 +15,7 @@ export type ModelBuilder = (config: ModelConfig, seed: number) => VisionLanguage
 
 const builders = new Map<ModelType, ModelBuilder>([
   ["seemore", (config, seed) => new VisionLanguageModel(config, seed)],
+  ["seemoe", (config, seed) => new VisionMoELanguageModel(config, seed)],
 ]);
 
 export function registerModel(type: ModelType, build: ModelBuilder): void {
@@ -22,7 +24,9 @@ export function registerModel(type: ModelType, build: ModelBuilder): void {
 
 export function buildModel(config: ModelConfig, seed = 0): VisionLanguageModel {
   const build = builders.get(config.model_type);
-  if (!build) throw new Error(`unknown model_type "${config.model_type}" (known: ${[...builders.keys()].join(", ")})`);
+  if (!build) {
+    throw new Error(`unknown model_type "${config.model_type}" (known: ${[...builders.keys()].join(", ")})`);
+  }
   return build(config, seed);
 }
 
@@ -48,13 +52,25 @@ const NUMBER_KEYS = [
   "block_positions",
   "num_experts",
   "top_k",
+  "aux_loss_coef",
+  "capacity_factor",
 ] as const;
+
+/** Keys whose value is one of a few words (first = the original's behaviour). */
+const CHOICE_KEYS = {
+  visual_tokens: ["cls", "patches"],
+  attention_scale: ["width", "head"],
+  residual: ["original", "pre_norm"],
+} as const;
+type ChoiceKey = keyof typeof CHOICE_KEYS;
 
 /** Validates a parsed config.json; errors name the file and the key. */
 export function parseConfig(json: Record<string, unknown>, file: string): CheckpointConfig {
   const vocab = json.vocab;
   if (!Array.isArray(vocab) || vocab.length < 2 || !vocab.every((s) => typeof s === "string")) {
-    throw new Error(`${file}: "vocab" must be a list of at least two symbols (token id order, "${PAD}" last)`);
+    throw new Error(
+      `${file}: "vocab" must be a list of at least two symbols (token id order, "${PAD}" last)`,
+    );
   }
   if (vocab[vocab.length - 1] !== PAD) throw new Error(`${file}: the last "vocab" entry must be "${PAD}"`);
   const model: ModelConfig = { ...DEFAULT_MODEL, vocab_size: vocab.length };
@@ -74,20 +90,38 @@ export function parseConfig(json: Record<string, unknown>, file: string): Checkp
   if (json.vocab_size !== undefined && json.vocab_size !== vocab.length) {
     throw new Error(`${file}: "vocab_size" is ${json.vocab_size} but "vocab" lists ${vocab.length} symbols`);
   }
-  if (json.visual_tokens !== undefined) {
-    if (json.visual_tokens !== "cls" && json.visual_tokens !== "patches") {
-      throw new Error(`${file}: "visual_tokens" must be "cls" or "patches"`);
+  for (const [key, allowed] of Object.entries(CHOICE_KEYS) as [ChoiceKey, readonly string[]][]) {
+    if (json[key] === undefined) continue;
+    if (!allowed.includes(json[key] as string)) {
+      throw new Error(`${file}: "${key}" must be one of ${allowed.map((a) => `"${a}"`).join(", ")}`);
     }
-    model.visual_tokens = json.visual_tokens;
+    (model as unknown as Record<string, unknown>)[key] = json[key];
   }
-  if (json.first_token_from_image !== undefined) model.first_token_from_image = json.first_token_from_image === true;
-  const known = new Set<string>(["vocab", "model_type", "vocab_size", "visual_tokens", "first_token_from_image", ...NUMBER_KEYS]);
+  if (json.first_token_from_image !== undefined) {
+    model.first_token_from_image = json.first_token_from_image === true;
+  }
+  if (json.router_noise_in_eval !== undefined) {
+    model.router_noise_in_eval = json.router_noise_in_eval === true;
+  }
+  const known = new Set<string>([
+    "vocab",
+    "model_type",
+    "vocab_size",
+    "first_token_from_image",
+    "router_noise_in_eval",
+    ...NUMBER_KEYS,
+    ...Object.keys(CHOICE_KEYS),
+  ]);
   const extra = Object.fromEntries(Object.entries(json).filter(([k]) => !known.has(k)));
   return { model, vocab: vocab as string[], extra };
 }
 
 /** The config.json we write for a model. */
-export function configJson(model: ModelConfig, vocab: string[], extra: Record<string, unknown> = {}): Record<string, unknown> {
+export function configJson(
+  model: ModelConfig,
+  vocab: string[],
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
   return { ...model, vocab, ...extra };
 }
 

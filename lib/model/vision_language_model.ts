@@ -6,6 +6,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig, TrainConfig } from "../config.ts";
+import type { BlockOptions } from "./block.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
 import { crossEntropy, type Ctx, Initialiser, type Parametrised, type StateDict } from "./ops.ts";
 import { ViT } from "./vit.ts";
@@ -33,8 +34,17 @@ export class VisionLanguageModel implements Parametrised {
       init,
       c.visual_tokens,
       this.vitFeedForward(),
+      this.blockOptions(),
     );
     this.decoder = this.buildDecoder(init);
+  }
+
+  /** The recipe switches of config.json (both absent = the original's blocks). */
+  protected blockOptions(): BlockOptions {
+    return {
+      preNorm: this.config.residual === "pre_norm",
+      scaleByHeadSize: this.config.attention_scale === "head",
+    };
   }
 
   /** seemore's ViT blocks use the GELU feed-forward; seeMoE overrides this. */
@@ -53,6 +63,7 @@ export class VisionLanguageModel implements Parametrised {
       dropout: c.dropout,
       blockPositions: c.block_positions,
       useImages: true,
+      blockOptions: this.blockOptions(),
     }, init);
   }
 

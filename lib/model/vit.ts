@@ -6,7 +6,7 @@
 // LLaVA-style models do; the original's setting is "cls".
 
 import * as tf from "@tensorflow/tfjs";
-import { Block, type FeedForwardKind } from "./block.ts";
+import { Block, type BlockOptions, type FeedForwardKind } from "./block.ts";
 import {
   type Ctx,
   dropout,
@@ -38,6 +38,7 @@ export class ViT implements Parametrised {
     init: Initialiser,
     readonly visualTokens: VisualTokens = "cls",
     ffnKind: FeedForwardKind = "gelu",
+    blockOptions: BlockOptions = {},
   ) {
     this.patchEmbedding = new PatchEmbeddings(imgSize, patchSize, numHiddens, init);
     const n = this.patchEmbedding.numPatches + 1;
@@ -45,7 +46,7 @@ export class ViT implements Parametrised {
     this.posEmbedding = new Param([1, n, numHiddens], init.normal([1, n, numHiddens]));
     this.blocks = Array.from(
       { length: numBlks },
-      () => new Block(numHiddens, numHeads, blkDropout, false, init, ffnKind),
+      () => new Block(numHiddens, numHeads, blkDropout, false, init, ffnKind, blockOptions),
     );
     this.layerNorm = new LayerNorm(numHiddens, init);
   }

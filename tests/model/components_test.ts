@@ -135,3 +135,25 @@ Deno.test("a caption longer than the position table is a clear error", () => {
   );
   model.dispose();
 });
+
+Deno.test("recipe switches: pre-norm residual and head-size attention scale", () => {
+  tf.tidy(() => {
+    const x = tf.randomNormal([2, 5, 32], 0, 1, "float32", 12) as tf.Tensor3D;
+    const pre = new Block(32, 4, 0, true, init, "gelu", { preNorm: true });
+    const h = tf.add(x, pre.attn.forward(pre.ln1.forward(x) as tf.Tensor3D, ctx));
+    const expected = tf.add(h, pre.ffn.forward(pre.ln2.forward(h), ctx));
+    assertClose(pre.forward(x, ctx).dataSync(), expected.dataSync(), 1e-5, "pre-norm block");
+
+    const wide = new MultiHeadAttention(32, 4, 0, false, init);
+    const narrow = new MultiHeadAttention(32, 4, 0, false, init, true);
+    const state: StateDict = new Map();
+    wide.saveState("a", state);
+    narrow.loadState("a", state);
+    // scaling by head_size (8) instead of n_embd (32) is the same as doubling the query weights
+    const doubled: StateDict = new Map(
+      [...state].map(([k, t]) => [k, k.includes("query") ? { ...t, data: t.data.map((v) => 2 * v) } : t]),
+    );
+    wide.loadState("a", doubled);
+    assertClose(narrow.forward(x, ctx).dataSync(), wide.forward(x, ctx).dataSync(), 1e-5, "head-size scale");
+  });
+});
