@@ -1,0 +1,596 @@
+// Charts for training runs and notebooks, as vega-lite v5 specs.
+//
+//   lossChart          train / validation loss against step
+//   expertUsageChart   seeMoE: share of routed tokens per expert, a layer × expert heat-map (one panel per snapshot)
+//   routingChart       seeMoE: the router's gate weights for each token of one batch
+//   attentionChart     attention weights (queries × keys), e.g. a caption attending to its image token(s)
+//   patchGridChart     an input image cut into its ViT patches (optionally shaded by a weight per patch)
+//   captionsChart      a few images with the model's caption (title) and the truth (subtitle)
+//
+// A spec is plain JSON. toSvg() renders it headlessly with vega (no browser, no canvas); svgToPng() turns
+// the SVG into a PNG with resvg; writeChart() writes both next to each other; chartBundle() makes the one
+// Jupyter mime bundle a notebook shows (vega-lite for JupyterLab, SVG for every other front end, text).
+// Each spec's `description` is a one-line summary in words: the bundle's text/plain.
+
+import { Resvg } from "@resvg/resvg-js";
+import sharp from "sharp";
+import { Buffer } from "node:buffer";
+import process from "node:process";
+import { IMAGENET_MEAN, IMAGENET_STD } from "./config.ts";
+
+export const VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json";
+export const VEGA_LITE_MIME = "application/vnd.vegalite.v5+json";
+
+/** A vega-lite v5 specification (JSON). */
+export type Spec = { $schema: string; description: string; [key: string]: unknown };
+
+/** The mime bundle one chart is shown as in a notebook. */
+export interface ChartBundle {
+  [VEGA_LITE_MIME]: Spec;
+  "image/svg+xml": string;
+  "text/plain": string;
+  [key: string]: unknown;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks: charts refuse bad numbers with a message naming the chart, the row and the field.
+
+function checkFinite(chart: string, value: unknown, where: string): number {
+  if (typeof value !== "number" || !Number.isFinite(value)) {
+    throw new Error(
+      `${chart}: ${where} must be a finite number, got ${JSON.stringify(value) ?? String(value)}`,
+    );
+  }
+  return value;
+}
+
+function checkMatrix(
+  chart: string,
+  name: string,
+  m: readonly (readonly number[])[],
+  rows: number,
+  cols: number,
+) {
+  if (m.length !== rows) throw new Error(`${chart}: ${name} has ${m.length} rows, expected ${rows}`);
+  m.forEach((row, r) => {
+    if (row.length !== cols) {
+      throw new Error(`${chart}: ${name} row ${r + 1} has ${row.length} values, expected ${cols}`);
+    }
+    row.forEach((v, c) => checkFinite(chart, v, `${name} row ${r + 1}, column ${c + 1}`));
+  });
+}
+
+/** Labels of a categorical axis that keep their order and may repeat ("a", " ", "a"): "007|a". */
+function indexedLabels(labels: readonly string[]): string[] {
+  const width = String(labels.length).length;
+  return labels.map((s, i) => `${String(i).padStart(width, "0")}|${s === " " ? "␣" : s === "\n" ? "⏎" : s}`);
+}
+/** Vega expression showing only the text after "|" of an indexed label. */
+const SHOW_LABEL = "slice(datum.label, indexof(datum.label, '|') + 1)";
+
+// ---------------------------------------------------------------------------------------------
+// Loss against step.
+
+export interface LossPoint {
+  step: number;
+  train_loss: number;
+  val_loss: number | null;
+}
+
+export function lossChart(
+  rows: readonly LossPoint[],
+  opts: { title?: string; width?: number; height?: number; logScale?: boolean } = {},
+): Spec {
+  const chart = "lossChart";
+  const values: { step: number; split: string; loss: number }[] = [];
+  rows.forEach((r, i) => {
+    const step = checkFinite(chart, r.step, `row ${i + 1}, field "step"`);
+    values.push({
+      step,
+      split: "train",
+      loss: checkFinite(chart, r.train_loss, `row ${i + 1}, field "train_loss"`),
+    });
+    if (r.val_loss !== null && r.val_loss !== undefined) {
+      values.push({
+        step,
+        split: "validation",
+        loss: checkFinite(chart, r.val_loss, `row ${i + 1}, field "val_loss"`),
+      });
+    }
+  });
+  const log = (opts.logScale ?? true) && values.every((v) => v.loss > 0);
+  const last = rows.at(-1);
+  const description = last
+    ? `loss against step: ${rows.length} points, step ${last.step}: train ${last.train_loss.toFixed(4)}` +
+      (last.val_loss !== null && last.val_loss !== undefined
+        ? `, validation ${last.val_loss.toFixed(4)}`
+        : "")
+    : "loss against step: no points yet";
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description,
+    title: opts.title ?? "Loss",
+    width: opts.width ?? 460,
+    height: opts.height ?? 240,
+    data: { values },
+    mark: { type: "line", point: true, tooltip: true },
+    encoding: {
+      x: { field: "step", type: "quantitative", title: "optimizer step" },
+      y: {
+        field: "loss",
+        type: "quantitative",
+        title: log ? "cross-entropy (log scale)" : "cross-entropy",
+        scale: log ? { type: "log" } : { zero: true },
+      },
+      color: {
+        field: "split",
+        type: "nominal",
+        title: null,
+        scale: { domain: ["train", "validation"], range: ["#1e88e5", "#e53935"] },
+      },
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heat-maps: expert usage, routing, attention.
+
+interface HeatCell {
+  x: string;
+  y: string;
+  value: number;
+  [key: string]: unknown;
+}
+
+function heatLayer(
+  title: { x: string; y: string; value: string },
+  opts: {
+    scheme?: string;
+    range?: string[];
+    domain?: [number, number];
+    indexed?: boolean;
+    percent?: boolean;
+  },
+): Record<string, unknown> {
+  const labelExpr = opts.indexed ? { labelExpr: SHOW_LABEL } : {};
+  return {
+    mark: { type: "rect", tooltip: true },
+    encoding: {
+      x: { field: "x", type: "ordinal", sort: null, title: title.x, axis: { labelAngle: 0, ...labelExpr } },
+      y: { field: "y", type: "ordinal", sort: null, title: title.y, axis: labelExpr },
+      color: {
+        field: "value",
+        type: "quantitative",
+        title: title.value,
+        scale: {
+          // An explicit range blends in Lab: in vega's default (HCL) white has no defined chroma and the
+          // low end comes out tinted instead of white.
+          ...(opts.range ? { range: opts.range, interpolate: "lab" } : { scheme: opts.scheme ?? "blues" }),
+          ...(opts.domain ? { domain: opts.domain } : {}),
+        },
+        legend: opts.percent ? { format: ".0%" } : {},
+      },
+    },
+  };
+}
+
+/** Expert usage of one moment in training: counts[layer][expert] = tokens routed to that expert. */
+export interface ExpertUsageSnapshot {
+  step: number;
+  counts: readonly (readonly number[])[];
+}
+
+/**
+ * Share of routed tokens per expert in each decoder layer (each row sums to 1). With several snapshots
+ * (e.g. one per evaluation) the chart shows up to `maxSnapshots` of them side by side, evenly picked, the
+ * last always included, so routing can be watched as it changes over training.
+ */
+export function expertUsageChart(
+  snapshots: readonly ExpertUsageSnapshot[],
+  opts: { title?: string; maxSnapshots?: number; cellSize?: number } = {},
+): Spec {
+  const chart = "expertUsageChart";
+  if (snapshots.length === 0) throw new Error(`${chart}: no snapshots to draw`);
+  const layers = snapshots[0].counts.length;
+  const experts = snapshots[0].counts[0]?.length ?? 0;
+  if (layers === 0 || experts === 0) throw new Error(`${chart}: snapshot 1 has no layers or no experts`);
+  snapshots.forEach((s, i) => {
+    checkFinite(chart, s.step, `snapshot ${i + 1}, field "step"`);
+    checkMatrix(chart, `snapshot ${i + 1} counts`, s.counts, layers, experts);
+  });
+  const picked = pickEvenly(snapshots, opts.maxSnapshots ?? 6);
+  const values: HeatCell[] = [];
+  for (const s of picked) {
+    s.counts.forEach((row, layer) => {
+      const total = row.reduce((a, b) => a + b, 0);
+      row.forEach((count, expert) => {
+        values.push({
+          step: s.step,
+          x: String(expert),
+          y: String(layer),
+          value: total > 0 ? count / total : 0,
+          tokens: count,
+        });
+      });
+    });
+  }
+  const last = picked.at(-1)!;
+  const busiest = last.counts.map((row) => row.indexOf(Math.max(...row)));
+  const size = opts.cellSize ?? 22;
+  const heat = heatLayer({ x: "expert", y: "decoder layer", value: "share" }, {
+    scheme: "blues",
+    percent: true,
+  });
+  const description = `expert usage (share of routed tokens, ${layers} layers × ${experts} experts, ` +
+    `uniform = ${(100 / experts).toFixed(1)} %) at step${picked.length > 1 ? "s" : ""} ` +
+    `${picked.map((s) => s.step).join(", ")}; busiest expert per layer at step ${last.step}: ${
+      busiest.join(" ")
+    }`;
+  const title = opts.title ?? "Expert usage: share of routed tokens";
+  if (picked.length === 1) {
+    return {
+      $schema: VEGA_LITE_SCHEMA,
+      description,
+      title: { text: title, subtitle: `step ${last.step}` },
+      data: { values },
+      width: experts * size,
+      height: layers * size,
+      ...heat,
+    };
+  }
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description,
+    title,
+    data: { values },
+    facet: { field: "step", type: "ordinal", title: "optimizer step" },
+    columns: 3, // wrap: six panels side by side are wider than a notebook
+    spec: { width: experts * size, height: layers * size, ...heat },
+    resolve: { scale: { color: "shared" } },
+  };
+}
+
+/**
+ * Expert-usage snapshots from training metrics whose rows carry seeMoE router statistics (one entry per
+ * MoE layer, each with a `share` per expert); rows without them are skipped. [] for a dense model.
+ */
+export function usageFromMetrics(
+  rows: readonly { step: number; router?: readonly { share: readonly number[] }[] }[],
+): ExpertUsageSnapshot[] {
+  return rows.filter((r) => r.router && r.router.length > 0)
+    .map((r) => ({ step: r.step, counts: r.router!.map((layer) => layer.share) }));
+}
+
+/** Up to n items, evenly spaced, first and last included. */
+function pickEvenly<T>(items: readonly T[], n: number): T[] {
+  if (items.length <= n) return [...items];
+  if (n <= 1) return [items[items.length - 1]];
+  const out: T[] = [];
+  for (let i = 0; i < n; i++) out.push(items[Math.round((i * (items.length - 1)) / (n - 1))]);
+  return out;
+}
+
+/**
+ * How one batch is routed: gates[token][expert] is the router's weight for that expert (0 when the
+ * expert was not among the token's top-k). `tokens` labels the rows (e.g. the characters).
+ */
+export function routingChart(
+  gates: readonly (readonly number[])[],
+  tokens: readonly string[],
+  opts: { title?: string; cellSize?: number } = {},
+): Spec {
+  const chart = "routingChart";
+  const experts = gates[0]?.length ?? 0;
+  if (gates.length === 0 || experts === 0) throw new Error(`${chart}: gates is empty`);
+  checkMatrix(chart, "gates", gates, tokens.length, experts);
+  const rows = indexedLabels(tokens);
+  const values: HeatCell[] = [];
+  gates.forEach((row, t) => row.forEach((g, e) => values.push({ x: String(e), y: rows[t], value: g })));
+  const chosen = gates.map((row) => row.filter((g) => g > 0).length);
+  const size = opts.cellSize ?? 16;
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description: `router gates for ${tokens.length} tokens × ${experts} experts; experts chosen per token: ` +
+      `${Math.min(...chosen)}–${Math.max(...chosen)}`,
+    title: opts.title ?? "Router: gate weight of each expert for each token",
+    data: { values },
+    width: experts * size * 1.5,
+    height: tokens.length * size,
+    ...heatLayer({ x: "expert", y: "token", value: "gate" }, {
+      range: ["#ffffff", "#bf360c"],
+      domain: [0, 1],
+      indexed: true,
+    }),
+  };
+}
+
+/**
+ * Attention weights (queries × keys), e.g. averaged over heads. Labels name each position; the same label
+ * may appear more than once (characters repeat).
+ */
+export function attentionChart(
+  weights: readonly (readonly number[])[],
+  queryLabels: readonly string[],
+  keyLabels: readonly string[],
+  opts: { title?: string; subtitle?: string; cellSize?: number } = {},
+): Spec {
+  const chart = "attentionChart";
+  checkMatrix(chart, "weights", weights, queryLabels.length, keyLabels.length);
+  const qs = indexedLabels(queryLabels);
+  const ks = indexedLabels(keyLabels);
+  const values: HeatCell[] = [];
+  weights.forEach((row, q) => row.forEach((w, k) => values.push({ x: ks[k], y: qs[q], value: w })));
+  const size = opts.cellSize ?? 12;
+  const title = opts.title ?? "Attention";
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description: `${title}: ${queryLabels.length} queries × ${keyLabels.length} keys` +
+      (opts.subtitle ? ` (${opts.subtitle})` : ""),
+    title: opts.subtitle ? { text: title, subtitle: opts.subtitle } : title,
+    data: { values },
+    width: keyLabels.length * size,
+    height: queryLabels.length * size,
+    ...heatLayer(
+      { x: "key (attended to)", y: "query (attending)", value: "weight" },
+      { scheme: "viridis", domain: [0, 1], indexed: true },
+    ),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images.
+
+/** A normalised (3, S, S) CHW image (as the model sees it) back to 8-bit RGB, (S, S, 3) HWC. */
+export function imageBytes(chw: Float32Array, imgSize: number): Uint8Array {
+  const plane = imgSize * imgSize;
+  if (chw.length !== 3 * plane) {
+    throw new Error(
+      `imageBytes: image has ${chw.length} values, expected 3 × ${imgSize} × ${imgSize} = ${3 * plane}`,
+    );
+  }
+  const out = new Uint8Array(3 * plane);
+  for (let c = 0; c < 3; c++) {
+    for (let i = 0; i < plane; i++) {
+      const v = (chw[c * plane + i] * IMAGENET_STD[c] + IMAGENET_MEAN[c]) * 255;
+      out[i * 3 + c] = Math.max(0, Math.min(255, Math.round(v)));
+    }
+  }
+  return out;
+}
+
+/** A normalised (3, S, S) image as a PNG data URL, enlarged `scale` times with crisp (nearest) pixels. */
+export async function imageDataUrl(chw: Float32Array, imgSize: number, scale = 1): Promise<string> {
+  const raw = Buffer.from(imageBytes(chw, imgSize));
+  const size = imgSize * scale;
+  const png = await sharp(raw, { raw: { width: imgSize, height: imgSize, channels: 3 } })
+    .resize(size, size, { kernel: "nearest" })
+    .png()
+    .toBuffer();
+  return `data:image/png;base64,${png.toString("base64")}`;
+}
+
+function imageLayer(url: string, imgSize: number, px: number): Record<string, unknown> {
+  const domain = [0, imgSize];
+  return {
+    data: { values: [{ x: imgSize / 2, y: imgSize / 2, url }] },
+    mark: { type: "image", width: px, height: px },
+    encoding: {
+      x: { field: "x", type: "quantitative", scale: { domain, nice: false }, axis: null },
+      y: { field: "y", type: "quantitative", scale: { domain, nice: false, reverse: true }, axis: null },
+      url: { field: "url", type: "nominal" },
+    },
+  };
+}
+
+/**
+ * The image a ViT sees, cut into patchSize × patchSize patches (numbered in the row-major order the
+ * model reads them, after its CLS token). With `weights` (one per patch, e.g. attention from the CLS
+ * token) each patch is shaded: the brighter the patch, the more weight.
+ */
+export async function patchGridChart(
+  image: Float32Array,
+  opts: { imgSize: number; patchSize: number; weights?: readonly number[]; title?: string; scale?: number },
+): Promise<Spec> {
+  const chart = "patchGridChart";
+  const { imgSize: S, patchSize: p } = opts;
+  if (!(S > 0 && p > 0 && S % p === 0)) {
+    throw new Error(`${chart}: img_size ${S} must be a positive multiple of patch_size ${p}`);
+  }
+  const g = S / p;
+  if (opts.weights) {
+    if (opts.weights.length !== g * g) {
+      throw new Error(
+        `${chart}: weights has ${opts.weights.length} values, expected one per patch (${g * g})`,
+      );
+    }
+    opts.weights.forEach((w, i) => checkFinite(chart, w, `weights[${i}]`));
+  }
+  const scale = opts.scale ?? 3;
+  const px = S * scale;
+  const url = await imageDataUrl(image, S, scale);
+  const domain = [0, S];
+  const xy = (field: string, axis: "x" | "y") => ({
+    field,
+    type: "quantitative",
+    scale: { domain, nice: false, ...(axis === "y" ? { reverse: true } : {}) },
+    axis: null,
+  });
+  const cuts = Array.from({ length: g - 1 }, (_, i) => ({ at: (i + 1) * p }));
+  const patches = Array.from({ length: g * g }, (_, i) => ({
+    index: i,
+    x: (i % g) * p,
+    x2: (i % g + 1) * p,
+    y: Math.floor(i / g) * p,
+    y2: (Math.floor(i / g) + 1) * p,
+    cx: (i % g + 0.5) * p,
+    cy: (Math.floor(i / g) + 0.5) * p,
+    weight: opts.weights ? opts.weights[i] : 0,
+  }));
+  const layers: Record<string, unknown>[] = [imageLayer(url, S, px)];
+  if (opts.weights) {
+    const max = Math.max(...opts.weights, 1e-12);
+    layers.push({
+      data: { values: patches.map((q) => ({ ...q, dim: 0.75 * (1 - q.weight / max) })) },
+      mark: { type: "rect", color: "black", tooltip: true },
+      encoding: {
+        x: xy("x", "x"),
+        x2: { field: "x2" },
+        y: xy("y", "y"),
+        y2: { field: "y2" },
+        opacity: { field: "dim", type: "quantitative", scale: null, legend: null },
+        tooltip: [{ field: "index", title: "patch" }, { field: "weight", format: ".3f" }],
+      },
+    });
+  }
+  layers.push(
+    {
+      data: { values: cuts },
+      mark: { type: "rule", color: "white", opacity: 0.8 },
+      encoding: { x: xy("at", "x") },
+    },
+    {
+      data: { values: cuts },
+      mark: { type: "rule", color: "white", opacity: 0.8 },
+      encoding: { y: xy("at", "y") },
+    },
+    {
+      data: { values: patches },
+      mark: { type: "text", color: "white", opacity: 0.7, fontSize: Math.max(8, Math.round(p * scale / 4)) },
+      encoding: { x: xy("cx", "x"), y: xy("cy", "y"), text: { field: "index", type: "nominal" } },
+    },
+  );
+  const description = `${S}×${S} image cut into ${g}×${g} = ${g * g} patches of ${p}×${p} pixels` +
+    (opts.weights ? `; most weight on patch ${opts.weights.indexOf(Math.max(...opts.weights))}` : "");
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description,
+    title: opts.title ?? `${g * g} patches of ${p}×${p} pixels`,
+    width: px,
+    height: px,
+    layer: layers,
+    config: { view: { stroke: null } },
+  };
+}
+
+/** One image with what the model said about it and, optionally, the truth. */
+export interface CaptionedImage {
+  image: Float32Array; // (3, S, S) normalised
+  caption: string; // the model's
+  truth?: string;
+}
+
+/** A gallery: each image titled with the model's caption (green when it equals the truth, red otherwise). */
+export async function captionsChart(
+  items: readonly CaptionedImage[],
+  opts: { imgSize: number; columns?: number; scale?: number; title?: string },
+): Promise<Spec> {
+  if (items.length === 0) throw new Error("captionsChart: no images");
+  const scale = opts.scale ?? 2;
+  const px = opts.imgSize * scale;
+  const panels = await Promise.all(items.map(async (item) => {
+    const right = item.truth === undefined ? null : item.caption === item.truth;
+    return {
+      title: {
+        text: item.caption || "(empty)",
+        ...(item.truth !== undefined ? { subtitle: `truth: ${item.truth}` } : {}),
+        color: right === null ? "black" : right ? "#2e7d32" : "#c62828",
+        fontSize: 11,
+        subtitleFontSize: 10,
+        // No `limit`: without a canvas vega over-estimates text width and would cut captions short.
+      },
+      width: Math.max(px + 48, 240),
+      height: px,
+      ...imageLayer(await imageDataUrl(item.image, opts.imgSize, scale), opts.imgSize, px),
+    };
+  }));
+  const exact = items.filter((i) => i.truth !== undefined && i.caption === i.truth).length;
+  const withTruth = items.filter((i) => i.truth !== undefined).length;
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description: `captions for ${items.length} images` +
+      (withTruth ? ` (${exact} of ${withTruth} exactly right)` : "") +
+      ": " + items.map((i) => JSON.stringify(i.caption)).join(", "),
+    title: opts.title ?? "Captions",
+    columns: opts.columns ?? 3,
+    concat: panels,
+    // Panels are laid out by their image size only: vega's headless text measure over-estimates the
+    // caption titles and would space the panels far apart. The captions fit within a panel's width.
+    bounds: "flush",
+    spacing: { column: 24, row: 52 },
+    config: { view: { stroke: null } },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering.
+
+let renderer: Promise<{ vega: typeof import("vega"); vl: typeof import("vega-lite") }> | null = null;
+
+/**
+ * vega and vega-lite, loaded on first use. Loading vega pulls in node-fetch 2, whose dependency on Node's
+ * deprecated `punycode` module prints a DeprecationWarning on stderr (in the CLI, in notebook cells):
+ * Node deprecation warnings are muted while these two modules load, and only then.
+ */
+function loadVega() {
+  renderer ??= (async () => {
+    const before = process.noDeprecation;
+    process.noDeprecation = true;
+    try {
+      return { vega: await import("vega"), vl: await import("vega-lite") };
+    } finally {
+      process.noDeprecation = before;
+    }
+  })();
+  return renderer;
+}
+
+/** Renders a vega-lite spec to SVG headlessly (vega's "none" renderer: no DOM, no canvas). */
+export async function toSvg(spec: Spec): Promise<string> {
+  const { vega, vl } = await loadVega();
+  // deno-lint-ignore no-explicit-any
+  const compiled = vl.compile(spec as any).spec;
+  const view = new vega.View(vega.parse(compiled), { renderer: "none" });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/** SVG text → PNG bytes (resvg; `zoom` 2 for a sharp picture on high-density screens). */
+export function svgToPng(svg: string, zoom = 2): Uint8Array {
+  const resvg = new Resvg(svg, {
+    fitTo: { mode: "zoom", value: zoom },
+    background: "white",
+    font: { loadSystemFonts: true },
+  });
+  return resvg.render().asPng();
+}
+
+/** Writes `<base>.svg` and `<base>.png` (temp names, then renamed: nothing half-written). Returns both paths. */
+export async function writeChart(spec: Spec, base: string): Promise<{ svg: string; png: string }> {
+  const svg = await toSvg(spec);
+  const png = svgToPng(svg);
+  const files: [string, Uint8Array][] = [
+    [`${base}.svg`, new TextEncoder().encode(svg)],
+    [`${base}.png`, png],
+  ];
+  const temps = files.map(([path]) => `${path}.${crypto.randomUUID().slice(0, 8)}.tmp`);
+  try {
+    for (let i = 0; i < files.length; i++) await Deno.writeFile(temps[i], files[i][1]);
+    for (let i = 0; i < files.length; i++) await Deno.rename(temps[i], files[i][0]);
+  } catch (e) {
+    for (const t of temps) await Deno.remove(t).catch(() => {});
+    throw new Error(`writeChart: cannot write ${base}.svg/.png: ${(e as Error).message}`);
+  }
+  return { svg: files[0][0], png: files[1][0] };
+}
+
+/** The mime bundle of one chart: vega-lite v5 spec, its SVG rendering, and a line of text. */
+export async function chartBundle(spec: Spec): Promise<ChartBundle> {
+  return {
+    [VEGA_LITE_MIME]: spec,
+    "image/svg+xml": await toSvg(spec),
+    "text/plain": spec.description,
+  };
+}
