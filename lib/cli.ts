@@ -2,9 +2,14 @@
 //
 //   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
 //             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
-//             [--pad-loss all|first|none] [--visual-tokens cls|patches] [--first-token-from-image]
+//             [--minutes M (training-time budget)] [--warmup N] [--pad-loss all|first|none]
+//             [--blind (blank images: a baseline)]
+//             [--recipe seeing|original]  (default seeing; original = the PyTorch original's settings)
+//             recipe: [--visual-tokens cls|patches] [--first-token-from-image] [--attention-scale width|head]
+//                     [--residual original|pre_norm]
 //             [--n-embd N] [--image-embed-dim N] [--n-head N] [--n-layer N] [--num-blks N] [--img-size N]
 //             [--patch-size N] [--dropout X]
+//             seeMoE: [--experts 8] [--top-k 2] [--aux-loss X (0 = none)] [--capacity-factor X (0 = no limit)]
 //   eval      --ckpt DIR --data CSV [--json] [--blind] [--backend B]
 //   generate  --ckpt DIR --image FILE [--prompt TEXT] [--greedy | --temperature T --top-k K --top-p P]
 //             [--max-tokens N] [--seed S] [--backend B]
@@ -14,7 +19,14 @@
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initBackend } from "./backend.ts";
-import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type TrainConfig } from "./config.ts";
+import {
+  DEFAULT_MODEL,
+  DEFAULT_RECIPE,
+  DEFAULT_TRAIN,
+  type ModelConfig,
+  RECIPES,
+  type TrainConfig,
+} from "./config.ts";
 import { ImageCaptionDataset } from "./data/batches.ts";
 import { readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
@@ -22,6 +34,7 @@ import { evaluate, type Evaluation } from "./evaluate.ts";
 import { generate } from "./generate.ts";
 import { buildModel, loadModel } from "./model/factory.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+import { expertUsageChart, lossChart, usageFromMetrics, writeChart } from "./charts.ts";
 import { Tokenizer } from "./tokenizer.ts";
 import { train } from "./train.ts";
 
@@ -39,6 +52,11 @@ const ARCH_FLAGS = [
   ["img-size", "img_size"],
   ["patch-size", "patch_size"],
   ["dropout", "dropout"],
+  // seeMoE
+  ["experts", "num_experts"],
+  ["top-k", "top_k"],
+  ["aux-loss", "aux_loss_coef"],
+  ["capacity-factor", "capacity_factor"],
 ] as const;
 
 function num(v: string | undefined, name: string, fallback: number): number {
@@ -54,15 +72,6 @@ function oneOf<T extends string>(v: string | undefined, name: string, allowed: r
     throw new UsageError(`--${name} must be one of ${allowed.join(", ")}`);
   }
   return v as T;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** The vocabulary for a new model: the original's 66 symbols when the captions fit in them. */
@@ -115,6 +124,12 @@ async function cmdTrain(args: string[]): Promise<void> {
       "pad-loss": { type: "string" },
       "visual-tokens": { type: "string" },
       "first-token-from-image": { type: "boolean" },
+      "attention-scale": { type: "string" },
+      residual: { type: "string" },
+      warmup: { type: "string" },
+      recipe: { type: "string" },
+      blind: { type: "boolean" },
+      minutes: { type: "string" },
       ...Object.fromEntries(ARCH_FLAGS.map(([flag]) => [flag, { type: "string" as const }])),
     },
   });
@@ -126,15 +141,20 @@ async function cmdTrain(args: string[]): Promise<void> {
   const valPath = v.val ?? (bundled ? `${BUNDLED}val.csv` : undefined);
   const testPath = v.test ?? (bundled ? `${BUNDLED}test.csv` : undefined);
 
+  const recipeName = v.recipe ?? DEFAULT_RECIPE;
+  const recipe = RECIPES[recipeName];
+  if (!recipe) throw new UsageError(`--recipe must be one of ${Object.keys(RECIPES).join(", ")}`);
+  const base: TrainConfig = { ...DEFAULT_TRAIN, ...recipe.train };
   const cfg: TrainConfig = {
-    ...DEFAULT_TRAIN,
-    max_iters: num(v.steps, "steps", DEFAULT_TRAIN.max_iters),
-    batch_size: num(v.batch, "batch", DEFAULT_TRAIN.batch_size),
-    learning_rate: num(v.lr, "lr", DEFAULT_TRAIN.learning_rate),
-    seed: num(v.seed, "seed", DEFAULT_TRAIN.seed),
-    eval_interval: num(v["eval-interval"], "eval-interval", DEFAULT_TRAIN.eval_interval),
-    eval_iters: num(v["eval-iters"], "eval-iters", DEFAULT_TRAIN.eval_iters),
-    pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, DEFAULT_TRAIN.pad_loss),
+    ...base,
+    max_iters: num(v.steps, "steps", base.max_iters),
+    batch_size: num(v.batch, "batch", base.batch_size),
+    learning_rate: num(v.lr, "lr", base.learning_rate),
+    seed: num(v.seed, "seed", base.seed),
+    eval_interval: num(v["eval-interval"], "eval-interval", base.eval_interval),
+    eval_iters: num(v["eval-iters"], "eval-iters", base.eval_iters),
+    pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, base.pad_loss),
+    warmup_iters: num(v.warmup, "warmup", base.warmup_iters),
   };
 
   const table = readImageCaptionCsv(dataPath);
@@ -148,17 +168,24 @@ async function cmdTrain(args: string[]): Promise<void> {
     if (saved) Object.assign(cfg, { ...saved, max_iters: cfg.max_iters });
   } else {
     tokenizer = chooseTokenizer(table.captions);
+    const arch: ModelConfig = { ...DEFAULT_MODEL, ...recipe.model, vocab_size: tokenizer.vocabSize };
     const config: ModelConfig = {
-      ...DEFAULT_MODEL,
+      ...arch,
       model_type: oneOf(v.model, "model", ["seemore", "seemoe"] as const, "seemore"),
-      vocab_size: tokenizer.vocabSize,
       visual_tokens: oneOf(
         v["visual-tokens"],
         "visual-tokens",
         ["cls", "patches"] as const,
-        DEFAULT_MODEL.visual_tokens,
+        arch.visual_tokens,
       ),
-      first_token_from_image: v["first-token-from-image"] ?? DEFAULT_MODEL.first_token_from_image,
+      first_token_from_image: v["first-token-from-image"] ?? arch.first_token_from_image,
+      attention_scale: oneOf(
+        v["attention-scale"],
+        "attention-scale",
+        ["width", "head"] as const,
+        arch.attention_scale,
+      ),
+      residual: oneOf(v.residual, "residual", ["original", "pre_norm"] as const, arch.residual),
     };
     for (const [flag, key] of ARCH_FLAGS) {
       config[key] = num((v as Record<string, string | undefined>)[flag], flag, config[key]);
@@ -167,8 +194,11 @@ async function cmdTrain(args: string[]): Promise<void> {
   }
   const c = model.config;
   const opts = { maxLen: c.block_positions, visualTokens: model.numVisualTokens };
-  const load = (path: string) => ImageCaptionDataset.fromCsv(path, tokenizer, c.img_size, opts);
-  const all = await ImageCaptionDataset.fromTable(table, tokenizer, c.img_size, opts);
+  // --blind: every image blank, in training and evaluation — what can be learnt from captions alone.
+  const blind = (d: ImageCaptionDataset) => v.blind ? d.blank() : d;
+  const load = async (path: string) =>
+    blind(await ImageCaptionDataset.fromCsv(path, tokenizer, c.img_size, opts));
+  const all = blind(await ImageCaptionDataset.fromTable(table, tokenizer, c.img_size, opts));
   const { train: trainSet, val: valSet } = valPath
     ? { train: all, val: await load(valPath) }
     : all.split(0.9);
@@ -191,6 +221,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     extraConfig: { data: dataPath },
     progress: true,
     handleSigint: true,
+    timeLimitS: v.minutes === undefined ? undefined : 60 * num(v.minutes, "minutes", 0),
   }, v.resume);
   if (result.interrupted) {
     console.log(`interrupted at step ${result.steps}; saved to ${outDir} (continue with --resume ${outDir})`);
@@ -210,7 +241,11 @@ async function cmdTrain(args: string[]): Promise<void> {
       JSON.stringify({ ...testEval, predictions: undefined, truths: undefined }, null, 2) + "\n",
     );
   }
-  console.log(`\ncheckpoint: ${outDir}`);
+  const lossSpec = lossChart(result.metrics, { title: `${c.model_type}: loss` });
+  const charts = await writeChart(lossSpec, `${outDir}/loss`);
+  const usage = usageFromMetrics(result.metrics);
+  if (usage.length > 0) await writeChart(expertUsageChart(usage), `${outDir}/expert_usage`);
+  console.log(`\ncheckpoint: ${outDir}  (loss chart: ${charts.svg}, ${charts.png})`);
 }
 
 async function cmdEval(args: string[]): Promise<void> {

@@ -20,8 +20,9 @@ export class Adam {
     readonly beta2 = 0.999,
     readonly eps = 1e-8,
   ) {
-    this.m = params.map((p) => tf.variable(tf.zerosLike(p), false));
-    this.v = params.map((p) => tf.variable(tf.zerosLike(p), false));
+    const zeros = (p: tf.Variable) => tf.tidy(() => tf.variable(tf.zerosLike(p), false));
+    this.m = params.map(zeros);
+    this.v = params.map(zeros);
   }
 
   /** One update from gradients given in the same order as `params`. */

@@ -11,6 +11,7 @@ import { decodeSafetensors, encodeSafetensors, writeFilesAtomically } from "./ch
 import type { TrainConfig } from "./config.ts";
 import { BatchSampler, type ImageCaptionDataset } from "./data/batches.ts";
 import { saveModel } from "./model/factory.ts";
+import { type RouterStats, routerStatsCsv, routerStatsOf } from "./model/moe.ts";
 import { Ctx, hash32 } from "./model/ops.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { Adam } from "./optim.ts";
@@ -21,6 +22,7 @@ export interface MetricRow {
   train_loss: number; // loss of the batch just trained on
   val_loss: number | null; // mean over eval_iters validation batches (null when there is no val set)
   elapsed_s: number; // training time so far (evaluation excluded)
+  router?: RouterStats[]; // seeMoE: each MoE layer's routing on the batch just trained on (router.csv)
 }
 
 export interface TrainRun {
@@ -39,6 +41,8 @@ export interface TrainRun {
   progress?: boolean;
   /** Save and stop cleanly on Ctrl-C (CLI only). */
   handleSigint?: boolean;
+  /** Stop (and save) once this many seconds of training have passed. */
+  timeLimitS?: number;
 }
 
 export interface TrainResult {
@@ -46,7 +50,8 @@ export interface TrainResult {
   /** The same metrics as a polars DataFrame. */
   frame: pl.DataFrame;
   steps: number;
-  interrupted: boolean;
+  interrupted: boolean; // stopped by Ctrl-C
+  timeUp: boolean; // stopped by timeLimitS before max_iters
 }
 
 const STATE_FILE = "train_state.json";
@@ -58,6 +63,13 @@ const seeds = (seed: number, step: number) => ({
   dropout: hash32(seed, step, 2),
   val: hash32(seed, step, 3),
 });
+
+/** The learning rate of step s: linear warm-up over warmup_iters steps, then constant. */
+export function learningRate(cfg: TrainConfig, step: number): number {
+  return cfg.warmup_iters > 0
+    ? cfg.learning_rate * Math.min(1, (step + 1) / cfg.warmup_iters)
+    : cfg.learning_rate;
+}
 
 /** One optimizer step on one batch; returns the batch loss. Leaves no tensors behind. */
 export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, step: number): number {
@@ -80,7 +92,12 @@ export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, 
 }
 
 /** Mean loss over `eval_iters` validation batches (with replacement, as the original), no dropout. */
-export function estimateLoss(model: VisionLanguageModel, data: ImageCaptionDataset, cfg: TrainConfig, seed: number): number {
+export function estimateLoss(
+  model: VisionLanguageModel,
+  data: ImageCaptionDataset,
+  cfg: TrainConfig,
+  seed: number,
+): number {
   const sampler = new BatchSampler(data, seed);
   let total = 0;
   for (let i = 0; i < cfg.eval_iters; i++) {
@@ -111,11 +128,13 @@ function metricsCsv(rows: MetricRow[]): string {
 export async function saveRun(run: TrainRun, opt: Adam, metrics: MetricRow[], dir: string): Promise<void> {
   await saveModel(dir, run.model, run.vocab, { ...run.extraConfig, train: run.cfg });
   const enc = new TextEncoder();
-  await writeFilesAtomically([
+  const files: [string, Uint8Array][] = [
     [`${dir}/${OPTIMIZER_FILE}`, encodeSafetensors(opt.state())],
     [`${dir}/${STATE_FILE}`, enc.encode(JSON.stringify({ step: opt.step, metrics }, null, 2) + "\n")],
     [`${dir}/metrics.csv`, enc.encode(metricsCsv(metrics))],
-  ]);
+  ];
+  if (metrics.some((r) => r.router)) files.push([`${dir}/router.csv`, enc.encode(routerStatsCsv(metrics))]);
+  await writeFilesAtomically(files);
 }
 
 /** Restores optimizer state and metrics saved by saveRun (the model itself is loaded by loadModel). */
@@ -142,6 +161,7 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
   const metrics = resumeDir ? await loadRunState(resumeDir, opt) : [];
   const bar = run.progress ? new ProgressBar(cfg.max_iters) : null;
   let stop = false;
+  let timeUp = false;
   const onSigint = () => {
     stop = true;
   };
@@ -149,15 +169,24 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
   let trainSeconds = metrics.at(-1)?.elapsed_s ?? 0;
   let lastLoss = NaN;
   try {
-    while (opt.step < cfg.max_iters && !stop) {
+    while (opt.step < cfg.max_iters && !stop && !timeUp) {
       const step = opt.step;
       const t0 = performance.now();
+      opt.lr = learningRate(cfg, step);
       lastLoss = trainStep(model, opt, run, step);
       trainSeconds += (performance.now() - t0) / 1000;
       bar?.update(opt.step, { loss: lastLoss }, opt.step / Math.max(trainSeconds, 1e-9));
-      if (step % cfg.eval_interval === 0 || opt.step === cfg.max_iters) {
+      if (run.timeLimitS !== undefined && trainSeconds >= run.timeLimitS) timeUp = true;
+      if (step % cfg.eval_interval === 0 || opt.step === cfg.max_iters || timeUp) {
+        const router = routerStatsOf(model);
         const val = run.val ? estimateLoss(model, run.val, cfg, seeds(cfg.seed, step).val) : null;
-        const row = { step: opt.step, train_loss: lastLoss, val_loss: val, elapsed_s: trainSeconds };
+        const row: MetricRow = {
+          step: opt.step,
+          train_loss: lastLoss,
+          val_loss: val,
+          elapsed_s: trainSeconds,
+          ...(router.length ? { router } : {}), // seeMoE only
+        };
         metrics.push(row);
         run.onEval?.(row, metrics);
       }
@@ -170,5 +199,5 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
   }
   if (run.outDir) await saveRun(run, opt, metrics, run.outDir);
   opt.dispose();
-  return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: stop };
+  return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: stop, timeUp };
 }

@@ -175,3 +175,47 @@ Deno.test("bad inputs fail clearly and write nothing", async () => {
   assert.equal(usage.code, 2);
   assert.match(usage.err, /--steps expects a number/);
 });
+
+Deno.test("Ctrl-C saves a checkpoint and exits cleanly", async () => {
+  const run = `${dir}/sigint`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      CLI,
+      "train",
+      "--data",
+      `${dir}/train.csv`,
+      "--val",
+      `${dir}/val.csv`,
+      "--steps",
+      "100000",
+      "--batch",
+      "4",
+      "--eval-iters",
+      "1",
+      "--out",
+      run,
+      ...TINY,
+    ],
+    env: { NO_COLOR: "1", SEEMORE_BACKEND: "cpu" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Wait until training has taken a step (the progress line), then interrupt.
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!/train \[/.test(seen)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += value;
+  }
+  child.kill("SIGINT");
+  const [status, out] = await Promise.all([child.status, new Response(child.stdout).text()]);
+  reader.releaseLock();
+  assert.equal(status.code, 0, seen);
+  assert.match(out, /interrupted at step (\d+); saved to/);
+  const step = JSON.parse(await Deno.readTextFile(`${run}/train_state.json`)).step;
+  assert(step >= 1 && step < 100000);
+  await Deno.stat(`${run}/model.safetensors`);
+});

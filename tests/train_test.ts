@@ -116,3 +116,32 @@ Deno.test("pad targets: 'all' counts every pad (the original), 'first' only the 
   tf.dispose([idx, targets]);
   model.dispose();
 });
+
+Deno.test("learning-rate warm-up is linear, then constant; none by default (the original)", async () => {
+  const { learningRate } = await import("../lib/train.ts");
+  assert.equal(learningRate(cfg(), 0), 1e-3);
+  const warm = cfg({ warmup_iters: 4 });
+  assert.deepEqual([0, 1, 2, 3, 4, 100].map((s) => learningRate(warm, s)), [
+    2.5e-4,
+    5e-4,
+    7.5e-4,
+    1e-3,
+    1e-3,
+    1e-3,
+  ]);
+});
+
+Deno.test("a time limit stops training early and still logs the last step", async () => {
+  const model = new VisionLanguageModel(tinyConfig(), 3);
+  const r = await train({
+    model,
+    vocab,
+    train: three,
+    cfg: cfg({ max_iters: 10_000, eval_interval: 1000 }),
+    timeLimitS: 0.5,
+  });
+  assert(r.timeUp && !r.interrupted);
+  assert(r.steps < 10_000);
+  assert.equal(r.metrics.at(-1)!.step, r.steps);
+  model.dispose();
+});
