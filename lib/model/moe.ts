@@ -32,7 +32,6 @@ import type { BlockOptions } from "./block.ts";
 import { DecoderLanguageModel, type DecoderOptions } from "./decoder.ts";
 import {
   type Ctx,
-  dropout,
   hash32,
   Initialiser,
   LayerNorm,
@@ -41,6 +40,7 @@ import {
   readData,
   type StateDict,
 } from "./ops.ts";
+import { TwoLayerNet } from "./mlp.ts";
 import { type PadLoss, VisionLanguageModel } from "./vision_language_model.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -187,30 +187,9 @@ function routerStats(logits: ArrayLike<number>, plan: DispatchPlan, numExperts: 
 // Modules, under the original's names.
 
 /** One expert: Linear(C, 4C) → ReLU → Linear(4C, C) → Dropout (saved as net.0 / net.2). */
-export class Expert implements Parametrised {
-  readonly fc1: Linear; // net.0
-  readonly fc2: Linear; // net.2
-
-  constructor(readonly nEmbd: number, readonly dropoutRate: number, init: Initialiser) {
-    this.fc1 = new Linear(nEmbd, 4 * nEmbd, init);
-    this.fc2 = new Linear(4 * nEmbd, nEmbd, init);
-  }
-
-  forward(x: tf.Tensor, ctx: Ctx): tf.Tensor {
-    const h = tf.relu(this.fc1.forward(x)); // (n, 4C)
-    return dropout(this.fc2.forward(h), this.dropoutRate, ctx); // (n, C)
-  }
-
-  variables(): tf.Variable[] {
-    return [...this.fc1.variables(), ...this.fc2.variables()];
-  }
-  saveState(prefix: string, out: StateDict): void {
-    this.fc1.saveState(`${prefix}.net.0`, out);
-    this.fc2.saveState(`${prefix}.net.2`, out);
-  }
-  loadState(prefix: string, state: StateDict): void {
-    this.fc1.loadState(`${prefix}.net.0`, state);
-    this.fc2.loadState(`${prefix}.net.2`, state);
+export class Expert extends TwoLayerNet {
+  constructor(readonly nEmbd: number, dropoutRate: number, init: Initialiser) {
+    super(nEmbd, 4 * nEmbd, nEmbd, "relu", dropoutRate, init);
   }
 }
 
@@ -483,17 +462,7 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
 
   protected override buildDecoder(init: Initialiser): DecoderLanguageModel {
     const c = this.config;
-    return new MoEDecoderLanguageModel({
-      nEmbd: c.n_embd,
-      imageEmbedDim: c.image_embed_dim,
-      vocabSize: c.vocab_size,
-      numHeads: c.n_head,
-      nLayer: c.n_layer,
-      dropout: c.dropout,
-      blockPositions: c.block_positions,
-      useImages: true,
-      blockOptions: this.blockOptions(),
-    }, {
+    return new MoEDecoderLanguageModel(this.decoderOptions(), {
       numExperts: c.num_experts,
       topK: c.top_k,
       capacityFactor: c.capacity_factor,

@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig, TrainConfig } from "../config.ts";
 import type { BlockOptions } from "./block.ts";
-import { DecoderLanguageModel } from "./decoder.ts";
+import { DecoderLanguageModel, type DecoderOptions } from "./decoder.ts";
 import { crossEntropy, type Ctx, Initialiser, type Parametrised, type StateDict } from "./ops.ts";
 import { ViT } from "./vit.ts";
 
@@ -52,9 +52,10 @@ export class VisionLanguageModel implements Parametrised {
     return "gelu";
   }
 
-  protected buildDecoder(init: Initialiser): DecoderLanguageModel {
+  /** The decoder's options from the config (shared by seemore's and seeMoE's decoders). */
+  protected decoderOptions(): DecoderOptions {
     const c = this.config;
-    return new DecoderLanguageModel({
+    return {
       nEmbd: c.n_embd,
       imageEmbedDim: c.image_embed_dim,
       vocabSize: c.vocab_size,
@@ -64,7 +65,11 @@ export class VisionLanguageModel implements Parametrised {
       blockPositions: c.block_positions,
       useImages: true,
       blockOptions: this.blockOptions(),
-    }, init);
+    };
+  }
+
+  protected buildDecoder(init: Initialiser): DecoderLanguageModel {
+    return new DecoderLanguageModel(this.decoderOptions(), init);
   }
 
   /** Visual tokens per image (1 for the original's CLS-only encoder). */
