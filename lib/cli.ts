@@ -2,7 +2,7 @@
 //
 //   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
 //             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
-//             [--minutes M (training-time budget)] [--warmup N] [--pad-loss all|first|none]
+//             [--minutes M (training-time budget)] [--warmup N] [--pad-loss all|first|none] [--token-dropout P]
 //             [--blind (blank images: a baseline)]
 //             [--recipe seeing|original]  (default seeing; original = the PyTorch original's settings)
 //             recipe: [--visual-tokens cls|patches] [--first-token-from-image] [--attention-scale width|head]
@@ -127,6 +127,7 @@ async function cmdTrain(args: string[]): Promise<void> {
       "attention-scale": { type: "string" },
       residual: { type: "string" },
       warmup: { type: "string" },
+      "token-dropout": { type: "string" },
       recipe: { type: "string" },
       blind: { type: "boolean" },
       minutes: { type: "string" },
@@ -155,6 +156,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     eval_iters: num(v["eval-iters"], "eval-iters", base.eval_iters),
     pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, base.pad_loss),
     warmup_iters: num(v.warmup, "warmup", base.warmup_iters),
+    token_dropout: num(v["token-dropout"], "token-dropout", base.token_dropout),
   };
 
   const table = readImageCaptionCsv(dataPath);

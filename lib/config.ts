@@ -55,6 +55,8 @@ export interface TrainConfig {
   pad_loss: "all" | "first" | "none";
   /** Steps of linear learning-rate warm-up from 0 (the original: 0, full rate from the first step). */
   warmup_iters: number;
+  /** Probability that an input character is replaced by a random one while training (original: 0). */
+  token_dropout: number;
 }
 
 export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
@@ -91,6 +93,7 @@ export const DEFAULT_TRAIN: TrainConfig = {
   seed: 1337,
   pad_loss: "first",
   warmup_iters: 0,
+  token_dropout: 0,
 };
 
 /** ImageNet statistics the original normalises images with. */

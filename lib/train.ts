@@ -14,6 +14,7 @@ import { saveModel } from "./model/factory.ts";
 import { type RouterStats, routerStatsCsv, routerStatsOf } from "./model/moe.ts";
 import { Ctx, hash32 } from "./model/ops.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+import { mulberry32 } from "./generate.ts";
 import { Adam } from "./optim.ts";
 import { ProgressBar } from "./progress.ts";
 
@@ -62,6 +63,7 @@ const seeds = (seed: number, step: number) => ({
   batch: hash32(seed, step, 1),
   dropout: hash32(seed, step, 2),
   val: hash32(seed, step, 3),
+  tokens: hash32(seed, step, 4),
 });
 
 /** The learning rate of step s: linear warm-up over warmup_iters steps, then constant. */
@@ -77,9 +79,12 @@ export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, 
   const s = seeds(cfg.seed, step);
   const batch = new BatchSampler(run.train, s.batch).next(cfg.batch_size);
   const ctx = new Ctx(true, s.dropout, step);
+  const idx = cfg.token_dropout > 0
+    ? tokenDropout(batch.idx, cfg.token_dropout, s.tokens, model.config.vocab_size)
+    : null;
   try {
     const { value, grads } = tf.variableGrads(
-      () => model.loss(batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss),
+      () => model.loss(batch.images, idx ?? batch.idx, batch.targets, ctx, cfg.pad_loss),
       opt.params,
     );
     opt.update(opt.params.map((p) => grads[p.name]));
@@ -88,7 +93,22 @@ export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, 
     return loss;
   } finally {
     tf.dispose(batch);
+    idx?.dispose();
   }
+}
+
+/**
+ * Word dropout for characters: each input id (not the targets) becomes a random symbol with probability
+ * `rate`. The decoder then cannot rely on the caption so far alone and has to look at the image — on the
+ * shapes data this is what stops "after 'red' comes never 'star'" from overruling what the image shows.
+ */
+export function tokenDropout(idx: tf.Tensor2D, rate: number, seed: number, vocabSize: number): tf.Tensor2D {
+  const ids = Int32Array.from(idx.dataSync());
+  const rand = mulberry32(seed);
+  for (let i = 0; i < ids.length; i++) {
+    if (rand() < rate) ids[i] = Math.floor(rand() * (vocabSize - 1)); // any symbol but <pad>
+  }
+  return tf.tensor2d(ids, idx.shape, "int32");
 }
 
 /** Mean loss over `eval_iters` validation batches (with replacement, as the original), no dropout. */
