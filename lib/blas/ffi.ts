@@ -229,7 +229,8 @@ function checkMatrix(name: string, view: Float32Array, rows: number, cols: numbe
   }
 }
 
-function readEnv(name: string): string | undefined {
+/** An environment variable, or undefined when unset, empty or not permitted (--allow-env). */
+export function readEnv(name: string): string | undefined {
   try {
     if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return undefined;
     return Deno.env.get(name) || undefined;
@@ -238,6 +239,7 @@ function readEnv(name: string): string | undefined {
   }
 }
 
-function firstLine(err: unknown): string {
+/** The first line of an error's message. */
+export function firstLine(err: unknown): string {
   return String(err instanceof Error ? err.message : err).split("\n")[0];
 }

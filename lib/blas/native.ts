@@ -7,6 +7,8 @@
 //
 // Every function here checks its arguments' lengths before calling C: FFI does no bounds checks.
 
+import { firstLine, readEnv } from "./ffi.ts";
+
 const SOURCE_URL = new URL("./kernels.c", import.meta.url);
 // -fno-trapping-math lets the branch-free maths vectorize, and -fno-math-errno lets sqrtf be the sqrt
 // instruction (Adam's loop then vectorizes); results are unchanged (no FP traps or errno are used).
@@ -295,7 +297,7 @@ function openNative(): NativeResult {
     }
   }
   const source = Deno.readTextFileSync(SOURCE_URL);
-  const compiler = envOr("CC", "cc");
+  const compiler = readEnv("CC") ?? "cc";
   const key = fnv1a64([source, compiler, ...CC_FLAGS, ...LIBS, Deno.build.target].join("\n"));
   const dir = cacheDir();
   const path = `${dir}/kernels-${key}.so`;
@@ -659,22 +661,13 @@ function checkPerm(shape: number[], perm: number[]): void {
 }
 
 function cacheDir(): string {
-  const explicit = envOr("SEEMORE_CACHE_DIR", "");
+  const explicit = readEnv("SEEMORE_CACHE_DIR");
   if (explicit) return explicit;
-  const xdg = envOr("XDG_CACHE_HOME", "");
+  const xdg = readEnv("XDG_CACHE_HOME");
   if (xdg) return `${xdg}/seemore`;
-  const home = envOr("HOME", "");
+  const home = readEnv("HOME");
   if (home) return `${home}/.cache/seemore`;
   return `${Deno.cwd()}/.cache/seemore`;
-}
-
-function envOr(name: string, fallback: string): string {
-  try {
-    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return fallback;
-    return Deno.env.get(name) || fallback;
-  } catch {
-    return fallback;
-  }
 }
 
 function exists(path: string): boolean {
@@ -694,8 +687,4 @@ export function fnv1a64(text: string): string {
     h = (h * 0x100000001b3n) & 0xffffffffffffffffn;
   }
   return h.toString(16).padStart(16, "0");
-}
-
-function firstLine(err: unknown): string {
-  return String(err instanceof Error ? err.message : err).split("\n")[0];
 }
