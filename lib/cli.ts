@@ -2,11 +2,11 @@
 //
 //   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
 //             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
-//             [--minutes M (training-time budget)] [--warmup N] [--pad-loss all|first|none] [--token-dropout P]
+//             [--minutes M (training-time budget)] [--warmup N] [--pad-loss all|first|none] [--word-noise P] [--word-loss X]
 //             [--blind (blank images: a baseline)]
 //             [--recipe seeing|original]  (default seeing; original = the PyTorch original's settings)
 //             recipe: [--visual-tokens cls|patches] [--first-token-from-image] [--attention-scale width|head]
-//                     [--residual original|pre_norm]
+//                     [--residual original|pre_norm] [--patch-stem linear|conv]
 //             [--n-embd N] [--image-embed-dim N] [--n-head N] [--n-layer N] [--num-blks N] [--img-size N]
 //             [--patch-size N] [--dropout X]
 //             seeMoE: [--experts 8] [--top-k 2] [--aux-loss X (0 = none)] [--capacity-factor X (0 = no limit)]
@@ -28,6 +28,7 @@ import {
   type TrainConfig,
 } from "./config.ts";
 import { ImageCaptionDataset } from "./data/batches.ts";
+import { captionVocabulary } from "./data/caption_words.ts";
 import { readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
 import { evaluate, type Evaluation } from "./evaluate.ts";
@@ -127,7 +128,9 @@ async function cmdTrain(args: string[]): Promise<void> {
       "attention-scale": { type: "string" },
       residual: { type: "string" },
       warmup: { type: "string" },
-      "token-dropout": { type: "string" },
+      "word-noise": { type: "string" },
+      "word-loss": { type: "string" },
+      "patch-stem": { type: "string" },
       recipe: { type: "string" },
       blind: { type: "boolean" },
       minutes: { type: "string" },
@@ -156,7 +159,8 @@ async function cmdTrain(args: string[]): Promise<void> {
     eval_iters: num(v["eval-iters"], "eval-iters", base.eval_iters),
     pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, base.pad_loss),
     warmup_iters: num(v.warmup, "warmup", base.warmup_iters),
-    token_dropout: num(v["token-dropout"], "token-dropout", base.token_dropout),
+    word_noise: num(v["word-noise"], "word-noise", base.word_noise),
+    word_loss: num(v["word-loss"], "word-loss", base.word_loss),
   };
 
   const table = readImageCaptionCsv(dataPath);
@@ -188,10 +192,12 @@ async function cmdTrain(args: string[]): Promise<void> {
         arch.attention_scale,
       ),
       residual: oneOf(v.residual, "residual", ["original", "pre_norm"] as const, arch.residual),
+      patch_stem: oneOf(v["patch-stem"], "patch-stem", ["linear", "conv"] as const, arch.patch_stem),
     };
     for (const [flag, key] of ARCH_FLAGS) {
       config[key] = num((v as Record<string, string | undefined>)[flag], flag, config[key]);
     }
+    config.image_words = cfg.word_loss > 0 ? captionVocabulary(table.captions) : [];
     model = buildModel(config, cfg.seed);
   }
   const c = model.config;

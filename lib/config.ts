@@ -36,6 +36,10 @@ export interface ModelConfig {
   attention_scale: "width" | "head";
   /** "original": x = ln2(x + attn(ln1 x)); x += ffn(x). "pre_norm": x += attn(ln1 x); x += ffn(ln2 x). */
   residual: "original" | "pre_norm";
+  /** "linear": one matmul per patch (original); "conv": two 3×3 convolutions first (lib/model/conv_patch_embeddings.ts). */
+  patch_stem: "linear" | "conv";
+  /** Words a head on the ViT's CLS feature learns to predict (train's `word_loss`; [] = no head, as the original). */
+  image_words: string[];
 }
 
 /** Optimisation: not part of a checkpoint's architecture. */
@@ -55,8 +59,16 @@ export interface TrainConfig {
   pad_loss: "all" | "first" | "none";
   /** Steps of linear learning-rate warm-up from 0 (the original: 0, full rate from the first step). */
   warmup_iters: number;
-  /** Probability that an input character is replaced by a random one while training (original: 0). */
-  token_dropout: number;
+  /**
+   * Probability that a caption word is swapped for a random training word while training, its own
+   * characters not learned (lib/data/word_noise.ts; original: 0).
+   */
+  word_noise: number;
+  /**
+   * Weight of the image-side word loss: the ViT's CLS feature predicts which words the caption holds
+   * (lib/data/caption_words.ts; original: 0). With it > 0 a new model gets `image_words` from the data.
+   */
+  word_loss: number;
 }
 
 export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
@@ -81,6 +93,8 @@ export const DEFAULT_MODEL: Omit<ModelConfig, "vocab_size"> = {
   first_token_from_image: false,
   attention_scale: "width",
   residual: "original",
+  patch_stem: "linear",
+  image_words: [],
 };
 
 export const DEFAULT_TRAIN: TrainConfig = {
@@ -93,7 +107,8 @@ export const DEFAULT_TRAIN: TrainConfig = {
   seed: 1337,
   pad_loss: "first",
   warmup_iters: 0,
-  token_dropout: 0,
+  word_noise: 0,
+  word_loss: 0,
 };
 
 /** ImageNet statistics the original normalises images with. */

@@ -9,7 +9,9 @@ import * as tf from "@tensorflow/tfjs";
 import pl from "nodejs-polars";
 import { decodeSafetensors, encodeSafetensors, writeFilesAtomically } from "./checkpoint.ts";
 import type { TrainConfig } from "./config.ts";
-import { BatchSampler, type ImageCaptionDataset } from "./data/batches.ts";
+import { BatchSampler, type ImageCaptionDataset, makeBatch } from "./data/batches.ts";
+import { WordNoise } from "./data/word_noise.ts";
+import { wordTargets } from "./data/caption_words.ts";
 import { saveModel } from "./model/factory.ts";
 import { type RouterStats, routerStatsCsv, routerStatsOf } from "./model/moe.ts";
 import { Ctx, hash32 } from "./model/ops.ts";
@@ -73,18 +75,29 @@ export function learningRate(cfg: TrainConfig, step: number): number {
     : cfg.learning_rate;
 }
 
-/** One optimizer step on one batch; returns the batch loss. Leaves no tensors behind. */
-export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, step: number): number {
+/**
+ * One optimizer step on one batch; returns the batch loss. Leaves no tensors behind.
+ * `noise`: word noising of the batch's captions (built once per run from the training captions).
+ */
+export function trainStep(
+  model: VisionLanguageModel,
+  opt: Adam,
+  run: TrainRun,
+  step: number,
+  noise?: WordNoise,
+): number {
   const { cfg } = run;
   const s = seeds(cfg.seed, step);
-  const batch = new BatchSampler(run.train, s.batch).next(cfg.batch_size);
+  const rows = new BatchSampler(run.train, s.batch).sampleRows(cfg.batch_size);
+  const rand = mulberry32(s.tokens);
+  const noised = noise ? rows.map((row) => noise.apply(run.train.tokens[row], rand)) : undefined;
+  const batch = makeBatch(run.train, rows, noised);
+  const words = model.wordHead && cfg.word_loss > 0 ? imageWordTargets(model, run.train, rows) : undefined;
   const ctx = new Ctx(true, s.dropout, step);
-  const idx = cfg.token_dropout > 0
-    ? tokenDropout(batch.idx, cfg.token_dropout, s.tokens, model.config.vocab_size)
-    : null;
   try {
+    const extra = { skip: batch.skip, words, wordLoss: cfg.word_loss };
     const { value, grads } = tf.variableGrads(
-      () => model.loss(batch.images, idx ?? batch.idx, batch.targets, ctx, cfg.pad_loss),
+      () => model.loss(batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
       opt.params,
     );
     opt.update(opt.params.map((p) => grads[p.name]));
@@ -93,22 +106,18 @@ export function trainStep(model: VisionLanguageModel, opt: Adam, run: TrainRun, 
     return loss;
   } finally {
     tf.dispose(batch);
-    idx?.dispose();
+    words?.dispose();
   }
 }
 
-/**
- * Word dropout for characters: each input id (not the targets) becomes a random symbol with probability
- * `rate`. The decoder then cannot rely on the caption so far alone and has to look at the image — on the
- * shapes data this is what stops "after 'red' comes never 'star'" from overruling what the image shows.
- */
-export function tokenDropout(idx: tf.Tensor2D, rate: number, seed: number, vocabSize: number): tf.Tensor2D {
-  const ids = Int32Array.from(idx.dataSync());
-  const rand = mulberry32(seed);
-  for (let i = 0; i < ids.length; i++) {
-    if (rand() < rate) ids[i] = Math.floor(rand() * (vocabSize - 1)); // any symbol but <pad>
-  }
-  return tf.tensor2d(ids, idx.shape, "int32");
+/** (B, W) labels of the word loss: which of the model's image_words each row's caption holds. */
+function imageWordTargets(
+  model: VisionLanguageModel,
+  data: ImageCaptionDataset,
+  rows: number[],
+): tf.Tensor2D {
+  const words = model.config.image_words;
+  return tf.tensor2d(wordTargets(rows.map((r) => data.captions[r]), words), [rows.length, words.length]);
 }
 
 /** Mean loss over `eval_iters` validation batches (with replacement, as the original), no dropout. */
@@ -188,12 +197,13 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
   if (run.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
   let trainSeconds = metrics.at(-1)?.elapsed_s ?? 0;
   let lastLoss = NaN;
+  const noise = cfg.word_noise > 0 ? new WordNoise(run.train.tokens, run.vocab, cfg.word_noise) : undefined;
   try {
     while (opt.step < cfg.max_iters && !stop && !timeUp) {
       const step = opt.step;
       const t0 = performance.now();
       opt.lr = learningRate(cfg, step);
-      lastLoss = trainStep(model, opt, run, step);
+      lastLoss = trainStep(model, opt, run, step, noise);
       trainSeconds += (performance.now() - t0) / 1000;
       bar?.update(opt.step, { loss: lastLoss }, opt.step / Math.max(trainSeconds, 1e-9));
       if (run.timeLimitS !== undefined && trainSeconds >= run.timeLimitS) timeUp = true;

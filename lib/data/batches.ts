@@ -7,6 +7,7 @@ import { DEFAULT_MODEL } from "../config.ts";
 import { describeLocation, type Tokenizer } from "../tokenizer.ts";
 import { CAPTION_COLUMN, type ImageCaptionTable, readImageCaptionCsv } from "./csv.ts";
 import { blankImage, decodeBase64Images } from "./images.ts";
+import type { NoisedCaption } from "./word_noise.ts";
 
 /** One batch; dispose it with `tf.dispose(batch)` (a type, not an interface, so tf.dispose accepts it). */
 export type Batch = {
@@ -15,6 +16,8 @@ export type Batch = {
   targets: tf.Tensor2D; // (B, T) int32, idx shifted left by one, "<pad>" at the end
   rows: number[]; // (B,) which dataset rows (0-based) the batch holds
   lengths: number[]; // (B,) caption lengths: targets[b, lengths[b] - 1] is the first "<pad>" target
+  /** (B, T) 1 where caption character t is not learned (a word swapped by word noising); absent: all are. */
+  skip?: Uint8Array;
 };
 
 export interface DatasetParts {
@@ -174,8 +177,11 @@ function checkBatchSize(batchSize: number): void {
   }
 }
 
-/** The original's get_batch on chosen rows: images stacked, captions padded, targets shifted. */
-export function makeBatch(dataset: ImageCaptionDataset, rows: number[]): Batch {
+/**
+ * The original's get_batch on chosen rows: images stacked, captions padded, targets shifted.
+ * `noised`: the rows' captions after word noising (lib/data/word_noise.ts), used instead of the dataset's.
+ */
+export function makeBatch(dataset: ImageCaptionDataset, rows: number[], noised?: NoisedCaption[]): Batch {
   const B = rows.length;
   if (B === 0) throw new Error(`${dataset.file}: a batch needs at least one row`);
   for (const row of rows) {
@@ -187,21 +193,27 @@ export function makeBatch(dataset: ImageCaptionDataset, rows: number[]): Batch {
   const pixels = new Float32Array(B * imageSize);
   rows.forEach((row, b) => pixels.set(dataset.image(row), b * imageSize));
 
-  const T = Math.max(...rows.map((row) => dataset.tokens[row].length));
+  const captions = noised?.map((n) => n.ids) ?? rows.map((row) => dataset.tokens[row]);
+  const T = Math.max(...captions.map((ids) => ids.length));
   const idx = new Int32Array(B * T).fill(dataset.padId);
   const targets = new Int32Array(B * T).fill(dataset.padId);
-  rows.forEach((row, b) => {
-    const ids = dataset.tokens[row];
+  captions.forEach((ids, b) => {
     idx.set(ids, b * T); // idx[b, :len] = caption
     targets.set(ids.slice(1), b * T); // targets[b, t] = idx[b, t + 1]; the last column stays pad
   });
+  let skip: Uint8Array | undefined;
+  if (noised) {
+    skip = new Uint8Array(B * T);
+    noised.forEach((n, b) => skip!.set(n.skip, b * T)); // skip[b, t]: caption character t is no target
+  }
   const S = dataset.imgSize;
   return {
     images: tf.tensor4d(pixels, [B, 3, S, S], "float32"), // (B, 3, S, S)
     idx: tf.tensor2d(idx, [B, T], "int32"), // (B, T)
     targets: tf.tensor2d(targets, [B, T], "int32"), // (B, T)
     rows,
-    lengths: rows.map((row) => dataset.tokens[row].length),
+    lengths: captions.map((ids) => ids.length),
+    ...(skip ? { skip } : {}),
   };
 }
 

@@ -61,6 +61,7 @@ const CHOICE_KEYS = {
   visual_tokens: ["cls", "patches"],
   attention_scale: ["width", "head"],
   residual: ["original", "pre_norm"],
+  patch_stem: ["linear", "conv"],
 } as const;
 type ChoiceKey = keyof typeof CHOICE_KEYS;
 
@@ -100,6 +101,13 @@ export function parseConfig(json: Record<string, unknown>, file: string): Checkp
   if (json.first_token_from_image !== undefined) {
     model.first_token_from_image = json.first_token_from_image === true;
   }
+  if (json.image_words !== undefined) {
+    const words = json.image_words;
+    if (!Array.isArray(words) || !words.every((w) => typeof w === "string" && w.length > 0)) {
+      throw new Error(`${file}: "image_words" must be a list of words`);
+    }
+    model.image_words = words as string[];
+  }
   if (json.router_noise_in_eval !== undefined) {
     model.router_noise_in_eval = json.router_noise_in_eval === true;
   }
@@ -109,6 +117,7 @@ export function parseConfig(json: Record<string, unknown>, file: string): Checkp
     "vocab_size",
     "first_token_from_image",
     "router_noise_in_eval",
+    "image_words",
     ...NUMBER_KEYS,
     ...Object.keys(CHOICE_KEYS),
   ]);

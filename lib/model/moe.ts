@@ -41,7 +41,7 @@ import {
   type StateDict,
 } from "./ops.ts";
 import { TwoLayerNet } from "./mlp.ts";
-import { type PadLoss, VisionLanguageModel } from "./vision_language_model.ts";
+import { type LossExtras, type PadLoss, VisionLanguageModel } from "./vision_language_model.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Row picking with a gather-only gradient.
@@ -491,8 +491,9 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
     targets: tf.Tensor2D,
     ctx: Ctx,
     padLoss: PadLoss,
+    extra: LossExtras = {},
   ): tf.Scalar {
-    const ce = super.loss(images, idx, targets, ctx, padLoss);
+    const ce = super.loss(images, idx, targets, ctx, padLoss, extra);
     const aux = this.moeLayers.flatMap((m) => (m.lastAuxLoss ? [m.lastAuxLoss] : []));
     for (const m of this.moeLayers) m.lastAuxLoss = null;
     if (aux.length === 0) return ce;

@@ -8,14 +8,26 @@ import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig, TrainConfig } from "../config.ts";
 import type { BlockOptions } from "./block.ts";
 import { DecoderLanguageModel, type DecoderOptions } from "./decoder.ts";
-import { crossEntropy, type Ctx, Initialiser, type Parametrised, type StateDict } from "./ops.ts";
+import { crossEntropy, type Ctx, Initialiser, Linear, type Parametrised, type StateDict } from "./ops.ts";
 import { ViT } from "./vit.ts";
 
 export type PadLoss = TrainConfig["pad_loss"];
 
+/** Optional parts of a training loss. */
+export interface LossExtras {
+  /** (B, T) 1 where caption character t is not a target (a word swapped by word noising). */
+  skip?: Uint8Array;
+  /** (B, W) 1 where the caption holds word w of `config.image_words`. */
+  words?: tf.Tensor2D;
+  /** Weight of the image-side word loss (0 = off). */
+  wordLoss?: number;
+}
+
 export class VisionLanguageModel implements Parametrised {
   readonly visionEncoder: ViT;
   readonly decoder: DecoderLanguageModel;
+  /** CLS feature → one logit per word of `config.image_words` (only when that list is not empty). */
+  readonly wordHead: Linear | null;
 
   constructor(readonly config: ModelConfig, seed = 0) {
     const init = new Initialiser(seed);
@@ -35,8 +47,11 @@ export class VisionLanguageModel implements Parametrised {
       c.visual_tokens,
       this.vitFeedForward(),
       this.blockOptions(),
+      c.patch_stem,
     );
     this.decoder = this.buildDecoder(init);
+    const words = c.image_words ?? [];
+    this.wordHead = words.length > 0 ? new Linear(c.image_embed_dim, words.length, init) : null;
   }
 
   /** The recipe switches of config.json (both absent = the original's blocks). */
@@ -83,27 +98,45 @@ export class VisionLanguageModel implements Parametrised {
     return this.decoder.forward(idx, imageEmbeds, ctx);
   }
 
-  /** Mean next-character cross-entropy of a batch (scalar). */
-  loss(images: tf.Tensor4D, idx: tf.Tensor2D, targets: tf.Tensor2D, ctx: Ctx, padLoss: PadLoss): tf.Scalar {
-    const logits = this.forward(images, idx, ctx); // (B, V+T, vocab)
+  /**
+   * Mean next-character cross-entropy of a batch (scalar), plus `wordLoss` times the image-side word
+   * loss when `words` (B, W) is given and the model has a word head.
+   */
+  loss(
+    images: tf.Tensor4D,
+    idx: tf.Tensor2D,
+    targets: tf.Tensor2D,
+    ctx: Ctx,
+    padLoss: PadLoss,
+    extra: LossExtras = {},
+  ): tf.Scalar {
+    const imageEmbeds = this.visionEncoder.forward(images, ctx); // (B, V, D)
+    const logits = this.decoder.forward(idx, imageEmbeds, ctx); // (B, V+T, vocab)
     const [B, L, vocab] = logits.shape;
-    const { ids, weights } = this.lossTargets(idx, targets, padLoss);
-    return crossEntropy(
+    const { ids, weights } = this.lossTargets(idx, targets, padLoss, extra.skip);
+    const ce = crossEntropy(
       tf.reshape(logits, [B * L, vocab]) as tf.Tensor2D,
       tf.tensor1d(ids, "int32"),
       tf.tensor1d(weights, "float32"),
     );
+    if (!this.wordHead || !extra.words || !extra.wordLoss) return ce;
+    const cls = tf.reshape(tf.slice(imageEmbeds, [0, 0, 0], [B, 1, -1]), [B, -1]); // (B, D)
+    const z = this.wordHead.forward(cls); // (B, W) word logits
+    const bce = tf.mean(tf.sub(tf.softplus(z), tf.mul(z, extra.words))); // binary cross-entropy with logits
+    return tf.add(ce, tf.mul(bce, extra.wordLoss)) as tf.Scalar;
   }
 
   /**
    * Target id and weight (1 = counts) for every position of [visual tokens, caption]. The original
    * ignores the visual positions; with `first_token_from_image` the last visual position learns the
-   * caption's first character, so a caption can be generated from the image alone.
+   * caption's first character, so a caption can be generated from the image alone. Characters flagged
+   * in `skip` (B, T) are no target wherever they would be one.
    */
   lossTargets(
     idx: tf.Tensor2D,
     targets: tf.Tensor2D,
     padLoss: PadLoss,
+    skip?: Uint8Array,
   ): { ids: Int32Array; weights: Float32Array } {
     const [B, T] = idx.shape;
     const V = this.numVisualTokens;
@@ -116,13 +149,14 @@ export class VisionLanguageModel implements Parametrised {
     for (let b = 0; b < B; b++) {
       if (this.config.first_token_from_image) {
         ids[b * L + V - 1] = idxData[b * T];
-        weights[b * L + V - 1] = 1;
+        weights[b * L + V - 1] = skip?.[b * T] ? 0 : 1;
       }
       let seenPad = false;
       for (let t = 0; t < T; t++) {
         const target = tgtData[b * T + t];
         const isPad = target === pad;
-        const counts = !isPad || padLoss === "all" || (padLoss === "first" && !seenPad);
+        const counts = (!isPad || padLoss === "all" || (padLoss === "first" && !seenPad)) &&
+          !(t + 1 < T && skip?.[b * T + t + 1]); // target t is caption character t + 1
         if (isPad) seenPad = true;
         ids[b * L + V + t] = target;
         weights[b * L + V + t] = counts ? 1 : 0;
@@ -132,7 +166,11 @@ export class VisionLanguageModel implements Parametrised {
   }
 
   variables(): tf.Variable[] {
-    return [...this.visionEncoder.variables(), ...this.decoder.variables()];
+    return [
+      ...this.visionEncoder.variables(),
+      ...this.decoder.variables(),
+      ...(this.wordHead?.variables() ?? []),
+    ];
   }
 
   /** The original's state_dict: PyTorch names, layouts and shapes. */
@@ -145,11 +183,13 @@ export class VisionLanguageModel implements Parametrised {
   saveState(_prefix: string, out: StateDict): void {
     this.visionEncoder.saveState("vision_encoder", out);
     this.decoder.saveState("decoder", out);
+    this.wordHead?.saveState("word_head", out);
   }
 
   loadState(_prefix: string, state: StateDict): void {
     this.visionEncoder.loadState("vision_encoder", state);
     this.decoder.loadState("decoder", state);
+    this.wordHead?.loadState("word_head", state);
   }
 
   /** The names and shapes this model's state_dict must have. */

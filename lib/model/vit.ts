@@ -16,12 +16,15 @@ import {
   type Parametrised,
   type StateDict,
 } from "./ops.ts";
+import { ConvPatchEmbeddings } from "./conv_patch_embeddings.ts";
 import { PatchEmbeddings } from "./patch_embeddings.ts";
 
 export type VisualTokens = "cls" | "patches";
+/** "linear": the original's one-matmul patch embedding; "conv": ConvPatchEmbeddings. */
+export type PatchStem = "linear" | "conv";
 
 export class ViT implements Parametrised {
-  readonly patchEmbedding: PatchEmbeddings;
+  readonly patchEmbedding: PatchEmbeddings | ConvPatchEmbeddings;
   readonly clsToken: Param; // (1, 1, D)
   readonly posEmbedding: Param; // (1, 1+N, D)
   readonly blocks: Block[];
@@ -39,8 +42,11 @@ export class ViT implements Parametrised {
     readonly visualTokens: VisualTokens = "cls",
     ffnKind: FeedForwardKind = "gelu",
     blockOptions: BlockOptions = {},
+    patchStem: PatchStem = "linear",
   ) {
-    this.patchEmbedding = new PatchEmbeddings(imgSize, patchSize, numHiddens, init);
+    this.patchEmbedding = patchStem === "conv"
+      ? new ConvPatchEmbeddings(imgSize, patchSize, numHiddens, init)
+      : new PatchEmbeddings(imgSize, patchSize, numHiddens, init);
     const n = this.patchEmbedding.numPatches + 1;
     this.clsToken = new Param([1, 1, numHiddens], init.zeros([1, 1, numHiddens]));
     this.posEmbedding = new Param([1, n, numHiddens], init.normal([1, n, numHiddens]));

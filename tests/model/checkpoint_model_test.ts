@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { encodeSafetensors, loadCheckpoint, saveCheckpoint } from "../../lib/checkpoint.ts";
 import { configJson, loadModel, saveModel } from "../../lib/model/factory.ts";
 import { Ctx } from "../../lib/model/ops.ts";
+import type { PatchEmbeddings } from "../../lib/model/patch_embeddings.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
 import { assertClose, tinyConfig, useBackend } from "../helpers.ts";
@@ -13,28 +14,42 @@ import { assertClose, tinyConfig, useBackend } from "../helpers.ts";
 await useBackend();
 const vocab = Tokenizer.original().symbols as string[];
 
-Deno.test("checkpoint round trip is byte-identical and gives the same logits", async () => {
-  const a = await Deno.makeTempDir();
-  const b = await Deno.makeTempDir();
-  const model = new VisionLanguageModel(tinyConfig(), 9);
-  await saveModel(a, model, vocab);
-  const { model: again } = await loadModel(a);
-  await saveModel(b, again, vocab);
-  for (const f of ["config.json", "model.safetensors"]) {
-    assert.deepEqual(await Deno.readFile(`${a}/${f}`), await Deno.readFile(`${b}/${f}`), f);
-  }
-  tf.tidy(() => {
-    const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 2) as tf.Tensor4D;
-    const idx = tf.tensor2d([[3, 4, 5]], undefined, "int32");
-    assertClose(
-      again.forward(images, idx, Ctx.eval()).dataSync(),
-      model.forward(images, idx, Ctx.eval()).dataSync(),
-      0,
-    );
+for (
+  const [what, config] of [
+    ["original", tinyConfig()],
+    [
+      "seeing: conv stem and word head",
+      tinyConfig({ patch_stem: "conv", patch_size: 8, image_words: ["a", "red"] }),
+    ],
+  ] as const
+) {
+  Deno.test(`checkpoint round trip is byte-identical and gives the same logits (${what})`, async () => {
+    const a = await Deno.makeTempDir();
+    const b = await Deno.makeTempDir();
+    const model = new VisionLanguageModel(config, 9);
+    await saveModel(a, model, vocab);
+    const { model: again } = await loadModel(a);
+    await saveModel(b, again, vocab);
+    for (const f of ["config.json", "model.safetensors"]) {
+      assert.deepEqual(await Deno.readFile(`${a}/${f}`), await Deno.readFile(`${b}/${f}`), f);
+    }
+    tf.tidy(() => {
+      const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 2) as tf.Tensor4D;
+      const idx = tf.tensor2d([[3, 4, 5]], undefined, "int32");
+      assertClose(
+        again.forward(images, idx, Ctx.eval()).dataSync(),
+        model.forward(images, idx, Ctx.eval()).dataSync(),
+        0,
+      );
+    });
+    if (config.image_words.length > 0) {
+      assert.deepEqual(again.config.image_words, config.image_words);
+      assertClose(again.wordHead!.w.dataSync(), model.wordHead!.w.dataSync(), 0, "word head");
+    }
+    model.dispose();
+    again.dispose();
   });
-  model.dispose();
-  again.dispose();
-});
+}
 
 Deno.test("a safetensors file with PyTorch layouts lands in the right places", async () => {
   const dir = await Deno.makeTempDir();
@@ -62,7 +77,7 @@ Deno.test("a safetensors file with PyTorch layouts lands in the right places", a
   assert.equal((qkv.attn.qkv.arraySync() as number[][])[6][32 + 1], k0.data[1 * 32 + 6]);
   // conv weight [out, c, kh, kw] → patch projection row (c, kh, kw), column out
   const conv = tensors.find((t) => t.name === "vision_encoder.patch_embedding.conv.weight")!;
-  const pw = loaded.visionEncoder.patchEmbedding.proj.w.arraySync();
+  const pw = (loaded.visionEncoder.patchEmbedding as PatchEmbeddings).proj.w.arraySync();
   const [o, c, kh, kw] = [9, 2, 3, 11];
   assert.equal(pw[c * 256 + kh * 16 + kw][o], conv.data[((o * 3 + c) * 16 + kh) * 16 + kw]);
   // and the whole state_dict comes back unchanged
@@ -99,6 +114,9 @@ Deno.test("bad config.json values are clear errors", async () => {
     [{ ...config, model_type: "gpt" }, /"model_type" must be "seemore" or "seemoe"/],
     [{ ...config, n_embd: "wide" }, /"n_embd" must be a non-negative number/],
     [{ ...config, vocab_size: 12 }, /"vocab_size" is 12 but "vocab" lists 66/],
+    [{ ...config, patch_stem: "hmlp" }, /"patch_stem" must be one of "linear", "conv"/],
+    [{ ...config, image_words: "red" }, /"image_words" must be a list of words/],
+    [{ ...config, image_words: ["red", 3] }, /"image_words" must be a list of words/],
   ];
   for (const [json, pattern] of cases) {
     await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(json));

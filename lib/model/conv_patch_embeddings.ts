@@ -1,0 +1,131 @@
+// ConvPatchEmbeddings: a drop-in replacement for PatchEmbeddings with a small convolutional stem
+// (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"). Two 3×3 convolutions with
+// stride 2, each followed by a GELU, shrink the image 4× per side; every (patch_size/4)² cell of that
+// feature map is then flattened and mapped to one hidden_dim token, as the original maps a patch.
+//
+// Why: the original's patch embedding is one linear map per patch, so it must learn a separate template
+// for a shape at every offset inside a patch. Overlapping 3×3 filters see edges and corners wherever they
+// are, and a model with them learns what a shape is (not only its colour and place) in far fewer steps.
+// Each token still covers its own patch_size × patch_size square (plus a 3-pixel rim from the filters).
+//
+// The convolutions run as im2col + matmul: the nine taps of a stride-2 3×3 filter are plain slices of
+// the padded image's four (row parity, column parity) planes, so the backward pass needs only slices,
+// pads and matmuls — kernels every backend has, the wasm one included.
+// Saved as `patch_embedding.conv1`, `.conv2` (Conv2d layout [out, in, 3, 3]) and `.proj` (Linear [out, in]).
+
+import * as tf from "@tensorflow/tfjs";
+import { gelu, type Initialiser, Linear, type Parametrised, type StateDict } from "./ops.ts";
+
+/** Channels after the first and second convolution, for a token width D. */
+const stemChannels = (D: number) => [Math.max(8, D / 4), Math.max(16, D / 2)];
+
+export class ConvPatchEmbeddings implements Parametrised {
+  readonly numPatches: number;
+  readonly conv1: Linear; // [9·3, c1]: taps ordered (dy, dx, channel)
+  readonly conv2: Linear; // [9·c1, c2]
+  readonly proj: Linear; // [c2·(p/4)², hidden_dim]
+
+  constructor(
+    readonly imgSize: number,
+    readonly patchSize: number,
+    readonly hiddenDim: number,
+    init: Initialiser,
+  ) {
+    if (imgSize % patchSize !== 0) {
+      throw new Error(`img_size ${imgSize} is not a multiple of patch_size ${patchSize}`);
+    }
+    if (patchSize % 4 !== 0) {
+      throw new Error(`the conv patch stem needs a patch_size divisible by 4, got ${patchSize}`);
+    }
+    this.numPatches = (imgSize / patchSize) ** 2;
+    const [c1, c2] = stemChannels(hiddenDim);
+    this.conv1 = new Linear(9 * 3, c1, init);
+    this.conv2 = new Linear(9 * c1, c2, init);
+    this.proj = new Linear(c2 * (patchSize / 4) ** 2, hiddenDim, init);
+  }
+
+  /** images (B, 3, S, S) → patch embeddings (B, N, hidden_dim), patches in row-major order. */
+  forward(images: tf.Tensor4D): tf.Tensor3D {
+    const [B, , S] = images.shape;
+    const x = tf.transpose(images, [0, 2, 3, 1]) as tf.Tensor4D; // (B, S, S, 3)
+    const f1 = gelu(conv3x3Stride2(x, this.conv1)) as tf.Tensor4D; // (B, S/2, S/2, c1)
+    const f2 = gelu(conv3x3Stride2(f1, this.conv2)) as tf.Tensor4D; // (B, S/4, S/4, c2)
+    const q = this.patchSize / 4; // feature-map cells per patch side
+    const g = S / this.patchSize; // patches per side
+    const c2 = this.conv2.nOut;
+    const cells = tf.reshape(f2, [B, g, q, g, q, c2]); // (B, gy, qy, gx, qx, c2)
+    const patches = tf.reshape(tf.transpose(cells, [0, 1, 3, 2, 4, 5]), [B * g * g, q * q * c2]); // (B·N, q·q·c2)
+    return tf.reshape(this.proj.forward(patches), [B, this.numPatches, this.hiddenDim]); // (B, N, D)
+  }
+
+  variables(): tf.Variable[] {
+    return [...this.conv1.variables(), ...this.conv2.variables(), ...this.proj.variables()];
+  }
+
+  saveState(prefix: string, out: StateDict): void {
+    saveConv(this.conv1, `${prefix}.conv1`, out);
+    saveConv(this.conv2, `${prefix}.conv2`, out);
+    this.proj.saveState(`${prefix}.proj`, out);
+  }
+
+  loadState(prefix: string, state: StateDict): void {
+    loadConv(this.conv1, `${prefix}.conv1`, state);
+    loadConv(this.conv2, `${prefix}.conv2`, state);
+    this.proj.loadState(`${prefix}.proj`, state);
+  }
+}
+
+/**
+ * A 3×3 convolution, stride 2, padding 1: x (B, H, W, C) → (B, H/2, W/2, lin.nOut). Output (y, x) reads
+ * padded rows 2y + dy (dy = 0, 1, 2), i.e. row 2(y + ⌊dy/2⌋) + dy mod 2: a slice of one parity plane.
+ */
+export function conv3x3Stride2(x: tf.Tensor4D, lin: Linear): tf.Tensor4D {
+  const [B, H, W, C] = x.shape;
+  if (H % 2 !== 0 || W % 2 !== 0) {
+    throw new Error(`conv3x3Stride2 needs an even height and width, got ${H}×${W}`);
+  }
+  const h = H / 2, w = W / 2;
+  const padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]); // (B, H+2, W+2, C)
+  const split = tf.reshape(padded, [B, h + 1, 2, w + 1, 2, C]); // (B, a, row parity, a', col parity, C)
+  const planes = tf.reshape(tf.transpose(split, [2, 4, 0, 1, 3, 5]), [4 * B, h + 1, w + 1, C]); // (4B, h+1, w+1, C)
+  const taps: tf.Tensor[] = [];
+  for (let dy = 0; dy < 3; dy++) {
+    for (let dx = 0; dx < 3; dx++) {
+      const plane = 2 * (dy % 2) + (dx % 2);
+      taps.push(tf.slice(planes, [plane * B, dy >> 1, dx >> 1, 0], [B, h, w, C])); // (B, h, w, C)
+    }
+  }
+  const cols = tf.reshape(tf.concat(taps, 3), [B * h * w, 9 * C]); // (B·h·w, 9C), taps (dy, dx, c)
+  return tf.reshape(lin.forward(cols), [B, h, w, lin.nOut]) as tf.Tensor4D; // (B, h, w, Cout)
+}
+
+// Linear [in = (dy, dx, c), out] ↔ Conv2d weight [out, c, dy, dx].
+function saveConv(lin: Linear, prefix: string, out: StateDict): void {
+  const tmp: StateDict = new Map();
+  lin.saveState("c", tmp);
+  const w = tmp.get("c.weight")!.data; // [out, (dy, dx, c)]
+  const C = lin.nIn / 9;
+  const data = new Float32Array(w.length);
+  for (let o = 0; o < lin.nOut; o++) {
+    for (let t = 0; t < 9; t++) {
+      for (let c = 0; c < C; c++) data[(o * C + c) * 9 + t] = w[o * 9 * C + t * C + c];
+    }
+  }
+  out.set(`${prefix}.weight`, { shape: [lin.nOut, C, 3, 3], data });
+  out.set(`${prefix}.bias`, tmp.get("c.bias")!);
+}
+
+function loadConv(lin: Linear, prefix: string, state: StateDict): void {
+  const w = state.get(`${prefix}.weight`)!.data; // [out, c, dy, dx]
+  const C = lin.nIn / 9;
+  const data = new Float32Array(w.length);
+  for (let o = 0; o < lin.nOut; o++) {
+    for (let t = 0; t < 9; t++) {
+      for (let c = 0; c < C; c++) data[o * 9 * C + t * C + c] = w[(o * C + c) * 9 + t];
+    }
+  }
+  lin.loadState(
+    "c",
+    new Map([["c.weight", { shape: [lin.nOut, lin.nIn], data }], ["c.bias", state.get(`${prefix}.bias`)!]]),
+  );
+}
