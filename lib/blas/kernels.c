@@ -201,6 +201,50 @@ void seemore_gather32(const int32_t *src, int32_t *dst, int32_t outer, int32_t d
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * im2col of a 3x3 convolution with stride 2 and padding 1 over NHWC x (B, H, W, C), H and W even:
+ * cols (B, H/2, W/2, 9, C) with taps in (dy, dx) order; output (y, x) tap (dy, dx) reads pixel
+ * (2y + dy - 1, 2x + dx - 1), zero outside the image. col2im is its adjoint: every tap's value is
+ * added back onto the pixel it was read from (dx is overwritten). */
+
+void seemore_im2col3x3s2(const float *x, float *cols, int32_t B, int32_t H, int32_t W, int32_t C) {
+  const int64_t h = H / 2, w = W / 2;
+  float *out = cols;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t y = 0; y < h; y++) {
+      for (int64_t xo = 0; xo < w; xo++) {
+        for (int dy = 0; dy < 3; dy++) {
+          for (int dx = 0; dx < 3; dx++, out += C) {
+            const int64_t r = 2 * y + dy - 1, c = 2 * xo + dx - 1;
+            if (r < 0 || r >= H || c < 0 || c >= W) memset(out, 0, (size_t)C * sizeof(float));
+            else memcpy(out, x + ((b * H + r) * W + c) * C, (size_t)C * sizeof(float));
+          }
+        }
+      }
+    }
+  }
+}
+
+void seemore_col2im3x3s2(const float *dcols, float *dx_out, int32_t B, int32_t H, int32_t W, int32_t C) {
+  const int64_t h = H / 2, w = W / 2;
+  memset(dx_out, 0, (size_t)B * H * W * C * sizeof(float));
+  const float *in = dcols;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t y = 0; y < h; y++) {
+      for (int64_t xo = 0; xo < w; xo++) {
+        for (int dy = 0; dy < 3; dy++) {
+          for (int dx = 0; dx < 3; dx++, in += C) {
+            const int64_t r = 2 * y + dy - 1, c = 2 * xo + dx - 1;
+            if (r < 0 || r >= H || c < 0 || c >= W) continue;
+            float *to = dx_out + ((b * H + r) * W + c) * C;
+            for (int64_t k = 0; k < C; k++) to[k] += in[k];
+          }
+        }
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Sum over axes, on the simplified shape: n_groups alternating runs of kept / reduced axes
  * (reduced[g] = 1 for a reduced group). Accumulates in double; dst has the kept groups' size. */
 

@@ -115,6 +115,16 @@ const SYMBOLS = {
     parameters: ["buffer", "buffer", "i32", "buffer", "buffer"],
     result: "i32",
   },
+  seemore_im2col3x3s2: {
+    // x (B, H, W, C), cols (B, H/2, W/2, 9, C), B, H, W, C
+    parameters: ["buffer", "buffer", "i32", "i32", "i32", "i32"],
+    result: "void",
+  },
+  seemore_col2im3x3s2: {
+    // dcols (B, H/2, W/2, 9, C), dx (B, H, W, C), B, H, W, C
+    parameters: ["buffer", "buffer", "i32", "i32", "i32", "i32"],
+    result: "void",
+  },
   seemore_erf: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   seemore_exp: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   seemore_gelu: { parameters: ["buffer", "buffer", "i32"], result: "void" },
@@ -246,6 +256,16 @@ export interface Native {
   ): void;
   /** dst = sum of src over `axes` (dst holds the kept axes' elements), accumulated in double. */
   sum(src: Float32Array, dst: Float32Array, shape: number[], axes: number[]): void;
+  /**
+   * im2col of a 3×3, stride 2, padding 1 convolution: x (B, H, W, C) → cols (B, H/2, W/2, 9, C);
+   * with `adjoint`, the reverse: cols summed back into x (overwritten).
+   */
+  im2col3x3s2(
+    x: Float32Array,
+    cols: Float32Array,
+    shape: [number, number, number, number],
+    adjoint: boolean,
+  ): void;
   /** y = f(x) elementwise; x and y have the same length. */
   unary(op: "erf" | "exp" | "gelu", x: Float32Array, y: Float32Array): void;
   /** dx = dy * gelu'(x). */
@@ -509,6 +529,21 @@ function wrap(path: string, lib: NativeLibrary): Native {
         Int32Array.from(reduced, Number),
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_sum failed (${rc})`);
+    },
+    im2col3x3s2(x, cols, [B, H, W, C], adjoint) {
+      if (H % 2 !== 0 || W % 2 !== 0) {
+        throw new Error(`lib/blas/native.ts: im2col3x3s2 needs even H, W (${H}×${W})`);
+      }
+      sameLength("im2col3x3s2 x", B * H * W * C, { x });
+      sameLength("im2col3x3s2 cols", B * H * W * C / 4 * 9, { cols });
+      (adjoint ? s.seemore_col2im3x3s2 : s.seemore_im2col3x3s2)(
+        adjoint ? cols : x,
+        adjoint ? x : cols,
+        B,
+        H,
+        W,
+        C,
+      );
     },
     unary(op, x, y) {
       sameLength(`${op}`, x.length, { y });

@@ -8,12 +8,12 @@
 // are, and a model with them learns what a shape is (not only its colour and place) in far fewer steps.
 // Each token still covers its own patch_size × patch_size square (plus a 3-pixel rim from the filters).
 //
-// The convolutions run as im2col + matmul: the nine taps of a stride-2 3×3 filter are plain slices of
-// the padded image's four (row parity, column parity) planes, so the backward pass needs only slices,
-// pads and matmuls — kernels every backend has, the wasm one included.
+// The convolutions run as im2col + matmul (lib/blas/fused.ts: one C kernel each way on the fast path,
+// else slices of the padded image's parity planes, whose gradients every backend has).
 // Saved as `patch_embedding.conv1`, `.conv2` (Conv2d layout [out, in, 3, 3]) and `.proj` (Linear [out, in]).
 
 import * as tf from "@tensorflow/tfjs";
+import { im2col3x3s2 } from "../blas/fused.ts";
 import { gelu, type Initialiser, Linear, type Parametrised, type StateDict } from "./ops.ts";
 
 /** Channels after the first and second convolution, for a token width D. */
@@ -75,28 +75,11 @@ export class ConvPatchEmbeddings implements Parametrised {
   }
 }
 
-/**
- * A 3×3 convolution, stride 2, padding 1: x (B, H, W, C) → (B, H/2, W/2, lin.nOut). Output (y, x) reads
- * padded rows 2y + dy (dy = 0, 1, 2), i.e. row 2(y + ⌊dy/2⌋) + dy mod 2: a slice of one parity plane.
- */
+/** A 3×3 convolution, stride 2, padding 1: x (B, H, W, C) → (B, H/2, W/2, lin.nOut), as im2col + matmul. */
 export function conv3x3Stride2(x: tf.Tensor4D, lin: Linear): tf.Tensor4D {
-  const [B, H, W, C] = x.shape;
-  if (H % 2 !== 0 || W % 2 !== 0) {
-    throw new Error(`conv3x3Stride2 needs an even height and width, got ${H}×${W}`);
-  }
-  const h = H / 2, w = W / 2;
-  const padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]); // (B, H+2, W+2, C)
-  const split = tf.reshape(padded, [B, h + 1, 2, w + 1, 2, C]); // (B, a, row parity, a', col parity, C)
-  const planes = tf.reshape(tf.transpose(split, [2, 4, 0, 1, 3, 5]), [4 * B, h + 1, w + 1, C]); // (4B, h+1, w+1, C)
-  const taps: tf.Tensor[] = [];
-  for (let dy = 0; dy < 3; dy++) {
-    for (let dx = 0; dx < 3; dx++) {
-      const plane = 2 * (dy % 2) + (dx % 2);
-      taps.push(tf.slice(planes, [plane * B, dy >> 1, dx >> 1, 0], [B, h, w, C])); // (B, h, w, C)
-    }
-  }
-  const cols = tf.reshape(tf.concat(taps, 3), [B * h * w, 9 * C]); // (B·h·w, 9C), taps (dy, dx, c)
-  return tf.reshape(lin.forward(cols), [B, h, w, lin.nOut]) as tf.Tensor4D; // (B, h, w, Cout)
+  const [B, H, W] = x.shape;
+  const cols = im2col3x3s2(x); // (B·H/2·W/2, 9C), taps (dy, dx, c)
+  return tf.reshape(lin.forward(cols), [B, H / 2, W / 2, lin.nOut]) as tf.Tensor4D; // (B, H/2, W/2, Cout)
 }
 
 // Linear [in = (dy, dx, c), out] ↔ Conv2d weight [out, c, dy, dx].
