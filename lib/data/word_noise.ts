@@ -1,6 +1,7 @@
 // Word noising: while training, each word of an input caption is, with probability `rate`, swapped for
-// a word drawn at random from all the words of the training captions (their unigram distribution), and
-// the swapped word's own characters are not learned (no loss on them). Everything after it still is.
+// the word in the same place (k-th word for k-th word) of another training caption drawn at random — the
+// unigram distribution of that position; the swapped word's own characters are not learned (no loss on
+// them). Everything after it still is. (When no other caption is that long, any training word is drawn.)
 //
 // Why: a character model learns the captions' statistics as well as the images. On the shapes data no
 // training caption says "red star", so after "a large red " the text alone rules "star" out, and that
@@ -8,7 +9,10 @@
 // before a target is the neural version of smoothing an n-gram model (Xie et al. 2017, "Data Noising as
 // Smoothing in Neural Network Language Models"): word pairs never seen in training no longer get zero
 // probability, so the image decides. The images and the targets of unswapped words stay as they are;
-// no swapped word is ever a target.
+// no swapped word is ever a target. Drawing from the same position matters for a character model: in
+// captions that follow a pattern, the k-th word is mostly a word of the same kind (a colour for a colour),
+// so "orange c" is followed by "ircle" in training — an orange circle never is — and the letters after a
+// shared first letter are read from the image, not from the colour word in front.
 
 /** A word is a maximal run of these characters; spaces and punctuation are never swapped. */
 const WORD_CHAR = /^[\p{L}\p{N}'-]$/u;
@@ -37,12 +41,17 @@ export interface NoisedCaption {
 export class WordNoise {
   private readonly isWordChar: boolean[];
   private readonly pool: number[][] = []; // every word occurrence of the training captions
+  private readonly byPosition: number[][][] = []; // byPosition[k]: the k-th word of every caption that has one
 
   constructor(captions: readonly (readonly number[])[], vocab: readonly string[], readonly rate: number) {
     if (!(rate >= 0 && rate <= 1)) throw new Error(`word noise rate must be in [0, 1], got ${rate}`);
     this.isWordChar = vocab.map((symbol) => WORD_CHAR.test(symbol));
     for (const ids of captions) {
-      for (const [s, e] of wordSpans(ids, this.isWordChar)) this.pool.push(ids.slice(s, e));
+      wordSpans(ids, this.isWordChar).forEach(([s, e], k) => {
+        const word = ids.slice(s, e);
+        this.pool.push(word);
+        (this.byPosition[k] ??= []).push(word);
+      });
     }
   }
 
@@ -51,11 +60,12 @@ export class WordNoise {
     const out: number[] = [];
     const skip: number[] = [];
     let last = 0;
-    for (const [s, e] of wordSpans(ids, this.isWordChar)) {
+    for (const [k, [s, e]] of wordSpans(ids, this.isWordChar).entries()) {
       out.push(...ids.slice(last, s));
       skip.push(...new Array(s - last).fill(0));
       const swap = this.pool.length > 0 && rand() < this.rate;
-      const word = swap ? this.pool[Math.floor(rand() * this.pool.length)] : ids.slice(s, e);
+      const from = this.byPosition[k] ?? this.pool;
+      const word = swap ? from[Math.floor(rand() * from.length)] : ids.slice(s, e);
       out.push(...word);
       skip.push(...new Array(word.length).fill(swap ? 1 : 0));
       last = e;

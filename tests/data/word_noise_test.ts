@@ -26,7 +26,7 @@ Deno.test("wordSpans finds runs of letters and leaves spaces and punctuation out
   assert.deepEqual(spans.map(([s, e]) => text.slice(s, e)), words(text));
 });
 
-Deno.test("rate 0 keeps every caption; rate 1 swaps every word for a training word", () => {
+Deno.test("rate 0 keeps every caption; rate 1 swaps every word for one in the same place of a caption", () => {
   const none = new WordNoise(ids, vocab, 0);
   const rand = mulberry32(1);
   for (const row of ids) {
@@ -40,6 +40,10 @@ Deno.test("rate 0 keeps every caption; rate 1 swaps every word for a training wo
     const n = all.apply(row, mulberry32(10 + i));
     const text = tokenizer.decode(n.ids);
     assert(words(text).every((w) => pool.has(w)), `"${text}" uses only training words`);
+    // the k-th word comes from the k-th words of the training captions
+    words(text).forEach((w, k) =>
+      assert(CAPTIONS.some((c) => words(c)[k] === w), `word ${k} "${w}" of "${text}"`)
+    );
     assert.equal(words(text).length, words(CAPTIONS[i]).length, "one word in for one word out");
     assert.equal(text.replace(/[a-z]/g, ""), CAPTIONS[i].replace(/[a-z]/g, ""), "spaces and '.' stay");
     // exactly the letters are flagged: every word was swapped
