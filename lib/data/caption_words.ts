@@ -4,7 +4,8 @@
 // A caption's words say what is in its image, independently of their order. Predicting them straight
 // from the image encoder's CLS feature (multi-label, as in Joulin et al. 2016, "Learning Visual Features
 // from Large Weakly Supervised Data") hands the encoder a direct signal for every word, shape names
-// included, instead of one that reaches it only through the decoder's attention.
+// included, instead of one that reaches it only through the decoder's attention. The model computes it on
+// grey copies of the images (VisionLanguageModel.loss), so shape words must be read from outlines alone.
 
 /** A word is a maximal run of letters, digits, apostrophes and hyphens. */
 const WORD = /[\p{L}\p{N}'-]+/gu;

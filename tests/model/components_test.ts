@@ -157,3 +157,21 @@ Deno.test("recipe switches: pre-norm residual and head-size attention scale", ()
     assertClose(narrow.forward(x, ctx).dataSync(), wide.forward(x, ctx).dataSync(), 1e-5, "head-size scale");
   });
 });
+
+Deno.test("grayscale: every channel holds the pixel's luma, ImageNet-normalised like the input", async () => {
+  const { grayscale } = await import("../../lib/model/vision_language_model.ts");
+  const { IMAGENET_MEAN, IMAGENET_STD } = await import("../../lib/config.ts");
+  const rgb = [[1, 0, 0], [0, 1, 0], [0.2, 0.4, 0.6]]; // three pixels in [0, 1]
+  const norm = (v: number, c: number) => (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+  tf.tidy(() => {
+    // (1, 3, 1, 3): channel-major, the three pixels in a row
+    const images = tf.tensor4d([0, 1, 2].flatMap((c) => rgb.map((p) => norm(p[c], c))), [1, 3, 1, 3]);
+    const gray = grayscale(images).arraySync()[0];
+    rgb.forEach((p, i) => {
+      const luma = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+      for (let c = 0; c < 3; c++) {
+        assert(Math.abs(gray[c][0][i] - norm(luma, c)) < 1e-5, `pixel ${i} channel ${c}`);
+      }
+    });
+  });
+});
