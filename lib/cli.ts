@@ -2,7 +2,7 @@
 //
 //   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
 //             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
-//             [--minutes M (training-time budget)] [--warmup N] [--pad-loss all|first|none] [--word-noise P] [--word-loss X]
+//             [--minutes M (training-time budget)] [--warmup N] [--decay-lr true|false] [--min-lr X] [--pad-loss all|first|none] [--word-noise P] [--word-loss X]
 //             [--blind (blank images: a baseline)]
 //             [--recipe seeing|original]  (default seeing; original = the PyTorch original's settings)
 //             recipe: [--visual-tokens cls|patches] [--first-token-from-image] [--attention-scale width|head]
@@ -128,6 +128,8 @@ async function cmdTrain(args: string[]): Promise<void> {
       "attention-scale": { type: "string" },
       residual: { type: "string" },
       warmup: { type: "string" },
+      "decay-lr": { type: "string" },
+      "min-lr": { type: "string" },
       "word-noise": { type: "string" },
       "word-loss": { type: "string" },
       "patch-stem": { type: "string" },
@@ -159,6 +161,13 @@ async function cmdTrain(args: string[]): Promise<void> {
     eval_iters: num(v["eval-iters"], "eval-iters", base.eval_iters),
     pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, base.pad_loss),
     warmup_iters: num(v.warmup, "warmup", base.warmup_iters),
+    decay_lr: oneOf(
+      v["decay-lr"],
+      "decay-lr",
+      ["true", "false"] as const,
+      String(base.decay_lr) as "true" | "false",
+    ) === "true",
+    min_lr: num(v["min-lr"], "min-lr", base.min_lr),
     word_noise: num(v["word-noise"], "word-noise", base.word_noise),
     word_loss: num(v["word-loss"], "word-loss", base.word_loss),
   };

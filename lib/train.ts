@@ -68,11 +68,17 @@ const seeds = (seed: number, step: number) => ({
   tokens: hash32(seed, step, 4),
 });
 
-/** The learning rate of step s: linear warm-up over warmup_iters steps, then constant. */
+/**
+ * The learning rate of step s: linear warm-up over warmup_iters steps, then constant, or with decay_lr
+ * a cosine from learning_rate down to min_lr at max_iters (nanoGPT's schedule).
+ */
 export function learningRate(cfg: TrainConfig, step: number): number {
-  return cfg.warmup_iters > 0
-    ? cfg.learning_rate * Math.min(1, (step + 1) / cfg.warmup_iters)
-    : cfg.learning_rate;
+  if (cfg.warmup_iters > 0 && step < cfg.warmup_iters) {
+    return cfg.learning_rate * (step + 1) / cfg.warmup_iters;
+  }
+  if (!cfg.decay_lr) return cfg.learning_rate;
+  const progress = Math.min(1, (step - cfg.warmup_iters) / Math.max(1, cfg.max_iters - cfg.warmup_iters));
+  return cfg.min_lr + 0.5 * (1 + Math.cos(Math.PI * progress)) * (cfg.learning_rate - cfg.min_lr);
 }
 
 /**

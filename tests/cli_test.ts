@@ -75,6 +75,11 @@ Deno.test("train → eval → generate on a user's CSV", async () => {
     (await Deno.readTextFile(`${run}/metrics.csv`)).trim().split("\n")[0],
     "step,train_loss,val_loss,elapsed_s",
   );
+  // the default recipe ("seeing"): conv stem, and a word head over the training captions' words
+  const config = JSON.parse(await Deno.readTextFile(`${run}/config.json`));
+  assert.equal(config.patch_stem, "conv");
+  assert(config.image_words.length > 0 && config.image_words.every((w: string) => /^[a-z]+$/.test(w)));
+  assert.equal(config.train.word_noise, 0.25);
 
   const e = await cli("eval", "--ckpt", run, "--data", `${dir}/val.csv`, "--json");
   assert.equal(e.code, 0, e.err);
@@ -174,6 +179,12 @@ Deno.test("bad inputs fail clearly and write nothing", async () => {
   const usage = await cli("train", "--steps", "many");
   assert.equal(usage.code, 2);
   assert.match(usage.err, /--steps expects a number/);
+  const stem = await cli("train", "--patch-stem", "hmlp");
+  assert.equal(stem.code, 2);
+  assert.match(stem.err, /--patch-stem must be one of linear, conv/);
+  const decay = await cli("train", "--decay-lr", "yes");
+  assert.equal(decay.code, 2);
+  assert.match(decay.err, /--decay-lr must be one of true, false/);
 });
 
 Deno.test("Ctrl-C saves a checkpoint and exits cleanly", async () => {

@@ -10,6 +10,7 @@ import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
 import { train, type TrainRun, trainStep } from "../lib/train.ts";
 import { Adam } from "../lib/optim.ts";
+import { WordNoise } from "../lib/data/word_noise.ts";
 import { datasetLoss } from "../lib/evaluate.ts";
 import { shapesDataset, tinyConfig, useBackend } from "./helpers.ts";
 
@@ -20,6 +21,21 @@ const three = await shapesDataset(3);
 function cfg(over: Partial<TrainConfig> = {}): TrainConfig {
   return { ...DEFAULT_TRAIN, batch_size: 3, eval_iters: 2, val_batch_size: 3, eval_interval: 5, ...over };
 }
+
+/** The original's model and schedule, and the seeing recipe's extras: conv stem, word head, word noise, decay. */
+const SETUPS = [
+  { name: "original", model: tinyConfig(), train: {} },
+  {
+    name: "seeing",
+    model: tinyConfig({
+      patch_stem: "conv",
+      patch_size: 8,
+      first_token_from_image: true,
+      image_words: ["a", "red"],
+    }),
+    train: { word_noise: 0.5, word_loss: 1, warmup_iters: 2, decay_lr: true, min_lr: 1e-4 },
+  },
+] as const;
 
 Deno.test("loss < 0.1 after overfitting three images", async () => {
   const model = new VisionLanguageModel(tinyConfig({ first_token_from_image: true }), 3);
@@ -37,56 +53,62 @@ Deno.test("loss < 0.1 after overfitting three images", async () => {
   model.dispose();
 });
 
-Deno.test("tf.memory().numTensors is constant across 20 training steps", () => {
-  const model = new VisionLanguageModel(tinyConfig(), 3);
-  const opt = new Adam(model.variables());
-  const run: TrainRun = { model, vocab, train: three, cfg: cfg() };
-  trainStep(model, opt, run, 0); // the first step creates nothing that lasts, but warm up anyway
-  const counts: number[] = [];
-  for (let s = 1; s <= 20; s++) {
-    trainStep(model, opt, run, s);
-    counts.push(tf.memory().numTensors);
-  }
-  assert.deepEqual(new Set(counts).size, 1, `tensor counts: ${counts.join(" ")}`);
-  opt.dispose();
-  model.dispose();
-});
-
-Deno.test("--resume follows the same loss curve as an uninterrupted run", async () => {
-  const dirA = await Deno.makeTempDir();
-  const dirB = await Deno.makeTempDir();
-  const base = cfg({ max_iters: 8, eval_interval: 2 });
-  const straight = new VisionLanguageModel(tinyConfig(), 5);
-  const full = await train({ model: straight, vocab, train: three, val: three, cfg: base, outDir: dirA });
-
-  const first = new VisionLanguageModel(tinyConfig(), 5);
-  await train({
-    model: first,
-    vocab,
-    train: three,
-    val: three,
-    cfg: { ...base, max_iters: 4 },
-    outDir: dirB,
+for (const setup of SETUPS) {
+  Deno.test(`tf.memory().numTensors is constant across 20 training steps (${setup.name})`, () => {
+    const model = new VisionLanguageModel(setup.model, 3);
+    const opt = new Adam(model.variables());
+    const run: TrainRun = { model, vocab, train: three, cfg: cfg(setup.train) };
+    const noise = run.cfg.word_noise > 0 ? new WordNoise(three.tokens, vocab, run.cfg.word_noise) : undefined;
+    trainStep(model, opt, run, 0, noise); // the first step creates nothing that lasts, but warm up anyway
+    const counts: number[] = [];
+    for (let s = 1; s <= 20; s++) {
+      trainStep(model, opt, run, s, noise);
+      counts.push(tf.memory().numTensors);
+    }
+    assert.deepEqual(new Set(counts).size, 1, `tensor counts: ${counts.join(" ")}`);
+    opt.dispose();
+    model.dispose();
   });
-  first.dispose();
-  const { model: resumed } = await loadModel(dirB);
-  const rest = await train(
-    { model: resumed, vocab, train: three, val: three, cfg: base, outDir: dirB },
-    dirB,
-  );
+}
 
-  assert.equal(rest.steps, 8);
-  // The interrupted run also logged its last step (4); every other row matches to the bit.
-  const row = (
-    r: { step: number; train_loss: number; val_loss: number | null },
-  ) => [r.step, r.train_loss, r.val_loss];
-  assert.deepEqual(rest.metrics.filter((r) => r.step !== 4).map(row), full.metrics.map(row));
-  const a = await Deno.readFile(`${dirA}/model.safetensors`);
-  const b = await Deno.readFile(`${dirB}/model.safetensors`);
-  assert.deepEqual(a, b, "the final weights are identical");
-  straight.dispose();
-  resumed.dispose();
-});
+for (const setup of SETUPS) {
+  Deno.test(`--resume follows the same loss curve as an uninterrupted run (${setup.name})`, async () => {
+    const dirA = await Deno.makeTempDir();
+    const dirB = await Deno.makeTempDir();
+    // No decay here: a cosine decay follows max_iters, so 4 steps then 4 more is, by design, not 8 steps.
+    const base = cfg({ ...setup.train, decay_lr: false, max_iters: 8, eval_interval: 2 });
+    const straight = new VisionLanguageModel(setup.model, 5);
+    const full = await train({ model: straight, vocab, train: three, val: three, cfg: base, outDir: dirA });
+
+    const first = new VisionLanguageModel(setup.model, 5);
+    await train({
+      model: first,
+      vocab,
+      train: three,
+      val: three,
+      cfg: { ...base, max_iters: 4 },
+      outDir: dirB,
+    });
+    first.dispose();
+    const { model: resumed } = await loadModel(dirB);
+    const rest = await train(
+      { model: resumed, vocab, train: three, val: three, cfg: base, outDir: dirB },
+      dirB,
+    );
+
+    assert.equal(rest.steps, 8);
+    // The interrupted run also logged its last step (4); every other row matches to the bit.
+    const row = (
+      r: { step: number; train_loss: number; val_loss: number | null },
+    ) => [r.step, r.train_loss, r.val_loss];
+    assert.deepEqual(rest.metrics.filter((r) => r.step !== 4).map(row), full.metrics.map(row));
+    const a = await Deno.readFile(`${dirA}/model.safetensors`);
+    const b = await Deno.readFile(`${dirB}/model.safetensors`);
+    assert.deepEqual(a, b, "the final weights are identical");
+    straight.dispose();
+    resumed.dispose();
+  });
+}
 
 Deno.test("evaluation draws no dropout: two losses on the same batch agree", () => {
   const model = new VisionLanguageModel(tinyConfig(), 6);
@@ -129,6 +151,11 @@ Deno.test("learning-rate warm-up is linear, then constant; none by default (the 
     1e-3,
     1e-3,
   ]);
+  const cosine = cfg({ warmup_iters: 2, decay_lr: true, min_lr: 1e-4, max_iters: 12 });
+  const lrs = [0, 1, 2, 7, 12, 50].map((s) => learningRate(cosine, s));
+  assert.deepEqual(lrs.slice(0, 3), [5e-4, 1e-3, 1e-3]);
+  assert(Math.abs(lrs[3] - 5.5e-4) < 1e-12, `half way down: ${lrs[3]}`);
+  assert.deepEqual(lrs.slice(4), [1e-4, 1e-4]);
 });
 
 Deno.test("a time limit stops training early and still logs the last step", async () => {
