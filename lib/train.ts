@@ -22,7 +22,7 @@ import { ProgressBar } from "./progress.ts";
 
 export interface MetricRow {
   step: number; // optimizer steps done when measured
-  train_loss: number; // loss of the batch just trained on
+  train_loss: number; // loss of the batch just trained on (with word_loss > 0: plus the weighted word loss)
   val_loss: number | null; // mean over eval_iters validation batches (null when there is no val set)
   elapsed_s: number; // training time so far (evaluation excluded)
   router?: RouterStats[]; // seeMoE: each MoE layer's routing on the batch just trained on (router.csv)
@@ -106,9 +106,12 @@ export function trainStep(
       () => model.loss(batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
       opt.params,
     );
-    opt.update(opt.params.map((p) => grads[p.name]));
+    // A parameter the loss does not use (the word head when word_loss is 0) gets a zero gradient.
+    const unused = opt.params.filter((p) => !grads[p.name]).map((p) => tf.zerosLike(p));
+    let u = 0;
+    opt.update(opt.params.map((p) => grads[p.name] ?? unused[u++]));
     const loss = value.dataSync()[0];
-    tf.dispose([value, ...Object.values(grads)]);
+    tf.dispose([value, ...Object.values(grads), ...unused]);
     return loss;
   } finally {
     tf.dispose(batch);

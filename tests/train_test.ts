@@ -172,3 +172,15 @@ Deno.test("a time limit stops training early and still logs the last step", asyn
   assert.equal(r.metrics.at(-1)!.step, r.steps);
   model.dispose();
 });
+
+Deno.test("a model with a word head also trains without the word loss, leaving the head as it is", () => {
+  const model = new VisionLanguageModel(tinyConfig({ image_words: ["a", "red"] }), 3);
+  const opt = new Adam(model.variables());
+  const head = model.wordHead!.w.dataSync().slice();
+  const run: TrainRun = { model, vocab, train: three, cfg: cfg({ word_loss: 0 }) };
+  const losses = [0, 1, 2].map((s) => trainStep(model, opt, run, s));
+  assert(losses.every(Number.isFinite));
+  assert.deepEqual(model.wordHead!.w.dataSync(), head);
+  opt.dispose();
+  model.dispose();
+});
