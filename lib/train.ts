@@ -206,7 +206,10 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
   if (run.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
   let trainSeconds = metrics.at(-1)?.elapsed_s ?? 0;
   let lastLoss = NaN;
-  const noise = cfg.word_noise > 0 ? new WordNoise(run.train.tokens, run.vocab, cfg.word_noise) : undefined;
+  const positions = model.config.block_positions - model.numVisualTokens; // caption characters that fit
+  const noise = cfg.word_noise > 0
+    ? new WordNoise(run.train.tokens, run.vocab, cfg.word_noise, positions)
+    : undefined;
   try {
     while (opt.step < cfg.max_iters && !stop && !timeUp) {
       const step = opt.step;

@@ -43,7 +43,13 @@ export class WordNoise {
   private readonly pool: number[][] = []; // every word occurrence of the training captions
   private readonly byPosition: number[][][] = []; // byPosition[k]: the k-th word of every caption that has one
 
-  constructor(captions: readonly (readonly number[])[], vocab: readonly string[], readonly rate: number) {
+  /** `maxLength`: the longest caption the decoder has positions for (longer results are not used). */
+  constructor(
+    captions: readonly (readonly number[])[],
+    vocab: readonly string[],
+    readonly rate: number,
+    readonly maxLength = Infinity,
+  ) {
     if (!(rate >= 0 && rate <= 1)) throw new Error(`word noise rate must be in [0, 1], got ${rate}`);
     this.isWordChar = vocab.map((symbol) => WORD_CHAR.test(symbol));
     for (const ids of captions) {
@@ -55,7 +61,10 @@ export class WordNoise {
     }
   }
 
-  /** Noises one caption with the random numbers in [0, 1) that `rand` draws. */
+  /**
+   * Noises one caption with the random numbers in [0, 1) that `rand` draws. A result longer than
+   * `maxLength` (it would not fit the decoder's positions) is dropped: the caption stays as it is.
+   */
   apply(ids: readonly number[], rand: () => number): NoisedCaption {
     const out: number[] = [];
     const skip: number[] = [];
@@ -72,6 +81,7 @@ export class WordNoise {
     }
     out.push(...ids.slice(last));
     skip.push(...new Array(ids.length - last).fill(0));
+    if (out.length > this.maxLength) return { ids: [...ids], skip: new Uint8Array(ids.length) };
     return { ids: out, skip: Uint8Array.from(skip) };
   }
 }

@@ -58,6 +58,12 @@ Deno.test("word noise is seeded and swaps about `rate` of the words", () => {
     return Array.from({ length: 200 }, (_, i) => noise.apply(ids[i % 3], rand));
   };
   assert.deepEqual(run(5), run(5));
+  const longest = Math.max(...ids.map((row) => row.length));
+  const capped = new WordNoise(ids, vocab, 1, longest);
+  const rand = mulberry32(9);
+  const results = Array.from({ length: 200 }, (_, i) => capped.apply(ids[i % 3], rand));
+  assert(results.every((c) => c.ids.length <= longest), "never longer than maxLength");
+  assert(results.some((c, i) => c.skip.every((f) => f === 0) && c.ids.length === ids[i % 3].length));
   const flaggedWords = run(5).reduce((n, c) =>
     n + wordSpans(c.ids, vocab.map((s) => /^[a-z]$/.test(s)))
       .filter(([s]) => c.skip[s] === 1).length, 0);
