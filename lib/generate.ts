@@ -11,6 +11,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { KVCache } from "./model/attention.ts";
 import { Ctx } from "./model/ops.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+import { mulberry32 } from "./random.ts";
 
 export interface SampleOptions {
   greedy?: boolean; // default true
@@ -23,18 +24,6 @@ export interface SampleOptions {
 export interface GenerateOptions extends SampleOptions {
   maxNewTokens: number;
   prompt?: number[]; // token ids every row starts with (may be empty)
-}
-
-/** A small seeded PRNG (mulberry32): same seed, same samples. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Picks a token id from one row of logits. */

@@ -16,7 +16,7 @@ import { saveModel } from "./model/factory.ts";
 import { type RouterStats, routerStatsCsv, routerStatsOf } from "./model/moe.ts";
 import { Ctx, hash32 } from "./model/ops.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
-import { mulberry32 } from "./generate.ts";
+import { mulberry32 } from "./random.ts";
 import { Adam } from "./optim.ts";
 import { ProgressBar } from "./progress.ts";
 

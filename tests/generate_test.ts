@@ -3,7 +3,8 @@
 
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { generate, mulberry32, sampleToken } from "../lib/generate.ts";
+import { generate, sampleToken } from "../lib/generate.ts";
+import { mulberry32 } from "../lib/random.ts";
 import { Ctx } from "../lib/model/ops.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { tinyConfig, useBackend } from "./helpers.ts";

@@ -8,6 +8,7 @@ import { describeLocation, type Tokenizer } from "../tokenizer.ts";
 import { CAPTION_COLUMN, type ImageCaptionTable, readImageCaptionCsv } from "./csv.ts";
 import { blankImage, decodeBase64Images } from "./images.ts";
 import type { NoisedCaption } from "./word_noise.ts";
+import { mulberry32 } from "../random.ts";
 
 /** One batch; dispose it with `tf.dispose(batch)` (a type, not an interface, so tf.dispose accepts it). */
 export type Batch = {
@@ -214,18 +215,6 @@ export function makeBatch(dataset: ImageCaptionDataset, rows: number[], noised?:
     rows,
     lengths: captions.map((ids) => ids.length),
     ...(skip ? { skip } : {}),
-  };
-}
-
-/** mulberry32: a small, fast 32-bit PRNG; the same seed gives the same stream everywhere. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296; // [0, 1)
   };
 }
 

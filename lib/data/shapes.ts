@@ -16,6 +16,7 @@
 
 import { Resvg } from "@resvg/resvg-js";
 import { Buffer } from "node:buffer";
+import { mulberry32 } from "../random.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Vocabulary of the scenes
@@ -107,14 +108,7 @@ function fnv1a(text: string): number {
 
 /** A generator for one named stream of one seed: `createRng(7, "train")`. */
 export function createRng(seed: number, stream = ""): Rng {
-  let state = fnv1a(`${seed}:${stream}`);
-  return () => {
-    state = (state + 0x6d2b79f5) | 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(fnv1a(`${seed}:${stream}`));
 }
 
 function pick<T>(rng: Rng, items: readonly T[]): T {

@@ -5,6 +5,7 @@ import * as tf from "@tensorflow/tfjs"; // the union package registers gradients
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
 import { loadBlas } from "../../lib/blas/ffi.ts";
+import { mulberry32 } from "../../lib/random.ts";
 
 await tf.setBackend("wasm");
 
@@ -16,16 +17,8 @@ export const SKIP_NOTE = BLAS_OK
 
 /** Deterministic values in [-1, 1) (mulberry32). */
 export function seeded(size: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(size);
-  for (let i = 0; i < size; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    out[i] = (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  }
-  return out;
+  const rand = mulberry32(seed);
+  return Float32Array.from({ length: size }, () => rand() * 2 - 1);
 }
 
 /** Runs fn on the named backend and returns its tensors' values (everything else is disposed). */

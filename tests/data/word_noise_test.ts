@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { ImageCaptionDataset, makeBatch } from "../../lib/data/batches.ts";
 import { WordNoise, wordSpans } from "../../lib/data/word_noise.ts";
-import { mulberry32 } from "../../lib/generate.ts";
+import { mulberry32 } from "../../lib/random.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { DEFAULT_MODEL } from "../../lib/config.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
