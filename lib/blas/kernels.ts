@@ -153,8 +153,8 @@ function registerFusedKernels(): string[] {
     [FUSED_KERNELS.adam, adamKernel as tf.KernelFunc],
     [FUSED_KERNELS.dropout, dropoutKernel as tf.KernelFunc],
     [FUSED_KERNELS.dropoutGrad, dropoutGradKernel as tf.KernelFunc],
-    [FUSED_KERNELS.im2col3x3s2, im2colKernel(false) as tf.KernelFunc],
-    [FUSED_KERNELS.col2im3x3s2, im2colKernel(true) as tf.KernelFunc],
+    [FUSED_KERNELS.im2col3x3s2, im2colKernel as tf.KernelFunc],
+    [FUSED_KERNELS.col2im3x3s2, col2imKernel as tf.KernelFunc],
   ];
   if (native!.bindSgemm(blas!.path)) {
     kernels.push(
@@ -539,30 +539,24 @@ function unaryKernel(name: string, op: "erf" | "exp"): tf.KernelFunc {
   }) as tf.KernelFunc;
 }
 
-/**
- * im2col (x (B, H, W, C) → cols (B·H/2·W/2, 9C)) of a 3×3 / stride 2 / padding 1 convolution, or with
- * `adjoint` its gradient: inputs dcols and x (for the shape) → dx (B, H, W, C).
- */
-function im2colKernel(adjoint: boolean) {
-  return (args: KernelArgs): TensorInfo => {
-    const x = args.inputs.x as TensorInfo;
-    const [B, H, W, C] = x.shape;
-    const backend = wasmOf(args.backend);
-    if (!adjoint) {
-      const cols = backend.makeOutput([B * (H / 2) * (W / 2), 9 * C], "float32");
-      native!.im2col3x3s2(
-        floatView(backend, x, "im2col x"),
-        floatView(backend, cols, "cols"),
-        [B, H, W, C],
-        false,
-      );
-      return cols;
-    }
-    const dx = backend.makeOutput(x.shape, "float32");
-    const dcols = args.inputs.dcols as TensorInfo;
-    native!.im2col3x3s2(floatView(backend, dx, "dx"), floatView(backend, dcols, "dcols"), [B, H, W, C], true);
-    return dx;
-  };
+/** inputs x (B, H, W, C) → cols (B·H/2·W/2, 9C): im2col of a 3×3 / stride 2 / padding 1 convolution. */
+function im2colKernel(args: KernelArgs): TensorInfo {
+  const x = args.inputs.x as TensorInfo;
+  const [B, H, W, C] = x.shape;
+  const backend = wasmOf(args.backend);
+  const cols = backend.makeOutput([B * (H / 2) * (W / 2), 9 * C], "float32");
+  native!.im2col3x3s2(floatView(backend, x, "im2col x"), floatView(backend, cols, "cols"), [B, H, W, C]);
+  return cols;
+}
+
+/** inputs dcols (B·H/2·W/2, 9C) and x (for its shape) → dx (B, H, W, C): im2col's gradient. */
+function col2imKernel(args: KernelArgs): TensorInfo {
+  const { x, dcols } = args.inputs as { x: TensorInfo; dcols: TensorInfo };
+  const [B, H, W, C] = x.shape;
+  const backend = wasmOf(args.backend);
+  const dx = backend.makeOutput(x.shape, "float32");
+  native!.col2im3x3s2(floatView(backend, dcols, "dcols"), floatView(backend, dx, "dx"), [B, H, W, C]);
+  return dx;
 }
 
 function geluKernel(args: KernelArgs): TensorInfo {

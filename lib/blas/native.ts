@@ -256,16 +256,10 @@ export interface Native {
   ): void;
   /** dst = sum of src over `axes` (dst holds the kept axes' elements), accumulated in double. */
   sum(src: Float32Array, dst: Float32Array, shape: number[], axes: number[]): void;
-  /**
-   * im2col of a 3×3, stride 2, padding 1 convolution: x (B, H, W, C) → cols (B, H/2, W/2, 9, C);
-   * with `adjoint`, the reverse: cols summed back into x (overwritten).
-   */
-  im2col3x3s2(
-    x: Float32Array,
-    cols: Float32Array,
-    shape: [number, number, number, number],
-    adjoint: boolean,
-  ): void;
+  /** im2col of a 3×3, stride 2, padding 1 convolution: x (B, H, W, C) → cols (B, H/2, W/2, 9, C). */
+  im2col3x3s2(x: Float32Array, cols: Float32Array, shape: [number, number, number, number]): void;
+  /** Its adjoint (the gradient): cols summed back onto the pixels they were read from, into dx (overwritten). */
+  col2im3x3s2(cols: Float32Array, dx: Float32Array, shape: [number, number, number, number]): void;
   /** y = f(x) elementwise; x and y have the same length. */
   unary(op: "erf" | "exp" | "gelu", x: Float32Array, y: Float32Array): void;
   /** dx = dy * gelu'(x). */
@@ -530,20 +524,13 @@ function wrap(path: string, lib: NativeLibrary): Native {
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_sum failed (${rc})`);
     },
-    im2col3x3s2(x, cols, [B, H, W, C], adjoint) {
-      if (H % 2 !== 0 || W % 2 !== 0) {
-        throw new Error(`lib/blas/native.ts: im2col3x3s2 needs even H, W (${H}×${W})`);
-      }
-      sameLength("im2col3x3s2 x", B * H * W * C, { x });
-      sameLength("im2col3x3s2 cols", B * H * W * C / 4 * 9, { cols });
-      (adjoint ? s.seemore_col2im3x3s2 : s.seemore_im2col3x3s2)(
-        adjoint ? cols : x,
-        adjoint ? x : cols,
-        B,
-        H,
-        W,
-        C,
-      );
+    im2col3x3s2(x, cols, shape) {
+      checkIm2col("im2col3x3s2", x, cols, shape);
+      s.seemore_im2col3x3s2(x, cols, ...shape);
+    },
+    col2im3x3s2(cols, dx, shape) {
+      checkIm2col("col2im3x3s2", dx, cols, shape);
+      s.seemore_col2im3x3s2(cols, dx, ...shape);
     },
     unary(op, x, y) {
       sameLength(`${op}`, x.length, { y });
@@ -664,6 +651,13 @@ function checkKeep(keep: number): void {
 }
 
 /** Throws unless every named array has exactly `n` elements (and n fits an int32). */
+/** Image (B, H, W, C) and column (B, H/2, W/2, 9, C) buffers of an im2col call hold what the shape says. */
+function checkIm2col(what: string, image: Float32Array, cols: Float32Array, [B, H, W, C]: number[]): void {
+  if (H % 2 !== 0 || W % 2 !== 0) throw new Error(`lib/blas/native.ts: ${what} needs even H, W (${H}×${W})`);
+  sameLength(`${what} image`, B * H * W * C, { image });
+  sameLength(`${what} cols`, B * H * W * C / 4 * 9, { cols });
+}
+
 function sameLength(what: string, n: number, arrays: Record<string, Float32Array | Uint8Array>): void {
   if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) {
     throw new Error(`lib/blas/native.ts: ${what}: bad size ${n}`);

@@ -14,7 +14,8 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { im2col3x3s2 } from "../blas/fused.ts";
-import { gelu, type Initialiser, Linear, type Parametrised, type StateDict } from "./ops.ts";
+import { patchCount } from "./patch_embeddings.ts";
+import { gelu, type Initialiser, Linear, type Parametrised, type StateDict, transpose2d } from "./ops.ts";
 
 /** Channels after the first and second convolution, for a token width D. */
 const stemChannels = (D: number) => [Math.max(8, D / 4), Math.max(16, D / 2)];
@@ -31,13 +32,10 @@ export class ConvPatchEmbeddings implements Parametrised {
     readonly hiddenDim: number,
     init: Initialiser,
   ) {
-    if (imgSize % patchSize !== 0) {
-      throw new Error(`img_size ${imgSize} is not a multiple of patch_size ${patchSize}`);
-    }
     if (patchSize % 4 !== 0) {
       throw new Error(`the conv patch stem needs a patch_size divisible by 4, got ${patchSize}`);
     }
-    this.numPatches = (imgSize / patchSize) ** 2;
+    this.numPatches = patchCount(imgSize, patchSize);
     const [c1, c2] = stemChannels(hiddenDim);
     this.conv1 = new Linear(9 * 3, c1, init);
     this.conv2 = new Linear(9 * c1, c2, init);
@@ -82,33 +80,30 @@ export function conv3x3Stride2(x: tf.Tensor4D, lin: Linear): tf.Tensor4D {
   return tf.reshape(lin.forward(cols), [B, H / 2, W / 2, lin.nOut]) as tf.Tensor4D; // (B, H/2, W/2, Cout)
 }
 
-// Linear [in = (dy, dx, c), out] ↔ Conv2d weight [out, c, dy, dx].
+// Linear [in = (dy, dx, c), out] ↔ Conv2d weight [out, c, dy, dx]: in PyTorch's [out, in] order, each
+// output row's (tap, channel) block is transposed to (channel, tap).
 function saveConv(lin: Linear, prefix: string, out: StateDict): void {
   const tmp: StateDict = new Map();
   lin.saveState("c", tmp);
-  const w = tmp.get("c.weight")!.data; // [out, (dy, dx, c)]
   const C = lin.nIn / 9;
-  const data = new Float32Array(w.length);
-  for (let o = 0; o < lin.nOut; o++) {
-    for (let t = 0; t < 9; t++) {
-      for (let c = 0; c < C; c++) data[(o * C + c) * 9 + t] = w[o * 9 * C + t * C + c];
-    }
-  }
+  const data = transposeRowBlocks(tmp.get("c.weight")!.data, lin.nOut, 9, C); // [out, c, (dy, dx)]
   out.set(`${prefix}.weight`, { shape: [lin.nOut, C, 3, 3], data });
   out.set(`${prefix}.bias`, tmp.get("c.bias")!);
 }
 
 function loadConv(lin: Linear, prefix: string, state: StateDict): void {
-  const w = state.get(`${prefix}.weight`)!.data; // [out, c, dy, dx]
   const C = lin.nIn / 9;
-  const data = new Float32Array(w.length);
-  for (let o = 0; o < lin.nOut; o++) {
-    for (let t = 0; t < 9; t++) {
-      for (let c = 0; c < C; c++) data[o * 9 * C + t * C + c] = w[(o * C + c) * 9 + t];
-    }
+  const data = transposeRowBlocks(state.get(`${prefix}.weight`)!.data, lin.nOut, C, 9); // [out, (dy, dx), c]
+  const weight = { shape: [lin.nOut, lin.nIn], data };
+  lin.loadState("c", new Map([["c.weight", weight], ["c.bias", state.get(`${prefix}.bias`)!]]));
+}
+
+/** data [n, rows, cols] → [n, cols, rows]. */
+function transposeRowBlocks(data: Float32Array, n: number, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(data.length);
+  const size = rows * cols;
+  for (let i = 0; i < n; i++) {
+    out.set(transpose2d(data.subarray(i * size, (i + 1) * size), rows, cols), i * size);
   }
-  lin.loadState(
-    "c",
-    new Map([["c.weight", { shape: [lin.nOut, lin.nIn], data }], ["c.bias", state.get(`${prefix}.bias`)!]]),
-  );
+  return out;
 }

@@ -17,10 +17,7 @@ export class PatchEmbeddings implements Parametrised {
     readonly hiddenDim: number,
     init: Initialiser,
   ) {
-    if (imgSize % patchSize !== 0) {
-      throw new Error(`img_size ${imgSize} is not a multiple of patch_size ${patchSize}`);
-    }
-    this.numPatches = (imgSize / patchSize) ** 2;
+    this.numPatches = patchCount(imgSize, patchSize);
     this.proj = new Linear(3 * patchSize * patchSize, hiddenDim, init);
   }
 
@@ -58,6 +55,14 @@ export class PatchEmbeddings implements Parametrised {
     ]);
     this.proj.loadState("conv", tmp);
   }
+}
+
+/** Patches in an img_size × img_size image; the sizes must tile it. */
+export function patchCount(imgSize: number, patchSize: number): number {
+  if (imgSize % patchSize !== 0) {
+    throw new Error(`img_size ${imgSize} is not a multiple of patch_size ${patchSize}`);
+  }
+  return (imgSize / patchSize) ** 2;
 }
 
 /** (B, 3, S, S) → (B·N, 3·p·p): each row one patch, flattened channel-major like a conv kernel. */
