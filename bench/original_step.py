@@ -26,7 +26,6 @@ original imports): apt-get install python3-torch python3-torchvision python3-pan
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -47,15 +46,6 @@ TINY = dict(CONFIG, n_embd=16, image_embed_dim=32, n_head=2, n_layer=1, num_blks
 GENERATE_TOKENS = 40
 
 
-@contextlib.contextmanager
-def working_directory(path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
 
 def import_original(reference, model_type):
     """Imports seemore.py or seeMoE.py from `reference` (both read ./input.txt at import time)."""
@@ -66,7 +56,7 @@ def import_original(reference, model_type):
             raise FileNotFoundError(f"{reference / f}: not found (is --reference right?)")
     sys.modules.setdefault("mlflow", types.ModuleType("mlflow"))  # seeMoE imports it, uses it only to log
     sys.path.insert(0, str(reference))
-    with working_directory(reference):
+    with contextlib.chdir(reference):
         module = __import__(name)
     if model_type == "seemoe":  # defined only under seeMoE's __main__; Expert reads `dropout`
         module.dropout = CONFIG["dropout"]
