@@ -335,32 +335,106 @@ static inline float erff_with_exp(float x, float exp_mx2) {
 
 static inline float fast_erff(float x) { return erff_with_exp(x, fast_expf(-x * x)); }
 
+/* The same three functions on VW floats at once, with GCC/Clang vector extensions: the same
+ * operations in the same order (no fused multiply-adds), so every lane equals the scalar result
+ * bit for bit. The compiler does not vectorize the scalar loops by itself (the clamps and the
+ * exponent trick defeat it); written this way GELU runs ~3x faster than SSE2 auto-vectorized code
+ * and ~10x faster than scalar code. On x86-64 Linux the loops below are built three times
+ * (AVX-512, AVX2, SSE2) and the loader picks the best the CPU has (target_clones), so the shared
+ * library stays portable. */
+#define VW 16
+typedef float vfloat __attribute__((vector_size(4 * VW)));
+typedef int32_t vint __attribute__((vector_size(4 * VW)));
+#define VINLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__) && defined(__linux__) && (defined(__clang__) || __GNUC__ >= 7)
+#define SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SIMD_CLONES
+#endif
+
+VINLINE vfloat vload(const float *p) {
+  vfloat v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+VINLINE void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
+/* Lane-wise (mask ? a : b), mask lanes all ones or all zeros (as vector comparisons give). */
+VINLINE vfloat vselect(vint mask, vfloat a, vfloat b) { return (vfloat)(((vint)a & mask) | ((vint)b & ~mask)); }
+VINLINE vfloat vsplat(float x) { return (vfloat){0} + x; }
+
+VINLINE vfloat vfast_expf(vfloat x) {
+  x = vselect(x < -104.0f, vsplat(-104.0f), x);
+  x = vselect(x > 88.8f, vsplat(88.8f), x);
+  vfloat z = x * 1.44269504088896341f;
+  vfloat half = (vfloat)(((vint)z & INT32_MIN) | (vint)vsplat(0.5f)); /* copysignf(0.5f, z) */
+  vint k = __builtin_convertvector(z + half, vint);
+  vfloat n = __builtin_convertvector(k, vfloat);
+  vfloat r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vfloat p = vsplat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  vfloat y = p * r * r + r + 1.0f;
+  vint k1 = k >> 1, k2 = k - k1;
+  return y * (vfloat)((k1 + 127) << 23) * (vfloat)((k2 + 127) << 23);
+}
+
+VINLINE vfloat verff_with_exp(vfloat x, vfloat exp_mx2) {
+  vint sign = (vint)x & INT32_MIN;
+  vfloat v = (vfloat)((vint)x & INT32_MAX);
+  vfloat t = 1.0f / (1.0f + 0.3275911f * v);
+  vfloat poly = ((((1.061405429f * t - 1.453152027f) * t) + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f;
+  return (vfloat)((vint)(1.0f - poly * t * exp_mx2) | sign);
+}
+
 typedef struct {
   const float *x, *dy;
   float *y;
 } unary_args;
 
-static void erf_range(void *p, int64_t b, int64_t e) {
+/* Each loop: whole vectors first, then the last few elements one by one (same results). */
+SIMD_CLONES static void erf_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  for (int64_t i = b; i < e; i++) a->y[i] = fast_erff(a->x[i]);
+  int64_t i = b;
+  for (; i + VW <= e; i += VW) {
+    vfloat x = vload(a->x + i);
+    vstore(a->y + i, verff_with_exp(x, vfast_expf(-x * x)));
+  }
+  for (; i < e; i++) a->y[i] = fast_erff(a->x[i]);
 }
 
-static void exp_range(void *p, int64_t b, int64_t e) {
+SIMD_CLONES static void exp_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  for (int64_t i = b; i < e; i++) a->y[i] = fast_expf(a->x[i]);
+  int64_t i = b;
+  for (; i + VW <= e; i += VW) vstore(a->y + i, vfast_expf(vload(a->x + i)));
+  for (; i < e; i++) a->y[i] = fast_expf(a->x[i]);
 }
 
 /* GELU, exact erf form: y = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2. */
-static void gelu_range(void *p, int64_t b, int64_t e) {
+SIMD_CLONES static void gelu_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  for (int64_t i = b; i < e; i++) a->y[i] = 0.5f * a->x[i] * (1.0f + fast_erff(a->x[i] * SQRT1_2));
+  int64_t i = b;
+  for (; i + VW <= e; i += VW) {
+    vfloat x = vload(a->x + i), h = x * SQRT1_2;
+    vstore(a->y + i, 0.5f * x * (1.0f + verff_with_exp(h, vfast_expf(-h * h))));
+  }
+  for (; i < e; i++) a->y[i] = 0.5f * a->x[i] * (1.0f + fast_erff(a->x[i] * SQRT1_2));
 }
 
 /* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx). Phi's erf and phi
  * share one exponential: exp(-(x / sqrt 2)^2) = exp(-x^2 / 2). */
-static void gelu_grad_range(void *p, int64_t b, int64_t e) {
+SIMD_CLONES static void gelu_grad_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  for (int64_t i = b; i < e; i++) {
+  int64_t i = b;
+  for (; i + VW <= e; i += VW) {
+    vfloat v = vload(a->x + i);
+    vfloat gauss = vfast_expf(-0.5f * v * v);
+    vfloat cdf = 0.5f * (1.0f + verff_with_exp(v * SQRT1_2, gauss));
+    vstore(a->y + i, vload(a->dy + i) * (cdf + v * (INV_SQRT_2PI * gauss)));
+  }
+  for (; i < e; i++) {
     float v = a->x[i];
     float gauss = fast_expf(-0.5f * v * v);
     float cdf = 0.5f * (1.0f + erff_with_exp(v * SQRT1_2, gauss));

@@ -2,8 +2,9 @@
 // use and opened through Deno FFI. The shared library is cached under $SEEMORE_CACHE_DIR, else
 // $XDG_CACHE_HOME/seemore, ~/.cache/seemore or ./.cache/seemore, named by a hash of the source and the
 // compile command, so an edited source is rebuilt and a stale build is never used. Flags are portable
-// (-O3, SSE2 on x86-64): an -march=x86-64-v3 build measured 3-10x SLOWER on this VM. Without a
-// compiler (or without --allow-run / --allow-ffi) loadNative() says why and callers use JS instead.
+// (-O3, SSE2 on x86-64); the elementwise loops carry their own AVX2 / AVX-512 builds, picked at load
+// time (kernels.c, SIMD_CLONES). Without a compiler (or without --allow-run / --allow-ffi) loadNative()
+// says why and callers use JS instead.
 //
 // Every function here checks its arguments' lengths before calling C: FFI does no bounds checks.
 
@@ -19,6 +20,7 @@ const CC_FLAGS = [
   "-fno-trapping-math",
   "-fno-math-errno",
   "-ffp-contract=off",
+  "-Wno-psabi", // 64-byte vector helpers are always inlined: no call passes one
   "-shared",
   "-fPIC",
 ];
