@@ -347,11 +347,13 @@ export function broadcastIndex(shape: number[], outShape: number[]): Int32Array 
 }
 
 /**
- * Products smaller than this many multiply-adds run on one OpenBLAS thread. Measured on the shared
- * 2-core machine: a ViT matmul of one image (37×512×2048) got 66–74 GFLOP/s on one thread and 38–47
- * on two, the decoder's 800×512×128 90 vs 30; the batch's 592×512×2048 was the same either way.
+ * Products smaller than this many multiply-adds run on one OpenBLAS thread (generation's one-row
+ * products, where waking a second thread costs more than it saves). Measured on the quiet 2-core
+ * machine (best of 15, one thread vs two): 800×128×128 100 vs 151 GFLOP/s, 37×512×2048 67 vs 117,
+ * 16×512×2048 48 vs 91 — every product of a training step or of one image's ViT pass is faster on
+ * two. (On a machine loaded by other jobs two threads can lose: they wait for a core.)
  */
-export const SMALL_GEMM = 1 << 26;
+export const SMALL_GEMM = 1 << 20;
 
 /** C[i] = op(A[aIndex[i]]) @ op(B[bIndex[i]]) (+ beta * C[i]) for every batch i. */
 function runGemm(plan: MatMulPlan, a: Float32Array, b: Float32Array, c: Float32Array, beta: 0 | 1): void {
