@@ -119,13 +119,32 @@ export class MultiHeadAttention implements Parametrised {
       if (!cache) return this.forwardFused(x, ctx);
       if (!ctx.training) return this.forwardCached(x, ctx, cache);
     }
-    const [B, T, C] = x.shape;
     const [q, kNew, vNew] = tf.split(dense(x, this.qkv), 3, -1).map((t) => this.splitHeads(t)); // 3 × (B, nh, T, hs)
     const tPast = cache?.k ? cache.k.shape[2] : 0;
     const k = cache?.k ? tf.concat([cache.k, kNew], 2) as tf.Tensor4D : kNew; // (B, nh, tPast+T, hs)
     const v = cache?.v ? tf.concat([cache.v, vNew], 2) as tf.Tensor4D : vNew;
     if (cache) this.updateCache(cache, k, v);
+    return this.attend(q, k, v, tPast, ctx);
+  }
 
+  /**
+   * forward(x) at position 0 only (B, 1, C): its query against every position's key and value. The
+   * ViT's last block needs no more when only the CLS token is kept. No cache, no causal mask.
+   */
+  forwardFirst(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
+    if (this.isDecoder) throw new Error("MultiHeadAttention.forwardFirst: only for bidirectional attention");
+    const [B, T, C] = x.shape;
+    const qkv = dense(x, this.qkv); // (B, T, 3C)
+    const q = this.splitHeads(tf.slice(qkv, [0, 0, 0], [B, 1, C])); // (B, nh, 1, hs)
+    const k = this.splitHeads(tf.slice(qkv, [0, 0, C], [B, T, C])); // (B, nh, T, hs)
+    const v = this.splitHeads(tf.slice(qkv, [0, 0, 2 * C], [B, T, C])); // (B, nh, T, hs)
+    return this.attend(q, k, v, 0, ctx);
+  }
+
+  /** Scaled dot-product attention of q (B, nh, Tq, hs) over k, v (B, nh, tPast+Tq, hs), merged and projected. */
+  private attend(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, tPast: number, ctx: Ctx): tf.Tensor3D {
+    const [B, , T] = q.shape;
+    const C = this.nEmbd;
     const scale = (this.scaleByHeadSize ? this.headSize : C) ** -0.5;
     let wei: tf.Tensor = tf.mul(tf.matMul(q, k, false, true), scale); // (B, nh, T, tPast+T)
     if (this.isDecoder) wei = tf.add(wei, causalMask(T, tPast));

@@ -87,7 +87,28 @@ export class Block implements Parametrised {
   }
 
   forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D {
-    const h = tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)); // (B, T, C)
+    return this.feedForward(
+      tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)),
+      ctx,
+    ); // (B, T, C)
+  }
+
+  /**
+   * forward(x) at position 0 only, (B, 1, C). Every position is still a key and a value, but only
+   * the first asks a query, and the feed-forward runs on that one row: the ViT's last block, whose
+   * other rows the original computes and then drops (it keeps the CLS token alone).
+   */
+  forwardFirst(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
+    const [B, , C] = x.shape;
+    const first = tf.slice(x, [0, 0, 0], [B, 1, C]); // (B, 1, C)
+    return this.feedForward(
+      tf.add(first, this.attn.forwardFirst(this.ln1.forward(x) as tf.Tensor3D, ctx)),
+      ctx,
+    ); // (B, 1, C)
+  }
+
+  /** The second half of the block, after the attention's residual add: h (B, T, C) → (B, T, C). */
+  private feedForward(h: tf.Tensor, ctx: Ctx): tf.Tensor3D {
     const n = this.ln2.forward(h); // (B, T, C)
     if (this.options.preNorm) return tf.add(h, this.ffn.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)
     return tf.add(n, this.ffn.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)

@@ -70,8 +70,12 @@ export class ViT implements Parametrised {
     const cls = tf.add(tf.zeros([B, 1, D]), this.clsToken.v); // (B, 1, D)
     let x = tf.add(tf.concat([cls, patches], 1), this.posEmbedding.v) as tf.Tensor3D; // (B, 1+N, D)
     x = dropout(x, this.embDropout, ctx) as tf.Tensor3D;
-    for (const block of this.blocks) x = block.forward(x, ctx);
-    if (this.visualTokens === "cls") x = tf.slice(x, [0, 0, 0], [B, 1, D]); // (B, 1, D)
+    const clsOnly = this.visualTokens === "cls";
+    this.blocks.forEach((block, i) => {
+      // Only the CLS token leaves the ViT: the last block computes its row alone (the same numbers).
+      x = clsOnly && i === this.blocks.length - 1 ? block.forwardFirst(x, ctx) : block.forward(x, ctx); // (B, 1+N, D) or (B, 1, D)
+    });
+    if (clsOnly && this.blocks.length === 0) x = tf.slice(x, [0, 0, 0], [B, 1, D]); // (B, 1, D)
     return this.layerNorm.forward(x) as tf.Tensor3D; // (B, V, D)
   }
 

@@ -109,6 +109,28 @@ Deno.test("fused multi-head attention equals the original's separate heads", () 
   });
 });
 
+Deno.test("Block.forwardFirst (the ViT's last block, CLS row only) = forward at position 0, values and gradients", () => {
+  for (const options of [{}, { preNorm: true, scaleByHeadSize: true }]) {
+    const block = new Block(32, 4, 0, false, init, "gelu", options);
+    const x = tf.randomNormal([3, 6, 32], 0, 1, "float32", 12) as tf.Tensor3D; // (B, T, C)
+    const w = tf.randomNormal([3, 1, 32], 0, 1, "float32", 13); // weights of a scalar loss
+    const full = () => tf.slice(block.forward(x, ctx), [0, 0, 0], [3, 1, 32]); // (B, 1, C)
+    const first = () => block.forwardFirst(x, ctx); // (B, 1, C)
+    const grads = (f: () => tf.Tensor) => tf.variableGrads(() => tf.sum(tf.mul(f(), w)), block.variables());
+    const [a, b] = [grads(full), grads(first)];
+    assertClose(a.value.dataSync(), b.value.dataSync(), 1e-5, "loss");
+    for (const v of block.variables()) {
+      assertClose(a.grads[v.name].dataSync(), b.grads[v.name].dataSync(), 1e-5, `gradient of ${v.name}`);
+    }
+    assert.deepEqual(first().shape, [3, 1, 32]);
+    tf.dispose([x, w, a.value, b.value, ...Object.values(a.grads), ...Object.values(b.grads)]);
+  }
+  assert.throws(
+    () => new Block(32, 4, 0, true, init).forwardFirst(tf.zeros([1, 2, 32]), ctx),
+    /only for bidirectional/,
+  );
+});
+
 Deno.test("dropout is on in training and off in evaluation", () => {
   const model = new VisionLanguageModel(tinyConfig(), 2);
   tf.tidy(() => {
