@@ -11,6 +11,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { KVCache } from "./model/attention.ts";
 import { Ctx } from "./model/ops.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+import { NativeDecoder } from "./blas/native_decoder.ts";
 import { mulberry32 } from "./random.ts";
 
 export interface SampleOptions {
@@ -75,43 +76,128 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
   const pad = model.config.vocab_size - 1;
   const prompt = opts.prompt ?? [];
   const rand = mulberry32(opts.seed ?? 0);
-  const ctx = Ctx.eval();
-  const caches: KVCache[] = model.decoder.blocks.map(() => ({ k: null, v: null }));
   const out: number[][] = Array.from({ length: B }, () => []);
   const done = new Array<boolean>(B).fill(false);
+  const stepper = NativeStepper.create(model, images, prompt) ?? new TfjsStepper(model, images, prompt);
   try {
-    // First pass: visual tokens + prompt, all at once.
-    let logits = tf.tidy(() => {
-      const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
-      let x = visual;
-      if (prompt.length > 0) {
-        const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
-        x = tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D; // (B, V+P, C)
-      }
-      return lastPosition(model.decoder.run(x, 0, ctx, caches)); // (B, vocab)
-    });
+    let rows = stepper.start(); // logits (B, vocab) after the visual tokens and the prompt
     let position = model.numVisualTokens + prompt.length;
     for (let step = 0; step < opts.maxNewTokens; step++) {
-      const rows = logits.arraySync() as number[][];
-      logits.dispose();
-      const next = rows.map((row, b) => done[b] ? pad : sampleToken(Float32Array.from(row), opts, rand));
+      const next = rows.map((row, b) => done[b] ? pad : sampleToken(row, opts, rand));
       next.forEach((id, b) => {
         if (done[b]) return;
         if (id === pad) done[b] = true;
         else out[b].push(id);
       });
       if (done.every((d) => d) || step === opts.maxNewTokens - 1) break;
-      const start = position;
-      logits = tf.tidy(() => {
-        const x = model.decoder.embedTokens(tf.tensor2d(next, [B, 1], "int32")); // (B, 1, C)
-        return lastPosition(model.decoder.run(x, start, ctx, caches)); // (B, vocab)
-      });
+      rows = stepper.next(next, position);
       position += 1;
     }
   } finally {
-    for (const c of caches) tf.dispose([c.k!, c.v!].filter(Boolean));
+    stepper.dispose();
   }
   return out;
+}
+
+/** Runs the decoder for generate(): each call returns the logits (one row per image) of the last position. */
+interface Stepper {
+  /** The visual tokens and the prompt, all at once. */
+  start(): Float32Array[];
+  /** One new id per row, at `position`. */
+  next(ids: number[], position: number): Float32Array[];
+  dispose(): void;
+}
+
+/** Through tfjs, with a KV cache per block (any model, any backend). */
+class TfjsStepper implements Stepper {
+  private readonly ctx = Ctx.eval();
+  private readonly caches: KVCache[];
+
+  constructor(readonly model: VisionLanguageModel, readonly images: tf.Tensor4D, readonly prompt: number[]) {
+    this.caches = model.decoder.blocks.map(() => ({ k: null, v: null }));
+  }
+
+  start(): Float32Array[] {
+    const { model, images, prompt, ctx } = this;
+    const B = images.shape[0];
+    return rowsOf(tf.tidy(() => {
+      const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
+      let x = visual;
+      if (prompt.length > 0) {
+        const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
+        x = tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D; // (B, V+P, C)
+      }
+      return lastPosition(model.decoder.run(x, 0, ctx, this.caches)); // (B, vocab)
+    }));
+  }
+
+  next(ids: number[], position: number): Float32Array[] {
+    const decoder = this.model.decoder;
+    return rowsOf(tf.tidy(() => {
+      const x = decoder.embedTokens(tf.tensor2d(ids, [ids.length, 1], "int32")); // (B, 1, C)
+      return lastPosition(decoder.run(x, position, this.ctx, this.caches)); // (B, vocab)
+    }));
+  }
+
+  dispose(): void {
+    for (const c of this.caches) tf.dispose([c.k!, c.v!].filter(Boolean));
+  }
+}
+
+/**
+ * The decoder in one C call per position (lib/blas/native_decoder.ts); the image still goes through the
+ * ViT and the projector in tfjs. Only where the C kernels are loaded and the decoder is seemore's.
+ */
+class NativeStepper implements Stepper {
+  private constructor(
+    readonly model: VisionLanguageModel,
+    readonly images: tf.Tensor4D,
+    readonly prompt: number[],
+    readonly decoder: NativeDecoder,
+  ) {}
+
+  static create(model: VisionLanguageModel, images: tf.Tensor4D, prompt: number[]): NativeStepper | null {
+    const decoder = NativeDecoder.create(model.decoder, images.shape[0]);
+    return decoder ? new NativeStepper(model, images, prompt, decoder) : null;
+  }
+
+  start(): Float32Array[] {
+    const { model, images, prompt, decoder } = this;
+    const [B, V, C] = [images.shape[0], model.numVisualTokens, decoder.dims.width];
+    const ctx = Ctx.eval();
+    const visual = tf.tidy(() => model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx)); // (B, V, C)
+    const tokens = visual.dataSync() as Float32Array;
+    visual.dispose();
+    let logits: Float32Array = new Float32Array(0);
+    for (let v = 0; v < V; v++) {
+      const x = new Float32Array(B * C); // (B, C): visual token v of every row
+      for (let b = 0; b < B; b++) x.set(tokens.subarray((b * V + v) * C, (b * V + v + 1) * C), b * C);
+      logits = decoder.step(x, v);
+    }
+    prompt.forEach((id, j) => {
+      logits = decoder.step(decoder.embed(new Array(B).fill(id)), V + j);
+    });
+    return splitRows(logits, B);
+  }
+
+  next(ids: number[], position: number): Float32Array[] {
+    return splitRows(this.decoder.step(this.decoder.embed(ids), position), ids.length);
+  }
+
+  dispose(): void {}
+}
+
+/** A (B, vocab) tensor's rows as arrays; disposes it. */
+function rowsOf(logits: tf.Tensor2D): Float32Array[] {
+  const data = logits.dataSync() as Float32Array;
+  logits.dispose();
+  return splitRows(data, logits.shape[0]);
+}
+
+/** (B × vocab) values → B rows. */
+function splitRows(data: Float32Array, B: number): Float32Array[] {
+  const V = data.length / B;
+  return Array.from({ length: B }, (_, b) => data.subarray(b * V, (b + 1) * V));
 }
 
 /** logits (B, T, vocab) → the last position's (B, vocab). */

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 7; }
+int32_t seemore_abi_version(void) { return 8; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -808,4 +808,118 @@ int32_t seemore_attention_cached(const float *qkv, const float *k_past, const fl
   }
   free(scores);
   return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Generation's decoder step: one new position through the whole decoder in one call, the same maths
+ * as Block.forward in evaluation (no dropout) with a key/value cache. For each row r of x (B, C),
+ * the input at position t (this adds its position embedding): per layer
+ *   a = ln1(x); q|k|v = a Wqkv; k, v go into the cache at t; o = attention of q over 0..t
+ *   h = x + o Wproj + bproj;  n = ln2(h);  x = (pre_norm ? h : n) + GELU(n W1 + b1) W2 + b2
+ * then logits (B, V) = ln_f(x) Whead + bhead.
+ *
+ * weights, one array: per layer ln1.g, ln1.b [C], qkv [C, 3C], proj.w [C, C], proj.b [C], ln2.g,
+ * ln2.b [C], fc1.w [C, 4C], fc1.b [4C], fc2.w [4C, C], fc2.b [C]; then ln_f.g, ln_f.b [C],
+ * head.w [C, V], head.b [V], the position table [max_t, C]. Matrices are [in, out], row-major.
+ * cache: per layer the keys then the values, each (B, H, max_t, hs).
+ * Rows are independent, so they are split across threads. Returns 0, or -2 out of memory. */
+
+/* y (rows, n) = x (rows, k) W [k, n] + bias (NULL: none); each row of W is read once for all rows. */
+SIMD_CLONES static void dense_rows(const float *x, const float *w, const float *bias, float *y,
+                                   int64_t rows, int64_t k, int64_t n) {
+  for (int64_t r = 0; r < rows; r++) {
+    if (bias) memcpy(y + r * n, bias, (size_t)n * sizeof(float));
+    else memset(y + r * n, 0, (size_t)n * sizeof(float));
+  }
+  for (int64_t i = 0; i < k; i++) {
+    const float *wi = w + i * n;
+    for (int64_t r = 0; r < rows; r++) {
+      float xi = x[r * k + i];
+      float *yr = y + r * n;
+      for (int64_t j = 0; j < n; j++) yr[j] += xi * wi[j];
+    }
+  }
+}
+
+static void layer_norm_rows(const float *x, const float *g, const float *b, float *y, float *stats,
+                            int64_t rows, int32_t cols, float eps) {
+  layer_norm_args a = {x, g, b, y, stats, stats + rows, cols, eps};
+  layer_norm_range(&a, 0, rows);
+}
+
+typedef struct {
+  const float *weights, *x;
+  float *cache, *logits;
+  int64_t B, C, H, layers, V, t, max_t;
+  float scale, eps;
+  int32_t pre_norm, failed;
+} decoder_step_args;
+
+static void decoder_step_range(void *p, int64_t r0, int64_t r1) {
+  decoder_step_args *a = p;
+  int64_t rows = r1 - r0, C = a->C, H = a->H, hs = C / H, F = 4 * C, T = a->t + 1;
+  /* scratch: x, n, o [rows, C] each; qkv [rows, 3C]; f [rows, 4C]; scores [T]; stats [2 rows] */
+  float *x = malloc((size_t)(rows * (3 * C + 3 * C + F) + T + 2 * rows) * sizeof(float));
+  if (!x) {
+    __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  float *n = x + rows * C, *o = n + rows * C, *qkv = o + rows * C, *f = qkv + rows * 3 * C;
+  float *scores = f + rows * F, *stats = scores + T;
+  const float *w = a->weights;
+  const int64_t layer_size = 2 * C + 3 * C * C + C * C + C + 2 * C + C * F + F + F * C + C;
+  const float *pos = w + a->layers * layer_size + 2 * C + C * a->V + a->V + a->t * C;
+  for (int64_t r = 0; r < rows; r++) {
+    for (int64_t c = 0; c < C; c++) x[r * C + c] = a->x[(r0 + r) * C + c] + pos[c];
+  }
+  for (int64_t l = 0; l < a->layers; l++) {
+    const float *ln1g = w, *ln1b = ln1g + C, *wqkv = ln1b + C, *wproj = wqkv + 3 * C * C;
+    const float *bproj = wproj + C * C, *ln2g = bproj + C, *ln2b = ln2g + C, *w1 = ln2b + C;
+    const float *b1 = w1 + C * F, *w2 = b1 + F, *b2 = w2 + F * C;
+    w = b2 + C;
+    float *kc = a->cache + l * 2 * a->B * H * a->max_t * hs, *vc = kc + a->B * H * a->max_t * hs;
+    layer_norm_rows(x, ln1g, ln1b, n, stats, rows, (int32_t)C, a->eps);
+    dense_rows(n, wqkv, NULL, qkv, rows, C, 3 * C); /* the projections have no bias */
+    for (int64_t r = 0; r < rows; r++) {
+      const float *q = qkv + r * 3 * C;
+      for (int64_t h = 0; h < H; h++) {
+        int64_t head = ((r0 + r) * H + h) * a->max_t * hs;
+        float *kh = kc + head, *vh = vc + head, *out = o + r * C + h * hs;
+        memcpy(kh + a->t * hs, q + C + h * hs, (size_t)hs * sizeof(float));
+        memcpy(vh + a->t * hs, q + 2 * C + h * hs, (size_t)hs * sizeof(float));
+        for (int64_t j = 0; j < T; j++) {
+          float s = 0.0f;
+          for (int64_t d = 0; d < hs; d++) s += q[h * hs + d] * kh[j * hs + d];
+          scores[j] = a->scale * s;
+        }
+        softmax_rows(scores, 1, T, -1);
+        for (int64_t d = 0; d < hs; d++) out[d] = 0.0f;
+        for (int64_t j = 0; j < T; j++) {
+          for (int64_t d = 0; d < hs; d++) out[d] += scores[j] * vh[j * hs + d];
+        }
+      }
+    }
+    float *hres = qkv; /* reuse: h = x + o Wproj + bproj, (rows, C) */
+    dense_rows(o, wproj, bproj, hres, rows, C, C);
+    for (int64_t e = 0; e < rows * C; e++) hres[e] += x[e];
+    layer_norm_rows(hres, ln2g, ln2b, n, stats, rows, (int32_t)C, a->eps);
+    dense_rows(n, w1, b1, f, rows, C, F);
+    unary_args g = {f, NULL, f};
+    gelu_range(&g, 0, rows * F);
+    dense_rows(f, w2, b2, o, rows, F, C);
+    const float *res = a->pre_norm ? hres : n;
+    for (int64_t e = 0; e < rows * C; e++) x[e] = res[e] + o[e];
+  }
+  const float *lnfg = w, *lnfb = lnfg + C, *whead = lnfb + C, *bhead = whead + C * a->V;
+  layer_norm_rows(x, lnfg, lnfb, n, stats, rows, (int32_t)C, a->eps);
+  dense_rows(n, whead, bhead, a->logits + r0 * a->V, rows, C, a->V);
+  free(x);
+}
+
+int32_t seemore_decoder_step(const float *weights, const float *x, float *cache, float *logits,
+                             int32_t B, int32_t C, int32_t H, int32_t layers, int32_t V, int32_t t,
+                             int32_t max_t, float scale, float eps, int32_t pre_norm) {
+  decoder_step_args a = {weights, x, cache, logits, B, C, H, layers, V, t, max_t, scale, eps, pre_norm, 0};
+  parallel_for(B, 8, decoder_step_range, &a);
+  return a.failed ? -2 : 0;
 }

@@ -184,6 +184,11 @@ export function disableBlasKernels(): void {
   lastResult = null;
 }
 
+/** The C kernels, while the overrides are active and could load them (else null). */
+export function activeNative(): Native | null {
+  return blasKernelsEnabled() && tf.getBackend() === BACKEND ? native : null;
+}
+
 /** Whether the overrides are active. */
 export function blasKernelsEnabled(): boolean {
   return lastResult?.ok === true;

@@ -25,7 +25,7 @@ const CC_FLAGS = [
   "-fPIC",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 7;
+const ABI_VERSION = 8;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -63,6 +63,26 @@ const SYMBOLS = {
       "f32",
       "i32",
       "f32",
+    ],
+    result: "i32",
+  },
+  seemore_decoder_step: {
+    // weights, x, cache, logits, B, C, H, layers, V, t, max_t, scale, eps, pre_norm -> 0 on success
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "f32",
+      "i32",
     ],
     result: "i32",
   },
@@ -236,6 +256,19 @@ export interface Native {
     dims: AttentionDims & { pastPositions: number },
     opts: { scale: number; causal: boolean },
   ): void;
+  /**
+   * One new position through the whole decoder (generation; kernels.c, seemore_decoder_step): x (B, C)
+   * without its position embedding → logits (B, V); writes the position's keys and values into `cache`.
+   * `weights` is packed as decoderWeightCount() describes.
+   */
+  decoderStep(
+    weights: Float32Array,
+    x: Float32Array,
+    cache: Float32Array,
+    logits: Float32Array,
+    dims: DecoderStepDims,
+    position: number,
+  ): void;
   /** Gradient of attention(): dqkv (B, T, 3C) from dout (B, T, C) and what the forward saved. */
   attentionGrad(
     dout: Float32Array,
@@ -289,6 +322,36 @@ export interface Native {
     out: { p: Float32Array; m: Float32Array; v: Float32Array },
     hyper: { beta1: number; beta2: number; stepSize: number; sqrtBc2: number; eps: number },
   ): void;
+}
+
+/** Sizes of the decoder that decoderStep() runs: positions is the length of its position table. */
+export interface DecoderStepDims {
+  batch: number;
+  width: number;
+  heads: number;
+  layers: number;
+  vocab: number;
+  positions: number;
+  scale: number;
+  eps: number;
+  preNorm: boolean;
+}
+
+/** Floats of one decoder layer in decoderStep()'s packing (see kernels.c). */
+export function decoderLayerCount(width: number): number {
+  const C = width, F = 4 * C;
+  return 2 * C + 3 * C * C + C * C + C + 2 * C + C * F + F + F * C + C;
+}
+
+/** Floats of decoderStep()'s weights: the layers, then ln_f, the head and the position table. */
+export function decoderWeightCount(d: DecoderStepDims): number {
+  return d.layers * decoderLayerCount(d.width) + 2 * d.width + d.width * d.vocab + d.vocab +
+    d.positions * d.width;
+}
+
+/** Floats of decoderStep()'s key/value cache: per layer keys and values, each (B, H, positions, hs). */
+export function decoderCacheSize(d: DecoderStepDims): number {
+  return d.layers * 2 * d.batch * d.positions * d.width;
 }
 
 export type NativeResult = { ok: true; native: Native } | { ok: false; reason: string };
@@ -447,6 +510,37 @@ function wrap(path: string, lib: NativeLibrary): Native {
         opts.causal ? 1 : 0,
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_attention_cached failed (${rc})`);
+    },
+    decoderStep(weights, x, cache, logits, dims, position) {
+      const { batch, width, heads, layers, vocab, positions } = dims;
+      if (![batch, width, heads, layers, vocab, positions].every((v) => Number.isInteger(v) && v > 0)) {
+        throw new Error(`lib/blas/native.ts: decoderStep: bad sizes ${JSON.stringify(dims)}`);
+      }
+      if (width % heads !== 0) throw new Error(`lib/blas/native.ts: decoderStep: ${width} % ${heads} heads`);
+      if (!Number.isInteger(position) || position < 0 || position >= positions) {
+        throw new Error(`lib/blas/native.ts: decoderStep: position ${position} outside [0, ${positions})`);
+      }
+      sameLength("decoderStep", decoderWeightCount(dims), { weights });
+      sameLength("decoderStep", batch * width, { x });
+      sameLength("decoderStep", decoderCacheSize(dims), { cache });
+      sameLength("decoderStep", batch * vocab, { logits });
+      const rc = s.seemore_decoder_step(
+        weights,
+        x,
+        cache,
+        logits,
+        batch,
+        width,
+        heads,
+        layers,
+        vocab,
+        position,
+        positions,
+        dims.scale,
+        dims.eps,
+        dims.preNorm ? 1 : 0,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_decoder_step failed (${rc})`);
     },
     attentionGrad(dout, saved, dqkv, dims, opts) {
       if (!sgemmBound) throw new Error("lib/blas/native.ts: attentionGrad needs bindSgemm() first");

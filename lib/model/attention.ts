@@ -113,6 +113,11 @@ export class MultiHeadAttention implements Parametrised {
     this.proj = new Linear(nEmbd, nEmbd, init);
   }
 
+  /** The factor on q·k: n_embd^-0.5 as in the original, or head_size^-0.5. */
+  get scale(): number {
+    return (this.scaleByHeadSize ? this.headSize : this.nEmbd) ** -0.5;
+  }
+
   /** x (B, T, C) → (B, T, C). With a cache, x holds only the new positions and the cache grows. */
   forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D {
     if (!this.keepAttention && canFuseAttention()) {
@@ -145,8 +150,7 @@ export class MultiHeadAttention implements Parametrised {
   private attend(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, tPast: number, ctx: Ctx): tf.Tensor3D {
     const [B, , T] = q.shape;
     const C = this.nEmbd;
-    const scale = (this.scaleByHeadSize ? this.headSize : C) ** -0.5;
-    let wei: tf.Tensor = tf.mul(tf.matMul(q, k, false, true), scale); // (B, nh, T, tPast+T)
+    let wei: tf.Tensor = tf.mul(tf.matMul(q, k, false, true), this.scale); // (B, nh, T, tPast+T)
     if (this.isDecoder) wei = tf.add(wei, causalMask(T, tPast));
     wei = tf.softmax(wei, -1);
     if (this.keepAttention) this.keep(wei as tf.Tensor4D);
@@ -162,11 +166,10 @@ export class MultiHeadAttention implements Parametrised {
    * Same maths and the same dropout noise (seeds drawn in the same order) as the ops above.
    */
   private forwardFused(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
-    const C = x.shape[2];
     const rate = ctx.training ? this.dropoutRate : 0;
     const merged = attention(dense(x, this.qkv) as tf.Tensor3D, {
       heads: this.numHeads,
-      scale: (this.scaleByHeadSize ? this.headSize : C) ** -0.5,
+      scale: this.scale,
       causal: this.isDecoder,
       dropout: rate > 0 ? { rate, seed: ctx.nextSeed() } : undefined,
     }); // (B, T, C)
@@ -175,11 +178,10 @@ export class MultiHeadAttention implements Parametrised {
 
   /** forward() with a cache (generation) on the fast CPU path: one kernel grows the cache and attends. */
   private forwardCached(x: tf.Tensor3D, ctx: Ctx, cache: KVCache): tf.Tensor3D {
-    const C = x.shape[2];
     const past = cache.k && cache.v ? { k: cache.k, v: cache.v } : null;
     const { out, k, v } = cachedAttention(dense(x, this.qkv) as tf.Tensor3D, past, {
       heads: this.numHeads,
-      scale: (this.scaleByHeadSize ? this.headSize : C) ** -0.5,
+      scale: this.scale,
       causal: this.isDecoder,
     }); // (B, T, C), (B, nh, tPast+T, hs) × 2
     this.updateCache(cache, k, v);

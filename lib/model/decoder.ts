@@ -89,6 +89,17 @@ export class DecoderLanguageModel implements Parametrised {
    */
   run(x: tf.Tensor3D, start: number, ctx: Ctx, caches?: KVCache[]): tf.Tensor3D {
     const [, T, C] = x.shape;
+    this.checkPositions(start, T);
+    const pos = tf.slice(this.positionEmbedding.v, [start, 0], [T, C]); // (T, C)
+    let h = tf.add(x, pos) as tf.Tensor3D; // (B, T, C)
+    this.blocks.forEach((block, i) => {
+      h = block.forward(h, ctx, caches?.[i]);
+    });
+    return this.lmHead.forward(this.lnF.forward(h)) as tf.Tensor3D; // (B, T, vocab)
+  }
+
+  /** Throws unless positions [start, start+T) lie inside the position table. */
+  checkPositions(start: number, T: number): void {
     if (start + T > this.opts.blockPositions) {
       throw new Error(
         `sequence of ${
@@ -96,12 +107,6 @@ export class DecoderLanguageModel implements Parametrised {
         } positions (visual tokens + caption) exceeds the position table of ${this.opts.blockPositions}`,
       );
     }
-    const pos = tf.slice(this.positionEmbedding.v, [start, 0], [T, C]); // (T, C)
-    let h = tf.add(x, pos) as tf.Tensor3D; // (B, T, C)
-    this.blocks.forEach((block, i) => {
-      h = block.forward(h, ctx, caches?.[i]);
-    });
-    return this.lmHead.forward(this.lnF.forward(h)) as tf.Tensor3D; // (B, T, vocab)
   }
 
   /** The original's forward: [visual tokens, caption tokens] → logits (B, V+T, vocab). */

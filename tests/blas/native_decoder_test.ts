@@ -1,0 +1,135 @@
+// Generation's native decoder step (lib/blas/native_decoder.ts, one C call per position) against the
+// tfjs decoder run over the whole sequence: the logits of every position, for the original's block and
+// the pre-norm recipe, one and several visual tokens, several rows; generate() takes this path on wasm
+// and gives the tokens of full recomputation; seeMoE and the cpu backend fall back to tfjs.
+
+import * as tf from "@tensorflow/tfjs";
+import { enableBlasKernels } from "../../lib/blas/kernels.ts";
+import { loadNative } from "../../lib/blas/native.ts";
+import { NativeDecoder } from "../../lib/blas/native_decoder.ts";
+import type { ModelConfig } from "../../lib/config.ts";
+import { generate } from "../../lib/generate.ts";
+import { buildModel } from "../../lib/model/factory.ts";
+import { Ctx } from "../../lib/model/ops.ts";
+import type { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
+import { tinyConfig } from "../helpers.ts";
+import { assertClose, assertEquals, BLAS_OK } from "./helpers.ts";
+
+const READY = BLAS_OK && loadNative().ok;
+const NOTE = READY ? "" : " [ignored: needs OpenBLAS and a C compiler]";
+const TOL = 1e-4;
+
+async function ready(): Promise<void> {
+  await tf.setBackend("wasm");
+  const res = await enableBlasKernels();
+  if (!res.ok) throw new Error(`OpenBLAS kernels missing: ${JSON.stringify(res)}`);
+}
+
+/** Visual tokens + caption ids through the tfjs decoder in one pass: logits (B, V+T, vocab). */
+function fullLogits(model: VisionLanguageModel, images: tf.Tensor4D, ids: number[][]): Float32Array {
+  return tf.tidy(() => {
+    const ctx = Ctx.eval();
+    const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
+    const tokens = model.decoder.embedTokens(tf.tensor2d(ids, undefined, "int32")); // (B, T, C)
+    return model.decoder.run(tf.concat([visual, tokens], 1) as tf.Tensor3D, 0, ctx)
+      .dataSync() as Float32Array;
+  });
+}
+
+const CONFIGS: [string, Partial<ModelConfig>][] = [
+  ["the original's block, CLS token", {}],
+  ["pre-norm, head-size scale, all patch tokens", {
+    residual: "pre_norm",
+    attention_scale: "head",
+    visual_tokens: "patches",
+  }],
+];
+
+for (const [what, overrides] of CONFIGS) {
+  Deno.test({
+    name:
+      `native decoder step = tfjs decoder over the whole sequence, every position's logits: ${what}${NOTE}`,
+    ignore: !READY,
+    async fn() {
+      await ready();
+      const config = tinyConfig({ n_layer: 3, ...overrides });
+      const model = buildModel(config, 5);
+      const images = tf.randomNormal([3, 3, 32, 32], 0, 1, "float32", 9) as tf.Tensor4D;
+      const ids = [[3, 17, 40, 2, 9], [60, 1, 1, 33, 20], [7, 7, 64, 12, 0]]; // (B, T)
+      const [B, T, V, vocab] = [3, 5, model.numVisualTokens, config.vocab_size];
+      const expected = fullLogits(model, images, ids); // (B, V+T, vocab)
+
+      const native = NativeDecoder.create(model.decoder, B);
+      if (!native) throw new Error("no native decoder on wasm with the C kernels");
+      const visual = tf.tidy(() =>
+        model.decoder.projectImage(model.visionEncoder.forward(images, Ctx.eval()), Ctx.eval()).dataSync()
+      ) as Float32Array; // (B, V, C)
+      const C = config.n_embd;
+      for (let p = 0; p < V + T; p++) {
+        const x = p < V
+          ? Float32Array.from({ length: B * C }, (_, i) => visual[(Math.floor(i / C) * V + p) * C + (i % C)])
+          : native.embed(ids.map((row) => row[p - V]));
+        const logits = native.step(x, p); // (B, vocab)
+        const want = Float32Array.from(
+          { length: B * vocab },
+          (_, i) => expected[(Math.floor(i / vocab) * (V + T) + p) * vocab + (i % vocab)],
+        );
+        assertClose([logits], [want], TOL, `position ${p}`);
+      }
+      tf.dispose([images]);
+      model.dispose();
+    },
+  });
+}
+
+Deno.test({
+  name: `generate() on wasm runs the native step and gives the tokens of full recomputation${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const model = buildModel(tinyConfig({ n_layer: 2 }), 6);
+    const images = tf.randomNormal([2, 3, 32, 32], 0, 1, "float32", 10) as tf.Tensor4D;
+    const before = tf.memory().numTensors;
+    const prompt = [12, 40];
+    const made = generate(model, images, { maxNewTokens: 10, prompt });
+    assertEquals(tf.memory().numTensors, before, "no tensors leak");
+    // Greedy by recomputation: each next id is the argmax of the full pass's last position.
+    const rows = [[...prompt], [...prompt]];
+    for (let step = 0; step < 10; step++) {
+      const logits = fullLogits(model, images, rows);
+      const vocab = 66, L = logits.length / (2 * vocab);
+      rows.forEach((row, b) => {
+        const last = logits.subarray((b * L + L - 1) * vocab, (b * L + L) * vocab);
+        row.push(last.indexOf(Math.max(...last)));
+      });
+    }
+    made.forEach((row, b) => assertEquals(`${row}`, `${rows[b].slice(2, 2 + row.length)}`, `row ${b}`));
+    assertEquals(made.every((row) => row.length > 0), true, "tokens were made");
+    // The native path: after the ViT and the projector no tfjs kernel runs, however many tokens are made.
+    const kernels = async (n: number) =>
+      (await tf.profile(() => void generate(model, images, { maxNewTokens: n, prompt }))).kernels.length;
+    assertEquals(await kernels(2), await kernels(10), "tfjs kernels for 2 vs 10 new tokens");
+    images.dispose();
+    model.dispose();
+  },
+});
+
+Deno.test({
+  name: `no native decoder for seeMoE, nor off the wasm backend (generation falls back to tfjs)${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const moe = buildModel(tinyConfig({ model_type: "seemoe", num_experts: 4, top_k: 2 }), 7);
+    assertEquals(NativeDecoder.create(moe.decoder, 1), null, "seeMoE");
+    const dense = buildModel(tinyConfig(), 8);
+    assertEquals(NativeDecoder.create(dense.decoder, 1) !== null, true, "seemore on wasm");
+    await tf.setBackend("cpu");
+    try {
+      assertEquals(NativeDecoder.create(dense.decoder, 1), null, "cpu backend");
+    } finally {
+      await tf.setBackend("wasm");
+    }
+    moe.dispose();
+    dense.dispose();
+  },
+});
