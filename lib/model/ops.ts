@@ -104,21 +104,40 @@ export function useFastMatmul(on: boolean): void {
   fastMatmul = on;
 }
 
-/** Whether ops now run under a gradient tape (inside tf.grad / variableGrads' forward pass). */
-function recordingGradients(): boolean {
-  return (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0;
-}
-
 /**
- * `x @ W (+ b)` straight through the OpenBLAS matmul kernel, for any leading shape of x, when no
- * gradient is wanted (evaluation, generation): one kernel instead of the reshapes tf.fused.matMul
- * puts around it, and the same single sgemm over all rows. Null where that route does not apply.
+ * `x @ W (+ b)` straight through the OpenBLAS matmul kernel, for any leading shape of x: one kernel
+ * instead of the reshapes tf.fused.matMul puts around it, and one sgemm over all rows. Its gradient
+ * (registered below) is lazy per input, so a dense layer fed by data (the patch embedding, the one-hot
+ * token lookup) never computes the gradient of its input, which tf.fused.matMul's customGrad always
+ * does. Null where that route does not apply.
  */
 function directMatmul(x: tf.Tensor, w: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor | null {
-  if (!fastMatmul || tf.getBackend() !== "wasm" || !blasKernelsEnabled() || recordingGradients()) return null;
+  if (!fastMatmul || tf.getBackend() !== "wasm" || !blasKernelsEnabled()) return null;
   const inputs: tf.NamedTensorMap = bias ? { a: x, b: w, bias } : { a: x, b: w };
   return tf.engine().runKernel("_FusedMatMul", inputs, { transposeA: false, transposeB: false }) as tf.Tensor;
 }
+
+// tfjs registers no gradient for _FusedMatMul (tf.fused.matMul carries its own). This one covers what
+// directMatmul runs: a (..., in) @ b [in, out] + bias, no transposes, no activation.
+tf.registerGradient({
+  kernelName: "_FusedMatMul",
+  inputsToSave: ["a", "b"],
+  gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[], attrs: tf.NamedAttrMap) => {
+    const [a, b] = saved;
+    const activation = attrs.activation ?? "linear";
+    if (attrs.transposeA || attrs.transposeB || activation !== "linear" || b.rank !== 2) {
+      throw new Error("lib/model/ops.ts: _FusedMatMul gradient covers only dense layers (x @ W + b)");
+    }
+    const g = dy as tf.Tensor; // (..., out)
+    const [nIn, nOut] = b.shape;
+    const rows = tf.util.sizeFromShape(a.shape.slice(0, -1));
+    return {
+      a: () => tf.matMul(g, b, false, true), // (..., in)
+      b: () => tf.matMul(tf.reshape(a, [rows, nIn]), tf.reshape(g, [rows, nOut]), true, false), // [in, out]
+      bias: () => tf.sum(tf.reshape(g, [rows, nOut]), 0), // [out]
+    };
+  },
+});
 
 /** `a @ b` for 2-D tensors, plus an optional bias row, by whichever route is fastest here. */
 function matmulBias(a: tf.Tensor2D, b: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor2D {
