@@ -138,11 +138,10 @@ export class MultiHeadAttention implements Parametrised {
    */
   forwardFirst(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
     if (this.isDecoder) throw new Error("MultiHeadAttention.forwardFirst: only for bidirectional attention");
-    const [B, T, C] = x.shape;
-    const qkv = dense(x, this.qkv); // (B, T, 3C)
-    const q = this.splitHeads(tf.slice(qkv, [0, 0, 0], [B, 1, C])); // (B, nh, 1, hs)
-    const k = this.splitHeads(tf.slice(qkv, [0, 0, C], [B, T, C])); // (B, nh, T, hs)
-    const v = this.splitHeads(tf.slice(qkv, [0, 0, 2 * C], [B, T, C])); // (B, nh, T, hs)
+    const [B, , C] = x.shape;
+    const [wq, wkv] = tf.split(this.qkv, [C, 2 * C], 1) as tf.Tensor2D[]; // [C, C], [C, 2C]
+    const q = this.splitHeads(dense(tf.slice(x, [0, 0, 0], [B, 1, C]), wq)); // (B, nh, 1, hs)
+    const [k, v] = tf.split(dense(x, wkv), 2, -1).map((t) => this.splitHeads(t)); // 2 × (B, nh, T, hs)
     return this.attend(q, k, v, 0, ctx);
   }
 
