@@ -2,10 +2,11 @@
 //   m' = b1 m + (1-b1) g;  v' = b2 v + (1-b2) g²;  p' = p - lr/(1-b1^t) · m' / (√v' / √(1-b2^t) + eps)
 // Written out (rather than tf.train.adam) so its state — step count and both moment estimates, one
 // pair per variable in model order — can be saved with a checkpoint and restored exactly on --resume.
+// On the fast CPU path every parameter is updated in ONE C call, in place (lib/blas/fused.ts).
 
 import * as tf from "@tensorflow/tfjs";
 import type { NamedTensor } from "./checkpoint.ts";
-import { adamStep } from "./blas/fused.ts";
+import { adamStep, adamStepAllInPlace } from "./blas/fused.ts";
 import { readData } from "./model/ops.ts";
 
 export class Adam {
@@ -29,6 +30,7 @@ export class Adam {
   update(grads: tf.Tensor[]): void {
     this.step += 1;
     const hyper = { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, step: this.step };
+    if (adamStepAllInPlace(this.params, this.m, this.v, grads, hyper)) return;
     this.params.forEach((p, i) => {
       // adamStep: one C kernel on the fast CPU path, the same formula in tfjs ops elsewhere.
       const next = adamStep(p, this.m[i], this.v[i], grads[i], hyper);

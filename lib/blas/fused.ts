@@ -10,7 +10,7 @@
 //   const { p, m, v } = adamStep(param, m, v, grad, hyper); // fresh tensors; assign them yourself
 
 import * as tf from "@tensorflow/tfjs-core";
-import { FUSED_KERNELS } from "./kernels.ts";
+import { adamInPlace, FUSED_KERNELS } from "./kernels.ts";
 
 /** Whether the active backend has our fused kernel `name`. */
 function hasKernel(name: string): boolean {
@@ -273,12 +273,31 @@ export function adamStep(p: tf.Tensor, m: tf.Tensor, v: tf.Tensor, g: tf.Tensor,
       );
     }
   }
-  const bc1 = 1 - h.beta1 ** h.step, bc2 = 1 - h.beta2 ** h.step;
   const floats = [p, m, v, g].every((t) => t.dtype === "float32");
   if (!floats || !hasKernel(FUSED_KERNELS.adam)) return adamOps(p, m, v, g, h);
-  const attrs = { beta1: h.beta1, beta2: h.beta2, stepSize: h.lr / bc1, sqrtBc2: Math.sqrt(bc2), eps: h.eps };
-  const [pNew, mNew, vNew] = run(FUSED_KERNELS.adam, { p, m, v, g }, attrs) as tf.Tensor[];
+  const [pNew, mNew, vNew] = run(FUSED_KERNELS.adam, { p, m, v, g }, adamAttrs(h)) as tf.Tensor[];
   return { p: pNew, m: mNew, v: vNew };
+}
+
+/**
+ * The same step for every parameter at once, written IN PLACE into the parameters and moments (one C
+ * call; kernels.ts adamInPlace). Returns false, having changed nothing, where that cannot be done
+ * (off the fast path, or when another tensor shares a parameter's memory); use adamStep then.
+ */
+export function adamStepAllInPlace(
+  params: tf.Tensor[],
+  ms: tf.Tensor[],
+  vs: tf.Tensor[],
+  grads: tf.Tensor[],
+  h: AdamHyper,
+): boolean {
+  return adamInPlace(params, ms, vs, grads, adamAttrs(h));
+}
+
+/** The C kernels' form of the hyper-parameters: bias corrections folded into the step size and √bc2. */
+function adamAttrs(h: AdamHyper) {
+  const bc1 = 1 - h.beta1 ** h.step, bc2 = 1 - h.beta2 ** h.step;
+  return { beta1: h.beta1, beta2: h.beta2, stepSize: h.lr / bc1, sqrtBc2: Math.sqrt(bc2), eps: h.eps };
 }
 
 /** The same step from tfjs ops. */

@@ -35,7 +35,7 @@ type KernelArgs = { inputs: tf.NamedTensorInfoMap; backend: object; attrs?: tf.N
 /** The parts of tfjs-backend-wasm's BackendWasm these kernels use. */
 interface WasmBackend {
   wasm: { HEAPU8: Uint8Array<ArrayBuffer> };
-  dataIdMap: { get(dataId: object): { memoryOffset: number; shape: number[] } | undefined };
+  dataIdMap: { get(dataId: object): { memoryOffset: number; shape: number[]; refCount: number } | undefined };
   makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
   incRef(dataId: object): void;
 }
@@ -652,6 +652,39 @@ function adamKernel(args: KernelArgs): TensorInfo[] {
     },
   );
   return outs;
+}
+
+/**
+ * One Adam step for all `params` in ONE C call that overwrites the parameters and their moments in
+ * their wasm memory (no new tensors, no assign). Only where nothing else shares that memory: false
+ * (and nothing done) off the fast path, for a non-float tensor, or when a parameter or moment's data
+ * is also held by another tensor (a clone the caller kept: it must not change).
+ */
+export function adamInPlace(
+  params: tf.Tensor[],
+  ms: tf.Tensor[],
+  vs: tf.Tensor[],
+  grads: tf.Tensor[],
+  hyper: { beta1: number; beta2: number; stepSize: number; sqrtBc2: number; eps: number },
+): boolean {
+  if (!native || !blasKernelsEnabled() || tf.getBackend() !== BACKEND) return false;
+  const backend = wasmOf(tf.backend());
+  const offsets = new Uint32Array(4 * params.length);
+  const sizes = new Int32Array(params.length);
+  for (let i = 0; i < params.length; i++) {
+    const group = [params[i], ms[i], vs[i], grads[i]];
+    if (group.some((t) => t.dtype !== "float32" || !tf.util.arraysEqual(t.shape, params[i].shape))) {
+      return false;
+    }
+    for (let j = 0; j < 4; j++) {
+      const data = backend.dataIdMap.get(group[j].dataId);
+      if (!data || data.memoryOffset == null || (j < 3 && data.refCount !== 1)) return false;
+      offsets[4 * i + j] = data.memoryOffset;
+    }
+    sizes[i] = params[i].size;
+  }
+  native.adamInPlace(backend.wasm.HEAPU8, offsets, sizes, hyper);
+  return true;
 }
 
 /** inputs x; attrs keep, seed (tf.dropout's) → [y (float32), mask (bool)]. */

@@ -25,7 +25,7 @@ const CC_FLAGS = [
   "-fPIC",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 8;
+const ABI_VERSION = 9;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -191,6 +191,12 @@ const SYMBOLS = {
     ],
     result: "void",
   },
+  seemore_adam_in_place: {
+    // heap, byte offsets (u32: p, m, v, g per parameter), sizes (i32), count, beta1, beta2, step size,
+    // sqrt(bias correction 2), eps -> 0 on success
+    parameters: ["buffer", "buffer", "buffer", "i32", "f32", "f32", "f32", "f32", "f32"],
+    result: "i32",
+  },
 } as const;
 
 type NativeLibrary = Deno.DynamicLibrary<typeof SYMBOLS>;
@@ -320,6 +326,17 @@ export interface Native {
   adam(
     state: { p: Float32Array; m: Float32Array; v: Float32Array; g: Float32Array },
     out: { p: Float32Array; m: Float32Array; v: Float32Array },
+    hyper: { beta1: number; beta2: number; stepSize: number; sqrtBc2: number; eps: number },
+  ): void;
+  /**
+   * The same step for many parameters at once, in place, on the wasm heap `heap`: parameter i has
+   * sizes[i] floats and offsets[4i..4i+3] are the byte offsets of its p, m, v (overwritten) and g.
+   * Every region must lie in the heap and p, m, v must not overlap anything else (checked).
+   */
+  adamInPlace(
+    heap: Uint8Array,
+    offsets: Uint32Array,
+    sizes: Int32Array,
     hyper: { beta1: number; beta2: number; stepSize: number; sqrtBc2: number; eps: number },
   ): void;
 }
@@ -672,7 +689,54 @@ function wrap(path: string, lib: NativeLibrary): Native {
         h.eps,
       );
     },
+    adamInPlace(heap, offsets, sizes, h) {
+      checkAdamRegions(heap.byteLength, offsets, sizes);
+      const rc = s.seemore_adam_in_place(
+        heap,
+        offsets,
+        sizes,
+        sizes.length,
+        h.beta1,
+        h.beta2,
+        h.stepSize,
+        h.sqrtBc2,
+        h.eps,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_adam_in_place failed (${rc})`);
+    },
   };
+}
+
+/**
+ * Throws unless every region of adamInPlace lies in the heap, 4-byte aligned, and no region it writes
+ * (p, m, v) overlaps another region. Gradients are only read: they may share memory.
+ */
+function checkAdamRegions(heapBytes: number, offsets: Uint32Array, sizes: Int32Array): void {
+  if (offsets.length !== 4 * sizes.length) {
+    throw new Error(
+      `lib/blas/native.ts: adamInPlace needs 4 offsets per size, got ${offsets.length} for ${sizes.length}`,
+    );
+  }
+  const regions: [number, number, boolean][] = []; // [start, end, written]
+  sizes.forEach((n, i) => {
+    if (!Number.isInteger(n) || n < 0) throw new Error(`lib/blas/native.ts: adamInPlace size ${n}`);
+    for (let j = 0; j < 4; j++) {
+      const start = offsets[4 * i + j], end = start + 4 * n;
+      if (start % 4 !== 0 || start === 0 || end > heapBytes) {
+        throw new Error(
+          `lib/blas/native.ts: adamInPlace region [${start}, ${end}) outside the heap of ${heapBytes} bytes`,
+        );
+      }
+      regions.push([start, end, j < 3]);
+    }
+  });
+  regions.sort((a, b) => a[0] - b[0]);
+  for (let i = 1; i < regions.length; i++) {
+    const [prev, cur] = [regions[i - 1], regions[i]];
+    if (cur[0] < prev[1] && (prev[2] || cur[2])) {
+      throw new Error(`lib/blas/native.ts: adamInPlace regions overlap at byte ${cur[0]}`);
+    }
+  }
 }
 
 /**

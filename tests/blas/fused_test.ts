@@ -5,6 +5,8 @@ import * as tf from "@tensorflow/tfjs";
 import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../../lib/blas/fused.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
+import { Adam } from "../../lib/optim.ts";
+import assert from "node:assert/strict";
 import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
 
 const TOL = 1e-4;
@@ -101,6 +103,77 @@ Deno.test({
       return [r.p, r.m, r.v];
     });
     assertEquals(names.includes(FUSED_KERNELS.adam), true, "fused kernel ran");
+  },
+});
+
+Deno.test({
+  name:
+    `Adam.update on the fast path: all parameters in place, = per-parameter adamStep; a kept clone stays${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const shapes = [[37, 29], [5], [300, 400]]; // the last is split across threads
+    const run = (keepClone: boolean) => {
+      const params = shapes.map((s, i) => tf.tidy(() => tf.variable(tensor(s, 90 + i))));
+      const opt = new Adam(params, 1e-2);
+      const clone = keepClone ? tf.clone(params[0]) : null;
+      const before = clone?.dataSync().slice();
+      for (let t = 1; t <= 3; t++) {
+        const grads = shapes.map((s, i) => tensor(s, 100 + 10 * t + i, 0.1 * t));
+        opt.update(grads);
+        tf.dispose(grads);
+      }
+      if (clone) assertClose([clone.dataSync() as Float32Array], [before as Float32Array], 0, "the clone");
+      const out = params.map((p) => p.dataSync().slice() as Float32Array);
+      tf.dispose([...params, ...(clone ? [clone] : [])]);
+      opt.dispose();
+      return out;
+    };
+    const expected = await valuesOn("cpu", () => {
+      const ps = shapes.map((s, i) => tensor(s, 90 + i));
+      let ms = shapes.map((s) => tf.zeros(s)), vs = shapes.map((s) => tf.zeros(s)), cur = ps;
+      for (let t = 1; t <= 3; t++) {
+        const next = cur.map((p, i) =>
+          adamOps(p, ms[i], vs[i], tensor(shapes[i], 100 + 10 * t + i, 0.1 * t), {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: t,
+          })
+        );
+        [cur, ms, vs] = [next.map((r) => r.p), next.map((r) => r.m), next.map((r) => r.v)];
+      }
+      return cur;
+    });
+    const kernels = await kernelsRun(() => {
+      const p = tf.tidy(() => tf.variable(tf.ones([4])));
+      const opt = new Adam([p]);
+      opt.update([tf.ones([4])]);
+      opt.dispose();
+      return [p];
+    });
+    assertEquals(kernels.includes(FUSED_KERNELS.adam), false, "in place: no per-parameter kernel");
+    assertClose(run(false), expected, TOL, "in place");
+    assertClose(run(true), expected, TOL, "with a clone kept (per-parameter path)");
+  },
+});
+
+Deno.test({
+  name: `adamInPlace refuses regions outside the heap or overlapping ones it would write${NOTE}`,
+  ignore: !READY,
+  fn() {
+    const native = loadNative();
+    if (!native.ok) throw new Error(native.reason);
+    const heap = new Uint8Array(4096);
+    const h = { beta1: 0.9, beta2: 0.999, stepSize: 1e-3, sqrtBc2: 1, eps: 1e-8 };
+    const call = (offsets: number[], sizes: number[]) =>
+      native.native.adamInPlace(heap, Uint32Array.from(offsets), Int32Array.from(sizes), h);
+    call([16, 64, 112, 160], [8]); // fine
+    call([16, 64, 112, 160, 208, 256, 304, 160], [8, 8]); // two parameters may share a gradient
+    assert.throws(() => call([16, 32, 112, 160], [8]), /overlap/);
+    assert.throws(() => call([16, 64, 112, 4090], [8]), /outside the heap/);
+    assert.throws(() => call([16, 64, 112], [8]), /4 offsets per size/);
   },
 });
 
