@@ -8,7 +8,7 @@ import type { Block } from "../model/block.ts";
 import { FeedForward } from "../model/block.ts";
 import type { DecoderLanguageModel } from "../model/decoder.ts";
 import { type LayerNorm, type Linear, readData } from "../model/ops.ts";
-import { activeNative } from "./kernels.ts";
+import { activeNative, inPlaceUpdateCount } from "./kernels.ts";
 import { decoderCacheSize, type DecoderStepDims, decoderWeightCount, type Native } from "./native.ts";
 
 const LN_EPS = 1e-5; // as lib/blas/fused.ts's layerNorm
@@ -53,13 +53,8 @@ export class NativeDecoder {
       eps: LN_EPS,
       preNorm,
     };
-    return new NativeDecoder(
-      native,
-      decoder,
-      packWeights(decoder, dims),
-      readData(decoder.tokenEmbedding.v),
-      dims,
-    );
+    const { weights, tokenTable } = packedWeights(decoder, dims);
+    return new NativeDecoder(native, decoder, weights, tokenTable, dims);
   }
 
   /** Token embeddings of one id per row → (B, C). */
@@ -76,6 +71,33 @@ export class NativeDecoder {
     this.native.decoderStep(this.weights, x, this.cache, this.logits, this.dims, position);
     return this.logits.slice();
   }
+}
+
+/**
+ * The packed weights of each decoder, kept while its variables hold the same data: an assign (a
+ * checkpoint load, the per-parameter optimizer step) gives a variable a new dataId, and the in-place
+ * Adam step is counted (inPlaceUpdateCount), so the two tell whether the copy is current. Saves copying
+ * the weights for every generate() call of an evaluation.
+ */
+interface Packed {
+  ids: object[];
+  updates: number;
+  weights: Float32Array;
+  tokenTable: Float32Array;
+}
+const packCache = new WeakMap<DecoderLanguageModel, Packed>();
+
+function packedWeights(decoder: DecoderLanguageModel, dims: DecoderStepDims): Packed {
+  const ids = decoder.variables().map((v) => v.dataId);
+  const updates = inPlaceUpdateCount();
+  const hit = packCache.get(decoder);
+  const current = hit && hit.updates === updates && hit.weights.length === decoderWeightCount(dims) &&
+    hit.ids.every((id, i) => id === ids[i]);
+  if (current) return hit;
+  const weights = packWeights(decoder, dims);
+  const entry = { ids, updates, weights, tokenTable: readData(decoder.tokenEmbedding.v) };
+  packCache.set(decoder, entry);
+  return entry;
 }
 
 /** The decoder's weights in seemore_decoder_step's order (see kernels.c). */

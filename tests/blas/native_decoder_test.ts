@@ -9,6 +9,7 @@ import { loadNative } from "../../lib/blas/native.ts";
 import { NativeDecoder } from "../../lib/blas/native_decoder.ts";
 import type { ModelConfig } from "../../lib/config.ts";
 import { generate } from "../../lib/generate.ts";
+import { Adam } from "../../lib/optim.ts";
 import { buildModel } from "../../lib/model/factory.ts";
 import { Ctx } from "../../lib/model/ops.ts";
 import type { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
@@ -109,6 +110,35 @@ Deno.test({
     const kernels = async (n: number) =>
       (await tf.profile(() => void generate(model, images, { maxNewTokens: n, prompt }))).kernels.length;
     assertEquals(await kernels(2), await kernels(10), "tfjs kernels for 2 vs 10 new tokens");
+    images.dispose();
+    model.dispose();
+  },
+});
+
+Deno.test({
+  name: `the native decoder sees weights changed in place by Adam (its packed copy is refreshed)${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const model = buildModel(tinyConfig({ n_layer: 2 }), 11);
+    const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 12) as tf.Tensor4D;
+    const firstLogits = () => {
+      const native = NativeDecoder.create(model.decoder, 1)!;
+      const visual = tf.tidy(() =>
+        model.decoder.projectImage(model.visionEncoder.forward(images, Ctx.eval()), Ctx.eval()).dataSync()
+      ) as Float32Array;
+      return native.step(visual, 0);
+    };
+    const before = firstLogits();
+    const opt = new Adam(model.variables(), 0.05);
+    const grads = model.variables().map((v) => tf.onesLike(v));
+    opt.update(grads); // in place on the fast path: no variable gets a new dataId
+    tf.dispose(grads);
+    const after = firstLogits();
+    const expected = fullLogits(model, images, [[]]).subarray(0, after.length); // position 0
+    assertClose([after], [expected], TOL, "logits after the update");
+    assertEquals(before.some((v, i) => Math.abs(v - after[i]) > 1e-3), true, "the update changed the logits");
+    opt.dispose();
     images.dispose();
     model.dispose();
   },
