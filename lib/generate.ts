@@ -78,7 +78,8 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
   const rand = mulberry32(opts.seed ?? 0);
   const out: number[][] = Array.from({ length: B }, () => []);
   const done = new Array<boolean>(B).fill(false);
-  const stepper = NativeStepper.create(model, images, prompt) ?? new TfjsStepper(model, images, prompt);
+  const stepper = NativeStepper.create(model, images, prompt, opts.maxNewTokens) ??
+    new TfjsStepper(model, images, prompt);
   try {
     let rows = stepper.start(); // logits (B, vocab) after the visual tokens and the prompt
     let position = model.numVisualTokens + prompt.length;
@@ -156,8 +157,15 @@ class NativeStepper implements Stepper {
     readonly decoder: NativeDecoder,
   ) {}
 
-  static create(model: VisionLanguageModel, images: tf.Tensor4D, prompt: number[]): NativeStepper | null {
-    const decoder = NativeDecoder.create(model.decoder, images.shape[0]);
+  static create(
+    model: VisionLanguageModel,
+    images: tf.Tensor4D,
+    prompt: number[],
+    maxNewTokens: number,
+  ): NativeStepper | null {
+    // Cache room for every position this generation can reach (the last new token is not fed back).
+    const positions = model.numVisualTokens + prompt.length + Math.max(0, maxNewTokens - 1);
+    const decoder = NativeDecoder.create(model.decoder, images.shape[0], Math.max(1, positions));
     return decoder ? new NativeStepper(model, images, prompt, decoder) : null;
   }
 

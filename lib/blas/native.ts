@@ -67,7 +67,7 @@ const SYMBOLS = {
     result: "i32",
   },
   seemore_decoder_step: {
-    // weights, x, cache, logits, B, C, H, layers, V, t, max_t, scale, eps, pre_norm -> 0 on success
+    // weights, x, cache, logits, B, C, H, layers, V, t, max_t (cached positions), scale, eps, pre_norm -> 0 on success
     parameters: [
       "buffer",
       "buffer",
@@ -341,7 +341,10 @@ export interface Native {
   ): void;
 }
 
-/** Sizes of the decoder that decoderStep() runs: positions is the length of its position table. */
+/**
+ * Sizes of the decoder that decoderStep() runs: positions is the length of its position table, cached
+ * how many positions the key/value cache holds (≤ positions: what one generation needs).
+ */
 export interface DecoderStepDims {
   batch: number;
   width: number;
@@ -349,6 +352,7 @@ export interface DecoderStepDims {
   layers: number;
   vocab: number;
   positions: number;
+  cached: number;
   scale: number;
   eps: number;
   preNorm: boolean;
@@ -366,9 +370,9 @@ export function decoderWeightCount(d: DecoderStepDims): number {
     d.positions * d.width;
 }
 
-/** Floats of decoderStep()'s key/value cache: per layer keys and values, each (B, H, positions, hs). */
+/** Floats of decoderStep()'s key/value cache: per layer keys and values, each (B, H, cached, hs). */
 export function decoderCacheSize(d: DecoderStepDims): number {
-  return d.layers * 2 * d.batch * d.positions * d.width;
+  return d.layers * 2 * d.batch * d.cached * d.width;
 }
 
 export type NativeResult = { ok: true; native: Native } | { ok: false; reason: string };
@@ -529,13 +533,17 @@ function wrap(path: string, lib: NativeLibrary): Native {
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_attention_cached failed (${rc})`);
     },
     decoderStep(weights, x, cache, logits, dims, position) {
-      const { batch, width, heads, layers, vocab, positions } = dims;
-      if (![batch, width, heads, layers, vocab, positions].every((v) => Number.isInteger(v) && v > 0)) {
+      const { batch, width, heads, layers, vocab, positions, cached } = dims;
+      if (
+        ![batch, width, heads, layers, vocab, positions, cached].every((v) => Number.isInteger(v) && v > 0)
+      ) {
         throw new Error(`lib/blas/native.ts: decoderStep: bad sizes ${JSON.stringify(dims)}`);
       }
       if (width % heads !== 0) throw new Error(`lib/blas/native.ts: decoderStep: ${width} % ${heads} heads`);
-      if (!Number.isInteger(position) || position < 0 || position >= positions) {
-        throw new Error(`lib/blas/native.ts: decoderStep: position ${position} outside [0, ${positions})`);
+      if (!Number.isInteger(position) || position < 0 || position >= Math.min(positions, cached)) {
+        throw new Error(
+          `lib/blas/native.ts: decoderStep: position ${position} outside [0, ${Math.min(positions, cached)})`,
+        );
       }
       sameLength("decoderStep", decoderWeightCount(dims), { weights });
       sameLength("decoderStep", batch * width, { x });
@@ -552,7 +560,7 @@ function wrap(path: string, lib: NativeLibrary): Native {
         layers,
         vocab,
         position,
-        positions,
+        cached,
         dims.scale,
         dims.eps,
         dims.preNorm ? 1 : 0,

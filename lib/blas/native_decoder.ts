@@ -29,14 +29,15 @@ export class NativeDecoder {
   }
 
   /**
-   * A stepper for `batch` rows with an empty cache, or null when this decoder or backend has no native
-   * step (no C kernels, seeMoE blocks, or a feed-forward other than seemore's).
+   * A stepper for `batch` rows with an empty cache for `positions` positions (default: the whole
+   * position table), or null when this decoder or backend has no native step (no C kernels, seeMoE
+   * blocks, or a feed-forward other than seemore's).
    */
-  static create(decoder: DecoderLanguageModel, batch: number): NativeDecoder | null {
+  static create(decoder: DecoderLanguageModel, batch: number, positions?: number): NativeDecoder | null {
     const native = activeNative();
     const blocks = decoder.blocks as Block[];
     if (!native || blocks.length === 0 || !blocks.every((b) => b.ffn instanceof FeedForward)) return null;
-    const { nEmbd: width, vocabSize: vocab, blockPositions: positions } = decoder.opts;
+    const { nEmbd: width, vocabSize: vocab, blockPositions } = decoder.opts;
     const { attn, options } = blocks[0];
     const preNorm = options.preNorm ?? false;
     if (blocks.some((b) => (b.options.preNorm ?? false) !== preNorm || b.attn.scale !== attn.scale)) {
@@ -48,7 +49,8 @@ export class NativeDecoder {
       heads: attn.numHeads,
       layers: blocks.length,
       vocab,
-      positions,
+      positions: blockPositions,
+      cached: Math.min(positions ?? blockPositions, blockPositions),
       scale: attn.scale,
       eps: LN_EPS,
       preNorm,
