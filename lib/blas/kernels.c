@@ -755,6 +755,30 @@ static inline float alea_next(alea_t *g) {
   return (float)((double)g->s2 * 2.3283064365386963e-10); /* 2^-32 */
 }
 
+/* Dropout keeps an element when floor(u + keep) != 0 in float32, u = float(S 2^-32) with S the
+ * generator's new 32-bit value. That test only grows with S, so it is S >= a threshold, found once by
+ * bisection with the very same float expression: the mask then costs one integer compare per draw. */
+static uint64_t keep_threshold(float keep) {
+  uint64_t lo = 0, hi = (uint64_t)1 << 32; /* the answer lies in [lo, hi]; hi = never kept */
+  while (lo < hi) {
+    uint64_t mid = (lo + hi) / 2;
+    float u = (float)((double)mid * 2.3283064365386963e-10);
+    if (floorf(u + keep) != 0.0f) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/* Steps the generator; whether that draw keeps an element (see keep_threshold). */
+static inline int alea_keeps(alea_t *g, uint64_t threshold) {
+  uint64_t t = 2091639u * g->s0 + g->c;
+  g->s0 = g->s1;
+  g->s1 = g->s2;
+  g->c = t >> 32;
+  g->s2 = t & 0xffffffffu;
+  return g->s2 >= threshold;
+}
+
 void seemore_uniform(double *state, float *out, int32_t n) {
   alea_t g = alea_load(state);
   for (int32_t i = 0; i < n; i++) out[i] = alea_next(&g);
@@ -770,10 +794,12 @@ void seemore_uniform(double *state, float *out, int32_t n) {
 void seemore_dropout(const float *restrict x, float *restrict y, uint8_t *restrict mask, int32_t n,
                      float keep, const double *state) {
   alea_t g = alea_load(state);
+  uint64_t threshold = keep_threshold(keep);
+  float scale = 1.0f / keep; /* = kept / keep for a kept element */
   for (int32_t i = 0; i < n; i++) {
-    float kept = floorf(alea_next(&g) + keep);
-    y[i] = x[i] * (kept / keep);
-    mask[i] = kept != 0.0f;
+    int kept = alea_keeps(&g, threshold);
+    y[i] = x[i] * (kept ? scale : 0.0f);
+    mask[i] = (uint8_t)kept;
   }
 }
 
@@ -858,7 +884,8 @@ int32_t seemore_attention(const float *qkv, const double *noise, float *out, flo
   int64_t TT = (int64_t)T * T;
   if (noise) { /* the dropout flags first, in tf.dropout's order (the noise is one sequence) */
     alea_t g = alea_load(noise);
-    for (int64_t e = 0; e < (int64_t)B * H * TT; e++) mask[e] = floorf(alea_next(&g) + keep) != 0.0f;
+    uint64_t threshold = keep_threshold(keep);
+    for (int64_t e = 0; e < (int64_t)B * H * TT; e++) mask[e] = (uint8_t)alea_keeps(&g, threshold);
   }
   attention_args a = {qkv, NULL, NULL, noise ? mask : NULL, out, probs, NULL, T, H, hs, scale, keep, causal, 0};
   parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_range, &a);
