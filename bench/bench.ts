@@ -93,16 +93,35 @@ export function benchShapes(
   throw new Error(`--size must be original or tiny, got "${size}"`);
 }
 
-/** FLOPs of the matmuls in one forward pass (a train step ≈ 3×). */
-export function forwardFlops(c: ModelConfig, B: number, T: number): number {
+/**
+ * FLOPs of the matmuls in one forward pass. With `clsOnly` the ViT's last block is counted as ours runs
+ * it when only the CLS token leaves the encoder (keys and values for every row, the rest for one row);
+ * without, as the original runs it (every row).
+ */
+export function forwardFlops(c: ModelConfig, B: number, T: number, clsOnly = false): number {
   const np = (c.img_size / c.patch_size) ** 2;
   const D = c.image_embed_dim, C = c.n_embd, N = np + 1, L = T + 1;
-  const vit = 2 * B * np * 3 * c.patch_size ** 2 * D +
-    c.num_blks * (2 * B * N * D * (3 * D + D + 8 * D) + 4 * B * N * N * D);
+  const fullBlock = 2 * B * N * D * (3 * D + D + 8 * D) + 4 * B * N * N * D;
+  const shortcut = clsOnly && c.visual_tokens === "cls" && c.num_blks > 0;
+  const lastBlock = shortcut
+    ? 2 * B * N * D * 2 * D + 2 * B * D * (D + D + 8 * D) + 4 * B * N * D
+    : fullBlock;
+  const vit = patchFlops(c, B) + (c.num_blks > 0 ? (c.num_blks - 1) * fullBlock + lastBlock : 0);
   const proj = 2 * B * (D * 4 * D + 4 * D * C);
   const ffn = c.model_type === "seemoe" ? c.top_k * 8 * C : 8 * C;
   const dec = c.n_layer * (2 * B * L * C * (4 * C) + 2 * B * L * ffn * C + 4 * B * L * L * C);
   return vit + proj + dec + 2 * B * L * C * c.vocab_size;
+}
+
+/** The patch embedding's matmul FLOPs (its input, the pixels, needs no gradient). */
+function patchFlops(c: ModelConfig, B: number): number {
+  const np = (c.img_size / c.patch_size) ** 2;
+  return 2 * B * np * 3 * c.patch_size ** 2 * c.image_embed_dim;
+}
+
+/** FLOPs of the matmuls in one train step: forward, then each product's two gradients (one for the patch embedding). */
+export function trainFlops(c: ModelConfig, B: number, T: number, clsOnly = false): number {
+  return 3 * forwardFlops(c, B, T, clsOnly) - patchFlops(c, B);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -196,7 +215,9 @@ export interface BenchResult {
   generate_tokens: number;
   generate_tokens_per_s: number;
   peak_rss_mib: number;
+  /** Our step's matmul FLOPs (the ViT's last block for the CLS row only), and the original's. */
   train_step_gflop: number;
+  original_step_gflop: number;
   train_gflop_per_s: number;
   profile?: KernelProfile;
 }
@@ -237,7 +258,7 @@ function resultOf(
   const trainMs = median(train);
   const genMs = median(gen.map((g) => g.ms));
   const tokens = Math.min(...gen.map((g) => g.tokens));
-  const gflop = 3 * forwardFlops(p.config, p.batch, p.caption) / 1e9;
+  const gflop = trainFlops(p.config, p.batch, p.caption, true) / 1e9;
   return {
     backend: p.info.name,
     backend_notes: p.info.notes,
@@ -253,6 +274,7 @@ function resultOf(
     generate_tokens_per_s: tokens / (genMs / 1000),
     peak_rss_mib: peakRssMiB(),
     train_step_gflop: gflop,
+    original_step_gflop: trainFlops(p.config, p.batch, p.caption) / 1e9,
     train_gflop_per_s: gflop / (trainMs / 1000),
   };
 }
@@ -472,7 +494,9 @@ function printBench(r: BenchResult): void {
   console.log(
     `train step      ${r.train_step_ms.toFixed(1)} ms (median)  ≈ ${
       r.train_gflop_per_s.toFixed(1)
-    } GFLOP/s of ${r.train_step_gflop.toFixed(1)} GFLOP`,
+    } GFLOP/s of ${r.train_step_gflop.toFixed(1)} GFLOP (the original's step: ${
+      r.original_step_gflop.toFixed(1)
+    })`,
   );
   console.log(`forward         ${r.forward_ms.toFixed(1)} ms (median)`);
   console.log(
@@ -550,7 +574,9 @@ function printCompare(c: CompareResult): void {
   console.log(
     `\nours: ${o.train_gflop_per_s.toFixed(1)} GFLOP/s over the step's ${
       o.train_step_gflop.toFixed(1)
-    } GFLOP of matmuls`,
+    } GFLOP of matmuls; the original's step: ${o.original_step_gflop.toFixed(1)} GFLOP${
+      c.original ? `, ${(o.original_step_gflop / (c.original.train_step_ms / 1000)).toFixed(1)} GFLOP/s` : ""
+    }`,
   );
   if (o.profile) console.log(formatProfile(o.profile, 10));
 }
