@@ -45,6 +45,25 @@ const geluFused = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
   };
 }) as (x: tf.Tensor) => tf.Tensor;
 
+/**
+ * ReLU. On the fast path its gradient is one C kernel (dy where x > 0); tfjs's own is three kernels
+ * over the whole tensor (Step, Cast, Multiply). The forward is tfjs's Relu either way.
+ */
+export function relu(x: tf.Tensor): tf.Tensor {
+  if (x.dtype !== "float32" || !hasKernel(FUSED_KERNELS.reluGrad)) return tf.relu(x);
+  return reluFused(x);
+}
+
+const reluFused = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+  const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
+  save([x]);
+  return {
+    value: tf.relu(x),
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+      run(FUSED_KERNELS.reluGrad, { x: saved[0], dy }) as tf.Tensor,
+  };
+}) as (x: tf.Tensor) => tf.Tensor;
+
 // ---------------------------------------------------------------------------------------------
 // im2col of a 3×3 convolution with stride 2 and padding 1
 

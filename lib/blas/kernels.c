@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 9; }
+int32_t seemore_abi_version(void) { return 10; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -442,6 +442,12 @@ SIMD_CLONES static void gelu_grad_range(void *p, int64_t b, int64_t e) {
   }
 }
 
+/* ReLU's gradient: dx = dy where x > 0, else 0 (y holds dx). */
+SIMD_CLONES static void relu_grad_range(void *p, int64_t b, int64_t e) {
+  unary_args *a = p;
+  for (int64_t i = b; i < e; i++) a->y[i] = a->x[i] > 0.0f ? a->dy[i] : 0.0f;
+}
+
 void seemore_erf(const float *x, float *y, int32_t n) {
   unary_args a = {x, NULL, y};
   parallel_for(n, GRAIN, erf_range, &a);
@@ -460,6 +466,11 @@ void seemore_gelu(const float *x, float *y, int32_t n) {
 void seemore_gelu_grad(const float *x, const float *dy, float *dx, int32_t n) {
   unary_args a = {x, dy, dx};
   parallel_for(n, GRAIN, gelu_grad_range, &a);
+}
+
+void seemore_relu_grad(const float *x, const float *dy, float *dx, int32_t n) {
+  unary_args a = {x, dy, dx};
+  parallel_for(n, GRAIN, relu_grad_range, &a);
 }
 
 /* Layer norm over the last axis of x (rows, cols): y = (x - mean) * rstd * g + b, with the biased

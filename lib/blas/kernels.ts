@@ -131,6 +131,7 @@ export async function enableBlasKernels(opts: EnableOptions = {}): Promise<Enabl
 export const FUSED_KERNELS = {
   gelu: "SeemoreGelu",
   geluGrad: "SeemoreGeluGrad",
+  reluGrad: "SeemoreReluGrad",
   layerNorm: "SeemoreLayerNorm",
   layerNormGrad: "SeemoreLayerNormGrad",
   adam: "SeemoreAdam",
@@ -147,7 +148,8 @@ export const FUSED_KERNELS = {
 function registerFusedKernels(): string[] {
   const kernels: [string, tf.KernelFunc][] = [
     [FUSED_KERNELS.gelu, geluKernel as tf.KernelFunc],
-    [FUSED_KERNELS.geluGrad, geluGradKernel as tf.KernelFunc],
+    [FUSED_KERNELS.geluGrad, unaryGradKernel("gelu") as tf.KernelFunc],
+    [FUSED_KERNELS.reluGrad, unaryGradKernel("relu") as tf.KernelFunc],
     [FUSED_KERNELS.layerNorm, layerNormKernel as tf.KernelFunc],
     [FUSED_KERNELS.layerNormGrad, layerNormGradKernel as tf.KernelFunc],
     [FUSED_KERNELS.adam, adamKernel as tf.KernelFunc],
@@ -574,16 +576,20 @@ function geluKernel(args: KernelArgs): TensorInfo {
   return out;
 }
 
-function geluGradKernel(args: KernelArgs): TensorInfo {
-  const { x, dy } = args.inputs as { x: TensorInfo; dy: TensorInfo };
-  const backend = wasmOf(args.backend);
-  const dx = backend.makeOutput(x.shape, "float32");
-  native!.geluGrad(
-    floatView(backend, x, "gelu x"),
-    floatView(backend, dy, "gelu dy"),
-    floatView(backend, dx, "dx"),
-  );
-  return dx;
+/** inputs x, dy → dx = dy * f'(x), for f = GELU or ReLU. */
+function unaryGradKernel(op: "gelu" | "relu"): (args: KernelArgs) => TensorInfo {
+  return (args) => {
+    const { x, dy } = args.inputs as { x: TensorInfo; dy: TensorInfo };
+    const backend = wasmOf(args.backend);
+    const dx = backend.makeOutput(x.shape, "float32");
+    native!.unaryGrad(
+      op,
+      floatView(backend, x, `${op} x`),
+      floatView(backend, dy, `${op} dy`),
+      floatView(backend, dx, "dx"),
+    );
+    return dx;
+  };
 }
 
 /** inputs x (..., C), g (C), b (C); attrs eps → [y (..., C), mean (...), rstd (...)]. */

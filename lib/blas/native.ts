@@ -25,7 +25,7 @@ const CC_FLAGS = [
   "-fPIC",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 9;
+const ABI_VERSION = 10;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -151,6 +151,7 @@ const SYMBOLS = {
   seemore_exp: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   seemore_gelu: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   seemore_gelu_grad: { parameters: ["buffer", "buffer", "buffer", "i32"], result: "void" },
+  seemore_relu_grad: { parameters: ["buffer", "buffer", "buffer", "i32"], result: "void" },
   seemore_layer_norm: {
     // x, g, b, y, mean, rstd, rows, cols, eps
     parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "buffer", "i32", "i32", "f32"],
@@ -303,8 +304,8 @@ export interface Native {
   col2im3x3s2(cols: Float32Array, dx: Float32Array, shape: [number, number, number, number]): void;
   /** y = f(x) elementwise; x and y have the same length. */
   unary(op: "erf" | "exp" | "gelu", x: Float32Array, y: Float32Array): void;
-  /** dx = dy * gelu'(x). */
-  geluGrad(x: Float32Array, dy: Float32Array, dx: Float32Array): void;
+  /** dx = dy * f'(x) for f = GELU or ReLU. */
+  unaryGrad(op: "gelu" | "relu", x: Float32Array, dy: Float32Array, dx: Float32Array): void;
   /** Layer norm over rows of `cols` values; also writes each row's mean and 1/sqrt(var + eps). */
   layerNorm(
     x: Float32Array,
@@ -658,9 +659,9 @@ function wrap(path: string, lib: NativeLibrary): Native {
       const fn = op === "erf" ? s.seemore_erf : op === "exp" ? s.seemore_exp : s.seemore_gelu;
       fn(x, y, x.length);
     },
-    geluGrad(x, dy, dx) {
-      sameLength("geluGrad", x.length, { dy, dx });
-      s.seemore_gelu_grad(x, dy, dx, x.length);
+    unaryGrad(op, x, dy, dx) {
+      sameLength(`${op} gradient`, x.length, { dy, dx });
+      (op === "gelu" ? s.seemore_gelu_grad : s.seemore_relu_grad)(x, dy, dx, x.length);
     },
     layerNorm(x, g, b, out, cols, eps) {
       const rows = rowsOf("layerNorm", x.length, cols);

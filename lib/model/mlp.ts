@@ -13,6 +13,7 @@ import {
   type Initialiser,
   Linear,
   type Parametrised,
+  relu,
   type StateDict,
 } from "./ops.ts";
 
@@ -35,7 +36,7 @@ export class TwoLayerNet implements Parametrised {
   /** (..., nIn) → (..., nOut) */
   forward(x: tf.Tensor, ctx: Ctx): tf.Tensor {
     const h = this.fc1.forward(x); // (..., nHidden)
-    const a = this.activation === "relu" ? tf.relu(h) : gelu(h);
+    const a = this.activation === "relu" ? relu(h) : gelu(h);
     return dropout(this.fc2.forward(a), this.dropoutRate, ctx); // (..., nOut)
   }
 

@@ -156,11 +156,11 @@ export function dense(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor 
   return tf.reshape(matmulBias(x2, w, b), [...lead, nOut]); // (..., out)
 }
 
-// GELU (exact erf form, as PyTorch's nn.GELU()) and LayerNorm (biased variance, eps 1e-5) come from
-// lib/blas/fused.ts: one C kernel each when the fast CPU path is on, the same maths in tfjs ops otherwise.
-import { dropout as fusedDropout, gelu, layerNorm } from "../blas/fused.ts";
+// GELU (exact erf form, as PyTorch's nn.GELU()), ReLU and LayerNorm (biased variance, eps 1e-5) come from
+// lib/blas/fused.ts: C kernels (for ReLU, its gradient) when the fast CPU path is on, tfjs ops otherwise.
+import { dropout as fusedDropout, gelu, layerNorm, relu } from "../blas/fused.ts";
 import { blasKernelsEnabled } from "../blas/kernels.ts";
-export { gelu, layerNorm };
+export { gelu, layerNorm, relu };
 
 /**
  * Row lookup `table[ids]` as a one-hot matmul, so its gradient is a matmul too (the wasm backend has

@@ -2,7 +2,7 @@
 // the cpu backend: forward values, gradients, and several Adam steps.
 
 import * as tf from "@tensorflow/tfjs";
-import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../../lib/blas/fused.ts";
+import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps, relu } from "../../lib/blas/fused.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
@@ -49,6 +49,23 @@ Deno.test({
       true,
       "fused kernels ran",
     );
+  },
+});
+
+Deno.test({
+  name: `relu (gradient in C) equals tf.relu on cpu, values and gradient${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const x = () => tensor([4, 7, 33], 60, 4);
+    const w = () => tensor([4, 7, 33], 61);
+    const grads = (f: (t: tf.Tensor) => tf.Tensor) => () => [
+      f(x()),
+      tf.grad((t) => tf.sum(tf.mul(f(t), w())))(x()),
+    ];
+    assertClose(await valuesOn("wasm", grads(relu)), await valuesOn("cpu", grads(tf.relu)), 0, "relu");
+    const names = await kernelsRun(() => tf.grad((t: tf.Tensor) => tf.sum(relu(t)))(x()));
+    assertEquals(names.includes(FUSED_KERNELS.reluGrad) && !names.includes("Step"), true, `kernels ${names}`);
   },
 });
 
