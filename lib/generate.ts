@@ -122,7 +122,7 @@ class TfjsStepper implements Stepper {
     const { model, images, prompt, ctx } = this;
     const B = images.shape[0];
     return rowsOf(tf.tidy(() => {
-      const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
+      const visual = model.visualTokens(images, ctx); // (B, V, C)
       let x = visual;
       if (prompt.length > 0) {
         const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
@@ -173,7 +173,7 @@ class NativeStepper implements Stepper {
     const { model, images, prompt, decoder } = this;
     const [B, V, C] = [images.shape[0], model.numVisualTokens, decoder.dims.width];
     const ctx = Ctx.eval();
-    const visual = tf.tidy(() => model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx)); // (B, V, C)
+    const visual = tf.tidy(() => model.visualTokens(images, ctx)); // (B, V, C)
     const tokens = visual.dataSync() as Float32Array;
     visual.dispose();
     let logits: Float32Array = new Float32Array(0);

@@ -22,7 +22,7 @@ function greedyByRecompute(
   const rows = Array.from({ length: B }, () => [...prompt]);
   for (let i = 0; i < n; i++) {
     const next = tf.tidy(() => {
-      const visual = model.decoder.projectImage(model.visionEncoder.forward(images, Ctx.eval()), Ctx.eval());
+      const visual = model.visualTokens(images, Ctx.eval());
       let x = visual;
       if (rows[0].length > 0) {
         x = tf.concat(

@@ -1007,8 +1007,9 @@ int32_t seemore_attention_cached(const float *qkv, const float *k_past, const fl
  *
  * weights, one array: per layer ln1.g, ln1.b [C], qkv [C, 3C], proj.w [C, C], proj.b [C], ln2.g,
  * ln2.b [C], fc1.w [C, 4C], fc1.b [4C], fc2.w [4C, C], fc2.b [C]; then ln_f.g, ln_f.b [C],
- * head.w [C, V], head.b [V], the position table [max_t, C]. Matrices are [in, out], row-major.
- * cache: per layer the keys then the values, each (B, H, max_t, hs).
+ * head.w [C, V], head.b [V], the position table (rows 0..t are read). Matrices are [in, out],
+ * row-major (native.ts decoderWeightCount counts the same layout).
+ * cache: per layer the keys then the values, each (B, H, max_t, hs), max_t > t.
  * Rows are independent, so they are split across threads. Returns 0, or -2 out of memory. */
 
 /* y (rows, n) = x (rows, k) W [k, n] + bias (NULL: none); each row of W is read once for all rows. */

@@ -92,6 +92,11 @@ export class VisionLanguageModel implements Parametrised {
     return this.visionEncoder.numVisualTokens;
   }
 
+  /** images (B, 3, S, S) → the decoder's visual tokens (B, V, C): ViT features through the projector. */
+  visualTokens(images: tf.Tensor4D, ctx: Ctx): tf.Tensor3D {
+    return this.decoder.projectImage(this.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
+  }
+
   /** images (B, 3, S, S), idx (B, T) → logits (B, V+T, vocab). */
   forward(images: tf.Tensor4D, idx: tf.Tensor2D, ctx: Ctx): tf.Tensor3D {
     const imageEmbeds = this.visionEncoder.forward(images, ctx); // (B, V, D)

@@ -30,7 +30,7 @@ async function ready(): Promise<void> {
 function fullLogits(model: VisionLanguageModel, images: tf.Tensor4D, ids: number[][]): Float32Array {
   return tf.tidy(() => {
     const ctx = Ctx.eval();
-    const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, V, C)
+    const visual = model.visualTokens(images, ctx); // (B, V, C)
     const tokens = model.decoder.embedTokens(tf.tensor2d(ids, undefined, "int32")); // (B, T, C)
     return model.decoder.run(tf.concat([visual, tokens], 1) as tf.Tensor3D, 0, ctx)
       .dataSync() as Float32Array;
@@ -62,9 +62,7 @@ for (const [what, overrides] of CONFIGS) {
 
       const native = NativeDecoder.create(model.decoder, B);
       if (!native) throw new Error("no native decoder on wasm with the C kernels");
-      const visual = tf.tidy(() =>
-        model.decoder.projectImage(model.visionEncoder.forward(images, Ctx.eval()), Ctx.eval()).dataSync()
-      ) as Float32Array; // (B, V, C)
+      const visual = tf.tidy(() => model.visualTokens(images, Ctx.eval()).dataSync()) as Float32Array; // (B, V, C)
       const C = config.n_embd;
       for (let p = 0; p < V + T; p++) {
         const x = p < V
@@ -124,9 +122,7 @@ Deno.test({
     const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 12) as tf.Tensor4D;
     const firstLogits = () => {
       const native = NativeDecoder.create(model.decoder, 1)!;
-      const visual = tf.tidy(() =>
-        model.decoder.projectImage(model.visionEncoder.forward(images, Ctx.eval()), Ctx.eval()).dataSync()
-      ) as Float32Array;
+      const visual = tf.tidy(() => model.visualTokens(images, Ctx.eval()).dataSync()) as Float32Array;
       return native.step(visual, 0);
     };
     const before = firstLogits();

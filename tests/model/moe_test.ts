@@ -232,7 +232,7 @@ Deno.test("generation with the KV cache equals greedy decoding by full recomputa
   const cached = generate(model, images, { maxNewTokens: 8, greedy: true });
   const ctx = Ctx.eval();
   const reference = tf.tidy(() => {
-    const visual = model.decoder.projectImage(model.visionEncoder.forward(images, ctx), ctx); // (B, 1, C)
+    const visual = model.visualTokens(images, ctx); // (B, 1, C)
     const rows: number[][] = [[], [], []];
     for (let step = 0; step < 8; step++) {
       const ids = tf.tensor2d(rows, [3, step], "int32");
