@@ -40,10 +40,18 @@ const geluFused = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
   save([x]);
   return {
     value: run(FUSED_KERNELS.gelu, { x }) as tf.Tensor,
-    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-      run(FUSED_KERNELS.geluGrad, { x: saved[0], dy }) as tf.Tensor,
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => geluGrad(saved[0], dy),
   };
 }) as (x: tf.Tensor) => tf.Tensor;
+
+/** dy · GELU'(x), one C kernel (fast path only: check hasGeluGrad()). */
+export function geluGrad(x: tf.Tensor, dy: tf.Tensor): tf.Tensor {
+  return run(FUSED_KERNELS.geluGrad, { x, dy }) as tf.Tensor;
+}
+
+export function hasGeluGrad(): boolean {
+  return hasKernel(FUSED_KERNELS.geluGrad);
+}
 
 /**
  * ReLU. On the fast path its gradient is one C kernel (dy where x > 0); tfjs's own is three kernels

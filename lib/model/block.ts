@@ -12,7 +12,7 @@ import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { MLP } from "./mlp.ts";
 import {
   type Ctx,
-  gelu,
+  geluDense,
   type Initialiser,
   LayerNorm,
   Linear,
@@ -31,7 +31,7 @@ export class FeedForward implements Parametrised {
   }
 
   forward(x: tf.Tensor, _ctx: Ctx): tf.Tensor {
-    return this.fc2.forward(gelu(this.fc1.forward(x))); // (B, T, C)
+    return geluDense(this.fc1.forward(x), this.fc2.w, this.fc2.b!); // (B, T, C): fc2(GELU(fc1(x)))
   }
 
   variables(): tf.Variable[] {
