@@ -644,47 +644,8 @@ typedef struct {
   float beta1, beta2, step_size, sqrt_bc2, eps;
 } adam_args;
 
-/* restrict parameters (not restrict locals) are what lets gcc vectorize this loop. */
-static void adam_loop(const float *restrict p, const float *restrict m, const float *restrict v,
-                      const float *restrict g, float *restrict p_out, float *restrict m_out,
-                      float *restrict v_out, int64_t b, int64_t e, const adam_args *h) {
-  float beta1 = h->beta1, beta2 = h->beta2, one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
-  float step_size = h->step_size, sqrt_bc2 = h->sqrt_bc2, eps = h->eps;
-  for (int64_t i = b; i < e; i++) {
-    float gi = g[i];
-    float mi = m[i] * beta1 + gi * one_b1;
-    float vi = v[i] * beta2 + (gi * gi) * one_b2;
-    float denom = sqrtf(vi) / sqrt_bc2 + eps;
-    p_out[i] = p[i] - (mi / denom) * step_size;
-    m_out[i] = mi;
-    v_out[i] = vi;
-  }
-}
-
-static void adam_range(void *args, int64_t b, int64_t e) {
-  adam_args *a = args;
-  adam_loop(a->p, a->m, a->v, a->g, a->p_out, a->m_out, a->v_out, b, e, a);
-}
-
-void seemore_adam(const float *p, const float *m, const float *v, const float *g, float *p_out,
-                  float *m_out, float *v_out, int32_t n, float beta1, float beta2, float step_size,
-                  float sqrt_bc2, float eps) {
-  adam_args a = {p, m, v, g, p_out, m_out, v_out, beta1, beta2, step_size, sqrt_bc2, eps};
-  parallel_for(n, GRAIN, adam_range, &a);
-}
-
-/* The same step for many parameters in one call, IN PLACE (p, m and v are overwritten), on the wasm
- * heap: parameter i has sizes[i] elements, and offsets[4i .. 4i+3] are the byte offsets of its p, m, v
- * and g in `heap`. The elements of all parameters form one range that the threads split. The same
- * arithmetic as adam_loop, so the same results. */
-typedef struct {
-  uint8_t *heap;
-  const uint32_t *offsets;
-  const int64_t *starts; /* starts[i] = elements before parameter i; starts[count] = total */
-  int32_t count;
-  adam_args h;
-} adam_many_args;
-
+/* The step, in place on p, m and v (restrict parameters, not restrict locals, are what let gcc
+ * vectorize it). */
 static void adam_in_place_loop(float *restrict p, float *restrict m, float *restrict v,
                                const float *restrict g, int64_t b, int64_t e, const adam_args *h) {
   float beta1 = h->beta1, beta2 = h->beta2, one_b1 = 1.0f - beta1, one_b2 = 1.0f - beta2;
@@ -699,6 +660,34 @@ static void adam_in_place_loop(float *restrict p, float *restrict m, float *rest
     v[i] = vi;
   }
 }
+
+/* Into fresh arrays: the outputs start as copies, then take the step in place. */
+static void adam_range(void *args, int64_t b, int64_t e) {
+  adam_args *a = args;
+  size_t bytes = (size_t)(e - b) * sizeof(float);
+  memcpy(a->p_out + b, a->p + b, bytes);
+  memcpy(a->m_out + b, a->m + b, bytes);
+  memcpy(a->v_out + b, a->v + b, bytes);
+  adam_in_place_loop(a->p_out, a->m_out, a->v_out, a->g, b, e, a);
+}
+
+void seemore_adam(const float *p, const float *m, const float *v, const float *g, float *p_out,
+                  float *m_out, float *v_out, int32_t n, float beta1, float beta2, float step_size,
+                  float sqrt_bc2, float eps) {
+  adam_args a = {p, m, v, g, p_out, m_out, v_out, beta1, beta2, step_size, sqrt_bc2, eps};
+  parallel_for(n, GRAIN, adam_range, &a);
+}
+
+/* The same step for many parameters in one call, IN PLACE (p, m and v are overwritten), on the wasm
+ * heap: parameter i has sizes[i] elements, and offsets[4i .. 4i+3] are the byte offsets of its p, m, v
+ * and g in `heap`. The elements of all parameters form one range that the threads split. */
+typedef struct {
+  uint8_t *heap;
+  const uint32_t *offsets;
+  const int64_t *starts; /* starts[i] = elements before parameter i; starts[count] = total */
+  int32_t count;
+  adam_args h;
+} adam_many_args;
 
 static void adam_many_range(void *args, int64_t b, int64_t e) {
   adam_many_args *a = args;
