@@ -1,7 +1,8 @@
 // Generation's native decoder step (lib/blas/native_decoder.ts, one C call per position) against the
 // tfjs decoder run over the whole sequence: the logits of every position, for the original's block and
-// the pre-norm recipe, one and several visual tokens, several rows; generate() takes this path on wasm
-// and gives the tokens of full recomputation; seeMoE and the cpu backend fall back to tfjs.
+// the pre-norm recipe, one and several visual tokens, 19 rows (split across threads); generate() takes
+// this path on wasm and gives the tokens of full recomputation; seeMoE and the cpu backend fall back to
+// tfjs.
 
 import * as tf from "@tensorflow/tfjs";
 import { enableBlasKernels } from "../../lib/blas/kernels.ts";
@@ -55,9 +56,13 @@ for (const [what, overrides] of CONFIGS) {
       await ready();
       const config = tinyConfig({ n_layer: 3, ...overrides });
       const model = buildModel(config, 5);
-      const images = tf.randomNormal([3, 3, 32, 32], 0, 1, "float32", 9) as tf.Tensor4D;
-      const ids = [[3, 17, 40, 2, 9], [60, 1, 1, 33, 20], [7, 7, 64, 12, 0]]; // (B, T)
-      const [B, T, V, vocab] = [3, 5, model.numVisualTokens, config.vocab_size];
+      // 19 rows: three chunks of rows, which the C step splits across threads.
+      const [B, T, V, vocab] = [19, 5, model.numVisualTokens, config.vocab_size];
+      const images = tf.randomNormal([B, 3, 32, 32], 0, 1, "float32", 9) as tf.Tensor4D;
+      const ids = Array.from(
+        { length: B },
+        (_, b) => Array.from({ length: T }, (_, t) => (7 * b + 13 * t + 3) % 66),
+      ); // (B, T)
       const expected = fullLogits(model, images, ids); // (B, V+T, vocab)
 
       const native = NativeDecoder.create(model.decoder, B);
