@@ -112,7 +112,7 @@ export function useFastMatmul(on: boolean): void {
  * does. Null where that route does not apply.
  */
 function directMatmul(x: tf.Tensor, w: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor | null {
-  if (!fastMatmul || tf.getBackend() !== "wasm" || !blasKernelsEnabled()) return null;
+  if (!fastDense()) return null;
   const inputs: tf.NamedTensorMap = bias ? { a: x, b: w, bias } : { a: x, b: w };
   return tf.engine().runKernel("_FusedMatMul", inputs, { transposeA: false, transposeB: false }) as tf.Tensor;
 }
@@ -129,15 +129,35 @@ tf.registerGradient({
       throw new Error("lib/model/ops.ts: _FusedMatMul gradient covers only dense layers (x @ W + b)");
     }
     const g = dy as tf.Tensor; // (..., out)
-    const [nIn, nOut] = b.shape;
-    const rows = tf.util.sizeFromShape(a.shape.slice(0, -1));
     return {
       a: () => tf.matMul(g, b, false, true), // (..., in)
-      b: () => tf.matMul(tf.reshape(a, [rows, nIn]), tf.reshape(g, [rows, nOut]), true, false), // [in, out]
-      bias: () => tf.sum(tf.reshape(g, [rows, nOut]), 0), // [out]
+      b: () => weightGrad(a, g), // [in, out]
+      bias: () => biasGrad(g), // [out]
     };
   },
 });
+
+/** Whether dense layers go straight to the OpenBLAS kernel (wasm with lib/blas enabled). */
+function fastDense(): boolean {
+  return fastMatmul && tf.getBackend() === "wasm" && blasKernelsEnabled();
+}
+
+/** Whether ops now run under a gradient tape (inside tf.grad / variableGrads' forward pass). */
+function recordingGradients(): boolean {
+  return (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0;
+}
+
+/** The gradient of x @ W with respect to W: x (..., in), dy (..., out) → [in, out], summed over rows. */
+function weightGrad(x: tf.Tensor, dy: tf.Tensor): tf.Tensor {
+  const rowsX = tf.reshape(x, [-1, x.shape[x.rank - 1]]),
+    rowsDy = tf.reshape(dy, [-1, dy.shape[dy.rank - 1]]);
+  return tf.matMul(rowsX, rowsDy, true, false); // [in, out]
+}
+
+/** The gradient of x @ W + b with respect to b: dy (..., out) summed over rows → [out]. */
+function biasGrad(dy: tf.Tensor): tf.Tensor {
+  return tf.sum(tf.reshape(dy, [-1, dy.shape[dy.rank - 1]]), 0);
+}
 
 /**
  * dense(gelu(h), w, b) — the second half of a feed-forward — keeping only h for the backward pass:
@@ -147,10 +167,7 @@ tf.registerGradient({
  * The same numbers either way.
  */
 export function geluDense(h: tf.Tensor, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor {
-  const recording = (tf.engine() as unknown as { state: { gradientDepth: number } }).state.gradientDepth > 0;
-  if (!recording || !fastMatmul || tf.getBackend() !== "wasm" || !blasKernelsEnabled() || !hasGeluGrad()) {
-    return dense(gelu(h), w, b);
-  }
+  if (!recordingGradients() || !fastDense() || !hasGeluGrad()) return dense(gelu(h), w, b);
   return geluDenseRecomputed(h, w, b);
 }
 
@@ -161,14 +178,10 @@ const geluDenseRecomputed = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc
     value: dense(gelu(h), w, b), // (..., out)
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
       const [sh, sw] = saved as [tf.Tensor, tf.Tensor2D];
-      const [nIn, nOut] = sw.shape;
-      const rows = tf.util.sizeFromShape(sh.shape.slice(0, -1));
-      const dy2 = tf.reshape(dy, [rows, nOut]); // (N, out)
-      const a = tf.reshape(gelu(sh), [rows, nIn]); // (N, in): recomputed
       return [
         geluGrad(sh, tf.matMul(dy, sw, false, true)), // (..., in)
-        tf.matMul(a, dy2, true, false), // [in, out]
-        tf.sum(dy2, 0), // [out]
+        weightGrad(gelu(sh), dy), // [in, out], from GELU(h) recomputed
+        biasGrad(dy), // [out]
       ];
     },
   };
