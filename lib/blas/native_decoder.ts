@@ -4,8 +4,7 @@
 // the decoder is seemore's (GELU feed-forward blocks); otherwise generation runs through tfjs with its
 // own KV cache. The numbers are the same (tests compare both with the full recompute).
 
-import type { Block } from "../model/block.ts";
-import { FeedForward } from "../model/block.ts";
+import { type Block, FeedForward } from "../model/block.ts";
 import type { DecoderLanguageModel } from "../model/decoder.ts";
 import { type LayerNorm, type Linear, readData } from "../model/ops.ts";
 import { activeNative, inPlaceUpdateCount } from "./kernels.ts";
