@@ -29,6 +29,14 @@ import { Adam } from "../lib/optim.ts";
 import { OriginalProcess } from "./original.ts";
 import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
 
+const USAGE = `deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
+                [--steps N] [--threads N] [--profile] [--json]
+deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
+
+Times our train step, forward pass and 40-token generation on the original's configuration (or --size tiny),
+and reports the peak RSS; --compare-original runs the original PyTorch model beside it, round by round.
+See bench/README.md.`;
+
 export const GENERATE_TOKENS = 40;
 const VOCAB = 66; // the original's: 65 characters of input.txt + <pad>
 
@@ -612,8 +620,13 @@ if (import.meta.main) {
       "compare-original": { type: "boolean" },
       profile: { type: "boolean" },
       json: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
     },
   });
+  if (v.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
   const opts = {
     backend: v.backend,
     model: v.model,

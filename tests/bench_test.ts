@@ -29,6 +29,7 @@ const OUR_KEYS = [
   "generate_tokens_per_s",
   "peak_rss_mib",
   "train_step_gflop",
+  "original_step_gflop",
   "train_gflop_per_s",
 ];
 
@@ -91,4 +92,16 @@ Deno.test("bench --compare-original without a usable Python reports ours and how
     String(r.original_unavailable).includes("apt-get install python3-torch"),
     String(r.original_unavailable),
   );
+});
+
+Deno.test("bench --help prints its usage and runs nothing", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", BENCH, "--help"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  assert(out.success, "exit status 0");
+  assert(text.includes("--compare-original") && text.includes("bench/README.md"), text);
+  assert(!text.includes("train step "), "no benchmark ran");
 });
