@@ -230,7 +230,6 @@ function checkMatrix(name: string, view: Float32Array, rows: number, cols: numbe
   }
 }
 
-/** An environment variable, or undefined when unset, empty or not permitted (--allow-env). */
 /**
  * After each product, OpenBLAS's idle worker threads spin (sched_yield) for about 2^28 cycles before
  * sleeping, holding a core that our C kernels' helper threads then wait for — on a 2-core machine half
@@ -245,6 +244,7 @@ function shortThreadSpin(): void {
   } catch { /* no --allow-env: OpenBLAS keeps its default */ }
 }
 
+/** An environment variable, or undefined when unset, empty or not permitted (--allow-env). */
 export function readEnv(name: string): string | undefined {
   try {
     if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return undefined;

@@ -673,7 +673,8 @@ export function adamInPlace(
   grads: tf.Tensor[],
   hyper: { beta1: number; beta2: number; stepSize: number; sqrtBc2: number; eps: number },
 ): boolean {
-  if (!native || !blasKernelsEnabled() || tf.getBackend() !== BACKEND) return false;
+  const c = activeNative();
+  if (!c) return false;
   const backend = wasmOf(tf.backend());
   const offsets = new Uint32Array(4 * params.length);
   const sizes = new Int32Array(params.length);
@@ -689,7 +690,7 @@ export function adamInPlace(
     }
     sizes[i] = params[i].size;
   }
-  native.adamInPlace(backend.wasm.HEAPU8, offsets, sizes, hyper);
+  c.adamInPlace(backend.wasm.HEAPU8, offsets, sizes, hyper);
   inPlaceUpdates += 1;
   return true;
 }

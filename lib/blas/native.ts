@@ -360,7 +360,7 @@ export interface DecoderStepDims {
 }
 
 /** Floats of one decoder layer in decoderStep()'s packing (see kernels.c). */
-export function decoderLayerCount(width: number): number {
+function decoderLayerCount(width: number): number {
   const C = width, F = 4 * C;
   return 2 * C + 3 * C * C + C * C + C + 2 * C + C * F + F + F * C + C;
 }
