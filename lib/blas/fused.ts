@@ -44,13 +44,21 @@ const geluFused = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
   };
 }) as (x: tf.Tensor) => tf.Tensor;
 
-/** dy · GELU'(x), one C kernel (fast path only: check hasGeluGrad()). */
-export function geluGrad(x: tf.Tensor, dy: tf.Tensor): tf.Tensor {
+/** dy · GELU'(x), one C kernel. */
+function geluGrad(x: tf.Tensor, dy: tf.Tensor): tf.Tensor {
   return run(FUSED_KERNELS.geluGrad, { x, dy }) as tf.Tensor;
 }
 
-export function hasGeluGrad(): boolean {
-  return hasKernel(FUSED_KERNELS.geluGrad);
+/**
+ * [GELU(x), dy · GELU'(x)] from one C kernel, one exp and one erf per element: the GELU equals
+ * gelu(x)'s bit for bit (fast path only: check hasGeluWithGrad()).
+ */
+export function geluWithGrad(x: tf.Tensor, dy: tf.Tensor): [tf.Tensor, tf.Tensor] {
+  return run(FUSED_KERNELS.geluWithGrad, { x, dy }) as [tf.Tensor, tf.Tensor];
+}
+
+export function hasGeluWithGrad(): boolean {
+  return hasKernel(FUSED_KERNELS.geluWithGrad);
 }
 
 /**

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 10; }
+int32_t seemore_abi_version(void) { return 11; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -361,7 +361,21 @@ VINLINE void vstore(float *p, vfloat v) { memcpy(p, &v, sizeof v); }
 /* Lane-wise (mask ? a : b), mask lanes all ones or all zeros (as vector comparisons give). */
 VINLINE vfloat vselect(vint mask, vfloat a, vfloat b) { return (vfloat)(((vint)a & mask) | ((vint)b & ~mask)); }
 VINLINE vfloat vsplat(float x) { return (vfloat){0} + x; }
-
+/* Lanes l < n all ones, the rest zero (a mask for vselect). */
+VINLINE vint lanes_below(int64_t n) {
+  vint lane;
+  for (int l = 0; l < VW; l++) lane[l] = l;
+  return lane < (int32_t)(n < VW ? n : VW);
+}
+/* The first n lanes from p (all VW when n >= VW), the others `fill`. Reads a whole vector when it ends
+ * at or before `end` (the array's end); only the array's last part-vector is gathered lane by lane. */
+VINLINE vfloat vread(const float *p, int64_t n, const float *end, float fill) {
+  if (n >= VW) return vload(p);
+  if (p + VW <= end) return vselect(lanes_below(n), vload(p), vsplat(fill));
+  float buf[VW];
+  for (int l = 0; l < VW; l++) buf[l] = l < n ? p[l] : fill;
+  return vload(buf);
+}
 VINLINE vfloat vfast_expf(vfloat x) {
   x = vselect(x < -104.0f, vsplat(-104.0f), x);
   x = vselect(x > 88.8f, vsplat(88.8f), x);
@@ -424,21 +438,46 @@ SIMD_CLONES static void gelu_range(void *p, int64_t b, int64_t e) {
 }
 
 /* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx). Phi's erf and phi
- * share one exponential: exp(-(x / sqrt 2)^2) = exp(-x^2 / 2). */
+ * share one exponential: with h = x / sqrt 2, exp(-h^2) = exp(-x^2 / 2) — the same h and exp(-h^2)
+ * that gelu_range computes, so gelu_with_grad_range below can give GELU(x) from them bit for bit. */
 SIMD_CLONES static void gelu_grad_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
   int64_t i = b;
   for (; i + VW <= e; i += VW) {
-    vfloat v = vload(a->x + i);
-    vfloat gauss = vfast_expf(-0.5f * v * v);
-    vfloat cdf = 0.5f * (1.0f + verff_with_exp(v * SQRT1_2, gauss));
+    vfloat v = vload(a->x + i), h = v * SQRT1_2;
+    vfloat gauss = vfast_expf(-h * h);
+    vfloat cdf = 0.5f * (1.0f + verff_with_exp(h, gauss));
     vstore(a->y + i, vload(a->dy + i) * (cdf + v * (INV_SQRT_2PI * gauss)));
   }
   for (; i < e; i++) {
-    float v = a->x[i];
-    float gauss = fast_expf(-0.5f * v * v);
-    float cdf = 0.5f * (1.0f + erff_with_exp(v * SQRT1_2, gauss));
+    float v = a->x[i], h = v * SQRT1_2;
+    float gauss = fast_expf(-h * h);
+    float cdf = 0.5f * (1.0f + erff_with_exp(h, gauss));
     a->y[i] = a->dy[i] * (cdf + v * (INV_SQRT_2PI * gauss));
+  }
+}
+
+/* Both at once from one exp and one erf per element: out = GELU(x) (as gelu_range) and
+ * dx = dy * GELU'(x) (as gelu_grad_range). */
+typedef struct {
+  const float *x, *dy;
+  float *out, *dx;
+} gelu_both_args;
+
+SIMD_CLONES static void gelu_with_grad_range(void *p, int64_t b, int64_t e) {
+  gelu_both_args *a = p;
+  int64_t i = b;
+  for (; i + VW <= e; i += VW) {
+    vfloat v = vload(a->x + i), h = v * SQRT1_2;
+    vfloat gauss = vfast_expf(-h * h), erf = verff_with_exp(h, gauss);
+    vstore(a->out + i, 0.5f * v * (1.0f + erf));
+    vstore(a->dx + i, vload(a->dy + i) * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss)));
+  }
+  for (; i < e; i++) {
+    float v = a->x[i], h = v * SQRT1_2;
+    float gauss = fast_expf(-h * h), erf = erff_with_exp(h, gauss);
+    a->out[i] = 0.5f * v * (1.0f + erf);
+    a->dx[i] = a->dy[i] * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss));
   }
 }
 
@@ -468,6 +507,11 @@ void seemore_gelu(const float *x, float *y, int32_t n) {
 void seemore_gelu_grad(const float *x, const float *dy, float *dx, int32_t n) {
   unary_args a = {x, dy, dx};
   parallel_for(n, GRAIN, gelu_grad_range, &a);
+}
+
+void seemore_gelu_with_grad(const float *x, const float *dy, float *out, float *dx, int32_t n) {
+  gelu_both_args a = {x, dy, out, dx};
+  parallel_for(n, GRAIN, gelu_with_grad_range, &a);
 }
 
 void seemore_relu_grad(const float *x, const float *dy, float *dx, int32_t n) {
@@ -808,7 +852,7 @@ void seemore_dropout(const float *restrict x, float *restrict y, uint8_t *restri
 void seemore_dropout_grad(const float *restrict dy, const uint8_t *restrict mask, float *restrict dx,
                           int32_t n, float keep) {
   float scale = 1.0f / keep;
-  for (int32_t i = 0; i < n; i++) dx[i] = dy[i] * (mask[i] ? scale : 0.0f);
+  for (int32_t i = 0; i < n; i++) dx[i] = dy[i] * ((float)mask[i] * scale); /* a select would branch */
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -823,21 +867,50 @@ void seemore_dropout_grad(const float *restrict dy, const uint8_t *restrict mask
 
 /* Softmax of each row of p (rows, cols), in place. With seen >= 0 (causal), row i sees only its
  * first seen + i + 1 entries (the rest become 0: a masked score would give exp() = 0 anyway). */
-static void softmax_rows(float *p, int64_t rows, int64_t cols, int64_t seen) {
-  for (int64_t i = 0; i < rows; i++) {
+SIMD_CLONES static void softmax_rows(float *p, int64_t rows, int64_t cols, int64_t seen) {
+  const float *end = p + rows * cols;
+  /* Rows are short (tens of entries): exp() runs over the whole block in one flat loop, whose vectors
+   * are independent, instead of row by row, where each row's few vectors wait on exp's latency. */
+  for (int64_t i = 0; i < rows; i++) { /* each row minus the max of the entries it sees */
     float *row = p + i * cols;
     int64_t n = seen >= 0 ? seen + i + 1 : cols;
-    float max = row[0];
-    for (int64_t j = 1; j < n; j++) max = row[j] > max ? row[j] : max;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; j++) {
-      row[j] = fast_expf(row[j] - max);
-      sum += row[j];
+    vfloat m = vsplat(row[0]);
+    for (int64_t j = 0; j < n; j += VW) {
+      vfloat x = vread(row + j, n - j, end, row[0]); /* spare lanes repeat row[0] */
+      m = vselect(x > m, x, m);
     }
-    float inv = 1.0f / sum;
-    for (int64_t j = 0; j < n; j++) row[j] *= inv;
-    for (int64_t j = n; j < cols; j++) row[j] = 0.0f;
+    float max = m[0];
+    for (int l = 1; l < VW; l++) max = m[l] > max ? m[l] : max;
+    for (int64_t j = 0; j < n; j++) row[j] -= max;
   }
+  int64_t k = 0, total = rows * cols;
+  for (; k + VW <= total; k += VW) vstore(p + k, vfast_expf(vload(p + k)));
+  for (; k < total; k++) p[k] = fast_expf(p[k]);
+  for (int64_t i = 0; i < rows; i++) { /* divide by the sum; entries a row does not see become 0 */
+    float *row = p + i * cols;
+    int64_t n = seen >= 0 ? seen + i + 1 : cols, j;
+    vfloat sums = vsplat(0.0f);
+    for (j = 0; j < n; j += VW) sums += vread(row + j, n - j, end, 0.0f);
+    float sum = 0.0f;
+    for (int l = 0; l < VW; l++) sum += sums[l];
+    float inv = 1.0f / sum;
+    for (j = 0; j < n; j++) row[j] *= inv;
+    for (; j < cols; j++) row[j] = 0.0f;
+  }
+}
+
+/* Softmax's gradient for one row in place: d = p * (d * mult - sum(d * mult * p)), with mult from the
+ * dropout flags (0 or 1 / keep; mask NULL: 1). */
+SIMD_CLONES static void softmax_grad_row(float *d, const float *p, const uint8_t *mask, float inv_keep,
+                                         int64_t n, const float *d_end, const float *p_end) {
+  if (mask) {
+    for (int64_t j = 0; j < n; j++) d[j] *= (float)mask[j] * inv_keep;
+  }
+  vfloat sums = vsplat(0.0f);
+  for (int64_t j = 0; j < n; j += VW) sums += vread(d + j, n - j, d_end, 0.0f) * vread(p + j, n - j, p_end, 0.0f);
+  float s = 0.0f;
+  for (int l = 0; l < VW; l++) s += sums[l];
+  for (int64_t j = 0; j < n; j++) d[j] = p[j] * (d[j] - s);
 }
 
 typedef struct {
@@ -870,7 +943,7 @@ static void attention_range(void *p, int64_t bh0, int64_t bh1) {
     const float *weights = probs;
     if (a->mask) {
       const uint8_t *m = a->mask + bh * TT;
-      for (int64_t e = 0; e < TT; e++) dropped[e] = probs[e] * (m[e] ? inv_keep : 0.0f);
+      for (int64_t e = 0; e < TT; e++) dropped[e] = probs[e] * ((float)m[e] * inv_keep);
       weights = dropped;
     }
     sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, v, (int)C3,
@@ -918,7 +991,7 @@ static void attention_grad_range(void *p, int64_t bh0, int64_t bh1) {
     const uint8_t *m = a->mask ? a->mask + bh * TT : NULL;
     const float *weights = probs;
     if (m) {
-      for (int64_t e = 0; e < TT; e++) w[e] = probs[e] * (m[e] ? inv_keep : 0.0f);
+      for (int64_t e = 0; e < TT; e++) w[e] = probs[e] * ((float)m[e] * inv_keep);
       weights = w;
     }
     sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, d_o, (int)C, 0.0f,
@@ -926,15 +999,7 @@ static void attention_grad_range(void *p, int64_t bh0, int64_t bh1) {
     sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)hs, 1.0f, d_o, (int)C, v, (int)C3, 0.0f, dp,
           (int)T);
     for (int64_t i = 0; i < T; i++) {
-      float *dr = dp + i * T;
-      const float *pr = probs + i * T;
-      if (m) {
-        const uint8_t *mr = m + i * T;
-        for (int64_t j = 0; j < T; j++) dr[j] *= mr[j] ? inv_keep : 0.0f;
-      }
-      float s = 0.0f;
-      for (int64_t j = 0; j < T; j++) s += dr[j] * pr[j];
-      for (int64_t j = 0; j < T; j++) dr[j] = pr[j] * (dr[j] - s);
+      softmax_grad_row(dp + i * T, probs + i * T, m ? m + i * T : NULL, inv_keep, T, dp + TT, probs + TT);
     }
     sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)T, (int)hs, (int)T, a->scale, dp, (int)T, k, (int)C3, 0.0f,
           dq, (int)C3);

@@ -131,6 +131,7 @@ export async function enableBlasKernels(opts: EnableOptions = {}): Promise<Enabl
 export const FUSED_KERNELS = {
   gelu: "SeemoreGelu",
   geluGrad: "SeemoreGeluGrad",
+  geluWithGrad: "SeemoreGeluWithGrad",
   reluGrad: "SeemoreReluGrad",
   layerNorm: "SeemoreLayerNorm",
   layerNormGrad: "SeemoreLayerNormGrad",
@@ -149,6 +150,7 @@ function registerFusedKernels(): string[] {
   const kernels: [string, tf.KernelFunc][] = [
     [FUSED_KERNELS.gelu, geluKernel as tf.KernelFunc],
     [FUSED_KERNELS.geluGrad, unaryGradKernel("gelu") as tf.KernelFunc],
+    [FUSED_KERNELS.geluWithGrad, geluWithGradKernel as tf.KernelFunc],
     [FUSED_KERNELS.reluGrad, unaryGradKernel("relu") as tf.KernelFunc],
     [FUSED_KERNELS.layerNorm, layerNormKernel as tf.KernelFunc],
     [FUSED_KERNELS.layerNormGrad, layerNormGradKernel as tf.KernelFunc],
@@ -590,6 +592,21 @@ function unaryGradKernel(op: "gelu" | "relu"): (args: KernelArgs) => TensorInfo 
     );
     return dx;
   };
+}
+
+/** inputs x, dy → [GELU(x), dy * GELU'(x)]. */
+function geluWithGradKernel(args: KernelArgs): TensorInfo[] {
+  const { x, dy } = args.inputs as { x: TensorInfo; dy: TensorInfo };
+  const backend = wasmOf(args.backend);
+  const out = backend.makeOutput(x.shape, "float32");
+  const dx = backend.makeOutput(x.shape, "float32");
+  native!.geluWithGrad(
+    floatView(backend, x, "gelu x"),
+    floatView(backend, dy, "gelu dy"),
+    floatView(backend, out, "out"),
+    floatView(backend, dx, "dx"),
+  );
+  return [out, dx];
 }
 
 /** inputs x (..., C), g (C), b (C); attrs eps → [y (..., C), mean (...), rstd (...)]. */

@@ -25,7 +25,7 @@ const CC_FLAGS = [
   "-fPIC",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 10;
+const ABI_VERSION = 11;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -151,6 +151,8 @@ const SYMBOLS = {
   seemore_exp: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   seemore_gelu: { parameters: ["buffer", "buffer", "i32"], result: "void" },
   seemore_gelu_grad: { parameters: ["buffer", "buffer", "buffer", "i32"], result: "void" },
+  // x, dy, GELU(x), dy * GELU'(x), n
+  seemore_gelu_with_grad: { parameters: ["buffer", "buffer", "buffer", "buffer", "i32"], result: "void" },
   seemore_relu_grad: { parameters: ["buffer", "buffer", "buffer", "i32"], result: "void" },
   seemore_layer_norm: {
     // x, g, b, y, mean, rstd, rows, cols, eps
@@ -306,6 +308,8 @@ export interface Native {
   unary(op: "erf" | "exp" | "gelu", x: Float32Array, y: Float32Array): void;
   /** dx = dy * f'(x) for f = GELU or ReLU. */
   unaryGrad(op: "gelu" | "relu", x: Float32Array, dy: Float32Array, dx: Float32Array): void;
+  /** out = GELU(x) and dx = dy * GELU'(x) in one pass (one exp and one erf per element). */
+  geluWithGrad(x: Float32Array, dy: Float32Array, out: Float32Array, dx: Float32Array): void;
   /** Layer norm over rows of `cols` values; also writes each row's mean and 1/sqrt(var + eps). */
   layerNorm(
     x: Float32Array,
@@ -662,6 +666,10 @@ function wrap(path: string, lib: NativeLibrary): Native {
     unaryGrad(op, x, dy, dx) {
       sameLength(`${op} gradient`, x.length, { dy, dx });
       (op === "gelu" ? s.seemore_gelu_grad : s.seemore_relu_grad)(x, dy, dx, x.length);
+    },
+    geluWithGrad(x, dy, out, dx) {
+      sameLength("gelu with gradient", x.length, { dy, out, dx });
+      s.seemore_gelu_with_grad(x, dy, out, dx, x.length);
     },
     layerNorm(x, g, b, out, cols, eps) {
       const rows = rowsOf("layerNorm", x.length, cols);

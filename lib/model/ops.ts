@@ -161,13 +161,14 @@ function biasGrad(dy: tf.Tensor): tf.Tensor {
 
 /**
  * dense(gelu(h), w, b) — the second half of a feed-forward — keeping only h for the backward pass:
- * there GELU(h) is computed again from h. On the fast path that frees the feed-forward's widest
- * activation (B, T, 4C) between the passes (≈ 22 MB of the original config's step, for a GELU
- * recomputed per layer); without a gradient tape, or off the fast path, it is plain dense(gelu(h), w, b).
+ * there one C kernel gives GELU(h) again and GELU's gradient together (one exp and one erf per
+ * element, as a plain GELU gradient costs alone). On the fast path that frees the feed-forward's
+ * widest activation (B, T, 4C) between the passes (≈ 22 MB of the original config's step) at no
+ * extra time; without a gradient tape, or off the fast path, it is plain dense(gelu(h), w, b).
  * The same numbers either way.
  */
 export function geluDense(h: tf.Tensor, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor {
-  if (!recordingGradients() || !fastDense() || !hasGeluGrad()) return dense(gelu(h), w, b);
+  if (!recordingGradients() || !fastDense() || !hasGeluWithGrad()) return dense(gelu(h), w, b);
   return geluDenseRecomputed(h, w, b);
 }
 
@@ -178,9 +179,10 @@ const geluDenseRecomputed = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc
     value: dense(gelu(h), w, b), // (..., out)
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
       const [sh, sw] = saved as [tf.Tensor, tf.Tensor2D];
+      const [g, dh] = geluWithGrad(sh, tf.matMul(dy, sw, false, true)); // GELU(h), dL/dh: (..., in)
       return [
-        geluGrad(sh, tf.matMul(dy, sw, false, true)), // (..., in)
-        weightGrad(gelu(sh), dy), // [in, out], from GELU(h) recomputed
+        dh,
+        weightGrad(g, dy), // [in, out], from GELU(h) recomputed
         biasGrad(dy), // [out]
       ];
     },
@@ -206,7 +208,14 @@ export function dense(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D): tf.Tensor 
 
 // GELU (exact erf form, as PyTorch's nn.GELU()), ReLU and LayerNorm (biased variance, eps 1e-5) come from
 // lib/blas/fused.ts: C kernels (for ReLU, its gradient) when the fast CPU path is on, tfjs ops otherwise.
-import { dropout as fusedDropout, gelu, geluGrad, hasGeluGrad, layerNorm, relu } from "../blas/fused.ts";
+import {
+  dropout as fusedDropout,
+  gelu,
+  geluWithGrad,
+  hasGeluWithGrad,
+  layerNorm,
+  relu,
+} from "../blas/fused.ts";
 import { blasKernelsEnabled } from "../blas/kernels.ts";
 export { gelu, layerNorm, relu };
 

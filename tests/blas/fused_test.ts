@@ -2,7 +2,17 @@
 // the cpu backend: forward values, gradients, and several Adam steps.
 
 import * as tf from "@tensorflow/tfjs";
-import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps, relu } from "../../lib/blas/fused.ts";
+import {
+  adamOps,
+  adamStep,
+  gelu,
+  geluOps,
+  geluWithGrad,
+  layerNorm,
+  layerNormOps,
+  relu,
+} from "../../lib/blas/fused.ts";
+import { geluDense, useFastMatmul } from "../../lib/model/ops.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
@@ -49,6 +59,38 @@ Deno.test({
       true,
       "fused kernels ran",
     );
+  },
+});
+
+Deno.test({
+  name: `geluWithGrad gives gelu's values and gradient bit for bit; geluDense's gradients equal cpu's${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const x = tensor([5, 6, 37], 72, 4), dy = tensor([5, 6, 37], 73); // 37: vector lanes and a tail
+    const [out, dx] = geluWithGrad(x, dy);
+    const plainDx = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(gelu(t), dy)))(x);
+    assertClose([out.dataSync() as Float32Array], [gelu(x).dataSync() as Float32Array], 0, "GELU");
+    assertClose([dx.dataSync() as Float32Array], [plainDx.dataSync() as Float32Array], 0, "GELU gradient");
+    tf.dispose([x, dy, out, dx, plainDx]);
+
+    useFastMatmul(true); // as lib/backend.ts does on this path
+    try {
+      const h = () => tensor([3, 5, 24], 74, 3), w = () => tensor([24, 7], 75), b = () => tensor([7], 76);
+      const r = () => tensor([3, 5, 7], 77);
+      const run = () => {
+        const f = (hh: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+          tf.sum(tf.mul(geluDense(hh, ww as tf.Tensor2D, bb as tf.Tensor1D), r()));
+        return [geluDense(h(), w() as tf.Tensor2D, b() as tf.Tensor1D), ...tf.grads(f)([h(), w(), b()])];
+      };
+      assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, "geluDense");
+      const names = await kernelsRun(() =>
+        tf.grads((hh: tf.Tensor) => tf.sum(geluDense(hh, w() as tf.Tensor2D, b() as tf.Tensor1D)))([h()])
+      );
+      assertEquals(names.includes(FUSED_KERNELS.geluWithGrad), true, "GELU recomputed with its gradient");
+    } finally {
+      useFastMatmul(false);
+    }
   },
 });
 
