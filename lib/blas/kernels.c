@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 11; }
+int32_t seemore_abi_version(void) { return 12; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -31,6 +31,22 @@ int32_t seemore_bind_sgemm(const char *path) {
   if (!lib) return -1;
   sgemm = (sgemm_fn)dlsym(lib, "cblas_sgemm");
   return sgemm ? 0 : -2;
+}
+
+/* Many small products in one call (a batched matmul whose items are too small for one FFI call each
+ * to pay): c[i] = op(a[a_index[i]]) op(b[b_index[i]]) + beta c[i], row-major, op(a) m x k, op(b)
+ * k x n, items packed one after another. Returns 0, or -1 without sgemm. */
+int32_t seemore_sgemm_batch(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, int32_t k,
+                            const float *a, const int32_t *a_index, const float *b,
+                            const int32_t *b_index, float beta, float *c, int32_t batch) {
+  if (!sgemm) return -1;
+  int64_t a_size = (int64_t)m * k, b_size = (int64_t)k * n, c_size = (int64_t)m * n;
+  for (int32_t i = 0; i < batch; i++) {
+    sgemm(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, trans_b ? TRANS : NO_TRANS, m, n, k, 1.0f,
+          a + a_index[i] * a_size, trans_a ? m : k, b + b_index[i] * b_size, trans_b ? k : n, beta,
+          c + i * c_size, n);
+  }
+  return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -248,10 +264,16 @@ void seemore_col2im3x3s2(const float *dcols, float *dx_out, int32_t B, int32_t H
  * Sum over axes, on the simplified shape: n_groups alternating runs of kept / reduced axes
  * (reduced[g] = 1 for a reduced group). Accumulates in double; dst has the kept groups' size. */
 
+static void column_sums(const float *src, float *dst, int64_t rows, int64_t cols); /* below */
+
 int32_t seemore_sum(const float *src, float *dst, int32_t n_groups, const int32_t *sizes,
                     const int32_t *reduced) {
   int64_t in_step[MAX_RANK], out_step[MAX_RANK], out_size = 1;
   if (n_groups <= 0 || n_groups > MAX_RANK) return -1;
+  if (n_groups == 2 && reduced[0] && !reduced[1]) {
+    column_sums(src, dst, sizes[0], sizes[1]);
+    return 0;
+  }
   int64_t s = 1;
   for (int g = n_groups - 1; g >= 0; g--) {
     in_step[g] = s;
@@ -517,6 +539,34 @@ void seemore_gelu_with_grad(const float *x, const float *dy, float *out, float *
 void seemore_relu_grad(const float *x, const float *dy, float *dx, int32_t n) {
   unary_args a = {x, dy, dx};
   parallel_for(n, GRAIN, relu_grad_range, &a);
+}
+
+/* Column sums of x (rows, cols), the common case (a bias's gradient): columns split across threads,
+ * each column summed by one thread in row order, so the result does not depend on the split. */
+typedef struct {
+  const float *src;
+  float *dst;
+  int64_t rows, cols;
+} column_sum_args;
+
+#define COLUMN_BLOCK 256
+SIMD_CLONES static void column_sum_range(void *p, int64_t c0, int64_t c1) {
+  column_sum_args *a = p;
+  double acc[COLUMN_BLOCK];
+  for (int64_t b = c0; b < c1; b += COLUMN_BLOCK) {
+    int64_t w = c1 - b < COLUMN_BLOCK ? c1 - b : COLUMN_BLOCK;
+    for (int64_t j = 0; j < w; j++) acc[j] = 0.0;
+    for (int64_t r = 0; r < a->rows; r++) {
+      const float *x = a->src + r * a->cols + b;
+      for (int64_t j = 0; j < w; j++) acc[j] += x[j];
+    }
+    for (int64_t j = 0; j < w; j++) a->dst[b + j] = (float)acc[j];
+  }
+}
+
+static void column_sums(const float *src, float *dst, int64_t rows, int64_t cols) {
+  column_sum_args a = {src, dst, rows, cols};
+  parallel_for(cols, GRAIN / (rows > 0 ? rows : 1) + 16, column_sum_range, &a);
 }
 
 /* Layer norm over the last axis of x (rows, cols): y = (x - mean) * rstd * g + b, with the biased

@@ -23,9 +23,13 @@ const CC_FLAGS = [
   "-Wno-psabi", // 64-byte vector helpers are always inlined: no call passes one
   "-shared",
   "-fPIC",
+  // Never unmapped, even when Deno closes the library at exit: a helper thread of parallel_for may
+  // still be returning from its last chunk then (it segfaulted in ~1 of 30 runs that exited right
+  // after a threaded kernel).
+  "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 11;
+const ABI_VERSION = 12;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -33,6 +37,24 @@ const SYMBOLS = {
   seemore_bind_sgemm: { parameters: ["buffer"], result: "i32" },
   seemore_set_threads: { parameters: ["i32"], result: "i32" },
   seemore_helpers_started: { parameters: [], result: "i64" },
+  seemore_sgemm_batch: {
+    // transA, transB, m, n, k, a, aIndex (i32), b, bIndex (i32), beta, c, batch -> 0 on success
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "f32",
+      "buffer",
+      "i32",
+    ],
+    result: "i32",
+  },
   seemore_uniform: {
     // state (f64[4], advanced), out, n
     parameters: ["buffer", "buffer", "i32"],
@@ -223,6 +245,21 @@ export interface Native {
   bindSgemm(libraryPath: string): boolean;
   /** Whether bindSgemm succeeded. */
   hasSgemm(): boolean;
+  /**
+   * c[i] = op(a[aIndex[i]]) @ op(b[bIndex[i]]) + beta * c[i] for every i, row-major, op(a) m×k and
+   * op(b) k×n, the matrices packed one after another: a batched matmul in one call (needs bindSgemm).
+   */
+  sgemmBatch(
+    transA: boolean,
+    transB: boolean,
+    dims: { m: number; n: number; k: number },
+    a: Float32Array,
+    aIndex: Int32Array,
+    b: Float32Array,
+    bIndex: Int32Array,
+    beta: 0 | 1,
+    c: Float32Array,
+  ): void;
   /**
    * Threads the elementwise, layer-norm, Adam and attention kernels may use (default 1: helpers are
    * started per call and only for large tensors). Returns the number now in use.
@@ -451,6 +488,33 @@ function wrap(path: string, lib: NativeLibrary): Native {
       return sgemmBound;
     },
     hasSgemm: () => sgemmBound,
+    sgemmBatch(transA, transB, { m, n, k }, a, aIndex, b, bIndex, beta, c) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: sgemmBatch needs bindSgemm() first");
+      const batch = aIndex.length;
+      if (bIndex.length !== batch) {
+        throw new Error(
+          `lib/blas/native.ts: sgemmBatch has ${batch} A indices but ${bIndex.length} B indices`,
+        );
+      }
+      sameLength("sgemmBatch", batch * m * n, { c });
+      checkIndices("sgemmBatch A", aIndex, a.length, m * k);
+      checkIndices("sgemmBatch B", bIndex, b.length, k * n);
+      const rc = s.seemore_sgemm_batch(
+        transA ? 1 : 0,
+        transB ? 1 : 0,
+        m,
+        n,
+        k,
+        a,
+        aIndex,
+        b,
+        bIndex,
+        beta,
+        c,
+        batch,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_sgemm_batch failed (${rc})`);
+    },
     setThreads(n) {
       if (!Number.isInteger(n) || n < 1) {
         throw new Error(`lib/blas/native.ts: threads must be >= 1, got ${n}`);
@@ -833,6 +897,16 @@ function checkIm2col(what: string, image: Float32Array, cols: Float32Array, [B, 
   if (H % 2 !== 0 || W % 2 !== 0) throw new Error(`lib/blas/native.ts: ${what} needs even H, W (${H}×${W})`);
   sameLength(`${what} image`, B * H * W * C, { image });
   sameLength(`${what} cols`, B * H * W * C / 4 * 9, { cols });
+}
+
+/** Every index must pick a whole matrix of `size` floats inside an array of `length`. */
+function checkIndices(what: string, index: Int32Array, length: number, size: number): void {
+  const count = size > 0 ? Math.floor(length / size) : 0;
+  for (const i of index) {
+    if (!Number.isInteger(i) || i < 0 || i >= count) {
+      throw new Error(`lib/blas/native.ts: ${what} index ${i} outside its ${count} matrices`);
+    }
+  }
 }
 
 function sameLength(what: string, n: number, arrays: Record<string, Float32Array | Uint8Array>): void {

@@ -13,6 +13,7 @@ import {
   relu,
 } from "../../lib/blas/fused.ts";
 import { geluDense, useFastMatmul } from "../../lib/model/ops.ts";
+import { loadBlas } from "../../lib/blas/ffi.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
@@ -42,6 +43,18 @@ async function ready(): Promise<void> {
     throw new Error(`fused kernels missing: ${JSON.stringify(res)}`);
   }
 }
+
+// Where OpenBLAS or a compiler is missing the tests above and below are ignored, so a C file that
+// no longer compiles would pass unseen; CI (.ci/run) installs both and sets SEEMORE_REQUIRE_NATIVE=1.
+Deno.test({
+  name: "OpenBLAS loads and the C kernels compile (required where SEEMORE_REQUIRE_NATIVE=1, as in CI)",
+  ignore: Deno.env.get("SEEMORE_REQUIRE_NATIVE") !== "1",
+  fn() {
+    const blas = loadBlas(), native = loadNative();
+    if (!blas.ok) throw new Error(blas.reason);
+    if (!native.ok) throw new Error(native.reason);
+  },
+});
 
 Deno.test({
   name: `gelu (fused C) equals the tfjs-op GELU on cpu, values and gradient${NOTE}`,
@@ -233,6 +246,29 @@ Deno.test({
     assert.throws(() => call([16, 32, 112, 160], [8]), /overlap/);
     assert.throws(() => call([16, 64, 112, 4090], [8]), /outside the heap/);
     assert.throws(() => call([16, 64, 112], [8]), /4 offsets per size/);
+  },
+});
+
+Deno.test({
+  name: `sgemmBatch multiplies each pair it is given and refuses indices past its arrays${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready(); // binds sgemm
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const a = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8]); // two 2×2 matrices
+    const b = Float32Array.from([1, 0, 0, 1, 0, 1, 1, 0]); // identity, swap
+    const c = new Float32Array(12);
+    const dims = { m: 2, n: 2, k: 2 };
+    native.sgemmBatch(false, false, dims, a, Int32Array.of(0, 1, 1), b, Int32Array.of(1, 0, 1), 0, c);
+    assertClose([c], [Float32Array.from([2, 1, 4, 3, 5, 6, 7, 8, 6, 5, 8, 7])], 0, "a[i] @ b[j]");
+    assert.throws(
+      () => native.sgemmBatch(false, false, dims, a, Int32Array.of(0, 2, 1), b, Int32Array.of(0, 0, 0), 0, c),
+      /index 2 outside its 2 matrices/,
+    );
+    assert.throws(
+      () => native.sgemmBatch(false, false, dims, a, Int32Array.of(0, 1), b, Int32Array.of(0, 0), 0, c),
+      /sgemmBatch/,
+    );
   },
 });
 

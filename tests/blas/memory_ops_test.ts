@@ -213,6 +213,8 @@ const SUMS: [number[], number[]][] = [
   [[2, 1, 3, 4], [0, 1]],
   [[2, 3, 4, 5], [0, 1, 2]],
   [[1, 1], [0]],
+  [[300, 700], [0]], // column sums split across threads
+  [[40, 5000], [0]], // ... in several column blocks per thread
 ];
 
 Deno.test("JS sumInto and C sum match a double-precision reference", () => {
@@ -235,9 +237,14 @@ Deno.test("JS sumInto and C sum match a double-precision reference", () => {
     sumInto(src, js, shape, axes);
     assertClose([js], [Float32Array.from(want)], 1e-6, `JS sum [${shape}] over [${axes}]`);
     if (native.ok) {
-      const c = new Float32Array(want.length);
-      native.native.sum(src, c, shape, axes);
-      assertClose([c], [Float32Array.from(want)], 1e-6, `C sum [${shape}] over [${axes}]`);
+      const threads = native.native.threads();
+      for (const n of [1, 2]) {
+        native.native.setThreads(n);
+        const c = new Float32Array(want.length);
+        native.native.sum(src, c, shape, axes);
+        assertClose([c], [Float32Array.from(want)], 1e-6, `C sum [${shape}] over [${axes}], ${n} thread(s)`);
+      }
+      native.native.setThreads(threads);
     }
   }
 });
