@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 12; }
+int32_t seemore_abi_version(void) { return 13; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -887,16 +887,40 @@ void seemore_uniform(double *state, float *out, int32_t n) {
  *   mult = floor(u + keep) / keep   (0 or 1/keep, in float32)      y = x * mult
  * The kept/dropped flags are stored as bytes for the backward pass: dx = dy * mult. */
 
-void seemore_dropout(const float *restrict x, float *restrict y, uint8_t *restrict mask, int32_t n,
-                     float keep, const double *state) {
-  alea_t g = alea_load(state);
-  uint64_t threshold = keep_threshold(keep);
-  float scale = 1.0f / keep; /* = kept / keep for a kept element */
-  for (int32_t i = 0; i < n; i++) {
-    int kept = alea_keeps(&g, threshold);
-    y[i] = x[i] * (kept ? scale : 0.0f);
-    mask[i] = (uint8_t)kept;
+/* Draws in chunks of `chunk`: chunk i starts from states[4i..4i+3], the seeded state advanced i * chunk
+ * draws (native.ts jumps ahead to it), so chunks run on any thread and the draws are still the one
+ * sequence tf.randomUniform makes. For each draw e: mask[e] = kept, and with x, y[e] = x[e] * mult. */
+typedef struct {
+  const double *states;
+  int64_t chunk, n;
+  uint64_t threshold;
+  uint8_t *mask;
+  const float *x;
+  float *y;
+  float scale;
+} draws_args;
+
+static void draws_range(void *p, int64_t c0, int64_t c1) {
+  draws_args *a = p;
+  for (int64_t c = c0; c < c1; c++) {
+    alea_t g = alea_load(a->states + 4 * c);
+    int64_t e0 = c * a->chunk, e1 = e0 + a->chunk < a->n ? e0 + a->chunk : a->n;
+    for (int64_t e = e0; e < e1; e++) a->mask[e] = (uint8_t)alea_keeps(&g, a->threshold);
+    if (a->x) {
+      for (int64_t e = e0; e < e1; e++) a->y[e] = a->x[e] * ((float)a->mask[e] * a->scale);
+    }
   }
+}
+
+static void draw_masks(const double *states, int64_t chunk, int64_t n, float keep, uint8_t *mask,
+                       const float *x, float *y) {
+  draws_args a = {states, chunk, n, keep_threshold(keep), mask, x, y, 1.0f / keep};
+  parallel_for((n + chunk - 1) / chunk, 1, draws_range, &a);
+}
+
+void seemore_dropout(const float *restrict x, float *restrict y, uint8_t *restrict mask, int32_t n,
+                     float keep, const double *states, int32_t chunk) {
+  draw_masks(states, chunk, n, keep, mask, x, y); /* y = x * kept / keep */
 }
 
 void seemore_dropout_grad(const float *restrict dy, const uint8_t *restrict mask, float *restrict dx,
@@ -910,9 +934,9 @@ void seemore_dropout_grad(const float *restrict dy, const uint8_t *restrict mask
  * qkv (B, T, 3C) = [all heads' queries | keys | values], head h at columns h*hs of each part,
  * and writing the heads side by side into out (B, T, C) — no split, no transposes:
  *   S = scale * Q K^T (+ causal mask);  P = softmax(S);  out = (P * mult) V
- * probs (B, H, T, T) receives P (before dropout), kept for the backward pass. With a noise state
- * (dropout: noise for (B, H, T, T) in that order), mult and mask are as in seemore_dropout; with
- * NULL, mult = 1 and mask is not touched.
+ * probs (B, H, T, T) receives P (before dropout), kept for the backward pass. With noise (dropout:
+ * the states of the chunks of draws for (B, H, T, T) in that order, as seemore_dropout takes them),
+ * mult and mask are as in seemore_dropout; with NULL, mult = 1 and mask is not touched.
  * Returns 0, or -1 without sgemm (seemore_bind_sgemm not called), -2 out of memory. */
 
 /* Softmax of each row of p (rows, cols), in place. With seen >= 0 (causal), row i sees only its
@@ -1002,16 +1026,13 @@ static void attention_range(void *p, int64_t bh0, int64_t bh1) {
   free(dropped);
 }
 
-int32_t seemore_attention(const float *qkv, const double *noise, float *out, float *probs,
+int32_t seemore_attention(const float *qkv, const double *noise, int32_t chunk, float *out, float *probs,
                           uint8_t *mask, int32_t B, int32_t T, int32_t H, int32_t hs, float scale,
                           int32_t causal, float keep) {
   if (!sgemm) return -1;
   int64_t TT = (int64_t)T * T;
-  if (noise) { /* the dropout flags first, in tf.dropout's order (the noise is one sequence) */
-    alea_t g = alea_load(noise);
-    uint64_t threshold = keep_threshold(keep);
-    for (int64_t e = 0; e < (int64_t)B * H * TT; e++) mask[e] = (uint8_t)alea_keeps(&g, threshold);
-  }
+  /* the dropout flags first, in tf.dropout's order: noise holds the states of its chunks of draws */
+  if (noise) draw_masks(noise, chunk, (int64_t)B * H * TT, keep, mask, NULL, NULL);
   attention_args a = {qkv, NULL, NULL, noise ? mask : NULL, out, probs, NULL, T, H, hs, scale, keep, causal, 0};
   parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_range, &a);
   return a.failed ? -2 : 0;

@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 12;
+const ABI_VERSION = 13;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -61,8 +61,8 @@ const SYMBOLS = {
     result: "void",
   },
   seemore_dropout: {
-    // x, y, mask (u8), n, keep, noise state (f64[4])
-    parameters: ["buffer", "buffer", "buffer", "i32", "f32", "buffer"],
+    // x, y, mask (u8), n, keep, noise states (f64[4] per chunk of draws), draws per chunk
+    parameters: ["buffer", "buffer", "buffer", "i32", "f32", "buffer", "i32"],
     result: "void",
   },
   seemore_dropout_grad: {
@@ -71,10 +71,12 @@ const SYMBOLS = {
     result: "void",
   },
   seemore_attention: {
-    // qkv, noise state (f64[4], or null), out, probs, mask (u8, or null), B, T, H, hs, scale, causal, keep
+    // qkv, noise states (f64[4] per chunk of draws, or null), draws per chunk, out, probs, mask (u8, or null),
+    // B, T, H, hs, scale, causal, keep
     parameters: [
       "buffer",
       "buffer",
+      "i32",
       "buffer",
       "buffer",
       "buffer",
@@ -531,7 +533,7 @@ function wrap(path: string, lib: NativeLibrary): Native {
     dropout(x, seed, out, keep) {
       checkKeep(keep);
       sameLength("dropout", x.length, { y: out.y, mask: out.mask });
-      s.seemore_dropout(x, out.y, out.mask, x.length, keep, aleaState(seed));
+      s.seemore_dropout(x, out.y, out.mask, x.length, keep, aleaStates(seed, x.length), DRAW_CHUNK);
     },
     dropoutGrad(dy, mask, dx, keep) {
       checkKeep(keep);
@@ -552,7 +554,8 @@ function wrap(path: string, lib: NativeLibrary): Native {
       const { batch, positions, heads, headSize } = dims;
       const rc = s.seemore_attention(
         qkv,
-        seed === null ? null : aleaState(seed),
+        seed === null ? null : aleaStates(seed, probsSize),
+        DRAW_CHUNK,
         out.out,
         out.probs,
         out.mask,
@@ -852,6 +855,59 @@ export function aleaState(seed: number): Float64Array {
     if (state[i] < 0) state[i] += 1;
   }
   return state;
+}
+
+/**
+ * Draws per chunk of dropout noise: each chunk starts from its own generator state (aleaStates), so
+ * the C kernels draw the chunks on several threads and still give the one sequence of draws.
+ */
+const DRAW_CHUNK = 1 << 16;
+
+// Alea's step is a multiply-with-carry of lag 3 (kernels.c: S' = (A·S0 + c) mod 2^32, c' = its carry).
+// With V = A·(S0 + S1·2^32 + S2·2^64) + c, one step maps V to V·2^-32 modulo M = A·2^96 − 1 (the
+// lag-r multiply-with-carry's modulus a·b^r − 1), and 2^-32 ≡ A·2^64 there since A·2^96 ≡ 1; so n
+// steps multiply V by (A·2^64)^n mod M. 0 ≤ c < A holds throughout (c starts at 1), so V gives back
+// c = V mod A and the S's from V div A.
+const ALEA_A = 2091639n;
+const ALEA_M = ALEA_A * (1n << 96n) - 1n;
+const jumpFactors = new Map<number, bigint>(); // n → (A·2^64)^n mod M
+
+function powMod(base: bigint, exp: number, mod: bigint): bigint {
+  let result = 1n, b = base % mod, e = exp;
+  while (e > 0) {
+    if (e % 2 === 1) result = (result * b) % mod;
+    b = (b * b) % mod;
+    e = Math.floor(e / 2);
+  }
+  return result;
+}
+
+/** The Alea state {c, s0, s1, s2} advanced by `draws` draws (what tf.randomUniform would reach). */
+export function aleaJump(state: Float64Array, draws: number): Float64Array {
+  let factor = jumpFactors.get(draws);
+  if (factor === undefined) {
+    factor = powMod(ALEA_A << 64n, draws, ALEA_M);
+    jumpFactors.set(draws, factor);
+  }
+  const word = (s: number) => BigInt(s * 2 ** 32); // s is a multiple of 2^-32: exact
+  const v = ALEA_A * (word(state[1]) + (word(state[2]) << 32n) + (word(state[3]) << 64n)) + BigInt(state[0]);
+  const next = (v * factor) % ALEA_M;
+  const x = next / ALEA_A, mask = (1n << 32n) - 1n;
+  const fraction = (w: bigint) => Number(w & mask) / 2 ** 32;
+  return Float64Array.of(Number(next % ALEA_A), fraction(x), fraction(x >> 32n), fraction(x >> 64n));
+}
+
+/** The states at which each DRAW_CHUNK-long chunk of `n` draws from seed's noise starts, one after another. */
+export function aleaStates(seed: number, n: number, chunk = DRAW_CHUNK): Float64Array {
+  const chunks = Math.ceil(n / chunk);
+  const states = new Float64Array(4 * Math.max(chunks, 1));
+  let state = aleaState(seed);
+  for (let i = 0; i < chunks; i++) {
+    states.set(state, 4 * i);
+    if (i + 1 < chunks) state = aleaJump(state, chunk);
+  }
+  if (chunks === 0) states.set(state);
+  return states;
 }
 
 /** Alea's string hash: each call folds `data` into the running value n and returns n / 2^32. */

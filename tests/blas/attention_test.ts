@@ -6,7 +6,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { attention, canFuseAttention, dropout } from "../../lib/blas/fused.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
-import { loadNative, type Native } from "../../lib/blas/native.ts";
+import { aleaJump, aleaState, loadNative, type Native } from "../../lib/blas/native.ts";
 import { type KVCache, MultiHeadAttention } from "../../lib/model/attention.ts";
 import { Ctx, Initialiser } from "../../lib/model/ops.ts";
 import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
@@ -70,7 +70,8 @@ for (const causal of [false, true]) {
 }
 
 Deno.test({
-  name: `attention split across 2 threads (64 heads of work) equals the ops on cpu, with dropout${NOTE}`,
+  name:
+    `attention split across 2 threads (64 heads, 2 chunks of noise) equals the ops on cpu, with dropout${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
@@ -80,8 +81,9 @@ Deno.test({
     try {
       const run = () => {
         const mha = new MultiHeadAttention(32, 8, 0.2, true, new Initialiser(9));
-        const x = tensor([8, 7, 32], 88, 2) as tf.Tensor3D; // B·H = 64 heads: 4 chunks of 16
-        const w = tensor([8, 7, 32], 89);
+        // B·H = 64 heads: 4 chunks of 16; 64·40² = 102,400 dropout draws: 2 chunks of noise
+        const x = tensor([8, 40, 32], 88, 2) as tf.Tensor3D;
+        const w = tensor([8, 40, 32], 89);
         const f = (t: tf.Tensor) => tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new Ctx(true, 3, 1)), w));
         const out = [mha.forward(x, new Ctx(true, 3, 1)), tf.grad(f)(x)];
         mha.variables().forEach((v) => v.dispose());
@@ -148,6 +150,33 @@ Deno.test({
   },
 });
 
+Deno.test("aleaJump(state, n) is the Alea state after n draws", () => {
+  // seedrandom's Alea step, in doubles, as tf.randomUniform runs it
+  const step = (g: Float64Array) => {
+    const t = 2091639 * g[1] + g[0] * 2.3283064365386963e-10;
+    g[1] = g[2];
+    g[2] = g[3];
+    g[0] = t | 0;
+    g[3] = t - g[0];
+  };
+  for (const seed of [0, 1234, 4294967295, 2.5]) {
+    const g = aleaState(seed);
+    let done = 0;
+    for (const n of [0, 1, 2, 3, 10, 1000, 65536, 100_003]) {
+      while (done < n) {
+        step(g);
+        done++;
+      }
+      const jumped = aleaJump(aleaState(seed), n);
+      for (let i = 0; i < 4; i++) {
+        if (jumped[i] !== g[i]) {
+          throw new Error(`seed ${seed}, ${n} draws: state[${i}] ${jumped[i]} vs ${g[i]}`);
+        }
+      }
+    }
+  }
+});
+
 Deno.test({
   name: `dropout (fused C) gives tf.dropout's numbers with the same seed, values and gradient${NOTE}`,
   ignore: !READY,
@@ -165,6 +194,22 @@ Deno.test({
       assertClose(fused, plain, 1e-6, `dropout ${rate}`);
       const dropped = fused[0].filter((v) => v === 0).length / fused[0].length;
       assertEquals(Math.abs(dropped - rate) < 0.05, true, `about ${rate} dropped (${dropped})`);
+    }
+    // 300,300 draws: 5 chunks of noise (the last one short), drawn on 2 threads
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const threads = native.threads();
+    native.setThreads(2);
+    try {
+      const big = () => tensor([300, 1001], 84, 3);
+      const fused = await valuesOn("wasm", () => [dropout(big(), 0.3, 99)]);
+      assertClose(
+        fused,
+        await valuesOn("cpu", () => [tf.dropout(big(), 0.3, undefined, 99)]),
+        1e-6,
+        "dropout, 5 chunks",
+      );
+    } finally {
+      native.setThreads(threads);
     }
   },
 });
