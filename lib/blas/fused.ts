@@ -258,6 +258,62 @@ export function attention(qkv: tf.Tensor3D, o: AttentionOptions): tf.Tensor3D {
   return op(qkv);
 }
 
+export function canFuseExperts(): boolean {
+  return hasKernel(FUSED_KERNELS.experts);
+}
+
+/** One expert's parameters: Linear(C, F) then Linear(F, C), weights [in, out]. */
+export interface ExpertParams {
+  w1: tf.Tensor2D;
+  b1: tf.Tensor1D;
+  w2: tf.Tensor2D;
+  b2: tf.Tensor1D;
+}
+
+/**
+ * seeMoE's experts in one kernel: expert e (Linear → ReLU → Linear → dropout) on its group of rows of
+ * x (M, C), counts[e] rows, the groups one after another → (M, C). With dropout, expert e's noise is
+ * tf.dropout's for seeds[e], as if each expert ran its own dropout. Keeps the ReLU output and a byte
+ * mask for the gradient. Only where canFuseExperts(); lib/model/moe.ts runs the experts op by op
+ * otherwise.
+ */
+export function experts(
+  x: tf.Tensor2D,
+  counts: number[],
+  params: ExpertParams[],
+  dropout: { rate: number; seeds: number[] } | null,
+): tf.Tensor2D {
+  const attrs = {
+    counts,
+    hidden: params[0].w1.shape[1],
+    keep: dropout ? 1 - dropout.rate : 1,
+    seeds: dropout ? dropout.seeds : [],
+  };
+  const named = (ts: tf.Tensor[]) => {
+    const out: tf.NamedTensorMap = {};
+    ts.forEach((t, i) => (out[`${["w1", "b1", "w2", "b2"][i % 4]}_${Math.floor(i / 4)}`] = t));
+    return out;
+  };
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const [input, ...weights] = args.slice(0, -1) as tf.Tensor[];
+    const [y, h, mask] = run(FUSED_KERNELS.experts, { x: input, ...named(weights) }, attrs) as tf.Tensor[];
+    save([input, h, mask, ...weights]);
+    return {
+      value: y, // (M, C)
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sh, smask, ...sw] = saved;
+        return run(
+          FUSED_KERNELS.expertsGrad,
+          { dy, x: sx, h: sh, mask: smask, ...named(sw) },
+          attrs,
+        ) as tf.Tensor[];
+      },
+    };
+  }) as (...inputs: tf.Tensor[]) => tf.Tensor2D;
+  return op(x, ...params.flatMap((p) => [p.w1, p.b1, p.w2, p.b2]));
+}
+
 /**
  * attention() for generation with a key/value cache: qkv (B, Tn, 3C) holds new positions that follow
  * the cached ones (k, v: (B, H, tPast, hs), or null at the start). Returns the merged heads

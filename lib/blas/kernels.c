@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 13; }
+int32_t seemore_abi_version(void) { return 14; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -1122,6 +1122,151 @@ int32_t seemore_attention_cached(const float *qkv, const float *k_past, const fl
   }
   free(scores);
   return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * seeMoE's experts in one call: expert e is Linear(C, F) -> ReLU -> Linear(F, C) -> dropout, run on
+ * its own group of rows of x (M, C) — counts[e] rows, the groups one after another. Its parameters
+ * live in `heap` at the byte offsets offsets[4e .. 4e+3]: w1 [C, F], b1 [F], w2 [F, C], b2 [C].
+ * Forward: h (M, F) = ReLU(x w1 + b1), kept for the gradient; y (M, C) = (h w2 + b2) * mult, with
+ * mult and mask as seemore_dropout from expert e's noise state states[4e .. 4e+3] (states NULL: no
+ * dropout, mask untouched). Experts are spread over the kernel threads, each product on one
+ * OpenBLAS thread (the caller sets OpenBLAS to one thread first). Returns 0, -1 without sgemm, -2 out
+ * of memory. */
+typedef struct {
+  uint8_t *heap;
+  const uint32_t *offsets, *grad_offsets;
+  const int64_t *starts; /* first row of each group; starts[E] = M */
+  const float *x, *h_in, *dy;
+  float *h, *y, *dx;
+  uint8_t *mask;
+  const uint8_t *mask_in;
+  const double *states;
+  float keep;
+  int64_t C, F;
+  int32_t failed;
+} experts_args;
+
+static float *heap_floats(uint8_t *heap, uint32_t offset) { return (float *)(void *)(heap + offset); }
+
+/* rows (n, cols) = bias repeated: the starting value of a product that adds a bias (beta = 1). */
+static void fill_bias(float *rows, const float *bias, int64_t n, int64_t cols) {
+  for (int64_t r = 0; r < n; r++) memcpy(rows + r * cols, bias, (size_t)cols * sizeof(float));
+}
+
+static void experts_range(void *p, int64_t e0, int64_t e1) {
+  experts_args *a = p;
+  int64_t C = a->C, F = a->F;
+  for (int64_t e = e0; e < e1; e++) {
+    int64_t r0 = a->starts[e], n = a->starts[e + 1] - r0;
+    if (n == 0) continue;
+    const uint32_t *o = a->offsets + 4 * e;
+    const float *x = a->x + r0 * C;
+    float *h = a->h + r0 * F, *y = a->y + r0 * C;
+    fill_bias(h, heap_floats(a->heap, o[1]), n, F);
+    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)n, (int)F, (int)C, 1.0f, x, (int)C, heap_floats(a->heap, o[0]),
+          (int)F, 1.0f, h, (int)F);
+    unary_args relu = {h, h, h}; /* h where h > 0, else 0: ReLU in place */
+    relu_grad_range(&relu, 0, n * F);
+    fill_bias(y, heap_floats(a->heap, o[3]), n, C);
+    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)n, (int)C, (int)F, 1.0f, h, (int)F, heap_floats(a->heap, o[2]),
+          (int)C, 1.0f, y, (int)C);
+    if (a->states) {
+      alea_t g = alea_load(a->states + 4 * e);
+      uint64_t threshold = keep_threshold(a->keep);
+      float scale = 1.0f / a->keep;
+      uint8_t *m = a->mask + r0 * C;
+      for (int64_t i = 0; i < n * C; i++) {
+        m[i] = (uint8_t)alea_keeps(&g, threshold);
+        y[i] *= (float)m[i] * scale;
+      }
+    }
+  }
+}
+
+static int64_t *group_starts(const int32_t *counts, int32_t E) {
+  int64_t *starts = malloc(((size_t)E + 1) * sizeof(int64_t));
+  if (!starts) return NULL;
+  starts[0] = 0;
+  for (int32_t e = 0; e < E; e++) starts[e + 1] = starts[e] + counts[e];
+  return starts;
+}
+
+int32_t seemore_experts(uint8_t *heap, const uint32_t *offsets, const int32_t *counts, int32_t E,
+                        const float *x, float *h, float *y, uint8_t *mask, const double *states, float keep,
+                        int32_t C, int32_t F) {
+  if (!sgemm) return -1;
+  int64_t *starts = group_starts(counts, E);
+  if (!starts) return -2;
+  experts_args a = {heap, offsets, NULL, starts, x, NULL, NULL, h, y, NULL, mask, NULL, states, keep, C, F, 0};
+  parallel_for(E, 1, experts_range, &a);
+  free(starts);
+  return 0;
+}
+
+/* Gradient of seemore_experts: from dy (M, C), the saved x, h and mask (NULL: no dropout), writes
+ * dx (M, C) and each expert's dw1, db1, dw2, db2 at grad_offsets[4e .. 4e+3] in heap (zeros for an
+ * expert without rows). With d = dy * mult:  dw2 = h^T d;  db2 = colsum(d);  dz = (d w2^T) where
+ * h > 0;  dw1 = x^T dz;  db1 = colsum(dz);  dx = dz w1^T. */
+static void column_sums_into(float *dst, const float *src, int64_t rows, int64_t cols) {
+  column_sum_args a = {src, dst, rows, cols};
+  column_sum_range(&a, 0, cols); /* on this thread: the experts already use them all */
+}
+
+static void experts_grad_range(void *p, int64_t e0, int64_t e1) {
+  experts_args *a = p;
+  int64_t C = a->C, F = a->F;
+  for (int64_t e = e0; e < e1; e++) {
+    int64_t r0 = a->starts[e], n = a->starts[e + 1] - r0;
+    const uint32_t *o = a->offsets + 4 * e, *go = a->grad_offsets + 4 * e;
+    float *dw1 = heap_floats(a->heap, go[0]), *db1 = heap_floats(a->heap, go[1]);
+    float *dw2 = heap_floats(a->heap, go[2]), *db2 = heap_floats(a->heap, go[3]);
+    if (n == 0) {
+      memset(dw1, 0, (size_t)(C * F) * sizeof(float));
+      memset(db1, 0, (size_t)F * sizeof(float));
+      memset(dw2, 0, (size_t)(F * C) * sizeof(float));
+      memset(db2, 0, (size_t)C * sizeof(float));
+      continue;
+    }
+    float *d = malloc((size_t)(n * (C + F)) * sizeof(float));
+    if (!d) {
+      __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED);
+      continue;
+    }
+    float *dz = d + n * C;
+    const float *x = a->x + r0 * C, *h = a->h_in + r0 * F, *dy = a->dy + r0 * C;
+    if (a->mask_in) {
+      const uint8_t *m = a->mask_in + r0 * C;
+      float scale = 1.0f / a->keep;
+      for (int64_t i = 0; i < n * C; i++) d[i] = dy[i] * ((float)m[i] * scale);
+    } else {
+      memcpy(d, dy, (size_t)(n * C) * sizeof(float));
+    }
+    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)F, (int)C, (int)n, 1.0f, h, (int)F, d, (int)C, 0.0f, dw2, (int)C);
+    column_sums_into(db2, d, n, C);
+    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)n, (int)F, (int)C, 1.0f, d, (int)C, heap_floats(a->heap, o[2]),
+          (int)C, 0.0f, dz, (int)F);
+    unary_args relu_grad = {h, dz, dz}; /* dz where h > 0, else 0 */
+    relu_grad_range(&relu_grad, 0, n * F);
+    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)C, (int)F, (int)n, 1.0f, x, (int)C, dz, (int)F, 0.0f, dw1, (int)F);
+    column_sums_into(db1, dz, n, F);
+    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)n, (int)C, (int)F, 1.0f, dz, (int)F, heap_floats(a->heap, o[0]),
+          (int)F, 0.0f, a->dx + r0 * C, (int)C);
+    free(d);
+  }
+}
+
+int32_t seemore_experts_grad(uint8_t *heap, const uint32_t *offsets, const uint32_t *grad_offsets,
+                             const int32_t *counts, int32_t E, const float *x, const float *h,
+                             const float *dy, const uint8_t *mask, float keep, float *dx, int32_t C,
+                             int32_t F) {
+  if (!sgemm) return -1;
+  int64_t *starts = group_starts(counts, E);
+  if (!starts) return -2;
+  experts_args a = {heap, offsets, grad_offsets, starts, x, h, dy, NULL, NULL, dx, NULL, mask, NULL, keep, C, F, 0};
+  parallel_for(E, 1, experts_grad_range, &a);
+  free(starts);
+  return a.failed ? -2 : 0;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -144,6 +144,8 @@ export const FUSED_KERNELS = {
   attention: "SeemoreAttention",
   attentionGrad: "SeemoreAttentionGrad",
   attentionCached: "SeemoreAttentionCached",
+  experts: "SeemoreExperts",
+  expertsGrad: "SeemoreExpertsGrad",
 } as const;
 
 function registerFusedKernels(): string[] {
@@ -165,6 +167,8 @@ function registerFusedKernels(): string[] {
       [FUSED_KERNELS.attention, attentionKernel as tf.KernelFunc],
       [FUSED_KERNELS.attentionGrad, attentionGradKernel as tf.KernelFunc],
       [FUSED_KERNELS.attentionCached, attentionCachedKernel as tf.KernelFunc],
+      [FUSED_KERNELS.experts, expertsKernel as tf.KernelFunc],
+      [FUSED_KERNELS.expertsGrad, expertsGradKernel as tf.KernelFunc],
     );
   }
   for (const [kernelName, kernelFunc] of kernels) {
@@ -850,6 +854,92 @@ function attentionGradKernel(args: KernelArgs): TensorInfo {
     { scale: attrs.scale, keep: attrs.keep },
   );
   return dqkv;
+}
+
+/** Byte offsets on the wasm heap of the tensors named `${prefix}_${e}` (w1, b1, w2, b2 per expert e). */
+function expertOffsets(backend: WasmBackend, inputs: Record<string, TensorInfo>, E: number, names: string[]) {
+  const offsets = new Uint32Array(4 * E);
+  for (let e = 0; e < E; e++) {
+    names.forEach((name, j) => {
+      const t = inputs[`${name}_${e}`];
+      const offset = t && t.dtype === "float32" ? backend.dataIdMap.get(t.dataId)?.memoryOffset : undefined;
+      if (offset == null) {
+        throw new Error(`lib/blas/kernels.ts: experts input ${name}_${e} missing or not float32`);
+      }
+      offsets[4 * e + j] = offset;
+    });
+  }
+  return offsets;
+}
+
+interface ExpertsAttrs {
+  counts: number[];
+  hidden: number;
+  keep: number;
+  seeds: number[]; // one per expert, or none: no dropout
+}
+
+/**
+ * inputs x (M, C) and w1_e, b1_e, w2_e, b2_e for each expert e; attrs counts, hidden (F), keep, seeds
+ * → [y (M, C), h (M, F), mask (M, C) bool, or [0] without dropout]. See native.ts experts().
+ */
+function expertsKernel(args: KernelArgs): TensorInfo[] {
+  const inputs = args.inputs as Record<string, TensorInfo>;
+  const { counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
+  const x = inputs.x, [M, C] = x.shape;
+  const backend = wasmOf(args.backend);
+  const offsets = expertOffsets(backend, inputs, counts.length, ["w1", "b1", "w2", "b2"]);
+  const dropout = seeds.length > 0;
+  const y = backend.makeOutput([M, C], "float32");
+  const h = backend.makeOutput([M, F], "float32");
+  const mask = backend.makeOutput(dropout ? [M, C] : [0], "bool");
+  blas!.useThreads(1); // the experts run side by side on our threads, each product on one
+  native!.experts(
+    backend.wasm.HEAPU8,
+    offsets,
+    Int32Array.from(counts),
+    {
+      x: floatView(backend, x, "experts x"),
+      h: floatView(backend, h, "h"),
+      y: floatView(backend, y, "y"),
+      mask: dropout ? boolView(backend, mask, "mask") : null,
+    },
+    dropout ? { seeds, keep } : null,
+    { C, F },
+  );
+  return [y, h, mask];
+}
+
+/** inputs dy, x, h, mask and the experts' parameters; attrs as expertsKernel → [dx, then dw1, db1, dw2, db2 per expert]. */
+function expertsGradKernel(args: KernelArgs): TensorInfo[] {
+  const inputs = args.inputs as Record<string, TensorInfo>;
+  const { counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
+  const { dy, x, h, mask } = inputs;
+  const [M, C] = x.shape;
+  const backend = wasmOf(args.backend);
+  const offsets = expertOffsets(backend, inputs, counts.length, ["w1", "b1", "w2", "b2"]);
+  const dx = backend.makeOutput([M, C], "float32");
+  const grads = counts.flatMap(() =>
+    [[C, F], [F], [F, C], [C]].map((shape) => backend.makeOutput(shape, "float32"))
+  );
+  const gradOffsets = Uint32Array.from(grads, (g) => backend.dataIdMap.get(g.dataId)!.memoryOffset);
+  blas!.useThreads(1);
+  native!.expertsGrad(
+    backend.wasm.HEAPU8,
+    offsets,
+    gradOffsets,
+    Int32Array.from(counts),
+    {
+      x: floatView(backend, x, "experts x"),
+      h: floatView(backend, h, "experts h"),
+      dy: floatView(backend, dy, "experts dy"),
+      mask: seeds.length > 0 ? boolView(backend, mask, "experts mask") : null,
+      dx: floatView(backend, dx, "dx"),
+    },
+    keep,
+    { C, F },
+  );
+  return [dx, ...grads];
 }
 
 function boolView(backend: WasmBackend, info: TensorInfo, what: string): Uint8Array {

@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 13;
+const ABI_VERSION = 14;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -37,6 +37,45 @@ const SYMBOLS = {
   seemore_bind_sgemm: { parameters: ["buffer"], result: "i32" },
   seemore_set_threads: { parameters: ["i32"], result: "i32" },
   seemore_helpers_started: { parameters: [], result: "i64" },
+  seemore_experts: {
+    // heap, offsets (u32: w1, b1, w2, b2 per expert), counts (i32), E, x, h, y, mask (u8, or null),
+    // noise states (f64[4] per expert, or null), keep, C, F -> 0 on success
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "f32",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+  },
+  seemore_experts_grad: {
+    // heap, offsets (w1, b1, w2, b2), gradient offsets (dw1, db1, dw2, db2), counts, E, x, h, dy,
+    // mask (or null), keep, dx, C, F -> 0 on success
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "f32",
+      "buffer",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+  },
   seemore_sgemm_batch: {
     // transA, transB, m, n, k, a, aIndex (i32), b, bIndex (i32), beta, c, batch -> 0 on success
     parameters: [
@@ -347,6 +386,30 @@ export interface Native {
   unary(op: "erf" | "exp" | "gelu", x: Float32Array, y: Float32Array): void;
   /** dx = dy * f'(x) for f = GELU or ReLU. */
   unaryGrad(op: "gelu" | "relu", x: Float32Array, dy: Float32Array, dx: Float32Array): void;
+  /**
+   * seeMoE's experts (Linear(C, F) → ReLU → Linear(F, C) → dropout), each on its group of rows of x
+   * (counts[e] rows, groups in order), parameters on the wasm `heap` at `offsets` (w1, b1, w2, b2 per
+   * expert): writes h = ReLU(x w1 + b1) and y; with seeds (one per expert), y is dropped out with each
+   * expert's own noise and mask written. OpenBLAS must run on one thread (experts spread over ours).
+   */
+  experts(
+    heap: Uint8Array,
+    offsets: Uint32Array,
+    counts: Int32Array,
+    io: { x: Float32Array; h: Float32Array; y: Float32Array; mask: Uint8Array | null },
+    dropout: { seeds: number[]; keep: number } | null,
+    dims: { C: number; F: number },
+  ): void;
+  /** The gradient of experts(): dx, and dw1, db1, dw2, db2 per expert at gradOffsets on the heap. */
+  expertsGrad(
+    heap: Uint8Array,
+    offsets: Uint32Array,
+    gradOffsets: Uint32Array,
+    counts: Int32Array,
+    io: { x: Float32Array; h: Float32Array; dy: Float32Array; mask: Uint8Array | null; dx: Float32Array },
+    keep: number,
+    dims: { C: number; F: number },
+  ): void;
   /** out = GELU(x) and dx = dy * GELU'(x) in one pass (one exp and one erf per element). */
   geluWithGrad(x: Float32Array, dy: Float32Array, out: Float32Array, dx: Float32Array): void;
   /** Layer norm over rows of `cols` values; also writes each row's mean and 1/sqrt(var + eps). */
@@ -734,6 +797,67 @@ function wrap(path: string, lib: NativeLibrary): Native {
       sameLength(`${op} gradient`, x.length, { dy, dx });
       (op === "gelu" ? s.seemore_gelu_grad : s.seemore_relu_grad)(x, dy, dx, x.length);
     },
+    experts(heap, offsets, counts, io, dropout, { C, F }) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: experts needs bindSgemm() first");
+      const rows = checkExperts("experts", heap.byteLength, offsets, counts, [C * F, F, F * C, C]);
+      sameLength("experts", rows * C, { x: io.x, y: io.y });
+      sameLength("experts", rows * F, { h: io.h });
+      if (dropout) {
+        checkKeep(dropout.keep);
+        if (!io.mask) throw new Error("lib/blas/native.ts: experts with dropout needs a mask");
+        sameLength("experts", rows * C, { mask: io.mask });
+        if (dropout.seeds.length !== counts.length) {
+          throw new Error(
+            `lib/blas/native.ts: experts needs one seed per expert, got ${dropout.seeds.length}`,
+          );
+        }
+      }
+      const states = dropout ? new Float64Array(4 * counts.length) : null;
+      dropout?.seeds.forEach((seed, e) => states!.set(aleaState(seed), 4 * e));
+      const rc = s.seemore_experts(
+        heap,
+        offsets,
+        counts,
+        counts.length,
+        io.x,
+        io.h,
+        io.y,
+        dropout ? io.mask : null,
+        states,
+        dropout?.keep ?? 1,
+        C,
+        F,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_experts failed (${rc})`);
+    },
+    expertsGrad(heap, offsets, gradOffsets, counts, io, keep, { C, F }) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: expertsGrad needs bindSgemm() first");
+      const sizes = [C * F, F, F * C, C];
+      const rows = checkExperts("expertsGrad", heap.byteLength, offsets, counts, sizes);
+      checkExperts("expertsGrad (gradients)", heap.byteLength, gradOffsets, counts, sizes);
+      sameLength("expertsGrad", rows * C, { x: io.x, dy: io.dy, dx: io.dx });
+      sameLength("expertsGrad", rows * F, { h: io.h });
+      if (io.mask) {
+        checkKeep(keep);
+        sameLength("expertsGrad", rows * C, { mask: io.mask });
+      }
+      const rc = s.seemore_experts_grad(
+        heap,
+        offsets,
+        gradOffsets,
+        counts,
+        counts.length,
+        io.x,
+        io.h,
+        io.dy,
+        io.mask,
+        keep,
+        io.dx,
+        C,
+        F,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_experts_grad failed (${rc})`);
+    },
     geluWithGrad(x, dy, out, dx) {
       sameLength("gelu with gradient", x.length, { dy, out, dx });
       s.seemore_gelu_with_grad(x, dy, out, dx, x.length);
@@ -953,6 +1077,36 @@ function checkIm2col(what: string, image: Float32Array, cols: Float32Array, [B, 
   if (H % 2 !== 0 || W % 2 !== 0) throw new Error(`lib/blas/native.ts: ${what} needs even H, W (${H}×${W})`);
   sameLength(`${what} image`, B * H * W * C, { image });
   sameLength(`${what} cols`, B * H * W * C / 4 * 9, { cols });
+}
+
+/**
+ * Checks the experts' parameter regions (4 per expert, of `sizes` floats, inside the heap, 4-byte
+ * aligned) and their row counts; returns the rows of all groups together.
+ */
+function checkExperts(
+  what: string,
+  heapBytes: number,
+  offsets: Uint32Array,
+  counts: Int32Array,
+  sizes: number[],
+): number {
+  if (offsets.length !== 4 * counts.length) {
+    throw new Error(`lib/blas/native.ts: ${what} needs 4 offsets per expert, got ${offsets.length}`);
+  }
+  offsets.forEach((start, i) => {
+    const end = start + 4 * sizes[i % 4];
+    if (start % 4 !== 0 || start === 0 || end > heapBytes) {
+      throw new Error(
+        `lib/blas/native.ts: ${what} region [${start}, ${end}) outside the heap of ${heapBytes} bytes`,
+      );
+    }
+  });
+  let rows = 0;
+  for (const n of counts) {
+    if (!Number.isInteger(n) || n < 0) throw new Error(`lib/blas/native.ts: ${what} row count ${n}`);
+    rows += n;
+  }
+  return rows;
 }
 
 /** Every index must pick a whole matrix of `size` floats inside an array of `length`. */

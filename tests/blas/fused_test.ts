@@ -5,6 +5,7 @@ import * as tf from "@tensorflow/tfjs";
 import {
   adamOps,
   adamStep,
+  experts,
   gelu,
   geluOps,
   geluWithGrad,
@@ -12,7 +13,7 @@ import {
   layerNormOps,
   relu,
 } from "../../lib/blas/fused.ts";
-import { geluDense, useFastMatmul } from "../../lib/model/ops.ts";
+import { Ctx, dense, dropout as opsDropout, geluDense, useFastMatmul } from "../../lib/model/ops.ts";
 import { loadBlas } from "../../lib/blas/ffi.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
@@ -103,6 +104,62 @@ Deno.test({
       assertEquals(names.includes(FUSED_KERNELS.geluWithGrad), true, "GELU recomputed with its gradient");
     } finally {
       useFastMatmul(false);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    `experts (one C kernel) equal each expert's ops on cpu: values, all gradients, dropout, an empty group${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const threads = native.threads();
+    native.setThreads(2); // experts spread over both threads
+    try {
+      const C = 8, F = 32, counts = [5, 0, 9, 3]; // expert 1 gets no rows
+      const M = counts.reduce((a, b) => a + b, 0);
+      for (const training of [false, true]) {
+        const run = (fused: boolean) => () => {
+          const x = tensor([M, C], 100, 2) as tf.Tensor2D, r = tensor([M, C], 101);
+          const params = counts.map((_, e) => ({
+            w1: tensor([C, F], 110 + e) as tf.Tensor2D,
+            b1: tensor([F], 120 + e) as tf.Tensor1D,
+            w2: tensor([F, C], 130 + e) as tf.Tensor2D,
+            b2: tensor([C], 140 + e) as tf.Tensor1D,
+          }));
+          const ctx = new Ctx(training, 4, 7);
+          const f = (...ts: tf.Tensor[]) => {
+            const [xx, ...ws] = ts;
+            const ps = params.map((_, e) => ({
+              w1: ws[4 * e] as tf.Tensor2D,
+              b1: ws[4 * e + 1] as tf.Tensor1D,
+              w2: ws[4 * e + 2] as tf.Tensor2D,
+              b2: ws[4 * e + 3] as tf.Tensor1D,
+            }));
+            if (fused) {
+              const seeds = counts.map(() => ctx.nextSeed());
+              return tf.sum(
+                tf.mul(experts(xx as tf.Tensor2D, counts, ps, training ? { rate: 0.3, seeds } : null), r),
+              );
+            }
+            const outs = tf.split(xx, counts, 0).map((g, e) =>
+              opsDropout(dense(tf.relu(dense(g, ps[e].w1, ps[e].b1)), ps[e].w2, ps[e].b2), 0.3, ctx)
+            );
+            return tf.sum(tf.mul(tf.concat(outs, 0), r));
+          };
+          return tf.grads(f)([x, ...params.flatMap((p) => [p.w1, p.b1, p.w2, p.b2])]);
+        };
+        assertClose(
+          await valuesOn("wasm", run(true)),
+          await valuesOn("cpu", run(false)),
+          TOL,
+          `experts, training ${training}`,
+        );
+      }
+    } finally {
+      native.setThreads(threads);
     }
   },
 });
