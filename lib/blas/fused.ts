@@ -298,14 +298,16 @@ export function experts(
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const [input, ...weights] = args.slice(0, -1) as tf.Tensor[];
     const [y, h, mask] = run(FUSED_KERNELS.experts, { x: input, ...named(weights) }, attrs) as tf.Tensor[];
-    save([input, h, mask, ...weights]);
+    // The parameters are variables, unchanged until the step's update: the gradient reads them
+    // directly rather than saved clones (32 fewer tensors per layer to copy out and free).
+    save([input, h, mask]);
     return {
       value: y, // (M, C)
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, sh, smask, ...sw] = saved;
+        const [sx, sh, smask] = saved;
         return run(
           FUSED_KERNELS.expertsGrad,
-          { dy, x: sx, h: sh, mask: smask, ...named(sw) },
+          { dy, x: sx, h: sh, mask: smask, ...named(weights) },
           attrs,
         ) as tf.Tensor[];
       },

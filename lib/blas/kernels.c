@@ -1137,6 +1137,7 @@ typedef struct {
   uint8_t *heap;
   const uint32_t *offsets, *grad_offsets;
   const int64_t *starts; /* first row of each group; starts[E] = M */
+  const int32_t *order;  /* experts by falling row count: the largest start first, so threads end together */
   const float *x, *h_in, *dy;
   float *h, *y, *dx;
   uint8_t *mask;
@@ -1154,11 +1155,11 @@ static void fill_bias(float *rows, const float *bias, int64_t n, int64_t cols) {
   for (int64_t r = 0; r < n; r++) memcpy(rows + r * cols, bias, (size_t)cols * sizeof(float));
 }
 
-static void experts_range(void *p, int64_t e0, int64_t e1) {
+static void experts_range(void *p, int64_t i0, int64_t i1) {
   experts_args *a = p;
   int64_t C = a->C, F = a->F;
-  for (int64_t e = e0; e < e1; e++) {
-    int64_t r0 = a->starts[e], n = a->starts[e + 1] - r0;
+  for (int64_t i = i0; i < i1; i++) {
+    int64_t e = a->order[i], r0 = a->starts[e], n = a->starts[e + 1] - r0;
     if (n == 0) continue;
     const uint32_t *o = a->offsets + 4 * e;
     const float *x = a->x + r0 * C;
@@ -1184,11 +1185,22 @@ static void experts_range(void *p, int64_t e0, int64_t e1) {
   }
 }
 
-static int64_t *group_starts(const int32_t *counts, int32_t E) {
-  int64_t *starts = malloc(((size_t)E + 1) * sizeof(int64_t));
+/* starts (E + 1 row offsets) then order (E expert ids, most rows first), in one allocation. */
+static int64_t *group_plan(const int32_t *counts, int32_t E, int32_t **order) {
+  int64_t *starts = malloc(((size_t)E + 1) * sizeof(int64_t) + (size_t)E * sizeof(int32_t));
   if (!starts) return NULL;
+  int32_t *o = (int32_t *)(void *)(starts + E + 1);
   starts[0] = 0;
-  for (int32_t e = 0; e < E; e++) starts[e + 1] = starts[e] + counts[e];
+  for (int32_t e = 0; e < E; e++) {
+    starts[e + 1] = starts[e] + counts[e];
+    int32_t j = e; /* insertion sort, largest count first */
+    while (j > 0 && counts[o[j - 1]] < counts[e]) {
+      o[j] = o[j - 1];
+      j--;
+    }
+    o[j] = e;
+  }
+  *order = o;
   return starts;
 }
 
@@ -1196,9 +1208,10 @@ int32_t seemore_experts(uint8_t *heap, const uint32_t *offsets, const int32_t *c
                         const float *x, float *h, float *y, uint8_t *mask, const double *states, float keep,
                         int32_t C, int32_t F) {
   if (!sgemm) return -1;
-  int64_t *starts = group_starts(counts, E);
+  int32_t *order;
+  int64_t *starts = group_plan(counts, E, &order);
   if (!starts) return -2;
-  experts_args a = {heap, offsets, NULL, starts, x, NULL, NULL, h, y, NULL, mask, NULL, states, keep, C, F, 0};
+  experts_args a = {heap, offsets, NULL, starts, order, x, NULL, NULL, h, y, NULL, mask, NULL, states, keep, C, F, 0};
   parallel_for(E, 1, experts_range, &a);
   free(starts);
   return 0;
@@ -1213,11 +1226,11 @@ static void column_sums_into(float *dst, const float *src, int64_t rows, int64_t
   column_sum_range(&a, 0, cols); /* on this thread: the experts already use them all */
 }
 
-static void experts_grad_range(void *p, int64_t e0, int64_t e1) {
+static void experts_grad_range(void *p, int64_t i0, int64_t i1) {
   experts_args *a = p;
   int64_t C = a->C, F = a->F;
-  for (int64_t e = e0; e < e1; e++) {
-    int64_t r0 = a->starts[e], n = a->starts[e + 1] - r0;
+  for (int64_t i = i0; i < i1; i++) {
+    int64_t e = a->order[i], r0 = a->starts[e], n = a->starts[e + 1] - r0;
     const uint32_t *o = a->offsets + 4 * e, *go = a->grad_offsets + 4 * e;
     float *dw1 = heap_floats(a->heap, go[0]), *db1 = heap_floats(a->heap, go[1]);
     float *dw2 = heap_floats(a->heap, go[2]), *db2 = heap_floats(a->heap, go[3]);
@@ -1261,9 +1274,10 @@ int32_t seemore_experts_grad(uint8_t *heap, const uint32_t *offsets, const uint3
                              const float *dy, const uint8_t *mask, float keep, float *dx, int32_t C,
                              int32_t F) {
   if (!sgemm) return -1;
-  int64_t *starts = group_starts(counts, E);
+  int32_t *order;
+  int64_t *starts = group_plan(counts, E, &order);
   if (!starts) return -2;
-  experts_args a = {heap, offsets, grad_offsets, starts, x, h, dy, NULL, NULL, dx, NULL, mask, NULL, keep, C, F, 0};
+  experts_args a = {heap, offsets, grad_offsets, starts, order, x, h, dy, NULL, NULL, dx, NULL, mask, NULL, keep, C, F, 0};
   parallel_for(E, 1, experts_grad_range, &a);
   free(starts);
   return a.failed ? -2 : 0;
