@@ -317,6 +317,54 @@ export function experts(
 }
 
 /**
+ * seeMoE's routing plan (lib/model/moe.ts planDispatch) as the dispatch and combine kernels take it.
+ * A slot j·N + n is token n's j-th choice.
+ */
+export interface MoERoute {
+  order: Int32Array; // (M) the slot of each expert row, rows grouped by expert
+  rowOfSlot: Int32Array; // (k·N) the expert row of each slot, -1 where the slot was dropped
+  slotExpert: Int32Array; // (k·N) the expert of each slot
+  tokens: number; // N
+  choices: number; // k
+}
+
+/**
+ * The experts' input rows: row r is token order[r] mod N of x (N, C) → (M, C). Its gradient sums each
+ * token's rows back. One C kernel each way (only where canFuseExperts(); moe.ts has the ops).
+ */
+export function moeDispatch(x: tf.Tensor2D, route: MoERoute): tf.Tensor2D {
+  const attrs = { ...route } as unknown as tf.NamedAttrMap;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+    value: run(FUSED_KERNELS.moeDispatch, { x: args[0] as tf.Tensor }, attrs) as tf.Tensor, // (M, C)
+    gradFunc: (dy: tf.Tensor) => run(FUSED_KERNELS.moeDispatchGrad, { dinputs: dy }, attrs) as tf.Tensor, // (N, C)
+  })) as (x: tf.Tensor2D) => tf.Tensor2D;
+  return op(x);
+}
+
+/**
+ * Each token's experts' outputs, weighted by their gates and summed: out[n] = Σ_j gates[n, e] ·
+ * merged[row] over the kept slots j·N + n (e = slotExpert, row = rowOfSlot) → (N, C). Differentiable
+ * in merged (M, C) and gates (N, E). One C kernel each way (only where canFuseExperts()).
+ */
+export function moeCombine(merged: tf.Tensor2D, gates: tf.Tensor2D, route: MoERoute): tf.Tensor2D {
+  const attrs = { ...route } as unknown as tf.NamedAttrMap;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [m, g, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    save([m, g]);
+    return {
+      value: run(FUSED_KERNELS.moeCombine, { merged: m, gates: g }, attrs) as tf.Tensor, // (N, C)
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run(
+          FUSED_KERNELS.moeCombineGrad,
+          { dout: dy, merged: saved[0], gates: saved[1] },
+          attrs,
+        ) as tf.Tensor[],
+    };
+  }) as (merged: tf.Tensor2D, gates: tf.Tensor2D) => tf.Tensor2D;
+  return op(merged, gates);
+}
+
+/**
  * attention() for generation with a key/value cache: qkv (B, Tn, 3C) holds new positions that follow
  * the cached ones (k, v: (B, H, tPast, hs), or null at the start). Returns the merged heads
  * (B, Tn, C) and the grown cache (B, H, tPast + Tn, hs). No dropout and no gradient.

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 14; }
+int32_t seemore_abi_version(void) { return 15; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -1281,6 +1281,65 @@ int32_t seemore_experts_grad(uint8_t *heap, const uint32_t *offsets, const uint3
   parallel_for(E, 1, experts_grad_range, &a);
   free(starts);
   return a.failed ? -2 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * seeMoE's routing around the experts. A slot s = j N + n is token n's j-th choice (k choices).
+ * Dispatch: inputs (M, C), row r = token order[r] mod N of x (N, C); its gradient sums each token's
+ * rows back: dx[n] = sum of dinputs[r] over the rows r of token n (in row order).
+ * Combine: out[n] = sum over j of gates[n, e] * merged[row] for slot s = j N + n with e = expert[s]
+ * and row = row_of_slot[s] (no term when row < 0: the slot was dropped); its gradient
+ * dmerged[row] = gates[n, e] * dout[n] and dgates[n, e] = dout[n] . merged[row] (0 elsewhere). */
+
+void seemore_moe_dispatch(const float *x, const int32_t *order, float *inputs, int32_t N, int32_t M,
+                          int32_t C) {
+  for (int64_t r = 0; r < M; r++) memcpy(inputs + r * C, x + (int64_t)(order[r] % N) * C, (size_t)C * sizeof(float));
+}
+
+void seemore_moe_dispatch_grad(const float *dinputs, const int32_t *order, float *dx, int32_t N, int32_t M,
+                               int32_t C) {
+  memset(dx, 0, (size_t)((int64_t)N * C) * sizeof(float));
+  for (int64_t r = 0; r < M; r++) {
+    float *d = dx + (int64_t)(order[r] % N) * C;
+    const float *g = dinputs + r * C;
+    for (int64_t c = 0; c < C; c++) d[c] += g[c];
+  }
+}
+
+void seemore_moe_combine(const float *merged, const float *gates, const int32_t *row_of_slot,
+                         const int32_t *expert, float *out, int32_t N, int32_t k, int32_t C, int32_t E) {
+  memset(out, 0, (size_t)((int64_t)N * C) * sizeof(float));
+  for (int64_t j = 0; j < k; j++) {
+    for (int64_t n = 0; n < N; n++) {
+      int64_t s = j * N + n, row = row_of_slot[s];
+      if (row < 0) continue;
+      float g = gates[n * E + expert[s]];
+      const float *m = merged + row * C;
+      float *o = out + n * C;
+      for (int64_t c = 0; c < C; c++) o[c] += g * m[c];
+    }
+  }
+}
+
+void seemore_moe_combine_grad(const float *dout, const float *merged, const float *gates,
+                              const int32_t *row_of_slot, const int32_t *expert, float *dmerged,
+                              float *dgates, int32_t N, int32_t k, int32_t M, int32_t C, int32_t E) {
+  memset(dmerged, 0, (size_t)((int64_t)M * C) * sizeof(float));
+  memset(dgates, 0, (size_t)((int64_t)N * E) * sizeof(float));
+  for (int64_t j = 0; j < k; j++) {
+    for (int64_t n = 0; n < N; n++) {
+      int64_t s = j * N + n, row = row_of_slot[s];
+      if (row < 0) continue;
+      float g = gates[n * E + expert[s]], dot = 0.0f;
+      const float *d = dout + n * C, *m = merged + row * C;
+      float *dm = dmerged + row * C;
+      for (int64_t c = 0; c < C; c++) {
+        dm[c] = g * d[c];
+        dot += d[c] * m[c];
+      }
+      dgates[n * E + expert[s]] += dot;
+    }
+  }
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { type Blas, loadBlas } from "./ffi.ts";
 import { installLeanGradients, uninstallLeanGradients } from "./lean_gradients.ts";
-import { type AttentionDims, loadNative, type Native, simplifyReduction } from "./native.ts";
+import { type AttentionDims, loadNative, type MoEDims, type Native, simplifyReduction } from "./native.ts";
 
 export { simplifyReduction };
 
@@ -146,6 +146,10 @@ export const FUSED_KERNELS = {
   attentionCached: "SeemoreAttentionCached",
   experts: "SeemoreExperts",
   expertsGrad: "SeemoreExpertsGrad",
+  moeDispatch: "SeemoreMoeDispatch",
+  moeDispatchGrad: "SeemoreMoeDispatchGrad",
+  moeCombine: "SeemoreMoeCombine",
+  moeCombineGrad: "SeemoreMoeCombineGrad",
 } as const;
 
 function registerFusedKernels(): string[] {
@@ -161,6 +165,10 @@ function registerFusedKernels(): string[] {
     [FUSED_KERNELS.dropoutGrad, dropoutGradKernel as tf.KernelFunc],
     [FUSED_KERNELS.im2col3x3s2, im2colKernel as tf.KernelFunc],
     [FUSED_KERNELS.col2im3x3s2, col2imKernel as tf.KernelFunc],
+    [FUSED_KERNELS.moeDispatch, moeDispatchKernel as tf.KernelFunc],
+    [FUSED_KERNELS.moeDispatchGrad, moeDispatchGradKernel as tf.KernelFunc],
+    [FUSED_KERNELS.moeCombine, moeCombineKernel as tf.KernelFunc],
+    [FUSED_KERNELS.moeCombineGrad, moeCombineGradKernel as tf.KernelFunc],
   ];
   if (native!.bindSgemm(blas!.path)) {
     kernels.push(
@@ -854,6 +862,84 @@ function attentionGradKernel(args: KernelArgs): TensorInfo {
     { scale: attrs.scale, keep: attrs.keep },
   );
   return dqkv;
+}
+
+/** attrs of the seeMoE routing kernels: the plan of lib/model/moe.ts planDispatch. */
+interface MoEAttrs {
+  order: Int32Array; // (M) slot of each expert row
+  rowOfSlot: Int32Array; // (k·N) expert row of each slot, -1 if dropped
+  slotExpert: Int32Array; // (k·N) expert of each slot
+  tokens: number; // N
+  choices: number; // k
+}
+
+function dispatchDims(attrs: MoEAttrs, C: number): MoEDims {
+  return { N: attrs.tokens, C, M: attrs.order.length, k: attrs.choices, E: 0 };
+}
+
+/** inputs x (N, C); attrs as MoEAttrs → (M, C), row r = x[order[r] mod N]. */
+function moeDispatchKernel(args: KernelArgs): TensorInfo {
+  const { x } = args.inputs as { x: TensorInfo };
+  const attrs = args.attrs as unknown as MoEAttrs;
+  const backend = wasmOf(args.backend);
+  const dims = dispatchDims(attrs, x.shape[1]);
+  const inputs = backend.makeOutput([dims.M, dims.C], "float32");
+  native!.moeDispatch(floatView(backend, x, "x"), attrs.order, floatView(backend, inputs, "inputs"), dims);
+  return inputs;
+}
+
+/** inputs dinputs (M, C) → dx (N, C). */
+function moeDispatchGradKernel(args: KernelArgs): TensorInfo {
+  const { dinputs } = args.inputs as { dinputs: TensorInfo };
+  const attrs = args.attrs as unknown as MoEAttrs;
+  const backend = wasmOf(args.backend);
+  const dims = dispatchDims(attrs, dinputs.shape[1]);
+  const dx = backend.makeOutput([dims.N, dims.C], "float32");
+  native!.moeDispatchGrad(
+    floatView(backend, dinputs, "dinputs"),
+    attrs.order,
+    floatView(backend, dx, "dx"),
+    dims,
+  );
+  return dx;
+}
+
+function combineInputs(backend: WasmBackend, merged: TensorInfo, gates: TensorInfo, attrs: MoEAttrs) {
+  return {
+    merged: floatView(backend, merged, "merged"),
+    gates: floatView(backend, gates, "gates"),
+    rowOfSlot: attrs.rowOfSlot,
+    slotExpert: attrs.slotExpert,
+  };
+}
+
+/** inputs merged (M, C), gates (N, E) → out (N, C). */
+function moeCombineKernel(args: KernelArgs): TensorInfo {
+  const { merged, gates } = args.inputs as { merged: TensorInfo; gates: TensorInfo };
+  const attrs = args.attrs as unknown as MoEAttrs;
+  const backend = wasmOf(args.backend);
+  const [N, E] = gates.shape, C = merged.shape[1];
+  const out = backend.makeOutput([N, C], "float32");
+  const dims = { N, C, M: merged.shape[0], k: attrs.choices, E };
+  native!.moeCombine(combineInputs(backend, merged, gates, attrs), floatView(backend, out, "out"), dims);
+  return out;
+}
+
+/** inputs dout (N, C), merged, gates → [dmerged (M, C), dgates (N, E)]. */
+function moeCombineGradKernel(args: KernelArgs): TensorInfo[] {
+  const { dout, merged, gates } = args.inputs as { dout: TensorInfo; merged: TensorInfo; gates: TensorInfo };
+  const attrs = args.attrs as unknown as MoEAttrs;
+  const backend = wasmOf(args.backend);
+  const [N, E] = gates.shape, C = merged.shape[1];
+  const dmerged = backend.makeOutput(merged.shape, "float32");
+  const dgates = backend.makeOutput(gates.shape, "float32");
+  native!.moeCombineGrad(
+    combineInputs(backend, merged, gates, attrs),
+    floatView(backend, dout, "dout"),
+    { dmerged: floatView(backend, dmerged, "dmerged"), dgates: floatView(backend, dgates, "dgates") },
+    { N, C, M: merged.shape[0], k: attrs.choices, E },
+  );
+  return [dmerged, dgates];
 }
 
 /** Byte offsets on the wasm heap of the tensors named `${prefix}_${e}` (w1, b1, w2, b2 per expert e). */

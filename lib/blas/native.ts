@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 14;
+const ABI_VERSION = 15;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -75,6 +75,36 @@ const SYMBOLS = {
       "i32",
     ],
     result: "i32",
+  },
+  // x, order (i32), inputs, N, M, C
+  seemore_moe_dispatch: { parameters: ["buffer", "buffer", "buffer", "i32", "i32", "i32"], result: "void" },
+  // dinputs, order (i32), dx, N, M, C
+  seemore_moe_dispatch_grad: {
+    parameters: ["buffer", "buffer", "buffer", "i32", "i32", "i32"],
+    result: "void",
+  },
+  // merged, gates, rowOfSlot (i32), slotExpert (i32), out, N, k, C, E
+  seemore_moe_combine: {
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "i32", "i32", "i32", "i32"],
+    result: "void",
+  },
+  // dout, merged, gates, rowOfSlot, slotExpert, dmerged, dgates, N, k, M, C, E
+  seemore_moe_combine_grad: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+    ],
+    result: "void",
   },
   seemore_sgemm_batch: {
     // transA, transB, m, n, k, a, aIndex (i32), b, bIndex (i32), beta, c, batch -> 0 on success
@@ -399,6 +429,19 @@ export interface Native {
     io: { x: Float32Array; h: Float32Array; y: Float32Array; mask: Uint8Array | null },
     dropout: { seeds: number[]; keep: number } | null,
     dims: { C: number; F: number },
+  ): void;
+  /** seeMoE's dispatch: inputs[r] = x[order[r] mod N], x (N, C) → inputs (M, C). */
+  moeDispatch(x: Float32Array, order: Int32Array, inputs: Float32Array, dims: MoEDims): void;
+  /** Its gradient: dx[n] = the sum of the rows of dinputs that came from token n. */
+  moeDispatchGrad(dinputs: Float32Array, order: Int32Array, dx: Float32Array, dims: MoEDims): void;
+  /** seeMoE's combine: out[n] = Σ_j gates[n, e] · merged[row] over token n's kept slots (moe.ts). */
+  moeCombine(io: MoECombineInputs, out: Float32Array, dims: MoEDims): void;
+  /** Its gradient: dmerged (M, C) and dgates (N, E) from dout (N, C). */
+  moeCombineGrad(
+    io: MoECombineInputs,
+    dout: Float32Array,
+    grads: { dmerged: Float32Array; dgates: Float32Array },
+    dims: MoEDims,
   ): void;
   /** The gradient of experts(): dx, and dw1, db1, dw2, db2 per expert at gradOffsets on the heap. */
   expertsGrad(
@@ -858,6 +901,39 @@ function wrap(path: string, lib: NativeLibrary): Native {
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_experts_grad failed (${rc})`);
     },
+    moeDispatch(x, order, inputs, dims) {
+      checkDispatch(order, dims, x, inputs);
+      s.seemore_moe_dispatch(x, order, inputs, dims.N, dims.M, dims.C);
+    },
+    moeDispatchGrad(dinputs, order, dx, dims) {
+      checkDispatch(order, dims, dx, dinputs);
+      s.seemore_moe_dispatch_grad(dinputs, order, dx, dims.N, dims.M, dims.C);
+    },
+    moeCombine(io, out, dims) {
+      checkCombine(io, dims, { out });
+      const { N, C, k, E } = dims;
+      s.seemore_moe_combine(io.merged, io.gates, io.rowOfSlot, io.slotExpert, out, N, k, C, E);
+    },
+    moeCombineGrad(io, dout, { dmerged, dgates }, dims) {
+      checkCombine(io, dims, { dout });
+      const { N, M, C, k, E } = dims;
+      sameLength("moeCombineGrad", M * C, { dmerged });
+      sameLength("moeCombineGrad", N * E, { dgates });
+      s.seemore_moe_combine_grad(
+        dout,
+        io.merged,
+        io.gates,
+        io.rowOfSlot,
+        io.slotExpert,
+        dmerged,
+        dgates,
+        N,
+        k,
+        M,
+        C,
+        E,
+      );
+    },
     geluWithGrad(x, dy, out, dx) {
       sameLength("gelu with gradient", x.length, { dy, out, dx });
       s.seemore_gelu_with_grad(x, dy, out, dx, x.length);
@@ -1077,6 +1153,53 @@ function checkIm2col(what: string, image: Float32Array, cols: Float32Array, [B, 
   if (H % 2 !== 0 || W % 2 !== 0) throw new Error(`lib/blas/native.ts: ${what} needs even H, W (${H}×${W})`);
   sameLength(`${what} image`, B * H * W * C, { image });
   sameLength(`${what} cols`, B * H * W * C / 4 * 9, { cols });
+}
+
+/** Sizes of seeMoE's routing: N tokens of width C, k choices each, M expert rows, E experts. */
+export interface MoEDims {
+  N: number;
+  M: number;
+  C: number;
+  k: number;
+  E: number;
+}
+
+/** Combine's inputs: merged (M, C), gates (N, E), and each slot's expert row and expert (k·N). */
+export interface MoECombineInputs {
+  merged: Float32Array;
+  gates: Float32Array;
+  rowOfSlot: Int32Array;
+  slotExpert: Int32Array;
+}
+
+function checkRange(what: string, values: Int32Array, lo: number, hi: number): void {
+  for (const v of values) {
+    if (!(v >= lo && v < hi)) throw new Error(`lib/blas/native.ts: ${what} ${v} outside [${lo}, ${hi})`);
+  }
+}
+
+function checkCombine(
+  io: MoECombineInputs,
+  { N, M, C, k, E }: MoEDims,
+  nc: Record<string, Float32Array>,
+): void {
+  sameLength("moeCombine", M * C, { merged: io.merged });
+  sameLength("moeCombine", N * E, { gates: io.gates });
+  sameLength("moeCombine", N * C, nc);
+  if (io.rowOfSlot.length !== k * N || io.slotExpert.length !== k * N) {
+    throw new Error(`lib/blas/native.ts: moeCombine needs ${k * N} slots, got ${io.rowOfSlot.length}`);
+  }
+  checkRange("moeCombine row", io.rowOfSlot, -1, M);
+  checkRange("moeCombine expert", io.slotExpert, 0, E);
+}
+
+function checkDispatch(order: Int32Array, { N, M, C, k }: MoEDims, nc: Float32Array, mc: Float32Array): void {
+  sameLength("moeDispatch", N * C, { "(N, C) array": nc });
+  sameLength("moeDispatch", M * C, { "(M, C) array": mc });
+  if (order.length !== M) {
+    throw new Error(`lib/blas/native.ts: moeDispatch needs ${M} rows, got ${order.length}`);
+  }
+  checkRange("moeDispatch slot", order, 0, k * N);
 }
 
 /**

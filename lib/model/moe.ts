@@ -26,7 +26,7 @@
 // the loss sits near the unigram level (≈2.7) until attention slowly learns to pick positions.
 
 import * as tf from "@tensorflow/tfjs";
-import { canFuseExperts, experts as fusedExperts } from "../blas/fused.ts";
+import { canFuseExperts, experts as fusedExperts, moeCombine, moeDispatch } from "../blas/fused.ts";
 import type { ModelConfig } from "../config.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import type { BlockOptions } from "./block.ts";
@@ -305,36 +305,49 @@ export class SparseMoE implements Parametrised {
   /** x (..., C) → (..., C): each expert runs on its own tokens only. */
   forward(x: tf.Tensor, ctx: Ctx): tf.Tensor {
     const { flat, routing, plan } = this.route(x, ctx);
+    const out = canFuseExperts()
+      ? this.mixFused(flat, routing, plan, ctx)
+      : this.mixOps(flat, routing, plan, ctx);
+    return tf.reshape(out, x.shape); // (..., C)
+  }
+
+  /** Dispatch, experts and combine as tfjs ops: flat (N, C) → (N, C). */
+  private mixOps(flat: tf.Tensor2D, routing: Routing, plan: DispatchPlan, ctx: Ctx): tf.Tensor {
     const [N, C] = flat.shape;
     const k = this.opts.topK;
     // Gather: k copies of the tokens (one per choice), then each expert's rows, grouped.
     const copies = k === 1 ? flat : tf.concat(Array.from({ length: k }, () => flat), 0); // (k·N, C)
     const inputs = selectRows(copies as tf.Tensor2D, plan.order); // (M, C)
-    const merged = this.runExperts(inputs, plan.counts, ctx); // (M, C)
+    // Experts, each on its own group of rows. An expert with no rows runs on an empty group, so its
+    // parameters still get a (zero) gradient and optimizers see every parameter every step.
+    const groups = tf.split(inputs, plan.counts, 0); // E × (n_e, C)
+    const outputs = groups.map((g, e) => this.experts[e].forward(g, ctx)); // E × (n_e, C)
+    const merged = tf.concat(outputs, 0); // (M, C)
     // Scatter back: every slot's output (zero if dropped), weighted by its gate, summed over choices.
     const perSlot = tf.reshape(selectRows(merged as tf.Tensor2D, plan.rowOfSlot), [k, N, C]); // (k, N, C)
     const weighted = tf.mul(perSlot, this.slotGates(routing.gates, plan)); // (k, N, C)
-    return tf.reshape(tf.sum(weighted, 0), x.shape); // (..., C)
+    return tf.sum(weighted, 0); // (N, C)
   }
 
   /**
-   * Experts, each on its own group of rows of inputs (M, C) → (M, C). An expert with no rows runs on an
-   * empty group, so its parameters still get a (zero) gradient and optimizers see every parameter every
-   * step. On the fast CPU path all experts are one C kernel (the same maths and dropout noise: one seed
-   * per expert, drawn in expert order as the experts' own dropouts draw them).
+   * The same on the fast CPU path, in three C kernels: dispatch (each expert's rows), all experts at
+   * once, combine (gate-weighted sum per token). The same maths and dropout noise: one seed per expert,
+   * drawn in expert order as the experts' own dropouts draw them.
    */
-  private runExperts(inputs: tf.Tensor2D, counts: number[], ctx: Ctx): tf.Tensor2D {
-    if (canFuseExperts()) {
-      const rate = this.dropoutRate;
-      const dropout = ctx.training && rate > 0
-        ? { rate, seeds: this.experts.map(() => ctx.nextSeed()) }
-        : null;
-      const params = this.experts.map((e) => ({ w1: e.fc1.w, b1: e.fc1.b!, w2: e.fc2.w, b2: e.fc2.b! }));
-      return fusedExperts(inputs, counts, params, dropout); // (M, C)
-    }
-    const groups = tf.split(inputs, counts, 0); // E × (n_e, C)
-    const outputs = groups.map((g, e) => this.experts[e].forward(g, ctx)); // E × (n_e, C)
-    return tf.concat(outputs, 0) as tf.Tensor2D; // (M, C)
+  private mixFused(flat: tf.Tensor2D, routing: Routing, plan: DispatchPlan, ctx: Ctx): tf.Tensor {
+    const route = {
+      order: plan.order,
+      rowOfSlot: plan.rowOfSlot,
+      slotExpert: plan.slotExpert,
+      tokens: plan.tokens,
+      choices: plan.topK,
+    };
+    const inputs = moeDispatch(flat, route); // (M, C)
+    const rate = this.dropoutRate;
+    const dropout = ctx.training && rate > 0 ? { rate, seeds: this.experts.map(() => ctx.nextSeed()) } : null;
+    const params = this.experts.map((e) => ({ w1: e.fc1.w, b1: e.fc1.b!, w2: e.fc2.w, b2: e.fc2.b! }));
+    const merged = fusedExperts(inputs, plan.counts, params, dropout); // (M, C)
+    return moeCombine(merged, routing.gates, route); // (N, C)
   }
 
   /** (k, N, 1): the gate of each slot, taken from gates (N, E) with a constant one-hot. */

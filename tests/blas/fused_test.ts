@@ -11,6 +11,8 @@ import {
   geluWithGrad,
   layerNorm,
   layerNormOps,
+  moeCombine,
+  moeDispatch,
   relu,
 } from "../../lib/blas/fused.ts";
 import { Ctx, dense, dropout as opsDropout, geluDense, useFastMatmul } from "../../lib/model/ops.ts";
@@ -161,6 +163,70 @@ Deno.test({
     } finally {
       native.setThreads(threads);
     }
+  },
+});
+
+Deno.test({
+  name:
+    `moeDispatch / moeCombine (C) give the routing's sums and their gradients, dropped slots included${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    // 3 tokens, 2 choices, 3 experts; slot j·3 + n. Slot 4 (token 1's second choice) was dropped.
+    const N = 3, C = 4, E = 3;
+    const slotExpert = Int32Array.of(0, 2, 1, 1, 0, 2);
+    const order = Int32Array.of(0, 3, 2, 1, 5); // rows grouped by expert: e0 {0}, e1 {2, 3}, e2 {1, 5}
+    const rowOfSlot = Int32Array.of(0, 3, 2, 1, -1, 4);
+    const route = { order, rowOfSlot, slotExpert, tokens: N, choices: 2 };
+    const M = order.length;
+    const x = tensor([N, C], 150) as tf.Tensor2D, w = tensor([M, C], 151);
+    const merged = tensor([M, C], 152) as tf.Tensor2D, gates = tensor([N, E], 153) as tf.Tensor2D;
+    const dout = tensor([N, C], 154);
+    const xs = x.dataSync(),
+      ws = w.dataSync(),
+      ms = merged.dataSync(),
+      gs = gates.dataSync(),
+      ds = dout.dataSync();
+
+    const inputs = moeDispatch(x, route).dataSync();
+    const dx = tf.grad((t: tf.Tensor) => tf.sum(tf.mul(moeDispatch(t as tf.Tensor2D, route), w)))(x)
+      .dataSync();
+    const wantInputs = new Float32Array(M * C), wantDx = new Float32Array(N * C);
+    order.forEach((slot, r) => {
+      for (let c = 0; c < C; c++) {
+        wantInputs[r * C + c] = xs[(slot % N) * C + c];
+        wantDx[(slot % N) * C + c] += ws[r * C + c];
+      }
+    });
+    assertClose([inputs as Float32Array, dx as Float32Array], [wantInputs, wantDx], 1e-6, "dispatch");
+
+    const out = moeCombine(merged, gates, route).dataSync();
+    const [dm, dg] = tf.grads((m: tf.Tensor, g: tf.Tensor) =>
+      tf.sum(tf.mul(moeCombine(m as tf.Tensor2D, g as tf.Tensor2D, route), dout))
+    )([merged, gates]);
+    const wantOut = new Float32Array(N * C),
+      wantDm = new Float32Array(M * C),
+      wantDg = new Float32Array(N * E);
+    rowOfSlot.forEach((row, slot) => {
+      if (row < 0) return;
+      const n = slot % N, e = slotExpert[slot], g = gs[n * E + e];
+      for (let c = 0; c < C; c++) {
+        wantOut[n * C + c] += g * ms[row * C + c];
+        wantDm[row * C + c] = g * ds[n * C + c];
+        wantDg[n * E + e] += ds[n * C + c] * ms[row * C + c];
+      }
+    });
+    assertClose(
+      [out as Float32Array, dm.dataSync() as Float32Array, dg.dataSync() as Float32Array],
+      [wantOut, wantDm, wantDg],
+      1e-5,
+      "combine",
+    );
+    assert.throws(() => moeDispatch(x, { ...route, order: Int32Array.of(0, 3, 2, 1, 6) }), /slot 6 outside/);
+    assert.throws(
+      () => moeCombine(merged, gates, { ...route, slotExpert: Int32Array.of(0, 2, 1, 1, 0, 3) }),
+      /expert 3/,
+    );
   },
 });
 
