@@ -258,6 +258,48 @@ export function attention(qkv: tf.Tensor3D, o: AttentionOptions): tf.Tensor3D {
   return op(qkv);
 }
 
+export function canFuseFirstAttention(): boolean {
+  return hasKernel(FUSED_KERNELS.firstAttention);
+}
+
+/**
+ * Attention of position 0 only (the ViT's last block when only CLS is kept), from x (B, T, C) and the
+ * fused projection weight w [C, 3C] read in place — no split of the weight, no transposes: position
+ * 0's query against every position's key and value, softmax, dropout (tf.dropout's noise for seed on
+ * (B, H, 1, T)), times v → the heads side by side (B, 1, C). Only where canFuseFirstAttention().
+ */
+export function firstAttention(
+  x: tf.Tensor3D,
+  w: tf.Tensor2D,
+  o: { heads: number; scale: number; dropout?: { rate: number; seed: number } },
+): tf.Tensor3D {
+  const attrs = {
+    heads: o.heads,
+    scale: o.scale,
+    keep: o.dropout ? 1 - o.dropout.rate : 1,
+    dropout: o.dropout !== undefined,
+    seed: o.dropout?.seed ?? 0,
+  };
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, weight, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
+    const [out, q, kv, probs, mask] = run(
+      FUSED_KERNELS.firstAttention,
+      { x: input, w: weight },
+      attrs,
+    ) as tf.Tensor[];
+    save([input, weight, q, kv, probs, mask]);
+    return {
+      value: out, // (B, 1, C)
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [sx, sw, sq, skv, sprobs, smask] = saved;
+        const inputs = { dout: dy, x: sx, w: sw, q: sq, kv: skv, probs: sprobs, mask: smask };
+        return run(FUSED_KERNELS.firstAttentionGrad, inputs, attrs) as tf.Tensor[]; // [dx, dw]
+      },
+    };
+  }) as (x: tf.Tensor3D, w: tf.Tensor2D) => tf.Tensor3D;
+  return op(x, w);
+}
+
 export function canFuseExperts(): boolean {
   return hasKernel(FUSED_KERNELS.experts);
 }

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 15; }
+int32_t seemore_abi_version(void) { return 16; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -1340,6 +1340,99 @@ void seemore_moe_combine_grad(const float *dout, const float *merged, const floa
       dgates[n * E + expert[s]] += dot;
     }
   }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Attention of the first position only (the ViT's last block when only CLS is kept): its query
+ * against every position's key and value. x (B, T, C) and the fused weight w [C, 3C] (queries, keys,
+ * values); the products read w's columns in place (no split):
+ *   q (B, C) = x[:, 0] w[:, :C];  kv (B T, 2C) = x w[:, C:];  per head h, for b:
+ *   p = softmax(scale q_h . k_h[t] over t);  out_h = sum_t p[t] mult[t] v_h[t]
+ * probs (B, H, T) receives p; with noise (the chunk states of B H T draws, as seemore_dropout), mult
+ * and mask are dropout's; with NULL, mult = 1. q and kv are kept for the gradient. Products run on
+ * OpenBLAS's threads. Returns 0, or -1 without sgemm. */
+int32_t seemore_first_attention(const float *x, const float *w, float *q, float *kv, float *out, float *probs,
+                                uint8_t *mask, const double *noise, int32_t chunk, int32_t B, int32_t T,
+                                int32_t C, int32_t H, float scale, float keep) {
+  if (!sgemm) return -1;
+  int64_t hs = C / H, C3 = 3 * (int64_t)C, C2 = 2 * (int64_t)C;
+  sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, B, C, C, 1.0f, x, T * C, w, (int)C3, 0.0f, q, C);
+  sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, B * T, (int)C2, C, 1.0f, x, C, w + C, (int)C3, 0.0f, kv, (int)C2);
+  if (noise) draw_masks(noise, chunk, (int64_t)B * H * T, keep, mask, NULL, NULL);
+  float inv_keep = 1.0f / keep;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t h = 0; h < H; h++) {
+      const float *qh = q + b * C + h * hs;
+      float *p = probs + (b * H + h) * T;
+      for (int64_t t = 0; t < T; t++) {
+        const float *k = kv + (b * T + t) * C2 + h * hs;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hs; d++) dot += qh[d] * k[d];
+        p[t] = scale * dot;
+      }
+      softmax_rows(p, 1, T, -1);
+      float *o = out + b * C + h * hs;
+      memset(o, 0, (size_t)hs * sizeof(float));
+      for (int64_t t = 0; t < T; t++) {
+        float weight = noise ? p[t] * ((float)mask[(b * H + h) * T + t] * inv_keep) : p[t];
+        const float *v = kv + (b * T + t) * C2 + C + h * hs;
+        for (int64_t d = 0; d < hs; d++) o[d] += weight * v[d];
+      }
+    }
+  }
+  return 0;
+}
+
+/* Its gradient: from dout (B, C) and the saved x, q, kv, probs, mask (NULL: no dropout), writes
+ * dx (B, T, C) and dw [C, 3C]. Per head, with W = p mult:  dv[t] = W[t] dout;  dp[t] = (dout . v[t])
+ * mult[t];  ds = p (dp - sum(p dp));  dq = scale sum_t ds[t] k[t];  dk[t] = scale ds[t] q. Then
+ * dw[:, :C] = x[:, 0]^T dq;  dw[:, C:] = x^T dkv;  dx = dkv w[:, C:]^T, plus dq w[:, :C]^T at t = 0.
+ * Returns 0, -1 without sgemm, -2 out of memory. */
+int32_t seemore_first_attention_grad(const float *dout, const float *x, const float *w, const float *q,
+                                     const float *kv, const float *probs, const uint8_t *mask, float *dx,
+                                     float *dw, int32_t B, int32_t T, int32_t C, int32_t H, float scale,
+                                     float keep) {
+  if (!sgemm) return -1;
+  int64_t hs = C / H, C3 = 3 * (int64_t)C, C2 = 2 * (int64_t)C;
+  float *dq = malloc((size_t)((int64_t)B * C + (int64_t)B * T * C2 + T) * sizeof(float));
+  if (!dq) return -2;
+  float *dkv = dq + (int64_t)B * C, *ds = dkv + (int64_t)B * T * C2;
+  float inv_keep = 1.0f / keep;
+  for (int64_t b = 0; b < B; b++) {
+    for (int64_t h = 0; h < H; h++) {
+      const float *p = probs + (b * H + h) * T, *g = dout + b * C + h * hs, *qh = q + b * C + h * hs;
+      float total = 0.0f;
+      for (int64_t t = 0; t < T; t++) {
+        float mult = mask ? (float)mask[(b * H + h) * T + t] * inv_keep : 1.0f;
+        const float *v = kv + (b * T + t) * C2 + C + h * hs;
+        float *dv = dkv + (b * T + t) * C2 + C + h * hs;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hs; d++) {
+          dot += g[d] * v[d];
+          dv[d] = p[t] * mult * g[d];
+        }
+        ds[t] = dot * mult;
+        total += p[t] * ds[t];
+      }
+      float *dqh = dq + b * C + h * hs;
+      memset(dqh, 0, (size_t)hs * sizeof(float));
+      for (int64_t t = 0; t < T; t++) {
+        float s = scale * p[t] * (ds[t] - total);
+        const float *k = kv + (b * T + t) * C2 + h * hs;
+        float *dk = dkv + (b * T + t) * C2 + h * hs;
+        for (int64_t d = 0; d < hs; d++) {
+          dqh[d] += s * k[d];
+          dk[d] = s * qh[d];
+        }
+      }
+    }
+  }
+  sgemm(ROW_MAJOR, TRANS, NO_TRANS, C, C, B, 1.0f, x, T * C, dq, C, 0.0f, dw, (int)C3);
+  sgemm(ROW_MAJOR, TRANS, NO_TRANS, C, (int)C2, B * T, 1.0f, x, C, dkv, (int)C2, 0.0f, dw + C, (int)C3);
+  sgemm(ROW_MAJOR, NO_TRANS, TRANS, B * T, C, (int)C2, 1.0f, dkv, (int)C2, w + C, (int)C3, 0.0f, dx, C);
+  sgemm(ROW_MAJOR, NO_TRANS, TRANS, B, C, C, 1.0f, dq, C, w, (int)C3, 1.0f, dx, T * C);
+  free(dq);
+  return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -144,6 +144,8 @@ export const FUSED_KERNELS = {
   attention: "SeemoreAttention",
   attentionGrad: "SeemoreAttentionGrad",
   attentionCached: "SeemoreAttentionCached",
+  firstAttention: "SeemoreFirstAttention",
+  firstAttentionGrad: "SeemoreFirstAttentionGrad",
   experts: "SeemoreExperts",
   expertsGrad: "SeemoreExpertsGrad",
   moeDispatch: "SeemoreMoeDispatch",
@@ -175,6 +177,8 @@ function registerFusedKernels(): string[] {
       [FUSED_KERNELS.attention, attentionKernel as tf.KernelFunc],
       [FUSED_KERNELS.attentionGrad, attentionGradKernel as tf.KernelFunc],
       [FUSED_KERNELS.attentionCached, attentionCachedKernel as tf.KernelFunc],
+      [FUSED_KERNELS.firstAttention, firstAttentionKernel as tf.KernelFunc],
+      [FUSED_KERNELS.firstAttentionGrad, firstAttentionGradKernel as tf.KernelFunc],
       [FUSED_KERNELS.experts, expertsKernel as tf.KernelFunc],
       [FUSED_KERNELS.expertsGrad, expertsGradKernel as tf.KernelFunc],
     );
@@ -862,6 +866,77 @@ function attentionGradKernel(args: KernelArgs): TensorInfo {
     { scale: attrs.scale, keep: attrs.keep },
   );
   return dqkv;
+}
+
+interface FirstAttentionAttrs {
+  heads: number;
+  scale: number;
+  keep: number;
+  dropout: boolean;
+  seed: number;
+}
+
+function firstAttentionDims(x: TensorInfo, attrs: FirstAttentionAttrs) {
+  const [B, T, C] = x.shape;
+  return { B, T, C, H: attrs.heads, scale: attrs.scale, keep: attrs.keep };
+}
+
+/**
+ * inputs x (B, T, C), w [C, 3C]; attrs heads, scale, keep, dropout, seed → [out (B, 1, C), q (B, C),
+ * kv (B·T, 2C), probs (B, H, T), mask (B, H, T) bool, or [0] without dropout].
+ */
+function firstAttentionKernel(args: KernelArgs): TensorInfo[] {
+  const { x, w } = args.inputs as { x: TensorInfo; w: TensorInfo };
+  const attrs = args.attrs as unknown as FirstAttentionAttrs;
+  const backend = wasmOf(args.backend);
+  const dims = firstAttentionDims(x, attrs);
+  const { B, T, C, H } = dims;
+  const out = backend.makeOutput([B, 1, C], "float32");
+  const q = backend.makeOutput([B, C], "float32");
+  const kv = backend.makeOutput([B * T, 2 * C], "float32");
+  const probs = backend.makeOutput([B, H, T], "float32");
+  const mask = backend.makeOutput(attrs.dropout ? [B, H, T] : [0], "bool");
+  blas!.useThreads(blas!.numThreads() || 1);
+  native!.firstAttention(
+    {
+      x: floatView(backend, x, "x"),
+      w: floatView(backend, w, "w"),
+      q: floatView(backend, q, "q"),
+      kv: floatView(backend, kv, "kv"),
+      out: floatView(backend, out, "out"),
+      probs: floatView(backend, probs, "probs"),
+      mask: attrs.dropout ? boolView(backend, mask, "mask") : null,
+    },
+    attrs.dropout ? attrs.seed : null,
+    dims,
+  );
+  return [out, q, kv, probs, mask];
+}
+
+/** inputs dout (B, 1, C) and x, w, q, kv, probs, mask as above → [dx (B, T, C), dw [C, 3C]]. */
+function firstAttentionGradKernel(args: KernelArgs): TensorInfo[] {
+  const { dout, x, w, q, kv, probs, mask } = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as unknown as FirstAttentionAttrs;
+  const backend = wasmOf(args.backend);
+  const dims = firstAttentionDims(x, attrs);
+  const dx = backend.makeOutput(x.shape, "float32");
+  const dw = backend.makeOutput(w.shape, "float32");
+  blas!.useThreads(blas!.numThreads() || 1);
+  native!.firstAttentionGrad(
+    {
+      dout: floatView(backend, dout, "dout"),
+      x: floatView(backend, x, "x"),
+      w: floatView(backend, w, "w"),
+      q: floatView(backend, q, "q"),
+      kv: floatView(backend, kv, "kv"),
+      probs: floatView(backend, probs, "probs"),
+      mask: attrs.dropout ? boolView(backend, mask, "mask") : null,
+      dx: floatView(backend, dx, "dx"),
+      dw: floatView(backend, dw, "dw"),
+    },
+    dims,
+  );
+  return [dx, dw];
 }
 
 /** attrs of the seeMoE routing kernels: the plan of lib/model/moe.ts planDispatch. */

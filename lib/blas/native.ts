@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 15;
+const ABI_VERSION = 16;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -105,6 +105,48 @@ const SYMBOLS = {
       "i32",
     ],
     result: "void",
+  },
+  seemore_first_attention: {
+    // x, w, q, kv, out, probs, mask (u8, or null), noise states (or null), draws per chunk, B, T, C, H, scale, keep
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "f32",
+    ],
+    result: "i32",
+  },
+  seemore_first_attention_grad: {
+    // dout, x, w, q, kv, probs, mask (or null), dx, dw, B, T, C, H, scale, keep
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "f32",
+    ],
+    result: "i32",
   },
   seemore_sgemm_batch: {
     // transA, transB, m, n, k, a, aIndex (i32), b, bIndex (i32), beta, c, batch -> 0 on success
@@ -429,6 +471,39 @@ export interface Native {
     io: { x: Float32Array; h: Float32Array; y: Float32Array; mask: Uint8Array | null },
     dropout: { seeds: number[]; keep: number } | null,
     dims: { C: number; F: number },
+  ): void;
+  /**
+   * Attention of position 0 only, from x (B, T, C) and the fused weight w [C, 3C] read in place:
+   * q = x[:, 0] w[:, :C], kv = x w[:, C:], then per head softmax(scale q·k) (dropped out with seed's
+   * noise when given) times v → out (B, C). q, kv, probs and mask are kept for firstAttentionGrad.
+   */
+  firstAttention(
+    io: {
+      x: Float32Array;
+      w: Float32Array;
+      q: Float32Array;
+      kv: Float32Array;
+      out: Float32Array;
+      probs: Float32Array;
+      mask: Uint8Array | null;
+    },
+    seed: number | null,
+    dims: FirstAttentionDims,
+  ): void;
+  /** Its gradient: dx (B, T, C) and dw [C, 3C] from dout (B, C) and what firstAttention kept. */
+  firstAttentionGrad(
+    io: {
+      dout: Float32Array;
+      x: Float32Array;
+      w: Float32Array;
+      q: Float32Array;
+      kv: Float32Array;
+      probs: Float32Array;
+      mask: Uint8Array | null;
+      dx: Float32Array;
+      dw: Float32Array;
+    },
+    dims: FirstAttentionDims,
   ): void;
   /** seeMoE's dispatch: inputs[r] = x[order[r] mod N], x (N, C) → inputs (M, C). */
   moeDispatch(x: Float32Array, order: Int32Array, inputs: Float32Array, dims: MoEDims): void;
@@ -901,6 +976,62 @@ function wrap(path: string, lib: NativeLibrary): Native {
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_experts_grad failed (${rc})`);
     },
+    firstAttention(io, seed, dims) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: firstAttention needs bindSgemm() first");
+      checkFirstAttention("firstAttention", dims, io, io.mask);
+      sameLength("firstAttention", dims.B * dims.C, { out: io.out });
+      if ((seed === null) !== (io.mask === null)) {
+        throw new Error(
+          "lib/blas/native.ts: firstAttention needs both a dropout seed and a mask, or neither",
+        );
+      }
+      const { B, T, C, H, scale, keep } = dims;
+      const noise = seed === null ? null : aleaStates(seed, B * H * T);
+      const rc = s.seemore_first_attention(
+        io.x,
+        io.w,
+        io.q,
+        io.kv,
+        io.out,
+        io.probs,
+        io.mask,
+        noise,
+        DRAW_CHUNK,
+        B,
+        T,
+        C,
+        H,
+        scale,
+        keep,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_first_attention failed (${rc})`);
+    },
+    firstAttentionGrad(io, dims) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: firstAttentionGrad needs bindSgemm() first");
+      checkFirstAttention("firstAttentionGrad", dims, io, io.mask);
+      sameLength("firstAttentionGrad", dims.B * dims.C, { dout: io.dout });
+      sameLength("firstAttentionGrad", dims.B * dims.T * dims.C, { dx: io.dx });
+      sameLength("firstAttentionGrad", 3 * dims.C * dims.C, { dw: io.dw });
+      const { B, T, C, H, scale, keep } = dims;
+      const rc = s.seemore_first_attention_grad(
+        io.dout,
+        io.x,
+        io.w,
+        io.q,
+        io.kv,
+        io.probs,
+        io.mask,
+        io.dx,
+        io.dw,
+        B,
+        T,
+        C,
+        H,
+        scale,
+        keep,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_first_attention_grad failed (${rc})`);
+    },
     moeDispatch(x, order, inputs, dims) {
       checkDispatch(order, dims, x, inputs);
       s.seemore_moe_dispatch(x, order, inputs, dims.N, dims.M, dims.C);
@@ -1153,6 +1284,32 @@ function checkIm2col(what: string, image: Float32Array, cols: Float32Array, [B, 
   if (H % 2 !== 0 || W % 2 !== 0) throw new Error(`lib/blas/native.ts: ${what} needs even H, W (${H}×${W})`);
   sameLength(`${what} image`, B * H * W * C, { image });
   sameLength(`${what} cols`, B * H * W * C / 4 * 9, { cols });
+}
+
+/** firstAttention's sizes: batch B, positions T, width C, H heads; the score scale and dropout's keep. */
+export interface FirstAttentionDims {
+  B: number;
+  T: number;
+  C: number;
+  H: number;
+  scale: number;
+  keep: number;
+}
+
+function checkFirstAttention(
+  what: string,
+  { B, T, C, H, keep }: FirstAttentionDims,
+  arrays: { x: Float32Array; w: Float32Array; q: Float32Array; kv: Float32Array; probs: Float32Array },
+  mask: Uint8Array | null,
+): void {
+  if (C % H !== 0) throw new Error(`lib/blas/native.ts: ${what} width ${C} is not a multiple of ${H} heads`);
+  checkKeep(keep);
+  sameLength(what, B * T * C, { x: arrays.x });
+  sameLength(what, 3 * C * C, { w: arrays.w });
+  sameLength(what, B * C, { q: arrays.q });
+  sameLength(what, 2 * B * T * C, { kv: arrays.kv });
+  sameLength(what, B * H * T, { probs: arrays.probs });
+  if (mask) sameLength(what, B * H * T, { mask });
 }
 
 /** Sizes of seeMoE's routing: N tokens of width C, k choices each, M expert rows, E experts. */

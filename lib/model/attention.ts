@@ -11,7 +11,13 @@
 // evaluation) or grows the KV cache (generation); the op-by-op version below is the reference.
 
 import * as tf from "@tensorflow/tfjs";
-import { attention, cachedAttention, canFuseAttention } from "../blas/fused.ts";
+import {
+  attention,
+  cachedAttention,
+  canFuseAttention,
+  canFuseFirstAttention,
+  firstAttention,
+} from "../blas/fused.ts";
 import {
   assign,
   type Ctx,
@@ -138,6 +144,7 @@ export class MultiHeadAttention implements Parametrised {
    */
   forwardFirst(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
     if (this.isDecoder) throw new Error("MultiHeadAttention.forwardFirst: only for bidirectional attention");
+    if (!this.keepAttention && canFuseFirstAttention()) return this.forwardFirstFused(x, ctx);
     const [B, , C] = x.shape;
     const [wq, wkv] = tf.split(this.qkv, [C, 2 * C], 1) as tf.Tensor2D[]; // [C, C], [C, 2C]
     const q = this.splitHeads(dense(tf.slice(x, [0, 0, 0], [B, 1, C]), wq)); // (B, nh, 1, hs)
@@ -172,6 +179,17 @@ export class MultiHeadAttention implements Parametrised {
       causal: this.isDecoder,
       dropout: rate > 0 ? { rate, seed: ctx.nextSeed() } : undefined,
     }); // (B, T, C)
+    return dropout(this.proj.forward(merged), this.dropoutRate, ctx) as tf.Tensor3D;
+  }
+
+  /** forwardFirst() on the fast CPU path: one kernel, the weight read in place (same maths and noise). */
+  private forwardFirstFused(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
+    const rate = ctx.training ? this.dropoutRate : 0;
+    const merged = firstAttention(x, this.qkv, {
+      heads: this.numHeads,
+      scale: this.scale,
+      dropout: rate > 0 ? { rate, seed: ctx.nextSeed() } : undefined,
+    }); // (B, 1, C)
     return dropout(this.proj.forward(merged), this.dropoutRate, ctx) as tf.Tensor3D;
   }
 

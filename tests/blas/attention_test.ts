@@ -97,6 +97,55 @@ Deno.test({
   },
 });
 
+/** forwardFirst's output and gradients (input, then each weight) on the active backend. */
+function firstRun(rate: number, training: boolean) {
+  return (): tf.Tensor[] => {
+    const mha = new MultiHeadAttention(32, 4, rate, false, new Initialiser(12));
+    const x = tensor([5, 9, 32], 90, 2) as tf.Tensor3D; // (B, T, C)
+    const w = tensor([5, 1, 32], 91);
+    const f = (t: tf.Tensor) =>
+      tf.sum(tf.mul(mha.forwardFirst(t as tf.Tensor3D, new Ctx(training, 6, 3)), w));
+    const out = mha.forwardFirst(x, new Ctx(training, 6, 3));
+    const dx = tf.grad(f)(x);
+    const { grads } = tf.variableGrads(() => f(x) as tf.Scalar, mha.variables());
+    const result = [out, dx, ...mha.variables().map((v) => grads[v.name])].map((t) => t.clone());
+    mha.variables().forEach((v) => v.dispose());
+    return result;
+  };
+}
+
+for (const [rate, training] of [[0, false], [0.25, true]] as const) {
+  Deno.test({
+    name: `first-position attention (fused C, weight read in place) equals the ops on cpu, dropout ${
+      training ? rate : "off"
+    }, 2 threads${NOTE}`,
+    ignore: !READY,
+    async fn() {
+      await ready();
+      const native = (loadNative() as { ok: true; native: Native }).native;
+      const threads = native.threads();
+      native.setThreads(2);
+      try {
+        assertClose(
+          await valuesOn("wasm", firstRun(rate, training)),
+          await valuesOn("cpu", firstRun(rate, training)),
+          TOL,
+          "first",
+        );
+        const info = await tf.profile(() => tf.dispose(firstRun(rate, training)()));
+        const names = new Set(info.kernels.map((k) => k.name));
+        assertEquals(
+          names.has(FUSED_KERNELS.firstAttention) && names.has(FUSED_KERNELS.firstAttentionGrad),
+          true,
+          "ran",
+        );
+      } finally {
+        native.setThreads(threads);
+      }
+    },
+  });
+}
+
 /** Feeds 3 positions, then 1, 1, 2 more through a cached attention layer: every output and the final cache. */
 function cachedRun(causal: boolean) {
   return (): tf.Tensor[] => {
