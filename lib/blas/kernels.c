@@ -1,6 +1,6 @@
 /* Small CPU kernels for tfjs's wasm backend, called through Deno FFI (see native.ts).
- * Built on first use with `cc -O3 -std=c99 -fno-trapping-math -fno-math-errno -shared -fPIC
- * kernels.c -lm -ldl` (native.ts has the flags). Callers check all sizes; these functions trust
+ * Built on first use with `cc -O3 -std=c99 -fno-trapping-math -fno-math-errno -ffp-contract=off
+ * -shared -fPIC -Wl,-z,nodelete kernels.c -lm -ldl -pthread` (native.ts has the flags). Callers check all sizes; these functions trust
  * their arguments. Keep seemore_abi_version in step with native.ts. */
 
 #define _GNU_SOURCE /* dlopen's RTLD_NOLOAD */
