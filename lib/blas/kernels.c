@@ -1204,17 +1204,25 @@ static int64_t *group_plan(const int32_t *counts, int32_t E, int32_t **order) {
   return starts;
 }
 
-int32_t seemore_experts(uint8_t *heap, const uint32_t *offsets, const int32_t *counts, int32_t E,
-                        const float *x, float *h, float *y, uint8_t *mask, const double *states, float keep,
-                        int32_t C, int32_t F) {
+/* Plans the groups (row offsets, largest first) and runs fn over the experts on the kernel threads. */
+static int32_t run_experts(experts_args *a, const int32_t *counts, int32_t E, range_fn fn) {
   if (!sgemm) return -1;
   int32_t *order;
   int64_t *starts = group_plan(counts, E, &order);
   if (!starts) return -2;
-  experts_args a = {heap, offsets, NULL, starts, order, x, NULL, NULL, h, y, NULL, mask, NULL, states, keep, C, F, 0};
-  parallel_for(E, 1, experts_range, &a);
+  a->starts = starts;
+  a->order = order;
+  parallel_for(E, 1, fn, a);
   free(starts);
-  return 0;
+  return a->failed ? -2 : 0;
+}
+
+int32_t seemore_experts(uint8_t *heap, const uint32_t *offsets, const int32_t *counts, int32_t E,
+                        const float *x, float *h, float *y, uint8_t *mask, const double *states, float keep,
+                        int32_t C, int32_t F) {
+  experts_args a = {.heap = heap, .offsets = offsets, .x = x, .h = h, .y = y, .mask = mask, .states = states,
+                    .keep = keep, .C = C, .F = F};
+  return run_experts(&a, counts, E, experts_range);
 }
 
 /* Gradient of seemore_experts: from dy (M, C), the saved x, h and mask (NULL: no dropout), writes
@@ -1273,14 +1281,9 @@ int32_t seemore_experts_grad(uint8_t *heap, const uint32_t *offsets, const uint3
                              const int32_t *counts, int32_t E, const float *x, const float *h,
                              const float *dy, const uint8_t *mask, float keep, float *dx, int32_t C,
                              int32_t F) {
-  if (!sgemm) return -1;
-  int32_t *order;
-  int64_t *starts = group_plan(counts, E, &order);
-  if (!starts) return -2;
-  experts_args a = {heap, offsets, grad_offsets, starts, order, x, h, dy, NULL, NULL, dx, NULL, mask, NULL, keep, C, F, 0};
-  parallel_for(E, 1, experts_grad_range, &a);
-  free(starts);
-  return a.failed ? -2 : 0;
+  experts_args a = {.heap = heap, .offsets = offsets, .grad_offsets = grad_offsets, .x = x, .h_in = h,
+                    .dy = dy, .dx = dx, .mask_in = mask, .keep = keep, .C = C, .F = F};
+  return run_experts(&a, counts, E, experts_grad_range);
 }
 
 /* ---------------------------------------------------------------------------------------------
