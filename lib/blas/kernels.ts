@@ -1017,17 +1017,26 @@ function moeCombineGradKernel(args: KernelArgs): TensorInfo[] {
   return [dmerged, dgates];
 }
 
-/** Byte offsets on the wasm heap of the tensors named `${prefix}_${e}` (w1, b1, w2, b2 per expert e). */
-function expertOffsets(backend: WasmBackend, inputs: Record<string, TensorInfo>, E: number, names: string[]) {
+/**
+ * Byte offsets on the wasm heap of each expert e's parameters, inputs w1_e [C, F], b1_e [F], w2_e [F, C]
+ * and b2_e [C] (shapes checked: the C kernel trusts them).
+ */
+function expertOffsets(
+  backend: WasmBackend,
+  inputs: Record<string, TensorInfo>,
+  E: number,
+  C: number,
+  F: number,
+) {
   const offsets = new Uint32Array(4 * E);
+  const shapes: [string, number[]][] = [["w1", [C, F]], ["b1", [F]], ["w2", [F, C]], ["b2", [C]]];
   for (let e = 0; e < E; e++) {
-    names.forEach((name, j) => {
+    shapes.forEach(([name, shape], j) => {
       const t = inputs[`${name}_${e}`];
-      const offset = t && t.dtype === "float32" ? backend.dataIdMap.get(t.dataId)?.memoryOffset : undefined;
-      if (offset == null) {
-        throw new Error(`lib/blas/kernels.ts: experts input ${name}_${e} missing or not float32`);
+      if (!t || t.dtype !== "float32" || !tf.util.arraysEqual(t.shape, shape)) {
+        throw new Error(`lib/blas/kernels.ts: experts input ${name}_${e} must be float32 [${shape}]`);
       }
-      offsets[4 * e + j] = offset;
+      offsets[4 * e + j] = backend.dataIdMap.get(t.dataId)!.memoryOffset;
     });
   }
   return offsets;
@@ -1049,7 +1058,7 @@ function expertsKernel(args: KernelArgs): TensorInfo[] {
   const { counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
   const x = inputs.x, [M, C] = x.shape;
   const backend = wasmOf(args.backend);
-  const offsets = expertOffsets(backend, inputs, counts.length, ["w1", "b1", "w2", "b2"]);
+  const offsets = expertOffsets(backend, inputs, counts.length, C, F);
   const dropout = seeds.length > 0;
   const y = backend.makeOutput([M, C], "float32");
   const h = backend.makeOutput([M, F], "float32");
@@ -1078,7 +1087,7 @@ function expertsGradKernel(args: KernelArgs): TensorInfo[] {
   const { dy, x, h, mask } = inputs;
   const [M, C] = x.shape;
   const backend = wasmOf(args.backend);
-  const offsets = expertOffsets(backend, inputs, counts.length, ["w1", "b1", "w2", "b2"]);
+  const offsets = expertOffsets(backend, inputs, counts.length, C, F);
   const dx = backend.makeOutput([M, C], "float32");
   const grads = counts.flatMap(() =>
     [[C, F], [F], [F, C], [C]].map((shape) => backend.makeOutput(shape, "float32"))

@@ -160,6 +160,20 @@ Deno.test({
           `experts, training ${training}`,
         );
       }
+      tf.tidy(() => { // the kernel checks each parameter's shape (the C code trusts them)
+        const ok = {
+          w1: tf.zeros([C, F]) as tf.Tensor2D,
+          b1: tf.zeros([F]) as tf.Tensor1D,
+          w2: tf.zeros([F, C]) as tf.Tensor2D,
+          b2: tf.zeros([C]) as tf.Tensor1D,
+        };
+        const x = tf.zeros([3, C]) as tf.Tensor2D;
+        assert.throws(
+          () => experts(x, [3], [{ ...ok, w2: tf.zeros([F, C + 1]) as tf.Tensor2D }], null),
+          /w2_0 must be float32 \[32,8\]/,
+        );
+        assert.equal(experts(x, [3], [ok], null).shape.join(), `3,${C}`);
+      });
     } finally {
       native.setThreads(threads);
     }
