@@ -1,7 +1,8 @@
 /* Small CPU kernels for tfjs's wasm backend, called through Deno FFI (see native.ts).
  * Built on first use with `cc -O3 -std=c99 -fno-trapping-math -fno-math-errno -ffp-contract=off
- * -shared -fPIC -Wl,-z,nodelete kernels.c -lm -ldl -pthread` (native.ts has the flags). Callers check all sizes; these functions trust
- * their arguments. Keep seemore_abi_version in step with native.ts. */
+ * -shared -fPIC -Wl,-z,nodelete kernels.c -lm -ldl -pthread` (native.ts has the flags). Callers
+ * check all sizes; these functions trust their arguments. Keep seemore_abi_version in step with
+ * native.ts. */
 
 #define _GNU_SOURCE /* dlopen's RTLD_NOLOAD */
 #include <dlfcn.h>
@@ -981,7 +982,9 @@ SIMD_CLONES static void softmax_grad_row(float *d, const float *p, const uint8_t
     for (int64_t j = 0; j < n; j++) d[j] *= (float)mask[j] * inv_keep;
   }
   vfloat sums = vsplat(0.0f);
-  for (int64_t j = 0; j < n; j += VW) sums += vread(d + j, n - j, d_end, 0.0f) * vread(p + j, n - j, p_end, 0.0f);
+  for (int64_t j = 0; j < n; j += VW) {
+    sums += vread(d + j, n - j, d_end, 0.0f) * vread(p + j, n - j, p_end, 0.0f);
+  }
   float s = 0.0f;
   for (int l = 0; l < VW; l++) s += sums[l];
   for (int64_t j = 0; j < n; j++) d[j] = p[j] * (d[j] - s);
@@ -1296,7 +1299,9 @@ int32_t seemore_experts_grad(uint8_t *heap, const uint32_t *offsets, const uint3
 
 void seemore_moe_dispatch(const float *x, const int32_t *order, float *inputs, int32_t N, int32_t M,
                           int32_t C) {
-  for (int64_t r = 0; r < M; r++) memcpy(inputs + r * C, x + (int64_t)(order[r] % N) * C, (size_t)C * sizeof(float));
+  for (int64_t r = 0; r < M; r++) {
+    memcpy(inputs + r * C, x + (int64_t)(order[r] % N) * C, (size_t)C * sizeof(float));
+  }
 }
 
 void seemore_moe_dispatch_grad(const float *dinputs, const int32_t *order, float *dx, int32_t N, int32_t M,
