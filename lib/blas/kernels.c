@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int32_t seemore_abi_version(void) { return 16; }
+int32_t seemore_abi_version(void) { return 17; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -264,6 +264,23 @@ void seemore_col2im3x3s2(const float *dcols, float *dx_out, int32_t B, int32_t H
 /* ---------------------------------------------------------------------------------------------
  * Sum over axes, on the simplified shape: n_groups alternating runs of kept / reduced axes
  * (reduced[g] = 1 for a reduced group). Accumulates in double; dst has the kept groups' size. */
+
+/* dst (rows, n) = row repeated: a bias, the starting value of a product that adds it (beta = 1). */
+typedef struct {
+  float *dst;
+  const float *row;
+  int64_t n;
+} fill_args;
+
+static void fill_range(void *p, int64_t r0, int64_t r1) {
+  fill_args *a = p;
+  for (int64_t r = r0; r < r1; r++) memcpy(a->dst + r * a->n, a->row, (size_t)a->n * sizeof(float));
+}
+
+void seemore_fill_rows(float *dst, const float *row, int32_t rows, int32_t n) {
+  fill_args a = {dst, row, n};
+  parallel_for(rows, (1 << 16) / (n > 0 ? n : 1) + 1, fill_range, &a);
+}
 
 static void column_sums(const float *src, float *dst, int64_t rows, int64_t cols); /* below */
 

@@ -487,7 +487,9 @@ function fillBroadcast(
   }
   const n = dstShape[dstShape.length - 1];
   if (shape.length <= 1 && (src.length === n || src.length === 1)) {
-    fillRows(dst, src.length === n ? src : new Float32Array(n).fill(src[0]), n);
+    const row = src.length === n ? src : new Float32Array(n).fill(src[0]);
+    if (native) native.fillRows(dst, row); // rows split across the kernel threads
+    else fillRows(dst, row, n);
     return;
   }
   const index = broadcastIndex(shape, dstShape);

@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 16;
+const ABI_VERSION = 17;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -148,6 +148,8 @@ const SYMBOLS = {
     ],
     result: "i32",
   },
+  // dst (rows, n), row (n), rows, n
+  seemore_fill_rows: { parameters: ["buffer", "buffer", "i32", "i32"], result: "void" },
   seemore_sgemm_batch: {
     // transA, transB, m, n, k, a, aIndex (i32), b, bIndex (i32), beta, c, batch -> 0 on success
     parameters: [
@@ -505,6 +507,8 @@ export interface Native {
     },
     dims: FirstAttentionDims,
   ): void;
+  /** dst (rows, row.length) = row repeated, rows split across the kernel threads. */
+  fillRows(dst: Float32Array, row: Float32Array): void;
   /** seeMoE's dispatch: inputs[r] = x[order[r] mod N], x (N, C) → inputs (M, C). */
   moeDispatch(x: Float32Array, order: Int32Array, inputs: Float32Array, dims: MoEDims): void;
   /** Its gradient: dx[n] = the sum of the rows of dinputs that came from token n. */
@@ -1031,6 +1035,10 @@ function wrap(path: string, lib: NativeLibrary): Native {
         keep,
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_first_attention_grad failed (${rc})`);
+    },
+    fillRows(dst, row) {
+      const rows = rowsOf("fillRows", dst.length, row.length);
+      s.seemore_fill_rows(dst, row, rows, row.length);
     },
     moeDispatch(x, order, inputs, dims) {
       checkDispatch(order, dims, x, inputs);

@@ -132,6 +132,10 @@ Deno.test({
         }
       }
     }
+    // a bias over 600 rows of 300: the rows are filled on several threads (with the C kernels)
+    const big = () =>
+      tf.fused.matMul({ a: tensor([600, 7], 12), b: tensor([7, 300], 13), bias: tensor([300], 14) });
+    assertClose(await valuesOn("wasm", big), await valuesOn("cpu", big), TOL, "fused 600x7 @ 7x300 + bias");
   },
 });
 
