@@ -154,9 +154,9 @@ function weightGrad(x: tf.Tensor, dy: tf.Tensor): tf.Tensor {
   return tf.matMul(rowsX, rowsDy, true, false); // [in, out]
 }
 
-/** The gradient of x @ W + b with respect to b: dy (..., out) summed over rows → [out]. */
+/** The gradient of x @ W + b with respect to b: dy (..., out) summed over all leading axes → [out]. */
 function biasGrad(dy: tf.Tensor): tf.Tensor {
-  return tf.sum(tf.reshape(dy, [-1, dy.shape[dy.rank - 1]]), 0);
+  return tf.sum(dy, Array.from({ length: dy.rank - 1 }, (_, i) => i));
 }
 
 /**
