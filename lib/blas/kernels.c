@@ -262,10 +262,12 @@ void seemore_col2im3x3s2(const float *dcols, float *dx_out, int32_t B, int32_t H
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Sum over axes, on the simplified shape: n_groups alternating runs of kept / reduced axes
- * (reduced[g] = 1 for a reduced group). Accumulates in double; dst has the kept groups' size. */
+ * dst (rows, n) = row repeated: a bias, the starting value of a product that adds it (beta = 1). */
 
-/* dst (rows, n) = row repeated: a bias, the starting value of a product that adds it (beta = 1). */
+static void fill_bias(float *dst, const float *row, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; r++) memcpy(dst + r * n, row, (size_t)n * sizeof(float));
+}
+
 typedef struct {
   float *dst;
   const float *row;
@@ -274,13 +276,17 @@ typedef struct {
 
 static void fill_range(void *p, int64_t r0, int64_t r1) {
   fill_args *a = p;
-  for (int64_t r = r0; r < r1; r++) memcpy(a->dst + r * a->n, a->row, (size_t)a->n * sizeof(float));
+  fill_bias(a->dst + r0 * a->n, a->row, r1 - r0, a->n);
 }
 
 void seemore_fill_rows(float *dst, const float *row, int32_t rows, int32_t n) {
   fill_args a = {dst, row, n};
   parallel_for(rows, (1 << 16) / (n > 0 ? n : 1) + 1, fill_range, &a);
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Sum over axes, on the simplified shape: n_groups alternating runs of kept / reduced axes
+ * (reduced[g] = 1 for a reduced group). Accumulates in double; dst has the kept groups' size. */
 
 static void column_sums(const float *src, float *dst, int64_t rows, int64_t cols); /* below */
 
@@ -1170,11 +1176,6 @@ typedef struct {
 
 static float *heap_floats(uint8_t *heap, uint32_t offset) { return (float *)(void *)(heap + offset); }
 
-/* rows (n, cols) = bias repeated: the starting value of a product that adds a bias (beta = 1). */
-static void fill_bias(float *rows, const float *bias, int64_t n, int64_t cols) {
-  for (int64_t r = 0; r < n; r++) memcpy(rows + r * cols, bias, (size_t)cols * sizeof(float));
-}
-
 static void experts_range(void *p, int64_t i0, int64_t i1) {
   experts_args *a = p;
   int64_t C = a->C, F = a->F;
@@ -1192,15 +1193,10 @@ static void experts_range(void *p, int64_t i0, int64_t i1) {
     fill_bias(y, heap_floats(a->heap, o[3]), n, C);
     sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)n, (int)C, (int)F, 1.0f, h, (int)F, heap_floats(a->heap, o[2]),
           (int)C, 1.0f, y, (int)C);
-    if (a->states) {
-      alea_t g = alea_load(a->states + 4 * e);
-      uint64_t threshold = keep_threshold(a->keep);
-      float scale = 1.0f / a->keep;
-      uint8_t *m = a->mask + r0 * C;
-      for (int64_t i = 0; i < n * C; i++) {
-        m[i] = (uint8_t)alea_keeps(&g, threshold);
-        y[i] *= (float)m[i] * scale;
-      }
+    if (a->states) { /* expert e's dropout, in place: one chunk of draws from its own noise state */
+      draws_args d = {a->states + 4 * e, n * C, n * C, keep_threshold(a->keep), a->mask + r0 * C, y, y,
+                      1.0f / a->keep};
+      draws_range(&d, 0, 1);
     }
   }
 }
@@ -1277,9 +1273,7 @@ static void experts_grad_range(void *p, int64_t i0, int64_t i1) {
     float *dz = d + n * C;
     const float *x = a->x + r0 * C, *h = a->h_in + r0 * F, *dy = a->dy + r0 * C;
     if (a->mask_in) {
-      const uint8_t *m = a->mask_in + r0 * C;
-      float scale = 1.0f / a->keep;
-      for (int64_t i = 0; i < n * C; i++) d[i] = dy[i] * ((float)m[i] * scale);
+      seemore_dropout_grad(dy, a->mask_in + r0 * C, d, (int32_t)(n * C), a->keep);
     } else {
       memcpy(d, dy, (size_t)(n * C) * sizeof(float));
     }

@@ -1238,14 +1238,13 @@ export function aleaJump(state: Float64Array, draws: number): Float64Array {
 
 /** The states at which each DRAW_CHUNK-long chunk of `n` draws from seed's noise starts, one after another. */
 export function aleaStates(seed: number, n: number, chunk = DRAW_CHUNK): Float64Array {
-  const chunks = Math.ceil(n / chunk);
-  const states = new Float64Array(4 * Math.max(chunks, 1));
+  const chunks = Math.max(1, Math.ceil(n / chunk)); // at least the seeded state, even for no draws
+  const states = new Float64Array(4 * chunks);
   let state = aleaState(seed);
   for (let i = 0; i < chunks; i++) {
     states.set(state, 4 * i);
     if (i + 1 < chunks) state = aleaJump(state, chunk);
   }
-  if (chunks === 0) states.set(state);
   return states;
 }
 
@@ -1337,9 +1336,16 @@ export interface MoECombineInputs {
   slotExpert: Int32Array;
 }
 
-function checkRange(what: string, values: Int32Array, lo: number, hi: number): void {
+/** Every value must lie in [lo, hi) (`range` says so in the error). */
+function checkRange(
+  what: string,
+  values: Int32Array,
+  lo: number,
+  hi: number,
+  range = `[${lo}, ${hi})`,
+): void {
   for (const v of values) {
-    if (!(v >= lo && v < hi)) throw new Error(`lib/blas/native.ts: ${what} ${v} outside [${lo}, ${hi})`);
+    if (!(v >= lo && v < hi)) throw new Error(`lib/blas/native.ts: ${what} ${v} outside ${range}`);
   }
 }
 
@@ -1400,11 +1406,7 @@ function checkExperts(
 /** Every index must pick a whole matrix of `size` floats inside an array of `length`. */
 function checkIndices(what: string, index: Int32Array, length: number, size: number): void {
   const count = size > 0 ? Math.floor(length / size) : 0;
-  for (const i of index) {
-    if (!Number.isInteger(i) || i < 0 || i >= count) {
-      throw new Error(`lib/blas/native.ts: ${what} index ${i} outside its ${count} matrices`);
-    }
-  }
+  checkRange(`${what} index`, index, 0, count, `its ${count} matrices`);
 }
 
 function sameLength(what: string, n: number, arrays: Record<string, Float32Array | Uint8Array>): void {
