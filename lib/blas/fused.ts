@@ -377,7 +377,7 @@ export interface MoERoute {
  * token's rows back. One C kernel each way (only where canFuseExperts(); moe.ts has the ops).
  */
 export function moeDispatch(x: tf.Tensor2D, route: MoERoute): tf.Tensor2D {
-  const attrs = { ...route } as unknown as tf.NamedAttrMap;
+  const attrs = route as unknown as tf.NamedAttrMap;
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
     value: run(FUSED_KERNELS.moeDispatch, { x: args[0] as tf.Tensor }, attrs) as tf.Tensor, // (M, C)
     gradFunc: (dy: tf.Tensor) => run(FUSED_KERNELS.moeDispatchGrad, { dinputs: dy }, attrs) as tf.Tensor, // (N, C)
@@ -391,7 +391,7 @@ export function moeDispatch(x: tf.Tensor2D, route: MoERoute): tf.Tensor2D {
  * in merged (M, C) and gates (N, E). One C kernel each way (only where canFuseExperts()).
  */
 export function moeCombine(merged: tf.Tensor2D, gates: tf.Tensor2D, route: MoERoute): tf.Tensor2D {
-  const attrs = { ...route } as unknown as tf.NamedAttrMap;
+  const attrs = route as unknown as tf.NamedAttrMap;
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [m, g, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
     save([m, g]);

@@ -981,6 +981,11 @@ function moeDispatchGradKernel(args: KernelArgs): TensorInfo {
   return dx;
 }
 
+function combineDims(merged: TensorInfo, gates: TensorInfo, attrs: MoEAttrs): MoEDims {
+  const [N, E] = gates.shape, [M, C] = merged.shape;
+  return { N, C, M, k: attrs.choices, E };
+}
+
 function combineInputs(backend: WasmBackend, merged: TensorInfo, gates: TensorInfo, attrs: MoEAttrs) {
   return {
     merged: floatView(backend, merged, "merged"),
@@ -995,9 +1000,8 @@ function moeCombineKernel(args: KernelArgs): TensorInfo {
   const { merged, gates } = args.inputs as { merged: TensorInfo; gates: TensorInfo };
   const attrs = args.attrs as unknown as MoEAttrs;
   const backend = wasmOf(args.backend);
-  const [N, E] = gates.shape, C = merged.shape[1];
-  const out = backend.makeOutput([N, C], "float32");
-  const dims = { N, C, M: merged.shape[0], k: attrs.choices, E };
+  const dims = combineDims(merged, gates, attrs);
+  const out = backend.makeOutput([dims.N, dims.C], "float32");
   native!.moeCombine(combineInputs(backend, merged, gates, attrs), floatView(backend, out, "out"), dims);
   return out;
 }
@@ -1007,14 +1011,13 @@ function moeCombineGradKernel(args: KernelArgs): TensorInfo[] {
   const { dout, merged, gates } = args.inputs as { dout: TensorInfo; merged: TensorInfo; gates: TensorInfo };
   const attrs = args.attrs as unknown as MoEAttrs;
   const backend = wasmOf(args.backend);
-  const [N, E] = gates.shape, C = merged.shape[1];
   const dmerged = backend.makeOutput(merged.shape, "float32");
   const dgates = backend.makeOutput(gates.shape, "float32");
   native!.moeCombineGrad(
     combineInputs(backend, merged, gates, attrs),
     floatView(backend, dout, "dout"),
     { dmerged: floatView(backend, dmerged, "dmerged"), dgates: floatView(backend, dgates, "dgates") },
-    { N, C, M: merged.shape[0], k: attrs.choices, E },
+    combineDims(merged, gates, attrs),
   );
   return [dmerged, dgates];
 }
