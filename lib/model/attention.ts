@@ -172,25 +172,33 @@ export class MultiHeadAttention implements Parametrised {
    * Same maths and the same dropout noise (seeds drawn in the same order) as the ops above.
    */
   private forwardFused(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
-    const rate = ctx.training ? this.dropoutRate : 0;
     const merged = attention(dense(x, this.qkv) as tf.Tensor3D, {
       heads: this.numHeads,
       scale: this.scale,
       causal: this.isDecoder,
-      dropout: rate > 0 ? { rate, seed: ctx.nextSeed() } : undefined,
+      dropout: this.weightDropout(ctx),
     }); // (B, T, C)
     return dropout(this.proj.forward(merged), this.dropoutRate, ctx) as tf.Tensor3D;
   }
 
   /** forwardFirst() on the fast CPU path: one kernel, the weight read in place (same maths and noise). */
   private forwardFirstFused(x: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
-    const rate = ctx.training ? this.dropoutRate : 0;
     const merged = firstAttention(x, this.qkv, {
       heads: this.numHeads,
       scale: this.scale,
-      dropout: rate > 0 ? { rate, seed: ctx.nextSeed() } : undefined,
+      dropout: this.weightDropout(ctx),
     }); // (B, 1, C)
     return dropout(this.proj.forward(merged), this.dropoutRate, ctx) as tf.Tensor3D;
+  }
+
+  /**
+   * The fused kernels' dropout on the attention weights: while training, this layer's rate with the
+   * next seed (drawn where the ops version's dropout draws it); none otherwise.
+   */
+  private weightDropout(ctx: Ctx): { rate: number; seed: number } | undefined {
+    return ctx.training && this.dropoutRate > 0
+      ? { rate: this.dropoutRate, seed: ctx.nextSeed() }
+      : undefined;
   }
 
   /** forward() with a cache (generation) on the fast CPU path: one kernel grows the cache and attends. */
