@@ -1,4 +1,4 @@
-// Transpose, Identity, Unpack, GatherV2 and Sum on the wasm heap (JS and C versions) against tfjs's cpu
+// Transpose, Identity, Unpack, Slice, GatherV2 and Sum on the wasm heap (JS and C versions) against tfjs's cpu
 // backend.
 
 import * as tf from "@tensorflow/tfjs";
@@ -285,6 +285,37 @@ Deno.test({
         await valuesOn("cpu", run),
         0,
         `split [${shape}] by ${splits} on ${axis}`,
+      );
+    }
+  },
+});
+
+Deno.test({
+  name: `Slice kernel equals cpu (runs, strides, -1 sizes, int32 and bool)${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    await enableBlasKernels();
+    const cases: [number[], number[], number[]][] = [
+      [[16, 37, 512], [0, 0, 0], [16, 1, 512]], // the ViT's CLS row
+      [[64, 128], [0, 0], [50, 128]], // position rows: one contiguous run
+      [[64, 128], [3, 5], [7, 100]],
+      [[2, 3, 4, 5], [1, 0, 2, 1], [1, -1, 2, 3]],
+      [[2, 3, 4, 5, 6], [0, 1, 1, 0, 2], [2, 2, 3, 5, 4]],
+      [[10], [4], [-1]],
+      [[4, 6], [1, 2], [0, 3]], // empty
+    ];
+    for (const [shape, begin, size] of cases) {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const run = () => [
+        tf.slice(tf.tensor(seeded(n, 54), shape), begin, size),
+        tf.slice(tf.tensor(iota(n), shape, "int32"), begin, size),
+        tf.cast(tf.slice(tf.greater(tf.tensor(seeded(n, 55), shape), 0), begin, size), "int32"),
+      ];
+      assertClose(
+        await valuesOn("wasm", run),
+        await valuesOn("cpu", run),
+        0,
+        `slice [${shape}] at [${begin}] size [${size}]`,
       );
     }
   },
