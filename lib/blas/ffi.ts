@@ -150,11 +150,10 @@ function wrap(path: string, lib: BlasLibrary): Blas {
   const configPtr = s.openblas_get_config ? s.openblas_get_config() : null;
   const config = configPtr ? new Deno.UnsafePointerView(configPtr).getCString() : "unknown";
   let configured = s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0;
-  let active = configured;
+  // Asked each time, not remembered: the C kernels (kernels.c) set it too.
   const useThreads = (n: number) => {
-    if (n === active || !s.openblas_set_num_threads) return;
-    s.openblas_set_num_threads(n);
-    active = n;
+    if (!s.openblas_set_num_threads || !s.openblas_get_num_threads) return;
+    if (s.openblas_get_num_threads() !== n) s.openblas_set_num_threads(n);
   };
   return {
     path,

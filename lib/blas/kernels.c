@@ -12,8 +12,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-int32_t seemore_abi_version(void) { return 17; }
+int32_t seemore_abi_version(void) { return 18; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -25,13 +26,27 @@ typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int 
 static sgemm_fn sgemm = NULL;
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 
+/* OpenBLAS's thread count (absent from other BLAS libraries: then products are never split). */
+static void (*blas_set_threads)(int) = NULL;
+static int (*blas_get_threads)(void) = NULL;
+
+static void park_helpers(void);
+
 /* 0 on success; -1 if the library cannot be opened, -2 if it has no cblas_sgemm. */
 int32_t seemore_bind_sgemm(const char *path) {
   void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
   if (!lib) lib = dlopen(path, RTLD_NOW);
   if (!lib) return -1;
   sgemm = (sgemm_fn)dlsym(lib, "cblas_sgemm");
+  *(void **)&blas_set_threads = dlsym(lib, "openblas_set_num_threads");
+  *(void **)&blas_get_threads = dlsym(lib, "openblas_get_num_threads");
+  if (!blas_set_threads || !blas_get_threads) blas_set_threads = NULL, blas_get_threads = NULL;
   return sgemm ? 0 : -2;
+}
+
+/* Makes OpenBLAS use n threads from now on (asked each time: ffi.ts may have set it too). */
+static void blas_use_threads(int n) {
+  if (blas_set_threads && blas_get_threads() != n) blas_set_threads(n);
 }
 
 /* Many small products in one call (a batched matmul whose items are too small for one FFI call each
@@ -41,6 +56,7 @@ int32_t seemore_sgemm_batch(int32_t trans_a, int32_t trans_b, int32_t m, int32_t
                             const float *a, const int32_t *a_index, const float *b,
                             const int32_t *b_index, float beta, float *c, int32_t batch) {
   if (!sgemm) return -1;
+  park_helpers();
   int64_t a_size = (int64_t)m * k, b_size = (int64_t)k * n, c_size = (int64_t)m * n;
   for (int32_t i = 0; i < batch; i++) {
     sgemm(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, trans_b ? TRANS : NO_TRANS, m, n, k, 1.0f,
@@ -51,11 +67,21 @@ int32_t seemore_sgemm_batch(int32_t trans_a, int32_t trans_b, int32_t m, int32_t
 }
 
 /* ---------------------------------------------------------------------------------------------
- * parallel_for: fn(args, begin, end) over [0, n) in chunks of `grain`, on this thread and up to
- * n_threads - 1 helper threads started for the call. Chunks are claimed from a shared counter, so
- * when the machine is busy and a helper does not get a core, this thread simply does more of them;
- * it waits only for chunks a helper has already started. A helper that starts late finds no chunk
- * left and never touches `args` (the job itself is reference-counted). */
+ * parallel_for: fn(args, begin, end) over [0, n) in chunks of `grain`, on this thread and on the
+ * pool's n_threads - 1 helper threads (started on first use and kept). Chunks are claimed from a
+ * shared counter, so when the machine is busy and a helper does not get a core, this thread simply
+ * does more of them; it waits only for chunks a helper has already started.
+ *
+ * After a job, a helper spins for HELPER_SPIN_NS before it sleeps: a training step hands out a job
+ * every few tens of microseconds, and waking a sleeping thread costs 25-45 µs on a VM that halts an
+ * idle vCPU at once. park_helpers() sends them to sleep at once instead, before OpenBLAS runs a
+ * product on its own threads, which need the cores. A parallel_for called from a helper (a kernel
+ * inside a kernel's chunk), or while another thread is using the pool, runs on the calling thread.
+ *
+ * Jobs live in a ring of slots. A helper that wakes late may look at a slot that has since been
+ * reused: each slot carries its job's number, and it is rewritten only when no helper is inside it
+ * (the writer marks it invalid, then waits for `users` to drop to 0: with sequentially consistent
+ * atomics on both sides, either the writer sees the helper or the helper sees the mark). */
 
 typedef void (*range_fn)(void *args, int64_t begin, int64_t end);
 
@@ -63,22 +89,41 @@ typedef struct {
   range_fn fn;
   void *args;
   int64_t n, grain, next, done;
-  int32_t refs;
 } job_t;
 
+typedef struct {
+  job_t job;
+  int64_t seq;   /* the job's number, -1 while the slot is rewritten */
+  int32_t users; /* helpers inside the job */
+} slot_t;
+
 #define MAX_THREADS 16
+#define POOL_SLOTS 64
+#define HELPER_SPIN_NS 200000
 static int32_t n_threads = 1;
-static int64_t helpers_started = 0; /* for tests: proof that the split path ran */
+static slot_t slots[POOL_SLOTS];
+static int64_t posted = 0;      /* number of the last job handed out */
+static int64_t parked = -1;     /* helpers that have seen this job sleep instead of spinning */
+static int32_t helpers = 0;     /* helper threads started */
+static int32_t sleepers = 0;    /* helpers waiting on `wake` */
+static int32_t pool_in_use = 0; /* a thread is handing out a job */
+static int64_t jobs_shared = 0; /* for tests: proof that the split path ran */
+static pthread_mutex_t wake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static __thread int32_t on_helper = 0;
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_SEQ_CST)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_SEQ_CST)
 
 /* Threads for the kernels that split their work (1 = no helpers; 0 = leave as is); returns the
  * number in use. */
 int32_t seemore_set_threads(int32_t n) {
-  if (n > 0) n_threads = n > MAX_THREADS ? MAX_THREADS : n;
+  if (n > 0) STORE(n_threads, n > MAX_THREADS ? MAX_THREADS : n);
   return n_threads;
 }
 
-/* How many helper threads parallel_for has started so far. */
-int64_t seemore_helpers_started(void) { return __atomic_load_n(&helpers_started, __ATOMIC_RELAXED); }
+/* How many jobs parallel_for has shared with helper threads so far. */
+int64_t seemore_jobs_shared(void) { return LOAD(jobs_shared); }
 
 static void run_chunks(job_t *job) {
   for (;;) {
@@ -90,45 +135,165 @@ static void run_chunks(job_t *job) {
   }
 }
 
-static void release_job(job_t *job) {
-  if (__atomic_sub_fetch(&job->refs, 1, __ATOMIC_ACQ_REL) == 0) free(job);
+static int64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+/* Waits for a job after `seen` and returns its number: spinning first (when `spin`), then asleep. */
+static int64_t next_job(int64_t seen, int spin) {
+  int64_t s, t0 = spin ? now_ns() : 0;
+  for (uint32_t i = 1; spin; i++) {
+    if ((s = LOAD(posted)) != seen) return s;
+    cpu_relax();
+    if (i % 32 == 0 && (LOAD(parked) >= seen || now_ns() - t0 > HELPER_SPIN_NS)) break;
+  }
+  pthread_mutex_lock(&wake_lock);
+  __atomic_add_fetch(&sleepers, 1, __ATOMIC_SEQ_CST);
+  while ((s = LOAD(posted)) == seen) pthread_cond_wait(&wake, &wake_lock);
+  __atomic_sub_fetch(&sleepers, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&wake_lock);
+  return s;
 }
 
 static void *helper(void *p) {
-  run_chunks(p);
-  release_job(p);
+  int32_t index = (int32_t)(intptr_t)p;
+  int64_t seen = LOAD(posted);
+  on_helper = 1;
+  for (;;) {
+    seen = next_job(seen, index < LOAD(n_threads) - 1);
+    if (index >= LOAD(n_threads) - 1) continue; /* fewer threads wanted now */
+    slot_t *slot = &slots[seen % POOL_SLOTS];
+    __atomic_add_fetch(&slot->users, 1, __ATOMIC_SEQ_CST);
+    if (LOAD(slot->seq) == seen) run_chunks(&slot->job);
+    __atomic_sub_fetch(&slot->users, 1, __ATOMIC_SEQ_CST);
+  }
   return NULL;
 }
 
+static void start_helpers(void) {
+  while (helpers < n_threads - 1) {
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, helper, (void *)(intptr_t)helpers) != 0) return;
+    pthread_detach(thread);
+    helpers++;
+  }
+}
+
+/* Spinning helpers go to sleep now (until the next job). */
+static void park_helpers(void) { STORE(parked, LOAD(posted)); }
+
 static void parallel_for(int64_t n, int64_t grain, range_fn fn, void *args) {
   if (grain < 1) grain = 1;
-  job_t *job = n_threads > 1 && n >= 2 * grain ? malloc(sizeof *job) : NULL;
-  if (!job) {
+  int32_t free_pool = 0;
+  if (n_threads <= 1 || n < 2 * grain || on_helper ||
+      !__atomic_compare_exchange_n(&pool_in_use, &free_pool, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
     if (n > 0) fn(args, 0, n);
     return;
   }
-  *job = (job_t){fn, args, n, grain, 0, 0, 1};
-  int64_t helpers = (n + grain - 1) / grain - 1;
-  if (helpers > n_threads - 1) helpers = n_threads - 1;
-  for (int64_t t = 0; t < helpers; t++) {
-    pthread_t thread;
-    __atomic_add_fetch(&job->refs, 1, __ATOMIC_RELAXED);
-    if (pthread_create(&thread, NULL, helper, job) == 0) {
-      pthread_detach(thread);
-      __atomic_add_fetch(&helpers_started, 1, __ATOMIC_RELAXED);
-    } else {
-      release_job(job);
-    }
+  start_helpers();
+  int64_t seq = posted + 1;
+  slot_t *slot = &slots[seq % POOL_SLOTS];
+  STORE(slot->seq, -1);
+  while (LOAD(slot->users) != 0) sched_yield();
+  slot->job = (job_t){fn, args, n, grain, 0, 0};
+  STORE(slot->seq, seq);
+  STORE(posted, seq);
+  if (LOAD(sleepers) > 0) {
+    pthread_mutex_lock(&wake_lock);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&wake_lock);
   }
-  run_chunks(job);
-  while (__atomic_load_n(&job->done, __ATOMIC_ACQUIRE) < n) sched_yield();
-  release_job(job);
+  __atomic_add_fetch(&jobs_shared, 1, __ATOMIC_RELAXED);
+  run_chunks(&slot->job);
+  while (__atomic_load_n(&slot->job.done, __ATOMIC_ACQUIRE) < n) sched_yield();
+  STORE(pool_in_use, 0);
 }
 
 /* Elements per chunk for the elementwise kernels, and heads per chunk for attention: big enough that
  * starting a thread pays, and that small calls (generation, one image) never wait for a helper. */
 #define GRAIN (1 << 16)
 #define ATTENTION_GRAIN 16
+
+/* ---------------------------------------------------------------------------------------------
+ * One product C = alpha op(A) op(B) + beta C (row-major, as cblas_sgemm), on `threads` threads.
+ * Products up to SPLIT_MAX multiply-adds (the decoder's, 800 x 128 x 512 at the original config) are
+ * cut in two along M (or N when it is longer), each half on one OpenBLAS thread, one of them on a
+ * pool helper: its spinning helper starts at once, where OpenBLAS's sleeping worker takes 25-45 µs
+ * to wake (in-process A/B, 30 interleaved rounds of the original config: train step 256 -> 243 ms,
+ * forward 85 -> 78). Bigger products (the ViT's, 592 x 512 x 2048) go to OpenBLAS's own threads:
+ * cut in two, each half would pack the whole of the other operand again, and they ran slower.
+ * Every half is the same kernel on fewer rows, so results do not depend on the split. Returns 0, or
+ * -1 without sgemm. */
+
+#define SPLIT_MAX (64.0 * 1024 * 1024)
+
+typedef struct {
+  int trans_a, trans_b, m, n, k, lda, ldb, ldc;
+  float alpha, beta;
+  const float *a, *b;
+  float *c;
+  int64_t parts; /* the product is cut into this many slices of M (by_rows) or of N */
+  int by_rows;
+} gemm_args;
+
+/* Rows r0..r1 of C (or its columns c0..c1) on this thread. */
+static void gemm_slice(const gemm_args *g, int64_t r0, int64_t r1) {
+  int ta = g->trans_a ? TRANS : NO_TRANS, tb = g->trans_b ? TRANS : NO_TRANS;
+  if (g->by_rows) {
+    const float *a = g->trans_a ? g->a + r0 : g->a + r0 * g->lda;
+    sgemm(ROW_MAJOR, ta, tb, (int)(r1 - r0), g->n, g->k, g->alpha, a, g->lda, g->b, g->ldb, g->beta,
+          g->c + r0 * g->ldc, g->ldc);
+  } else {
+    const float *b = g->trans_b ? g->b + r0 * g->ldb : g->b + r0;
+    sgemm(ROW_MAJOR, ta, tb, g->m, (int)(r1 - r0), g->k, g->alpha, g->a, g->lda, b, g->ldb, g->beta, g->c + r0,
+          g->ldc);
+  }
+}
+
+/* Where slice p of `parts` starts along `n`: an equal share, rounded to OpenBLAS's 16-row blocks. */
+static int64_t slice_start(int64_t n, int64_t p, int64_t parts) {
+  if (p >= parts) return n;
+  int64_t at = (n * p / parts + 8) & ~(int64_t)15;
+  return at < n ? at : n;
+}
+
+static void gemm_slices(void *args, int64_t p0, int64_t p1) {
+  gemm_args *g = args;
+  int64_t n = g->by_rows ? g->m : g->n;
+  for (int64_t p = p0; p < p1; p++) gemm_slice(g, slice_start(n, p, g->parts), slice_start(n, p + 1, g->parts));
+}
+
+/* OpenBLAS on all of n_threads, the helpers asleep so that its threads get the cores. */
+static void blas_all_threads(void) {
+  park_helpers();
+  blas_use_threads(n_threads);
+}
+
+int32_t seemore_sgemm(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, int32_t k, float alpha,
+                      const float *a, int32_t lda, const float *b, int32_t ldb, float beta, float *c,
+                      int32_t ldc, int32_t threads) {
+  if (!sgemm) return -1;
+  int64_t parts = threads < n_threads ? threads : n_threads;
+  gemm_args g = {trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, parts, m >= n};
+  if (parts > 1 && blas_set_threads && (double)m * n * k <= SPLIT_MAX && (m >= n ? m : n) >= 16 * parts) {
+    blas_use_threads(1);
+    parallel_for(parts, 1, gemm_slices, &g);
+    return 0;
+  }
+  park_helpers();
+  blas_use_threads(threads);
+  g.by_rows = 1;
+  gemm_slice(&g, 0, m);
+  return 0;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Transpose of 4-byte elements, any rank up to 8: dst = transpose(src, perm).
@@ -1228,6 +1393,7 @@ static int32_t run_experts(experts_args *a, const int32_t *counts, int32_t E, ra
   if (!starts) return -2;
   a->starts = starts;
   a->order = order;
+  blas_use_threads(1); /* the experts run side by side on the pool, each product on one thread */
   parallel_for(E, 1, fn, a);
   free(starts);
   return a->failed ? -2 : 0;
@@ -1375,6 +1541,7 @@ int32_t seemore_first_attention(const float *x, const float *w, float *q, float 
                                 int32_t C, int32_t H, float scale, float keep) {
   if (!sgemm) return -1;
   int64_t hs = C / H, C3 = 3 * (int64_t)C, C2 = 2 * (int64_t)C;
+  blas_all_threads();
   sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, B, C, C, 1.0f, x, T * C, w, (int)C3, 0.0f, q, C);
   sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, B * T, (int)C2, C, 1.0f, x, C, w + C, (int)C3, 0.0f, kv, (int)C2);
   if (noise) draw_masks(noise, chunk, (int64_t)B * H * T, keep, mask, NULL, NULL);
@@ -1446,6 +1613,7 @@ int32_t seemore_first_attention_grad(const float *dout, const float *x, const fl
       }
     }
   }
+  blas_all_threads();
   sgemm(ROW_MAJOR, TRANS, NO_TRANS, C, C, B, 1.0f, x, T * C, dq, C, 0.0f, dw, (int)C3);
   sgemm(ROW_MAJOR, TRANS, NO_TRANS, C, (int)C2, B * T, 1.0f, x, C, dkv, (int)C2, 0.0f, dw + C, (int)C3);
   sgemm(ROW_MAJOR, NO_TRANS, TRANS, B * T, C, (int)C2, 1.0f, dkv, (int)C2, w + C, (int)C3, 0.0f, dx, C);

@@ -389,8 +389,14 @@ function runGemm(plan: MatMulPlan, a: Float32Array, b: Float32Array, c: Float32A
     if (beta === 0) c.fill(0);
     return;
   }
-  blas!.useThreads(m * n * k * (plan.merged ? batch : 1) < SMALL_GEMM ? 1 : blas!.numThreads() || 1);
+  const threads = m * n * k * (plan.merged ? batch : 1) < SMALL_GEMM ? 1 : blas!.numThreads() || 1;
   const lda = transA ? m : k, ldb = transB ? k : n;
+  if ((plan.merged || batch === 1) && native?.hasSgemm()) { // splits mid-size products on our threads
+    const rows = plan.merged ? batch * m : m; // merged: A's batch is stacked into rows, never transposed
+    native.sgemm(transA && !plan.merged, transB, { m: rows, n, k }, a, lda, b, ldb, beta, c, n, threads);
+    return;
+  }
+  blas!.useThreads(threads);
   if (plan.merged) {
     blas!.sgemm(false, transB, batch * m, n, k, 1, a, lda, b, ldb, beta, c, n);
     return;
@@ -899,7 +905,6 @@ function firstAttentionKernel(args: KernelArgs): TensorInfo[] {
   const kv = backend.makeOutput([B * T, 2 * C], "float32");
   const probs = backend.makeOutput([B, H, T], "float32");
   const mask = backend.makeOutput(attrs.dropout ? [B, H, T] : [0], "bool");
-  blas!.useThreads(blas!.numThreads() || 1);
   native!.firstAttention(
     {
       x: floatView(backend, x, "x"),
@@ -924,7 +929,6 @@ function firstAttentionGradKernel(args: KernelArgs): TensorInfo[] {
   const dims = firstAttentionDims(x, attrs);
   const dx = backend.makeOutput(x.shape, "float32");
   const dw = backend.makeOutput(w.shape, "float32");
-  blas!.useThreads(blas!.numThreads() || 1);
   native!.firstAttentionGrad(
     {
       dout: floatView(backend, dout, "dout"),
@@ -1069,7 +1073,6 @@ function expertsKernel(args: KernelArgs): TensorInfo[] {
   const y = backend.makeOutput([M, C], "float32");
   const h = backend.makeOutput([M, F], "float32");
   const mask = backend.makeOutput(dropout ? [M, C] : [0], "bool");
-  blas!.useThreads(1); // the experts run side by side on our threads, each product on one
   native!.experts(
     backend.wasm.HEAPU8,
     offsets,
@@ -1099,7 +1102,6 @@ function expertsGradKernel(args: KernelArgs): TensorInfo[] {
     [[C, F], [F], [F, C], [C]].map((shape) => backend.makeOutput(shape, "float32"))
   );
   const gradOffsets = Uint32Array.from(grads, (g) => backend.dataIdMap.get(g.dataId)!.memoryOffset);
-  blas!.useThreads(1);
   native!.expertsGrad(
     backend.wasm.HEAPU8,
     offsets,

@@ -8,7 +8,7 @@
 //
 // Every function here checks its arguments' lengths before calling C: FFI does no bounds checks.
 
-import { firstLine, readEnv } from "./ffi.ts";
+import { checkGemm, firstLine, readEnv } from "./ffi.ts";
 
 const SOURCE_URL = new URL("./kernels.c", import.meta.url);
 // -fno-trapping-math lets the branch-free maths vectorize, and -fno-math-errno lets sqrtf be the sqrt
@@ -29,14 +29,14 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 17;
+const ABI_VERSION = 18;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
   seemore_abi_version: { parameters: [], result: "i32" },
   seemore_bind_sgemm: { parameters: ["buffer"], result: "i32" },
   seemore_set_threads: { parameters: ["i32"], result: "i32" },
-  seemore_helpers_started: { parameters: [], result: "i64" },
+  seemore_jobs_shared: { parameters: [], result: "i64" },
   seemore_experts: {
     // heap, offsets (u32: w1, b1, w2, b2 per expert), counts (i32), E, x, h, y, mask (u8, or null),
     // noise states (f64[4] per expert, or null), keep, C, F -> 0 on success
@@ -150,6 +150,26 @@ const SYMBOLS = {
   },
   // dst (rows, n), row (n), rows, n
   seemore_fill_rows: { parameters: ["buffer", "buffer", "i32", "i32"], result: "void" },
+  seemore_sgemm: {
+    // transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, threads -> 0 on success
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+      "i32",
+    ],
+    result: "i32",
+  },
   seemore_sgemm_batch: {
     // transA, transB, m, n, k, a, aIndex (i32), b, bIndex (i32), beta, c, batch -> 0 on success
     parameters: [
@@ -361,6 +381,24 @@ export interface Native {
   /** Whether bindSgemm succeeded. */
   hasSgemm(): boolean;
   /**
+   * c = op(a) @ op(b) + beta * c, row-major (as Blas.sgemm, alpha 1) on `threads` threads: products
+   * up to 64 Mi multiply-adds are cut in two, one half on a spinning helper thread of ours, the
+   * bigger ones go to OpenBLAS's threads (kernels.c, seemore_sgemm). Needs bindSgemm.
+   */
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    dims: { m: number; n: number; k: number },
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: 0 | 1,
+    c: Float32Array,
+    ldc: number,
+    threads: number,
+  ): void;
+  /**
    * c[i] = op(a[aIndex[i]]) @ op(b[bIndex[i]]) + beta * c[i] for every i, row-major, op(a) m×k and
    * op(b) k×n, the matrices packed one after another: a batched matmul in one call (needs bindSgemm).
    */
@@ -376,14 +414,15 @@ export interface Native {
     c: Float32Array,
   ): void;
   /**
-   * Threads the elementwise, layer-norm, Adam and attention kernels may use (default 1: helpers are
-   * started per call and only for large tensors). Returns the number now in use.
+   * Threads the elementwise, layer-norm, Adam and attention kernels and the split products may use
+   * (default 1; the helper threads start on first use, are kept, and work only on large tensors).
+   * Returns the number now in use.
    */
   setThreads(n: number): number;
   /** The thread count setThreads last set. */
   threads(): number;
-  /** Helper threads started so far by the kernels that split their work (tests check the split ran). */
-  helpersStarted(): number;
+  /** Jobs that kernels splitting their work have shared with helper threads so far (tests: the split ran). */
+  jobsShared(): number;
   /** tf.randomUniform(shape, 0, 1, "float32", seed)'s values, bit for bit, n of them. */
   uniform(seed: number, n: number): Float32Array;
   /**
@@ -675,6 +714,31 @@ function wrap(path: string, lib: NativeLibrary): Native {
       return sgemmBound;
     },
     hasSgemm: () => sgemmBound,
+    sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, c, ldc, threads) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: sgemm needs bindSgemm() first");
+      checkGemm(transA, transB, m, n, k, a, lda, b, ldb, c, ldc);
+      if (!Number.isInteger(threads) || threads < 1) {
+        throw new Error(`lib/blas/native.ts: sgemm threads must be >= 1, got ${threads}`);
+      }
+      if (m === 0 || n === 0) return;
+      const rc = s.seemore_sgemm(
+        transA ? 1 : 0,
+        transB ? 1 : 0,
+        m,
+        n,
+        k,
+        1,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        c,
+        ldc,
+        threads,
+      );
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_sgemm failed (${rc})`);
+    },
     sgemmBatch(transA, transB, { m, n, k }, a, aIndex, b, bIndex, beta, c) {
       if (!sgemmBound) throw new Error("lib/blas/native.ts: sgemmBatch needs bindSgemm() first");
       const batch = aIndex.length;
@@ -709,7 +773,7 @@ function wrap(path: string, lib: NativeLibrary): Native {
       return s.seemore_set_threads(n);
     },
     threads: () => s.seemore_set_threads(0),
-    helpersStarted: () => Number(s.seemore_helpers_started()),
+    jobsShared: () => Number(s.seemore_jobs_shared()),
     uniform(seed, n) {
       const out = new Float32Array(n);
       s.seemore_uniform(aleaState(seed), out, n);

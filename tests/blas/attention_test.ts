@@ -76,7 +76,7 @@ Deno.test({
   async fn() {
     await ready();
     const native = (loadNative() as { ok: true; native: Native }).native;
-    const threads = native.threads(), helpers = native.helpersStarted();
+    const threads = native.threads(), shared = native.jobsShared();
     native.setThreads(2);
     try {
       const run = () => {
@@ -90,7 +90,7 @@ Deno.test({
         return out;
       };
       assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, "threaded attention");
-      assertEquals(native.helpersStarted() > helpers, true, "helper threads started");
+      assertEquals(native.jobsShared() > shared, true, "work shared with helper threads");
     } finally {
       native.setThreads(threads);
     }

@@ -415,7 +415,7 @@ Deno.test({
   async fn() {
     await ready();
     const native = (loadNative() as { ok: true; native: Native }).native;
-    const threads = native.threads(), helpers = native.helpersStarted();
+    const threads = native.threads(), shared = native.jobsShared();
     native.setThreads(2); // sizes below are several chunks of 65536 elements, so helpers start
     try {
       const shape = [300, 1024];
@@ -440,7 +440,7 @@ Deno.test({
         TOL,
         "threaded kernels",
       );
-      assertEquals(native.helpersStarted() > helpers, true, "helper threads started");
+      assertEquals(native.jobsShared() > shared, true, "work shared with helper threads");
     } finally {
       native.setThreads(threads);
     }

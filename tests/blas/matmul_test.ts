@@ -3,6 +3,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { activeBlas, disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
+import { loadNative } from "../../lib/blas/native.ts";
 import { dense, useFastMatmul } from "../../lib/model/ops.ts";
 import { assertClose, assertEquals, BLAS_OK, dirtyHeap, seeded, SKIP_NOTE, valuesOn } from "./helpers.ts";
 
@@ -237,6 +238,41 @@ Deno.test({
     assertClose(got, want, TOL, "stock matMul");
     await enabled();
     assertEquals(tf.getKernel("BatchMatMul", "wasm").kernelFunc === ours, true);
+  },
+});
+
+const NATIVE = BLAS_OK ? loadNative() : null;
+
+Deno.test({
+  name: `products cut in two on our threads (by rows and by columns, every transpose, beta 0 and 1) equal ` +
+    `one OpenBLAS thread bit for bit${NATIVE?.ok ? "" : " (skipped: no C kernels)"}`,
+  ignore: !NATIVE?.ok,
+  async fn() {
+    await enabled();
+    const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
+    const threads = native.threads();
+    native.setThreads(2);
+    try {
+      // m ≥ n: cut by rows (800: two 400-row halves; 197: 96 + 101); n > m: cut by columns
+      for (const [m, n, k] of [[800, 128, 512], [197, 53, 300], [40, 1000, 60], [16, 2048, 64]]) {
+        for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]) {
+          for (const beta of [0, 1] as const) {
+            const a = seeded(m * k, m + k), b = seeded(k * n, n + k), start = seeded(m * n, m + n);
+            const lda = transA ? m : k, ldb = transB ? k : n;
+            const one = start.slice(), cut = start.slice();
+            native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, one, n, 1);
+            const before = native.jobsShared();
+            native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, 2);
+            const what = `${m}x${k}x${n} ${transA ? "T" : "N"}${transB ? "T" : "N"} beta ${beta}`;
+            assertEquals(native.jobsShared() > before, true, `${what}: shared with a helper`);
+            const differing = one.findIndex((v, i) => v !== cut[i]);
+            assertEquals(differing, -1, `${what}: first differing element`);
+          }
+        }
+      }
+    } finally {
+      native.setThreads(threads);
+    }
   },
 });
 
