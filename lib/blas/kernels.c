@@ -227,13 +227,14 @@ static void parallel_for(int64_t n, int64_t grain, range_fn fn, void *args) {
 /* ---------------------------------------------------------------------------------------------
  * One product C = alpha op(A) op(B) + beta C (row-major, as cblas_sgemm), on `threads` threads.
  * Products up to SPLIT_MAX multiply-adds (the decoder's, 800 x 128 x 512 at the original config) are
- * cut in two along M (or N when it is longer), each half on one OpenBLAS thread, one of them on a
- * pool helper: its spinning helper starts at once, where OpenBLAS's sleeping worker takes 25-45 µs
- * to wake (in-process A/B, 30 interleaved rounds of the original config: train step 256 -> 243 ms,
- * forward 85 -> 78). Bigger products (the ViT's, 592 x 512 x 2048) go to OpenBLAS's own threads:
- * cut in two, each half would pack the whole of the other operand again, and they ran slower.
- * Every half is the same kernel on fewer rows, so results do not depend on the split. Returns 0, or
- * -1 without sgemm. */
+ * cut along M (or N when it is longer) into one slice per thread, each slice one single-thread
+ * OpenBLAS call, the others on the pool's helpers: a spinning helper starts at once, where OpenBLAS's
+ * sleeping worker takes 25-45 µs to wake (in-process A/B, 30 interleaved rounds of the original
+ * config on 2 threads: train step 256 -> 243 ms, forward 85 -> 78). Bigger products (the ViT's,
+ * 592 x 512 x 2048) go to OpenBLAS's own threads: sliced, each slice would pack the whole of the
+ * other operand again, and they ran slower. Every slice is the same kernel on fewer rows, so results
+ * do not depend on the split (tested: equal to one thread's, bit for bit). Returns 0, or -1 without
+ * sgemm. */
 
 #define SPLIT_MAX (64.0 * 1024 * 1024)
 

@@ -382,8 +382,8 @@ export interface Native {
   hasSgemm(): boolean;
   /**
    * c = op(a) @ op(b) + beta * c, row-major (as Blas.sgemm, alpha 1) on `threads` threads: products
-   * up to 64 Mi multiply-adds are cut in two, one half on a spinning helper thread of ours, the
-   * bigger ones go to OpenBLAS's threads (kernels.c, seemore_sgemm). Needs bindSgemm.
+   * up to 64 Mi multiply-adds are cut into one slice per thread, run on our spinning helper threads,
+   * the bigger ones go to OpenBLAS's threads (kernels.c, seemore_sgemm). Needs bindSgemm.
    */
   sgemm(
     transA: boolean,
