@@ -244,17 +244,27 @@ Deno.test({
 const NATIVE = BLAS_OK ? loadNative() : null;
 
 Deno.test({
-  name: `products cut in two on our threads (by rows and by columns, every transpose, beta 0 and 1) equal ` +
+  name:
+    `products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) equal ` +
     `one OpenBLAS thread bit for bit${NATIVE?.ok ? "" : " (skipped: no C kernels)"}`,
   ignore: !NATIVE?.ok,
   async fn() {
     await enabled();
     const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
     const threads = native.threads();
-    native.setThreads(2);
     try {
-      // m ≥ n: cut by rows (800: two 400-row halves; 197: 96 + 101); n > m: cut by columns
-      for (const [m, n, k] of [[800, 128, 512], [197, 53, 300], [40, 1000, 60], [16, 2048, 64]]) {
+      // m ≥ n: cut by rows (800: two 400-row halves, or 272 + 256 + 272 rows; 197: 96 + 101); n > m: by columns
+      for (
+        const [parts, m, n, k] of [
+          [2, 800, 128, 512],
+          [2, 197, 53, 300],
+          [2, 40, 1000, 60],
+          [2, 16, 2048, 64],
+          [3, 800, 128, 512], // three slices: more helpers than this machine's cores is still right
+          [3, 16, 2048, 64],
+        ]
+      ) {
+        native.setThreads(parts);
         for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]) {
           for (const beta of [0, 1] as const) {
             const a = seeded(m * k, m + k), b = seeded(k * n, n + k), start = seeded(m * n, m + n);
@@ -262,8 +272,10 @@ Deno.test({
             const one = start.slice(), cut = start.slice();
             native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, one, n, 1);
             const before = native.jobsShared();
-            native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, 2);
-            const what = `${m}x${k}x${n} ${transA ? "T" : "N"}${transB ? "T" : "N"} beta ${beta}`;
+            native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, parts);
+            const what = `${m}x${k}x${n} ${transA ? "T" : "N"}${
+              transB ? "T" : "N"
+            } beta ${beta}, ${parts} slices`;
             assertEquals(native.jobsShared() > before, true, `${what}: shared with a helper`);
             const differing = one.findIndex((v, i) => v !== cut[i]);
             assertEquals(differing, -1, `${what}: first differing element`);
