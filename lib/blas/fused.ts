@@ -496,3 +496,97 @@ export function adamOps(p: tf.Tensor, m: tf.Tensor, v: tf.Tensor, g: tf.Tensor, 
     return { p: pNew, m: mNew, v: vNew };
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// A whole transformer block
+
+export function canFuseBlock(): boolean {
+  return hasKernel(FUSED_KERNELS.block);
+}
+
+/** A block's parameters (lib/model/block.ts with seemore's GELU feed-forward), weights [in, out]. */
+export interface BlockParams {
+  g1: tf.Tensor1D; // ln1
+  b1: tf.Tensor1D;
+  wqkv: tf.Tensor2D; // attention: all heads' query | key | value, [C, 3C]
+  wp: tf.Tensor2D; // its output projection
+  bp: tf.Tensor1D;
+  g2: tf.Tensor1D; // ln2
+  b2: tf.Tensor1D;
+  w1: tf.Tensor2D; // feed-forward, [C, 4C]
+  bh: tf.Tensor1D;
+  w2: tf.Tensor2D; // [4C, C]
+  bf: tf.Tensor1D;
+}
+
+const PARAM_NAMES = ["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"] as const;
+/** What the forward kernel returns after `out` (native.ts BLOCK_TENSORS), all kept for the gradient. */
+const SAVED_NAMES = [
+  "a",
+  "mean1",
+  "rstd1",
+  "qkv",
+  "probs",
+  "maskAtt",
+  "merged",
+  "maskProj",
+  "x1",
+  "n",
+  "mean2",
+  "rstd2",
+  "h",
+];
+/** The parameters the gradient reads (the biases' gradients are column sums: their values are not needed). */
+const GRAD_PARAMS = ["g1", "wqkv", "wp", "g2", "w1", "w2"] as const;
+
+/**
+ * One transformer block in one kernel each way (kernels.c, seemore_block): x (B, T, C) →
+ * a = LN1(x); x1 = x + dropout(attention(a Wqkv) Wp + bp); n = LN2(x1);
+ * out = (preNorm ? x1 : n) + GELU(n W1 + bh) W2 + bf — the same kernels in the same order as the
+ * layers' own fast path (attention(), dropout(), layerNorm(), the dense matmuls), so the same
+ * numbers, in 2 calls instead of ~60. With dropout, the attention weights' noise is tf.dropout's for
+ * `attention` and the projection output's for `projection`. Only where canFuseBlock().
+ */
+export function block(
+  x: tf.Tensor3D,
+  p: BlockParams,
+  o: {
+    heads: number;
+    scale: number;
+    causal: boolean;
+    preNorm: boolean;
+    eps?: number;
+    dropout?: { rate: number; attention: number; projection: number };
+  },
+): tf.Tensor3D {
+  const attrs = {
+    heads: o.heads,
+    scale: o.scale,
+    causal: o.causal,
+    preNorm: o.preNorm,
+    eps: o.eps ?? 1e-5,
+    dropout: o.dropout !== undefined,
+    keep: o.dropout ? 1 - o.dropout.rate : 1,
+    seedAttention: o.dropout?.attention ?? 0,
+    seedProjection: o.dropout?.projection ?? 0,
+  };
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const input = args[0] as tf.Tensor;
+    const params = args.slice(1, 1 + PARAM_NAMES.length) as tf.Tensor[];
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const inputs: tf.NamedTensorMap = { x: input };
+    PARAM_NAMES.forEach((name, i) => inputs[name] = params[i]);
+    const [out, ...saved] = run(FUSED_KERNELS.block, inputs, attrs) as tf.Tensor[];
+    save([input, ...GRAD_PARAMS.map((name) => inputs[name]), ...saved]);
+    return {
+      value: out, // (B, T, C)
+      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) => {
+        const gradInputs: tf.NamedTensorMap = { dout: dy, x: kept[0] };
+        GRAD_PARAMS.forEach((name, i) => gradInputs[name] = kept[1 + i]);
+        SAVED_NAMES.forEach((name, i) => gradInputs[name] = kept[1 + GRAD_PARAMS.length + i]);
+        return run(FUSED_KERNELS.blockGrad, gradInputs, attrs) as tf.Tensor[]; // [dx, then each parameter's]
+      },
+    };
+  }) as (...t: tf.Tensor[]) => tf.Tensor3D;
+  return op(x, ...PARAM_NAMES.map((name) => p[name]));
+}

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-int32_t seemore_abi_version(void) { return 18; }
+int32_t seemore_abi_version(void) { return 19; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -1738,4 +1738,121 @@ int32_t seemore_decoder_step(const float *weights, const float *x, float *cache,
   decoder_step_args a = {weights, x, cache, logits, B, C, H, layers, V, t, max_t, scale, eps, pre_norm, 0};
   parallel_for(B, 8, decoder_step_range, &a);
   return a.failed ? -2 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One transformer block (lib/model/block.ts with seemore's GELU feed-forward) in one call each way:
+ * the kernels above, called in the order and with the arguments the op-by-op fast path uses, so the
+ * numbers are the same and a block costs two calls into C instead of ~60 tfjs kernels. Rows R = B T:
+ *   a = LN1(x);  qkv = a Wqkv;  m = attention(qkv);  x1 = x + dropout(m Wp + bp);
+ *   n = LN2(x1);  h = n W1 + b1;  out = (pre_norm ? x1 : n) + (GELU(h) W2 + b2)
+ * Tensors are passed as offsets into the wasm heap, in the order of the BLK_ names below (the forward
+ * pass writes BLK_OUT .. BLK_H; the backward pass reads them and writes BLK_DX and the gradients). The
+ * dropout noise comes as chunk states (as seemore_dropout takes them): noise_att for the attention
+ * weights (B, H, T, T), noise_proj for the projection's output (R, C); NULL without dropout (the masks
+ * are then not touched). `scratch` holds 5 R C floats forward, 12 R C backward (F = 4 C). */
+
+enum {
+  BLK_X, BLK_G1, BLK_B1, BLK_WQKV, BLK_WP, BLK_BP, BLK_G2, BLK_B2, BLK_W1, BLK_BH, BLK_W2, BLK_BF,
+  BLK_OUT, BLK_A, BLK_MEAN1, BLK_RSTD1, BLK_QKV, BLK_PROBS, BLK_MASK_ATT, BLK_MERGED, BLK_MASK_PROJ, BLK_X1,
+  BLK_N, BLK_MEAN2, BLK_RSTD2, BLK_H, BLK_SCRATCH,
+  BLK_DOUT, BLK_DX, BLK_GRADS, /* then the gradients of BLK_G1 .. BLK_BF, in that order */
+  BLK_OFFSETS = BLK_GRADS + 11
+};
+
+typedef struct {
+  int32_t B, T, C, H, pre_norm, causal;
+  float scale, keep, eps;
+} block_dims;
+
+/* The thread count the fast path's matmul kernel asks for (kernels.ts, SMALL_GEMM). */
+static int32_t product_threads(int64_t m, int64_t n, int64_t k) { return m * n * k < (1 << 20) ? 1 : n_threads; }
+
+/* c = a op(b) (+ bias row), as the dense layers' matmul kernel runs it. */
+static void block_dense(const float *a, const float *w, const float *bias, float *c, int64_t R, int64_t K,
+                        int64_t N) {
+  if (bias) seemore_fill_rows(c, bias, (int32_t)R, (int32_t)N);
+  seemore_sgemm(0, 0, (int32_t)R, (int32_t)N, (int32_t)K, 1.0f, a, (int32_t)K, w, (int32_t)N, bias ? 1.0f : 0.0f,
+                c, (int32_t)N, product_threads(R, N, K));
+}
+
+/* dw = x^T dy (K, N) and, with a bias, db = column sums of dy, as the dense layers' gradient runs them. */
+static void block_dense_weight_grad(const float *x, const float *dy, float *dw, float *db, int64_t R, int64_t K,
+                                    int64_t N) {
+  seemore_sgemm(1, 0, (int32_t)K, (int32_t)N, (int32_t)R, 1.0f, x, (int32_t)K, dy, (int32_t)N, 0.0f, dw,
+                (int32_t)N, product_threads(K, N, R));
+  if (db) column_sums(dy, db, R, N);
+}
+
+/* dx = dy w^T (R, K). */
+static void block_dense_input_grad(const float *dy, const float *w, float *dx, int64_t R, int64_t K, int64_t N) {
+  seemore_sgemm(0, 1, (int32_t)R, (int32_t)K, (int32_t)N, 1.0f, dy, (int32_t)N, w, (int32_t)N, 0.0f, dx,
+                (int32_t)K, product_threads(R, K, N));
+}
+
+static void add_into(float *y, const float *x, int64_t n) { /* y = x + y, as tfjs's add(x, y) */
+  for (int64_t i = 0; i < n; i++) y[i] = x[i] + y[i];
+}
+
+int32_t seemore_block(uint8_t *heap, const uint32_t *o, const double *noise_att, const double *noise_proj,
+                      int32_t chunk, const block_dims *d) {
+  if (!sgemm) return -1;
+  int64_t R = (int64_t)d->B * d->T, C = d->C, F = 4 * C;
+#define T_(i) heap_floats(heap, o[i])
+  float *x = T_(BLK_X), *a = T_(BLK_A), *x1 = T_(BLK_X1), *n = T_(BLK_N), *h = T_(BLK_H), *out = T_(BLK_OUT);
+  float *proj = T_(BLK_SCRATCH), *g = proj + R * C;
+  seemore_layer_norm(x, T_(BLK_G1), T_(BLK_B1), a, T_(BLK_MEAN1), T_(BLK_RSTD1), (int32_t)R, (int32_t)C, d->eps);
+  block_dense(a, T_(BLK_WQKV), NULL, T_(BLK_QKV), R, C, 3 * C);
+  int32_t rc = seemore_attention(T_(BLK_QKV), noise_att, chunk, T_(BLK_MERGED), T_(BLK_PROBS),
+                                 heap + o[BLK_MASK_ATT], d->B, d->T, d->H, (int32_t)(C / d->H), d->scale, d->causal,
+                                 d->keep);
+  if (rc != 0) return rc;
+  block_dense(T_(BLK_MERGED), T_(BLK_WP), T_(BLK_BP), proj, R, C, C);
+  if (noise_proj) seemore_dropout(proj, x1, heap + o[BLK_MASK_PROJ], (int32_t)(R * C), d->keep, noise_proj, chunk);
+  else memcpy(x1, proj, (size_t)(R * C) * sizeof(float));
+  add_into(x1, x, R * C); /* x1 = x + dropout(proj) */
+  seemore_layer_norm(x1, T_(BLK_G2), T_(BLK_B2), n, T_(BLK_MEAN2), T_(BLK_RSTD2), (int32_t)R, (int32_t)C, d->eps);
+  block_dense(n, T_(BLK_W1), T_(BLK_BH), h, R, C, F);
+  seemore_gelu(h, g, (int32_t)(R * F));
+  block_dense(g, T_(BLK_W2), T_(BLK_BF), out, R, F, C);
+  add_into(out, d->pre_norm ? x1 : n, R * C);
+  return 0;
+}
+
+int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout, const block_dims *d) {
+  if (!sgemm) return -1;
+  int64_t R = (int64_t)d->B * d->T, C = d->C, F = 4 * C;
+  float *dout = T_(BLK_DOUT), *dx = T_(BLK_DX);
+  float *grad[11];
+  for (int i = 0; i < 11; i++) grad[i] = T_(BLK_GRADS + i);
+  float *s = T_(BLK_SCRATCH), *g = s, *dg = s + R * F, *dh = s + 2 * R * F;
+  /* the feed-forward: out = res + GELU(h) W2 + b2 */
+  block_dense_input_grad(dout, T_(BLK_W2), dg, R, F, C);
+  seemore_gelu_with_grad(T_(BLK_H), dg, g, dh, (int32_t)(R * F));
+  block_dense_weight_grad(g, dout, grad[BLK_W2 - 1], grad[BLK_BF - 1], R, F, C);
+  block_dense_weight_grad(T_(BLK_N), dh, grad[BLK_W1 - 1], grad[BLK_BH - 1], R, C, F);
+  float *dn = s, *dx1 = s + R * C, *dproj = s + 2 * R * C, *dmerged = s + 3 * R * C, *dqkv = s + 4 * R * C;
+  float *da = s + 7 * R * C; /* all inside g and dg, no longer needed; dh ends at 12 R C */
+  block_dense_input_grad(dh, T_(BLK_W1), dn, R, C, F);
+  if (!d->pre_norm) add_into(dn, dout, R * C); /* n's gradient: the residual's, then the layer's */
+  int32_t rc = seemore_layer_norm_grad(dn, T_(BLK_X1), T_(BLK_G2), T_(BLK_MEAN2), T_(BLK_RSTD2), dx1,
+                                       grad[BLK_G2 - 1], grad[BLK_B2 - 1], (int32_t)R, (int32_t)C);
+  if (rc != 0) return rc;
+  if (d->pre_norm) add_into(dx1, dout, R * C);
+  /* the attention: x1 = x + dropout(merged Wp + bp) */
+  if (has_dropout) seemore_dropout_grad(dx1, heap + o[BLK_MASK_PROJ], dproj, (int32_t)(R * C), d->keep);
+  else memcpy(dproj, dx1, (size_t)(R * C) * sizeof(float));
+  block_dense_weight_grad(T_(BLK_MERGED), dproj, grad[BLK_WP - 1], grad[BLK_BP - 1], R, C, C);
+  block_dense_input_grad(dproj, T_(BLK_WP), dmerged, R, C, C);
+  rc = seemore_attention_grad(dmerged, T_(BLK_QKV), T_(BLK_PROBS), has_dropout ? heap + o[BLK_MASK_ATT] : NULL, dqkv,
+                              d->B, d->T, d->H, (int32_t)(C / d->H), d->scale, d->keep);
+  if (rc != 0) return rc;
+  block_dense_weight_grad(T_(BLK_A), dqkv, grad[BLK_WQKV - 1], NULL, R, C, 3 * C);
+  block_dense_input_grad(dqkv, T_(BLK_WQKV), da, R, C, 3 * C);
+  rc = seemore_layer_norm_grad(da, T_(BLK_X), T_(BLK_G1), T_(BLK_MEAN1), T_(BLK_RSTD1), dx, grad[BLK_G1 - 1],
+                               grad[BLK_B1 - 1], (int32_t)R, (int32_t)C);
+  if (rc != 0) return rc;
+  for (int64_t i = 0; i < R * C; i++) dx[i] = dx1[i] + dx[i]; /* the residual's gradient, then LN1's */
+#undef T_
+  return 0;
 }

@@ -25,7 +25,16 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { type Blas, loadBlas } from "./ffi.ts";
 import { installLeanGradients, uninstallLeanGradients } from "./lean_gradients.ts";
-import { type AttentionDims, loadNative, type MoEDims, type Native, simplifyReduction } from "./native.ts";
+import {
+  type AttentionDims,
+  BLOCK_TENSORS,
+  blockBytes,
+  type BlockDims,
+  loadNative,
+  type MoEDims,
+  type Native,
+  simplifyReduction,
+} from "./native.ts";
 
 export { simplifyReduction };
 
@@ -38,6 +47,7 @@ interface WasmBackend {
   dataIdMap: { get(dataId: object): { memoryOffset: number; shape: number[]; refCount: number } | undefined };
   makeOutput(shape: number[], dtype: tf.DataType): TensorInfo;
   incRef(dataId: object): void;
+  disposeData(dataId: object, force?: boolean): boolean;
 }
 
 export interface EnableOptions {
@@ -149,6 +159,8 @@ export const FUSED_KERNELS = {
   firstAttentionGrad: "SeemoreFirstAttentionGrad",
   experts: "SeemoreExperts",
   expertsGrad: "SeemoreExpertsGrad",
+  block: "SeemoreBlock",
+  blockGrad: "SeemoreBlockGrad",
   moeDispatch: "SeemoreMoeDispatch",
   moeDispatchGrad: "SeemoreMoeDispatchGrad",
   moeCombine: "SeemoreMoeCombine",
@@ -182,6 +194,8 @@ function registerFusedKernels(): string[] {
       [FUSED_KERNELS.firstAttentionGrad, firstAttentionGradKernel as tf.KernelFunc],
       [FUSED_KERNELS.experts, expertsKernel as tf.KernelFunc],
       [FUSED_KERNELS.expertsGrad, expertsGradKernel as tf.KernelFunc],
+      [FUSED_KERNELS.block, blockKernel as tf.KernelFunc],
+      [FUSED_KERNELS.blockGrad, blockGradKernel as tf.KernelFunc],
     );
   }
   for (const [kernelName, kernelFunc] of kernels) {
@@ -1118,6 +1132,167 @@ function expertsGradKernel(args: KernelArgs): TensorInfo[] {
     { C, F },
   );
   return [dx, ...grads];
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole transformer block (native.ts block(), kernels.c seemore_block).
+
+/** attrs of SeemoreBlock and SeemoreBlockGrad. */
+export interface BlockAttrs {
+  heads: number;
+  scale: number;
+  causal: boolean;
+  preNorm: boolean;
+  eps: number;
+  /** Dropout on the attention weights and on the projection's output, with these seeds (keep = 1 - rate). */
+  dropout: boolean;
+  keep: number;
+  seedAttention: number;
+  seedProjection: number;
+}
+
+/** What the forward kernel returns, in order (native.ts BLOCK_TENSORS from "out" to "h"). */
+const BLOCK_OUTPUTS = [
+  "out",
+  "a",
+  "mean1",
+  "rstd1",
+  "qkv",
+  "probs",
+  "maskAtt",
+  "merged",
+  "maskProj",
+  "x1",
+  "n",
+  "mean2",
+  "rstd2",
+  "h",
+];
+
+function blockDims(x: TensorInfo, attrs: BlockAttrs): BlockDims {
+  if (x.dtype !== "float32" || x.shape.length !== 3 || x.shape[2] % attrs.heads !== 0) {
+    throw new Error(
+      `lib/blas/kernels.ts: block x must be float32 (B, T, C) with C divisible by ${attrs.heads}, got [${x.shape}]`,
+    );
+  }
+  const [B, T, C] = x.shape;
+  const { heads, preNorm, causal, scale, keep, eps } = attrs;
+  return { B, T, C, heads, preNorm, causal, scale, keep: attrs.dropout ? keep : 1, eps };
+}
+
+/** Each named tensor's heap offset at its BLOCK_TENSORS place, after checking its dtype and element count. */
+function blockOffsets(
+  backend: WasmBackend,
+  tensors: Record<string, TensorInfo>,
+  bytes: number[],
+): Uint32Array {
+  const offsets = new Uint32Array(BLOCK_TENSORS.length);
+  for (const [name, t] of Object.entries(tensors)) {
+    const i = BLOCK_TENSORS.indexOf(name as typeof BLOCK_TENSORS[number]);
+    const width = t.dtype === "bool" ? 1 : 4;
+    if (
+      i < 0 || (t.dtype !== "float32" && t.dtype !== "bool") ||
+      tf.util.sizeFromShape(t.shape) * width !== bytes[i]
+    ) {
+      throw new Error(
+        `lib/blas/kernels.ts: block ${name} [${t.shape}] ${t.dtype} does not fit (${
+          bytes[i]
+        } bytes expected)`,
+      );
+    }
+    offsets[i] = backend.dataIdMap.get(t.dataId)!.memoryOffset;
+  }
+  return offsets;
+}
+
+/** inputs x (B, T, C) and the parameters (native.ts BLOCK_TENSORS) → [out, then what the gradient needs]. */
+function blockKernel(args: KernelArgs): TensorInfo[] {
+  const inputs = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as unknown as BlockAttrs;
+  const backend = wasmOf(args.backend);
+  const dims = blockDims(inputs.x, attrs);
+  const bytes = blockBytes(dims, attrs.dropout, false);
+  const outputs = BLOCK_OUTPUTS.map((name) =>
+    backend.makeOutput(blockShape(name, dims, attrs.dropout), name.startsWith("mask") ? "bool" : "float32")
+  );
+  const named = Object.fromEntries(BLOCK_OUTPUTS.map((name, i) => [name, outputs[i]]));
+  runWithScratch(backend, blockShape("scratch", dims, false)[0], (scratch) => {
+    const offsets = blockOffsets(backend, { ...inputs, ...named, scratch }, bytes);
+    const seeds = attrs.dropout ? { attention: attrs.seedAttention, projection: attrs.seedProjection } : null;
+    native!.block(backend.wasm.HEAPU8, offsets, dims, seeds); // the heap as it is after the allocations
+  });
+  return outputs;
+}
+
+/** inputs dout and what the gradient reads of the forward pass → [dx, then each parameter's gradient]. */
+function blockGradKernel(args: KernelArgs): TensorInfo[] {
+  const inputs = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as unknown as BlockAttrs;
+  const backend = wasmOf(args.backend);
+  const dims = blockDims(inputs.x, attrs);
+  const bytes = blockBytes(dims, attrs.dropout, true);
+  const names = BLOCK_TENSORS.slice(BLOCK_TENSORS.indexOf("dx"));
+  const grads = names.map((name) => backend.makeOutput(blockShape(name, dims, attrs.dropout), "float32"));
+  const named = Object.fromEntries(names.map((name, i) => [name, grads[i]]));
+  runWithScratch(backend, 12 * dims.B * dims.T * dims.C, (scratch) => {
+    const offsets = blockOffsets(backend, { ...inputs, ...named, scratch }, bytes);
+    native!.blockGrad(backend.wasm.HEAPU8, offsets, dims, attrs.dropout);
+  });
+  return grads;
+}
+
+/** f with a float32 scratch tensor of `size` on the heap, freed afterwards. */
+function runWithScratch(backend: WasmBackend, size: number, f: (scratch: TensorInfo) => void): void {
+  const scratch = backend.makeOutput([size], "float32");
+  try {
+    f(scratch);
+  } finally {
+    backend.disposeData(scratch.dataId, true);
+  }
+}
+
+/** The shape of a BLOCK_TENSORS entry (a gradient has its parameter's; "scratch" the forward's 5 R C). */
+function blockShape(name: string, d: BlockDims, dropout: boolean): number[] {
+  const { B, T, C, heads: H } = d;
+  const base = name.startsWith("d") && name !== "dout" ? name.slice(1) : name;
+  switch (base) {
+    case "wqkv":
+      return [C, 3 * C];
+    case "wp":
+      return [C, C];
+    case "w1":
+      return [C, 4 * C];
+    case "bh":
+      return [4 * C];
+    case "w2":
+      return [4 * C, C];
+    case "g1":
+    case "b1":
+    case "bp":
+    case "g2":
+    case "b2":
+    case "bf":
+      return [C];
+    case "mean1":
+    case "rstd1":
+    case "mean2":
+    case "rstd2":
+      return [B, T];
+    case "qkv":
+      return [B, T, 3 * C];
+    case "probs":
+      return [B, H, T, T];
+    case "maskAtt":
+      return dropout ? [B, H, T, T] : [0];
+    case "maskProj":
+      return dropout ? [B, T, C] : [0];
+    case "h":
+      return [B, T, 4 * C];
+    case "scratch":
+      return [5 * B * T * C];
+    default: // x, out, a, merged, x1, n, dout, dx
+      return [B, T, C];
+  }
 }
 
 function boolView(backend: WasmBackend, info: TensorInfo, what: string): Uint8Array {

@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 18;
+const ABI_VERSION = 19;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -76,6 +76,11 @@ const SYMBOLS = {
     ],
     result: "i32",
   },
+  // heap, offsets (kernels.c's BLK_ order), attention noise states (or null), projection noise states
+  // (or null), chunk, dims (6 i32 then 3 f32) -> 0 on success
+  seemore_block: { parameters: ["buffer", "buffer", "buffer", "buffer", "i32", "buffer"], result: "i32" },
+  // heap, offsets, has dropout, dims -> 0 on success
+  seemore_block_grad: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "i32" },
   // x, order (i32), inputs, N, M, C
   seemore_moe_dispatch: { parameters: ["buffer", "buffer", "buffer", "i32", "i32", "i32"], result: "void" },
   // dinputs, order (i32), dx, N, M, C
@@ -561,6 +566,20 @@ export interface Native {
     grads: { dmerged: Float32Array; dgates: Float32Array },
     dims: MoEDims,
   ): void;
+  /**
+   * One transformer block with seemore's GELU feed-forward, forward (kernels.c, seemore_block): every
+   * tensor is a region of the wasm heap at offsets[i], in the order of BLOCK_TENSORS; the forward pass
+   * reads x and the parameters and writes out and the saved tensors. With seeds, dropout on the
+   * attention weights and on the projection's output, each drawn as tf.dropout draws it for that seed.
+   */
+  block(
+    heap: Uint8Array,
+    offsets: Uint32Array,
+    dims: BlockDims,
+    seeds: { attention: number; projection: number } | null,
+  ): void;
+  /** The block's backward pass: reads dout and what the forward pass saved, writes dx and the gradients. */
+  blockGrad(heap: Uint8Array, offsets: Uint32Array, dims: BlockDims, dropout: boolean): void;
   /** The gradient of experts(): dx, and dw1, db1, dw2, db2 per expert at gradOffsets on the heap. */
   expertsGrad(
     heap: Uint8Array,
@@ -1016,6 +1035,21 @@ function wrap(path: string, lib: NativeLibrary): Native {
       );
       if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_experts failed (${rc})`);
     },
+    block(heap, offsets, dims, seeds) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: block needs bindSgemm() first");
+      checkBlock("block", heap.byteLength, offsets, dims, seeds !== null, false);
+      const { B, T, C, heads } = dims;
+      const att = seeds ? aleaStates(seeds.attention, B * heads * T * T) : null;
+      const proj = seeds ? aleaStates(seeds.projection, B * T * C) : null;
+      const rc = s.seemore_block(heap, offsets, att, proj, DRAW_CHUNK, blockDimsStruct(dims));
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_block failed (${rc})`);
+    },
+    blockGrad(heap, offsets, dims, dropout) {
+      if (!sgemmBound) throw new Error("lib/blas/native.ts: blockGrad needs bindSgemm() first");
+      checkBlock("blockGrad", heap.byteLength, offsets, dims, dropout, true);
+      const rc = s.seemore_block_grad(heap, offsets, dropout ? 1 : 0, blockDimsStruct(dims));
+      if (rc !== 0) throw new Error(`lib/blas/native.ts: seemore_block_grad failed (${rc})`);
+    },
     expertsGrad(heap, offsets, gradOffsets, counts, io, keep, { C, F }) {
       if (!sgemmBound) throw new Error("lib/blas/native.ts: expertsGrad needs bindSgemm() first");
       const sizes = [C * F, F, F * C, C];
@@ -1441,6 +1475,111 @@ function checkDispatch(order: Int32Array, { N, M, C, k }: MoEDims, nc: Float32Ar
  * Checks the experts' parameter regions (4 per expert, of `sizes` floats, inside the heap, 4-byte
  * aligned) and their row counts; returns the rows of all groups together.
  */
+/** A block's sizes and settings (kernels.c's block_dims). */
+export interface BlockDims {
+  B: number;
+  T: number;
+  C: number;
+  heads: number;
+  preNorm: boolean;
+  causal: boolean;
+  scale: number;
+  keep: number;
+  eps: number;
+}
+
+/**
+ * The tensors of seemore_block / seemore_block_grad, in kernels.c's BLK_ order: x, the parameters, what
+ * the forward pass writes, its scratch, then (backward) dout, dx and the parameters' gradients.
+ */
+export const BLOCK_TENSORS = [
+  "x",
+  ...["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"],
+  ...[
+    "out",
+    "a",
+    "mean1",
+    "rstd1",
+    "qkv",
+    "probs",
+    "maskAtt",
+    "merged",
+    "maskProj",
+    "x1",
+    "n",
+    "mean2",
+    "rstd2",
+    "h",
+  ],
+  "scratch",
+  "dout",
+  "dx",
+  ...["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"].map((p) => `d${p}`),
+] as const;
+
+/** Bytes of each BLOCK_TENSORS region (scratch: 5 R C floats forward, 12 R C backward). */
+export function blockBytes(d: BlockDims, dropout: boolean, backward: boolean): number[] {
+  const R = d.B * d.T, C = d.C, F = 4 * C, TT = d.heads * d.T * d.T * d.B;
+  const params = [C, C, 3 * C * C, C * C, C, C, C, C * F, F, F * C, C];
+  const floats = [
+    R * C,
+    ...params,
+    ...[R * C, R * C, R, R, 3 * R * C, TT, 0, R * C, 0, R * C, R * C, R, R, R * F],
+    (backward ? 12 : 5) * R * C,
+    R * C,
+    R * C,
+    ...params,
+  ];
+  const bytes = floats.map((n) => 4 * n);
+  const maskAtt = BLOCK_TENSORS.indexOf("maskAtt"), maskProj = BLOCK_TENSORS.indexOf("maskProj");
+  bytes[maskAtt] = dropout ? TT : 0;
+  bytes[maskProj] = dropout ? R * C : 0;
+  return bytes;
+}
+
+/** What seemore_block_grad does not read: the biases (their gradients are column sums) and the output. */
+const NOT_IN_BACKWARD: readonly string[] = ["b1", "bp", "b2", "bh", "bf", "out"];
+
+/** The regions a block call touches lie inside the heap (forward: up to the scratch; backward: all but the biases and out). */
+function checkBlock(
+  what: string,
+  heapBytes: number,
+  offsets: Uint32Array,
+  d: BlockDims,
+  dropout: boolean,
+  backward: boolean,
+): void {
+  if (offsets.length !== BLOCK_TENSORS.length) {
+    throw new Error(
+      `lib/blas/native.ts: ${what} needs ${BLOCK_TENSORS.length} offsets, got ${offsets.length}`,
+    );
+  }
+  if (d.C % d.heads !== 0 || [d.B, d.T, d.C, d.heads].some((n) => !Number.isInteger(n) || n < 1)) {
+    throw new Error(`lib/blas/native.ts: ${what}: bad sizes ${JSON.stringify(d)}`);
+  }
+  if (dropout) checkKeep(d.keep);
+  const sizes = blockBytes(d, dropout, backward);
+  const lastForward = BLOCK_TENSORS.indexOf("scratch");
+  BLOCK_TENSORS.forEach((name, i) => {
+    const used = backward ? !NOT_IN_BACKWARD.includes(name) : i <= lastForward;
+    if (!used || sizes[i] === 0) return;
+    const start = offsets[i], end = start + sizes[i];
+    if (start % 4 !== 0 || start === 0 || end > heapBytes) {
+      throw new Error(
+        `lib/blas/native.ts: ${what} ${name} region [${start}, ${end}) outside the heap of ${heapBytes} bytes`,
+      );
+    }
+  });
+}
+
+/** block_dims as C lays it out: B, T, C, H, pre_norm, causal (int32), then scale, keep, eps (float32). */
+function blockDimsStruct(d: BlockDims): Uint8Array {
+  const buf = new ArrayBuffer(36);
+  new Int32Array(buf, 0, 6).set([d.B, d.T, d.C, d.heads, d.preNorm ? 1 : 0, d.causal ? 1 : 0]);
+  new Float32Array(buf, 24, 3).set([d.scale, d.keep, d.eps]);
+  return new Uint8Array(buf);
+}
+
 function checkExperts(
   what: string,
   heapBytes: number,

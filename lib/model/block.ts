@@ -8,6 +8,7 @@
 // ffn.2). seeMoE's ViT blocks use the `MLP` module instead (ReLU, dropout; saved as ffn.net.0 / .2).
 
 import * as tf from "@tensorflow/tfjs";
+import { block as fusedBlock, canFuseBlock } from "../blas/fused.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { MLP } from "./mlp.ts";
 import {
@@ -87,6 +88,9 @@ export class Block implements Parametrised {
   }
 
   forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D {
+    if (!cache && this.ffn instanceof FeedForward && !this.attn.keepAttention && canFuseBlock()) {
+      return this.forwardFused(x, this.ffn, ctx);
+    }
     return this.feedForward(
       tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)),
       ctx,
@@ -105,6 +109,33 @@ export class Block implements Parametrised {
       tf.add(first, this.attn.forwardFirst(this.ln1.forward(x) as tf.Tensor3D, ctx)),
       ctx,
     ); // (B, 1, C)
+  }
+
+  /**
+   * forward() on the fast CPU path: the whole block as one kernel each way (lib/blas/fused.ts), the
+   * same maths and the same dropout noise — seeds drawn in the layers' order: the attention weights',
+   * then the projection output's.
+   */
+  private forwardFused(x: tf.Tensor3D, ffn: FeedForward, ctx: Ctx): tf.Tensor3D {
+    const { attn } = this, rate = attn.dropoutRate;
+    const dropout = ctx.training && rate > 0
+      ? { rate, attention: ctx.nextSeed(), projection: ctx.nextSeed() }
+      : undefined;
+    const params = {
+      g1: this.ln1.g,
+      b1: this.ln1.b,
+      wqkv: attn.qkv,
+      wp: attn.proj.w,
+      bp: attn.proj.b!,
+      g2: this.ln2.g,
+      b2: this.ln2.b,
+      w1: ffn.fc1.w,
+      bh: ffn.fc1.b!,
+      w2: ffn.fc2.w,
+      bf: ffn.fc2.b!,
+    };
+    const options = { heads: attn.numHeads, scale: attn.scale, causal: attn.isDecoder, dropout };
+    return fusedBlock(x, params, { ...options, preNorm: this.options.preNorm === true }); // (B, T, C)
   }
 
   /** The second half of the block, after the attention's residual add: h (B, T, C) → (B, T, C). */

@@ -1,0 +1,134 @@
+// The whole-block kernel (kernels.c seemore_block / seemore_block_grad, on wasm) against the op-by-op
+// block on the cpu backend, and against the layers' own fast path on wasm: the block's output and the
+// gradients of its input and of all eleven parameters, for the decoder's block (causal) and the ViT's,
+// with and without dropout (same seeds, so the same noise), pre-norm, and the head-size scale.
+
+import * as tf from "@tensorflow/tfjs";
+import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
+import { loadNative } from "../../lib/blas/native.ts";
+import { Block, type BlockOptions } from "../../lib/model/block.ts";
+import { Ctx, Initialiser, useFastMatmul } from "../../lib/model/ops.ts";
+import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
+
+const TOL = 1e-4;
+const READY = BLAS_OK && loadNative().ok;
+const NOTE = READY ? "" : " [ignored: needs OpenBLAS and a C compiler]";
+
+async function ready(): Promise<void> {
+  const res = await enableBlasKernels();
+  if (!res.ok || !res.kernels.includes(FUSED_KERNELS.block)) {
+    throw new Error(`block kernel missing: ${JSON.stringify(res)}`);
+  }
+}
+
+function tensor(shape: number[], seed: number): tf.Tensor {
+  return tf.tensor(seeded(tf.util.sizeFromShape(shape), seed), shape);
+}
+
+interface Case {
+  name: string;
+  causal: boolean;
+  rate: number;
+  training: boolean;
+  options?: BlockOptions;
+}
+
+const CASES: Case[] = [
+  { name: "decoder block, dropout", causal: true, rate: 0.2, training: true },
+  { name: "ViT block, dropout", causal: false, rate: 0.1, training: true },
+  { name: "decoder block, eval", causal: true, rate: 0.2, training: false },
+  {
+    name: "pre-norm, head-size scale, dropout",
+    causal: true,
+    rate: 0.1,
+    training: true,
+    options: { preNorm: true, scaleByHeadSize: true },
+  },
+];
+
+/** The block's output, dx, then each parameter's gradient (ln1, attention, ln2, feed-forward order). */
+function blockRun(c: Case): () => tf.Tensor[] {
+  return () => {
+    const block = new Block(32, 4, c.rate, c.causal, new Initialiser(5), "gelu", c.options);
+    const x = tensor([3, 7, 32], 70) as tf.Tensor3D; // (B, T, C)
+    const w = tensor([3, 7, 32], 71);
+    const ctx = () => new Ctx(c.training, 9, 2); // the same seeds for every pass
+    const loss = (t: tf.Tensor) => tf.sum(tf.mul(block.forward(t as tf.Tensor3D, ctx()), w)) as tf.Scalar;
+    const out = block.forward(x, ctx());
+    const dx = tf.grad(loss)(x);
+    const { grads } = tf.variableGrads(() => loss(x), block.variables());
+    const result = [out, dx, ...block.variables().map((v) => grads[v.name])].map((t) => t.clone());
+    block.variables().forEach((v) => v.dispose());
+    return result;
+  };
+}
+
+Deno.test({
+  name: `a whole block in one kernel each way equals the ops on cpu: output and all 12 gradients${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    for (const c of CASES) {
+      const got = await valuesOn("wasm", blockRun(c));
+      assertEquals(got.length, 13, `${c.name}: outputs`);
+      assertClose(got, await valuesOn("cpu", blockRun(c)), TOL, c.name);
+    }
+    const kernels = (await tf.profile(() => tf.dispose(blockRun(CASES[0])()))).kernels.map((k) => k.name);
+    assertEquals(kernels.includes(FUSED_KERNELS.block), true, "the block kernel ran");
+    assertEquals(kernels.includes(FUSED_KERNELS.blockGrad), true, "its gradient kernel ran");
+  },
+});
+
+Deno.test({
+  name: `the block kernel gives the layers' own fast path's numbers bit for bit${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    useFastMatmul(true); // the layers' fast path, as lib/backend.ts sets it up
+    const config = tf.getKernel(FUSED_KERNELS.block, "wasm")!;
+    try {
+      await compareWithLayers(config);
+    } finally {
+      useFastMatmul(false);
+    }
+  },
+});
+
+async function compareWithLayers(config: tf.KernelConfig): Promise<void> {
+  for (const c of CASES) {
+    const fused = await valuesOn("wasm", blockRun(c));
+    tf.unregisterKernel(FUSED_KERNELS.block, "wasm"); // Block.forward then runs layer by layer
+    let layers: Float32Array[];
+    try {
+      layers = await valuesOn("wasm", blockRun(c));
+    } finally {
+      tf.registerKernel(config);
+    }
+    fused.forEach((values, i) => {
+      const differing = values.findIndex((v, j) => v !== layers[i][j]);
+      assertEquals(differing, -1, `${c.name}: output ${i}, first differing element`);
+    });
+  }
+}
+
+Deno.test({
+  name: `the block kernel refuses a parameter of the wrong shape, naming it${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const block = new Block(32, 4, 0, true, new Initialiser(5));
+    const x = tensor([2, 5, 32], 72);
+    const [g1, b1, wqkv, wp, bp, g2, b2, w1, bh, w2, bf] = block.variables();
+    const inputs = { x, g1, b1, wqkv, wp, bp, g2, b2, w1, bh: tf.zeros([31]), w2, bf };
+    const attrs = { heads: 4, scale: 0.25, causal: true, preNorm: false, eps: 1e-5, dropout: false, keep: 1 };
+    let message = "";
+    try {
+      tf.engine().runKernel(FUSED_KERNELS.block, inputs, { ...attrs, seedAttention: 0, seedProjection: 0 });
+    } catch (err) {
+      message = String(err);
+    }
+    assertEquals(message.includes("bh [31]"), true, `error names the tensor: ${message}`);
+    tf.dispose([x, inputs.bh, bh]);
+    block.variables().forEach((v) => v.dispose());
+  },
+});
