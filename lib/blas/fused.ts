@@ -1,10 +1,10 @@
 // Fused layers for the fast path: GELU, layer norm, dropout, multi-head attention (and the first
-// position's alone), seeMoE's experts with their dispatch and combine, and an Adam step, each one C
-// kernel (forward and backward) instead of 5–30 small tfjs ops. They use the kernels that
-// enableBlasKernels() registers on the wasm backend when the C kernels built; on any other backend, or
-// without them, gelu / layerNorm / dropout / adamStep compute the same maths with plain tfjs ops
-// (attention and the MoE parts have no such fallback here: lib/model/attention.ts and moe.ts keep the
-// ops versions). Either way the results equal tfjs's cpu backend within 1e-4, and dropout draws
+// position's alone), seeMoE's experts with their dispatch and combine, a whole transformer block, and
+// an Adam step, each one C kernel (forward and backward) instead of 5–60 small tfjs ops. They use the
+// kernels that enableBlasKernels() registers on the wasm backend when the C kernels built; on any other
+// backend, or without them, gelu / layerNorm / dropout / adamStep compute the same maths with plain
+// tfjs ops (attention, the block and the MoE parts have no such fallback here: lib/model/attention.ts,
+// block.ts and moe.ts keep the ops versions). Either way the results equal tfjs's cpu backend within 1e-4, and dropout draws
 // exactly tf.dropout's noise.
 //
 //   import { adamStep, gelu, layerNorm } from "./lib/blas/fused.ts";

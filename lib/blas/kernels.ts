@@ -2,7 +2,7 @@
 // views of the wasm heap), and ops the stock backend does slowly are replaced too: Transpose, Unpack,
 // SplitV, Slice, GatherV2 and Sum (JS, or C where native.ts could build its kernels), Identity (no copy),
 // and with the C kernels also Erf and Exp plus the fused GELU / layer norm / Adam / dropout /
-// attention / seeMoE kernels behind fused.ts. It also installs the lean backward pass (lean_gradients.ts),
+// attention / whole-block / seeMoE kernels behind fused.ts. It also installs the lean backward pass (lean_gradients.ts),
 // which frees gradients and saved tensors as soon as they are used: the wasm heap never shrinks, so
 // the backward pass's peak would otherwise stay the process's memory.
 //

@@ -6,6 +6,9 @@
 //
 // seemore's blocks use an unnamed feed-forward (Linear → GELU → Linear, no dropout; saved as ffn.0 /
 // ffn.2). seeMoE's ViT blocks use the `MLP` module instead (ReLU, dropout; saved as ffn.net.0 / .2).
+//
+// Speed: on the fast CPU path (lib/blas) a seemore block without a KV cache is one C kernel forward
+// and one backward (forwardFused), with the same numbers as the layers below, which stay the reference.
 
 import * as tf from "@tensorflow/tfjs";
 import { block as fusedBlock, canFuseBlock } from "../blas/fused.ts";
