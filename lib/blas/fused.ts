@@ -13,6 +13,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { adamInPlace, FUSED_KERNELS } from "./kernels.ts";
+import { BLOCK_PARAMS, BLOCK_SAVED } from "./native.ts";
 
 /** Whether the active backend has our fused kernel `name`. */
 function hasKernel(name: string): boolean {
@@ -519,23 +520,6 @@ export interface BlockParams {
   bf: tf.Tensor1D;
 }
 
-const PARAM_NAMES = ["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"] as const;
-/** What the forward kernel returns after `out` (native.ts BLOCK_TENSORS), all kept for the gradient. */
-const SAVED_NAMES = [
-  "a",
-  "mean1",
-  "rstd1",
-  "qkv",
-  "probs",
-  "maskAtt",
-  "merged",
-  "maskProj",
-  "x1",
-  "n",
-  "mean2",
-  "rstd2",
-  "h",
-];
 /** The parameters the gradient reads (the biases' gradients are column sums: their values are not needed). */
 const GRAD_PARAMS = ["g1", "wqkv", "wp", "g2", "w1", "w2"] as const;
 
@@ -572,10 +556,10 @@ export function block(
   };
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const input = args[0] as tf.Tensor;
-    const params = args.slice(1, 1 + PARAM_NAMES.length) as tf.Tensor[];
+    const params = args.slice(1, 1 + BLOCK_PARAMS.length) as tf.Tensor[];
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const inputs: tf.NamedTensorMap = { x: input };
-    PARAM_NAMES.forEach((name, i) => inputs[name] = params[i]);
+    BLOCK_PARAMS.forEach((name, i) => inputs[name] = params[i]);
     const [out, ...saved] = run(FUSED_KERNELS.block, inputs, attrs) as tf.Tensor[];
     save([input, ...GRAD_PARAMS.map((name) => inputs[name]), ...saved]);
     return {
@@ -583,10 +567,10 @@ export function block(
       gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) => {
         const gradInputs: tf.NamedTensorMap = { dout: dy, x: kept[0] };
         GRAD_PARAMS.forEach((name, i) => gradInputs[name] = kept[1 + i]);
-        SAVED_NAMES.forEach((name, i) => gradInputs[name] = kept[1 + GRAD_PARAMS.length + i]);
+        BLOCK_SAVED.forEach((name, i) => gradInputs[name] = kept[1 + GRAD_PARAMS.length + i]);
         return run(FUSED_KERNELS.blockGrad, gradInputs, attrs) as tf.Tensor[]; // [dx, then each parameter's]
       },
     };
   }) as (...t: tf.Tensor[]) => tf.Tensor3D;
-  return op(x, ...PARAM_NAMES.map((name) => p[name]));
+  return op(x, ...BLOCK_PARAMS.map((name) => p[name]));
 }

@@ -27,6 +27,8 @@ import { type Blas, loadBlas } from "./ffi.ts";
 import { installLeanGradients, uninstallLeanGradients } from "./lean_gradients.ts";
 import {
   type AttentionDims,
+  BLOCK_PARAMS,
+  BLOCK_SAVED,
   BLOCK_TENSORS,
   blockBytes,
   type BlockDims,
@@ -1151,24 +1153,6 @@ export interface BlockAttrs {
   seedProjection: number;
 }
 
-/** What the forward kernel returns, in order (native.ts BLOCK_TENSORS from "out" to "h"). */
-const BLOCK_OUTPUTS = [
-  "out",
-  "a",
-  "mean1",
-  "rstd1",
-  "qkv",
-  "probs",
-  "maskAtt",
-  "merged",
-  "maskProj",
-  "x1",
-  "n",
-  "mean2",
-  "rstd2",
-  "h",
-];
-
 function blockDims(x: TensorInfo, attrs: BlockAttrs): BlockDims {
   if (x.dtype !== "float32" || x.shape.length !== 3 || x.shape[2] % attrs.heads !== 0) {
     throw new Error(
@@ -1205,40 +1189,46 @@ function blockOffsets(
   return offsets;
 }
 
-/** inputs x (B, T, C) and the parameters (native.ts BLOCK_TENSORS) → [out, then what the gradient needs]. */
+/** inputs x (B, T, C) and the parameters (native.ts BLOCK_PARAMS) → [out, then native.ts BLOCK_SAVED]. */
 function blockKernel(args: KernelArgs): TensorInfo[] {
-  const inputs = args.inputs as Record<string, TensorInfo>;
-  const attrs = args.attrs as unknown as BlockAttrs;
-  const backend = wasmOf(args.backend);
-  const dims = blockDims(inputs.x, attrs);
-  const bytes = blockBytes(dims, attrs.dropout, false);
-  const outputs = BLOCK_OUTPUTS.map((name) =>
-    backend.makeOutput(blockShape(name, dims, attrs.dropout), name.startsWith("mask") ? "bool" : "float32")
-  );
-  const named = Object.fromEntries(BLOCK_OUTPUTS.map((name, i) => [name, outputs[i]]));
-  runWithScratch(backend, blockShape("scratch", dims, false)[0], (scratch) => {
-    const offsets = blockOffsets(backend, { ...inputs, ...named, scratch }, bytes);
+  return blockCall(args, ["out", ...BLOCK_SAVED], false, (heap, offsets, dims, attrs) => {
     const seeds = attrs.dropout ? { attention: attrs.seedAttention, projection: attrs.seedProjection } : null;
-    native!.block(backend.wasm.HEAPU8, offsets, dims, seeds); // the heap as it is after the allocations
+    native!.block(heap, offsets, dims, seeds);
   });
-  return outputs;
 }
 
 /** inputs dout and what the gradient reads of the forward pass → [dx, then each parameter's gradient]. */
 function blockGradKernel(args: KernelArgs): TensorInfo[] {
+  const outputs = ["dx", ...BLOCK_PARAMS.map((p) => `d${p}`)];
+  return blockCall(args, outputs, true, (heap, offsets, dims, attrs) => {
+    native!.blockGrad(heap, offsets, dims, attrs.dropout);
+  });
+}
+
+/**
+ * Makes the named outputs and a scratch region on the heap, then calls `call` with the heap (as it is
+ * after those allocations) and every tensor's offset; frees the scratch.
+ */
+function blockCall(
+  args: KernelArgs,
+  outputNames: string[],
+  backward: boolean,
+  call: (heap: Uint8Array, offsets: Uint32Array, dims: BlockDims, attrs: BlockAttrs) => void,
+): TensorInfo[] {
   const inputs = args.inputs as Record<string, TensorInfo>;
   const attrs = args.attrs as unknown as BlockAttrs;
   const backend = wasmOf(args.backend);
   const dims = blockDims(inputs.x, attrs);
-  const bytes = blockBytes(dims, attrs.dropout, true);
-  const names = BLOCK_TENSORS.slice(BLOCK_TENSORS.indexOf("dx"));
-  const grads = names.map((name) => backend.makeOutput(blockShape(name, dims, attrs.dropout), "float32"));
-  const named = Object.fromEntries(names.map((name, i) => [name, grads[i]]));
-  runWithScratch(backend, 12 * dims.B * dims.T * dims.C, (scratch) => {
+  const bytes = blockBytes(dims, attrs.dropout, backward);
+  const outputs = outputNames.map((name) =>
+    backend.makeOutput(blockShape(name, dims, attrs.dropout), name.startsWith("mask") ? "bool" : "float32")
+  );
+  const named = Object.fromEntries(outputNames.map((name, i) => [name, outputs[i]]));
+  runWithScratch(backend, bytes[BLOCK_TENSORS.indexOf("scratch")] / 4, (scratch) => {
     const offsets = blockOffsets(backend, { ...inputs, ...named, scratch }, bytes);
-    native!.blockGrad(backend.wasm.HEAPU8, offsets, dims, attrs.dropout);
+    call(backend.wasm.HEAPU8, offsets, dims, attrs);
   });
-  return grads;
+  return outputs;
 }
 
 /** f with a float32 scratch tensor of `size` on the heap, freed afterwards. */
@@ -1251,7 +1241,7 @@ function runWithScratch(backend: WasmBackend, size: number, f: (scratch: TensorI
   }
 }
 
-/** The shape of a BLOCK_TENSORS entry (a gradient has its parameter's; "scratch" the forward's 5 R C). */
+/** The shape of a BLOCK_TENSORS entry other than the scratch (a gradient has its parameter's). */
 function blockShape(name: string, d: BlockDims, dropout: boolean): number[] {
   const { B, T, C, heads: H } = d;
   const base = name.startsWith("d") && name !== "dout" ? name.slice(1) : name;
@@ -1288,8 +1278,6 @@ function blockShape(name: string, d: BlockDims, dropout: boolean): number[] {
       return dropout ? [B, T, C] : [0];
     case "h":
       return [B, T, 4 * C];
-    case "scratch":
-      return [5 * B * T * C];
     default: // x, out, a, merged, x1, n, dout, dx
       return [B, T, C];
   }

@@ -1488,33 +1488,39 @@ export interface BlockDims {
   eps: number;
 }
 
+/** A block's parameters, in kernels.c's BLK_G1 .. BLK_BF order. */
+export const BLOCK_PARAMS = ["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"] as const;
+
+/** What the forward pass writes after `out`, in kernels.c's order: all of it is kept for the gradient. */
+export const BLOCK_SAVED = [
+  "a",
+  "mean1",
+  "rstd1",
+  "qkv",
+  "probs",
+  "maskAtt",
+  "merged",
+  "maskProj",
+  "x1",
+  "n",
+  "mean2",
+  "rstd2",
+  "h",
+] as const;
+
 /**
  * The tensors of seemore_block / seemore_block_grad, in kernels.c's BLK_ order: x, the parameters, what
  * the forward pass writes, its scratch, then (backward) dout, dx and the parameters' gradients.
  */
 export const BLOCK_TENSORS = [
   "x",
-  ...["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"],
-  ...[
-    "out",
-    "a",
-    "mean1",
-    "rstd1",
-    "qkv",
-    "probs",
-    "maskAtt",
-    "merged",
-    "maskProj",
-    "x1",
-    "n",
-    "mean2",
-    "rstd2",
-    "h",
-  ],
+  ...BLOCK_PARAMS,
+  "out",
+  ...BLOCK_SAVED,
   "scratch",
   "dout",
   "dx",
-  ...["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"].map((p) => `d${p}`),
+  ...BLOCK_PARAMS.map((p) => `d${p}` as const),
 ] as const;
 
 /** Bytes of each BLOCK_TENSORS region (scratch: 5 R C floats forward, 12 R C backward). */
