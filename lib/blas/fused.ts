@@ -4,8 +4,8 @@
 // kernels that enableBlasKernels() registers on the wasm backend when the C kernels built; on any other
 // backend, or without them, gelu / layerNorm / dropout / adamStep compute the same maths with plain
 // tfjs ops (attention, the block and the MoE parts have no such fallback here: lib/model/attention.ts,
-// block.ts and moe.ts keep the ops versions). Either way the results equal tfjs's cpu backend within 1e-4, and dropout draws
-// exactly tf.dropout's noise.
+// block.ts and moe.ts keep the ops versions). Either way the results equal tfjs's cpu backend within
+// 1e-4, and dropout draws exactly tf.dropout's noise.
 //
 //   import { adamStep, gelu, layerNorm } from "./lib/blas/fused.ts";
 //   const y = layerNorm(x, gain, bias);                     // (..., C)

@@ -256,8 +256,8 @@ static void gemm_slice(const gemm_args *g, int64_t r0, int64_t r1) {
           g->c + r0 * g->ldc, g->ldc);
   } else {
     const float *b = g->trans_b ? g->b + r0 * g->ldb : g->b + r0;
-    sgemm(ROW_MAJOR, ta, tb, g->m, (int)(r1 - r0), g->k, g->alpha, g->a, g->lda, b, g->ldb, g->beta, g->c + r0,
-          g->ldc);
+    sgemm(ROW_MAJOR, ta, tb, g->m, (int)(r1 - r0), g->k, g->alpha, g->a, g->lda, b, g->ldb, g->beta,
+          g->c + r0, g->ldc);
   }
 }
 
@@ -271,7 +271,9 @@ static int64_t slice_start(int64_t n, int64_t p, int64_t parts) {
 static void gemm_slices(void *args, int64_t p0, int64_t p1) {
   gemm_args *g = args;
   int64_t n = g->by_rows ? g->m : g->n;
-  for (int64_t p = p0; p < p1; p++) gemm_slice(g, slice_start(n, p, g->parts), slice_start(n, p + 1, g->parts));
+  for (int64_t p = p0; p < p1; p++) {
+    gemm_slice(g, slice_start(n, p, g->parts), slice_start(n, p + 1, g->parts));
+  }
 }
 
 /* OpenBLAS on all of n_threads, the helpers asleep so that its threads get the cores. */
@@ -1766,26 +1768,29 @@ typedef struct {
 } block_dims;
 
 /* The thread count the fast path's matmul kernel asks for (kernels.ts, SMALL_GEMM). */
-static int32_t product_threads(int64_t m, int64_t n, int64_t k) { return m * n * k < (1 << 20) ? 1 : n_threads; }
+static int32_t product_threads(int64_t m, int64_t n, int64_t k) {
+  return m * n * k < (1 << 20) ? 1 : n_threads;
+}
 
 /* c = a op(b) (+ bias row), as the dense layers' matmul kernel runs it. */
 static void block_dense(const float *a, const float *w, const float *bias, float *c, int64_t R, int64_t K,
                         int64_t N) {
   if (bias) seemore_fill_rows(c, bias, (int32_t)R, (int32_t)N);
-  seemore_sgemm(0, 0, (int32_t)R, (int32_t)N, (int32_t)K, 1.0f, a, (int32_t)K, w, (int32_t)N, bias ? 1.0f : 0.0f,
-                c, (int32_t)N, product_threads(R, N, K));
+  seemore_sgemm(0, 0, (int32_t)R, (int32_t)N, (int32_t)K, 1.0f, a, (int32_t)K, w, (int32_t)N,
+                bias ? 1.0f : 0.0f, c, (int32_t)N, product_threads(R, N, K));
 }
 
 /* dw = x^T dy (K, N) and, with a bias, db = column sums of dy, as the dense layers' gradient runs them. */
-static void block_dense_weight_grad(const float *x, const float *dy, float *dw, float *db, int64_t R, int64_t K,
-                                    int64_t N) {
+static void block_dense_weight_grad(const float *x, const float *dy, float *dw, float *db, int64_t R,
+                                    int64_t K, int64_t N) {
   seemore_sgemm(1, 0, (int32_t)K, (int32_t)N, (int32_t)R, 1.0f, x, (int32_t)K, dy, (int32_t)N, 0.0f, dw,
                 (int32_t)N, product_threads(K, N, R));
   if (db) column_sums(dy, db, R, N);
 }
 
 /* dx = dy w^T (R, K). */
-static void block_dense_input_grad(const float *dy, const float *w, float *dx, int64_t R, int64_t K, int64_t N) {
+static void block_dense_input_grad(const float *dy, const float *w, float *dx, int64_t R, int64_t K,
+                                   int64_t N) {
   seemore_sgemm(0, 1, (int32_t)R, (int32_t)K, (int32_t)N, 1.0f, dy, (int32_t)N, w, (int32_t)N, 0.0f, dx,
                 (int32_t)K, product_threads(R, K, N));
 }
@@ -1801,17 +1806,21 @@ int32_t seemore_block(uint8_t *heap, const uint32_t *o, const double *noise_att,
 #define T_(i) heap_floats(heap, o[i])
   float *x = T_(BLK_X), *a = T_(BLK_A), *x1 = T_(BLK_X1), *n = T_(BLK_N), *h = T_(BLK_H), *out = T_(BLK_OUT);
   float *proj = T_(BLK_SCRATCH), *g = proj + R * C;
-  seemore_layer_norm(x, T_(BLK_G1), T_(BLK_B1), a, T_(BLK_MEAN1), T_(BLK_RSTD1), (int32_t)R, (int32_t)C, d->eps);
+  seemore_layer_norm(x, T_(BLK_G1), T_(BLK_B1), a, T_(BLK_MEAN1), T_(BLK_RSTD1), (int32_t)R, (int32_t)C,
+                     d->eps);
   block_dense(a, T_(BLK_WQKV), NULL, T_(BLK_QKV), R, C, 3 * C);
   int32_t rc = seemore_attention(T_(BLK_QKV), noise_att, chunk, T_(BLK_MERGED), T_(BLK_PROBS),
-                                 heap + o[BLK_MASK_ATT], d->B, d->T, d->H, (int32_t)(C / d->H), d->scale, d->causal,
-                                 d->keep);
+                                 heap + o[BLK_MASK_ATT], d->B, d->T, d->H, (int32_t)(C / d->H), d->scale,
+                                 d->causal, d->keep);
   if (rc != 0) return rc;
   block_dense(T_(BLK_MERGED), T_(BLK_WP), T_(BLK_BP), proj, R, C, C);
-  if (noise_proj) seemore_dropout(proj, x1, heap + o[BLK_MASK_PROJ], (int32_t)(R * C), d->keep, noise_proj, chunk);
+  if (noise_proj) {
+    seemore_dropout(proj, x1, heap + o[BLK_MASK_PROJ], (int32_t)(R * C), d->keep, noise_proj, chunk);
+  }
   else memcpy(x1, proj, (size_t)(R * C) * sizeof(float));
   add_into(x1, x, R * C); /* x1 = x + dropout(proj) */
-  seemore_layer_norm(x1, T_(BLK_G2), T_(BLK_B2), n, T_(BLK_MEAN2), T_(BLK_RSTD2), (int32_t)R, (int32_t)C, d->eps);
+  seemore_layer_norm(x1, T_(BLK_G2), T_(BLK_B2), n, T_(BLK_MEAN2), T_(BLK_RSTD2), (int32_t)R, (int32_t)C,
+                     d->eps);
   block_dense(n, T_(BLK_W1), T_(BLK_BH), h, R, C, F);
   seemore_gelu(h, g, (int32_t)(R * F));
   block_dense(g, T_(BLK_W2), T_(BLK_BF), out, R, F, C);
@@ -1844,8 +1853,9 @@ int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout
   else memcpy(dproj, dx1, (size_t)(R * C) * sizeof(float));
   block_dense_weight_grad(T_(BLK_MERGED), dproj, grad[BLK_WP - 1], grad[BLK_BP - 1], R, C, C);
   block_dense_input_grad(dproj, T_(BLK_WP), dmerged, R, C, C);
-  rc = seemore_attention_grad(dmerged, T_(BLK_QKV), T_(BLK_PROBS), has_dropout ? heap + o[BLK_MASK_ATT] : NULL, dqkv,
-                              d->B, d->T, d->H, (int32_t)(C / d->H), d->scale, d->keep);
+  const uint8_t *mask_att = has_dropout ? heap + o[BLK_MASK_ATT] : NULL;
+  rc = seemore_attention_grad(dmerged, T_(BLK_QKV), T_(BLK_PROBS), mask_att, dqkv, d->B, d->T, d->H,
+                              (int32_t)(C / d->H), d->scale, d->keep);
   if (rc != 0) return rc;
   block_dense_weight_grad(T_(BLK_A), dqkv, grad[BLK_WQKV - 1], NULL, R, C, 3 * C);
   block_dense_input_grad(dqkv, T_(BLK_WQKV), da, R, C, 3 * C);
