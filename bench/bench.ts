@@ -1,11 +1,13 @@
 // Speed and memory of one configuration (the original's, unless flags say otherwise):
 //   deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
-//                   [--steps N] [--threads N] [--profile] [--json]
+//                   [--steps N] [--threads N] [--profile] [--layers] [--json]
 //   deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
 //
 // Train step (forward, backward, Adam) and forward (eval mode): medians of --steps timed runs after
 // warm-up. Generation: one image, 40 new tokens, greedy, with the KV cache. Peak RSS: this process's
-// high-water mark (VmHWM). --profile adds the per-kernel time profile of one train step (top 10).
+// high-water mark (VmHWM). --profile adds the per-kernel time profile of one train step (top 10);
+// --layers runs the transformer blocks layer by layer instead of as one C kernel each way (the profile
+// then shows what is inside them).
 //
 // --compare-original also runs the ORIGINAL PyTorch model (bench/original_step.py under Debian's
 // /usr/bin/python3) on the same batch shapes, in a child process, alternating with ours round by round
@@ -19,7 +21,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
-import { activeBlas, setKernelThreads } from "../lib/blas/kernels.ts";
+import { activeBlas, FUSED_KERNELS, setKernelThreads } from "../lib/blas/kernels.ts";
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { buildModel } from "../lib/model/factory.ts";
@@ -30,7 +32,7 @@ import { OriginalProcess } from "./original.ts";
 import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
 
 const USAGE = `deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
-                [--steps N] [--threads N] [--profile] [--json]
+                [--steps N] [--threads N] [--profile] [--layers] [--json]
 deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
 
 Times our train step, forward pass and 40-token generation on the original's configuration (or --size tiny),
@@ -74,6 +76,8 @@ export interface BenchOptions {
   batch?: number;
   steps?: number;
   threads?: number;
+  /** Blocks layer by layer: without the whole-block kernel (lib/blas/fused.ts block()). */
+  layers?: boolean;
 }
 
 /** The shapes one benchmark runs: the original's config, or a tiny one for tests of this file. */
@@ -243,6 +247,9 @@ interface Prepared {
 
 async function prepare(opts: BenchOptions): Promise<Prepared> {
   const info = await initBackend(opts.backend);
+  if (opts.layers && tf.getKernel(FUSED_KERNELS.block, tf.getBackend())) {
+    tf.unregisterKernel(FUSED_KERNELS.block, tf.getBackend()); // Block.forward then runs its layers' kernels
+  }
   if (opts.threads !== undefined) {
     if (!activeBlas()) throw new Error("--threads: OpenBLAS is not in use on this backend");
     setKernelThreads(opts.threads);
@@ -621,6 +628,7 @@ if (import.meta.main) {
       repeat: { type: "string" },
       "compare-original": { type: "boolean" },
       profile: { type: "boolean" },
+      layers: { type: "boolean" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -637,6 +645,7 @@ if (import.meta.main) {
     steps: positive("steps", v.steps),
     threads: positive("threads", v.threads),
     profile: v.profile,
+    layers: v.layers,
   };
   if (v["compare-original"]) {
     const c = await compareOriginal({

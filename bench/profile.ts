@@ -83,5 +83,10 @@ export function formatProfile(p: KernelProfile, top = 10, what = "one train step
       }  ${rate}`,
     );
   }
+  if (p.kernels.some((r) => r.name === "SeemoreBlock" || r.name === "SeemoreBlockGrad")) {
+    lines.push(
+      "  (SeemoreBlock / SeemoreBlockGrad: whole transformer blocks, their matmuls included; --layers shows inside)",
+    );
+  }
   return lines.join("\n");
 }

@@ -53,6 +53,21 @@ Deno.test("bench --json --size tiny prints every figure", async () => {
   );
 });
 
+Deno.test("bench --layers: the blocks run layer by layer, so the profile lists their layers' kernels", async () => {
+  const kernels = async (args: string[]) => {
+    const r = await benchJson(["--steps", "1", "--profile", ...args]);
+    return (r.profile as { kernels: { name: string }[] }).kernels.map((k) => k.name);
+  };
+  const whole = await kernels([]);
+  if (!whole.includes("SeemoreBlock")) return; // no C kernels here: the blocks run layer by layer anyway
+  const layers = await kernels(["--layers"]);
+  assert(!layers.includes("SeemoreBlock") && !layers.includes("SeemoreBlockGrad"), "no whole-block kernel");
+  assert(
+    layers.includes("SeemoreAttention") && layers.includes("SeemoreLayerNormGrad"),
+    "the layers' kernels",
+  );
+});
+
 Deno.test("bench --compare-original --json: both figures and ratios, or the install hint", async () => {
   const r = await benchJson(["--compare-original", "--rounds", "1", "--torch-threads", "1"]);
   checkOurs(r.ours as Record<string, unknown>);
