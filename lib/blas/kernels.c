@@ -1862,7 +1862,7 @@ int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout
   rc = seemore_layer_norm_grad(da, T_(BLK_X), T_(BLK_G1), T_(BLK_MEAN1), T_(BLK_RSTD1), dx, grad[BLK_G1 - 1],
                                grad[BLK_B1 - 1], (int32_t)R, (int32_t)C);
   if (rc != 0) return rc;
-  for (int64_t i = 0; i < R * C; i++) dx[i] = dx1[i] + dx[i]; /* the residual's gradient, then LN1's */
+  add_into(dx, dx1, R * C); /* dx = dx1 + dx: the residual's gradient, then LN1's */
 #undef T_
   return 0;
 }
