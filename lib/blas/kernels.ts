@@ -32,6 +32,7 @@ import {
   BLOCK_TENSORS,
   blockBytes,
   type BlockDims,
+  blockShape,
   loadNative,
   type MoEDims,
   type Native,
@@ -1238,48 +1239,6 @@ function runWithScratch(backend: WasmBackend, size: number, f: (scratch: TensorI
     f(scratch);
   } finally {
     backend.disposeData(scratch.dataId, true);
-  }
-}
-
-/** The shape of a BLOCK_TENSORS entry other than the scratch (a gradient has its parameter's). */
-function blockShape(name: string, d: BlockDims, dropout: boolean): number[] {
-  const { B, T, C, heads: H } = d;
-  const base = name.startsWith("d") && name !== "dout" ? name.slice(1) : name;
-  switch (base) {
-    case "wqkv":
-      return [C, 3 * C];
-    case "wp":
-      return [C, C];
-    case "w1":
-      return [C, 4 * C];
-    case "bh":
-      return [4 * C];
-    case "w2":
-      return [4 * C, C];
-    case "g1":
-    case "b1":
-    case "bp":
-    case "g2":
-    case "b2":
-    case "bf":
-      return [C];
-    case "mean1":
-    case "rstd1":
-    case "mean2":
-    case "rstd2":
-      return [B, T];
-    case "qkv":
-      return [B, T, 3 * C];
-    case "probs":
-      return [B, H, T, T];
-    case "maskAtt":
-      return dropout ? [B, H, T, T] : [0];
-    case "maskProj":
-      return dropout ? [B, T, C] : [0];
-    case "h":
-      return [B, T, 4 * C];
-    default: // x, out, a, merged, x1, n, dout, dx
-      return [B, T, C];
   }
 }
 

@@ -1523,24 +1523,55 @@ export const BLOCK_TENSORS = [
   ...BLOCK_PARAMS.map((p) => `d${p}` as const),
 ] as const;
 
-/** Bytes of each BLOCK_TENSORS region (scratch: 5 R C floats forward, 12 R C backward). */
+/** The shape of a BLOCK_TENSORS entry other than the scratch (a gradient has its parameter's). */
+export function blockShape(name: string, d: BlockDims, dropout: boolean): number[] {
+  const { B, T, C, heads: H } = d;
+  const base = name.startsWith("d") && name !== "dout" ? name.slice(1) : name;
+  switch (base) {
+    case "wqkv":
+      return [C, 3 * C];
+    case "wp":
+      return [C, C];
+    case "w1":
+      return [C, 4 * C];
+    case "bh":
+      return [4 * C];
+    case "w2":
+      return [4 * C, C];
+    case "g1":
+    case "b1":
+    case "bp":
+    case "g2":
+    case "b2":
+    case "bf":
+      return [C];
+    case "mean1":
+    case "rstd1":
+    case "mean2":
+    case "rstd2":
+      return [B, T];
+    case "qkv":
+      return [B, T, 3 * C];
+    case "probs":
+      return [B, H, T, T];
+    case "maskAtt":
+      return dropout ? [B, H, T, T] : [0];
+    case "maskProj":
+      return dropout ? [B, T, C] : [0];
+    case "h":
+      return [B, T, 4 * C];
+    default: // x, out, a, merged, x1, n, dout, dx
+      return [B, T, C];
+  }
+}
+
+/** Bytes of each BLOCK_TENSORS region (masks 1 byte an element; scratch: 5 R C floats forward, 12 R C backward). */
 export function blockBytes(d: BlockDims, dropout: boolean, backward: boolean): number[] {
-  const R = d.B * d.T, C = d.C, F = 4 * C, TT = d.heads * d.T * d.T * d.B;
-  const params = [C, C, 3 * C * C, C * C, C, C, C, C * F, F, F * C, C];
-  const floats = [
-    R * C,
-    ...params,
-    ...[R * C, R * C, R, R, 3 * R * C, TT, 0, R * C, 0, R * C, R * C, R, R, R * F],
-    (backward ? 12 : 5) * R * C,
-    R * C,
-    R * C,
-    ...params,
-  ];
-  const bytes = floats.map((n) => 4 * n);
-  const maskAtt = BLOCK_TENSORS.indexOf("maskAtt"), maskProj = BLOCK_TENSORS.indexOf("maskProj");
-  bytes[maskAtt] = dropout ? TT : 0;
-  bytes[maskProj] = dropout ? R * C : 0;
-  return bytes;
+  return BLOCK_TENSORS.map((name) => {
+    if (name === "scratch") return 4 * (backward ? 12 : 5) * d.B * d.T * d.C;
+    const size = blockShape(name, d, dropout).reduce((a, b) => a * b, 1);
+    return name.startsWith("mask") ? size : 4 * size;
+  });
 }
 
 /** What seemore_block_grad does not read: the biases (their gradients are column sums) and the output. */
