@@ -394,7 +394,8 @@ export function broadcastIndex(shape: number[], outShape: number[]): Int32Array 
  * products, where waking a second thread costs more than it saves). Measured on the quiet 2-core
  * machine (best of 15, one thread vs two): 800×128×128 100 vs 151 GFLOP/s, 37×512×2048 67 vs 117,
  * 16×512×2048 48 vs 91 — every product of a training step or of one image's ViT pass is faster on
- * two. (On a machine loaded by other jobs two threads can lose: they wait for a core.)
+ * two. (On a machine loaded by other jobs two threads can lose: they wait for a core.) The block kernels
+ * apply the same rule in C (kernels.c, product_threads).
  */
 export const SMALL_GEMM = 1 << 20;
 
