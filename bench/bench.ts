@@ -106,9 +106,11 @@ export function benchShapes(
 }
 
 /**
- * FLOPs of the matmuls in one forward pass. With `clsOnly` the ViT's last block is counted as ours runs
- * it when only the CLS token leaves the encoder (keys and values for every row, the rest for one row);
- * without, as the original runs it (every row).
+ * FLOPs of the matmuls in one forward pass. With `clsOnly` the ViT's last block is counted as our fast
+ * path runs it when only the CLS token leaves the encoder (kernels.c, seemore_first_attention): one
+ * row's query, its key and value products moved onto that row (a = q Wk^T per head, then x Wv after
+ * the weighted sum), scores and weighted sums over every row per head, and one row through the
+ * projection and MLP. Without, as the original runs it (every row).
  */
 export function forwardFlops(c: ModelConfig, B: number, T: number, clsOnly = false): number {
   const np = (c.img_size / c.patch_size) ** 2;
@@ -116,7 +118,7 @@ export function forwardFlops(c: ModelConfig, B: number, T: number, clsOnly = fal
   const fullBlock = 2 * B * N * D * (3 * D + D + 8 * D) + 4 * B * N * N * D;
   const shortcut = clsOnly && c.visual_tokens === "cls" && c.num_blks > 0;
   const lastBlock = shortcut
-    ? 2 * B * N * D * 2 * D + 2 * B * D * (D + D + 8 * D) + 4 * B * N * D
+    ? 2 * B * D * (3 * D + D + 8 * D) + 4 * B * c.n_head * N * D
     : fullBlock;
   const vit = patchFlops(c, B) + (c.num_blks > 0 ? (c.num_blks - 1) * fullBlock + lastBlock : 0);
   const proj = 2 * B * (D * 4 * D + 4 * D * C);

@@ -285,17 +285,17 @@ export function firstAttention(
   };
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [input, weight, save] = args as [tf.Tensor, tf.Tensor, tf.GradSaveFunc];
-    const [out, q, kv, probs, mask] = run(
+    const [out, q, a, ctx, probs, mask] = run(
       FUSED_KERNELS.firstAttention,
       { x: input, w: weight },
       attrs,
     ) as tf.Tensor[];
-    save([input, weight, q, kv, probs, mask]);
+    save([input, weight, q, a, ctx, probs, mask]);
     return {
       value: out, // (B, 1, C)
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, sw, sq, skv, sprobs, smask] = saved;
-        const inputs = { dout: dy, x: sx, w: sw, q: sq, kv: skv, probs: sprobs, mask: smask };
+        const [sx, sw, sq, sa, sctx, sprobs, smask] = saved;
+        const inputs = { dout: dy, x: sx, w: sw, q: sq, a: sa, ctx: sctx, probs: sprobs, mask: smask };
         return run(FUSED_KERNELS.firstAttentionGrad, inputs, attrs) as tf.Tensor[]; // [dx, dw]
       },
     };

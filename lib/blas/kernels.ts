@@ -910,7 +910,7 @@ function firstAttentionDims(x: TensorInfo, attrs: FirstAttentionAttrs) {
 
 /**
  * inputs x (B, T, C), w [C, 3C]; attrs heads, scale, keep, dropout, seed → [out (B, 1, C), q (B, C),
- * kv (B·T, 2C), probs (B, H, T), mask (B, H, T) bool, or [0] without dropout].
+ * a (B, H, C), ctx (B, H, C), probs (B, H, T), mask (B, H, T) bool, or [0] without dropout].
  */
 function firstAttentionKernel(args: KernelArgs): TensorInfo[] {
   const { x, w } = args.inputs as { x: TensorInfo; w: TensorInfo };
@@ -920,7 +920,8 @@ function firstAttentionKernel(args: KernelArgs): TensorInfo[] {
   const { B, T, C, H } = dims;
   const out = backend.makeOutput([B, 1, C], "float32");
   const q = backend.makeOutput([B, C], "float32");
-  const kv = backend.makeOutput([B * T, 2 * C], "float32");
+  const a = backend.makeOutput([B, H, C], "float32");
+  const ctx = backend.makeOutput([B, H, C], "float32");
   const probs = backend.makeOutput([B, H, T], "float32");
   const mask = backend.makeOutput(attrs.dropout ? [B, H, T] : [0], "bool");
   native!.firstAttention(
@@ -928,7 +929,8 @@ function firstAttentionKernel(args: KernelArgs): TensorInfo[] {
       x: floatView(backend, x, "x"),
       w: floatView(backend, w, "w"),
       q: floatView(backend, q, "q"),
-      kv: floatView(backend, kv, "kv"),
+      a: floatView(backend, a, "a"),
+      ctx: floatView(backend, ctx, "ctx"),
       out: floatView(backend, out, "out"),
       probs: floatView(backend, probs, "probs"),
       mask: attrs.dropout ? boolView(backend, mask, "mask") : null,
@@ -936,12 +938,12 @@ function firstAttentionKernel(args: KernelArgs): TensorInfo[] {
     attrs.dropout ? attrs.seed : null,
     dims,
   );
-  return [out, q, kv, probs, mask];
+  return [out, q, a, ctx, probs, mask];
 }
 
-/** inputs dout (B, 1, C) and x, w, q, kv, probs, mask as above → [dx (B, T, C), dw [C, 3C]]. */
+/** inputs dout (B, 1, C) and x, w, q, a, ctx, probs, mask as above → [dx (B, T, C), dw [C, 3C]]. */
 function firstAttentionGradKernel(args: KernelArgs): TensorInfo[] {
-  const { dout, x, w, q, kv, probs, mask } = args.inputs as Record<string, TensorInfo>;
+  const { dout, x, w, q, a, ctx, probs, mask } = args.inputs as Record<string, TensorInfo>;
   const attrs = args.attrs as unknown as FirstAttentionAttrs;
   const backend = wasmOf(args.backend);
   const dims = firstAttentionDims(x, attrs);
@@ -953,7 +955,8 @@ function firstAttentionGradKernel(args: KernelArgs): TensorInfo[] {
       x: floatView(backend, x, "x"),
       w: floatView(backend, w, "w"),
       q: floatView(backend, q, "q"),
-      kv: floatView(backend, kv, "kv"),
+      a: floatView(backend, a, "a"),
+      ctx: floatView(backend, ctx, "ctx"),
       probs: floatView(backend, probs, "probs"),
       mask: attrs.dropout ? boolView(backend, mask, "mask") : null,
       dx: floatView(backend, dx, "dx"),

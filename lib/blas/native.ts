@@ -29,7 +29,7 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 19;
+const ABI_VERSION = 20;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
@@ -112,8 +112,9 @@ const SYMBOLS = {
     result: "void",
   },
   seemore_first_attention: {
-    // x, w, q, kv, out, probs, mask (u8, or null), noise states (or null), draws per chunk, B, T, C, H, scale, keep
+    // x, w, q, a, ctx, out, probs, mask (u8, or null), noise states (or null), draws per chunk, B, T, C, H, scale, keep
     parameters: [
+      "buffer",
       "buffer",
       "buffer",
       "buffer",
@@ -133,8 +134,9 @@ const SYMBOLS = {
     result: "i32",
   },
   seemore_first_attention_grad: {
-    // dout, x, w, q, kv, probs, mask (or null), dx, dw, B, T, C, H, scale, keep
+    // dout, x, w, q, a, ctx, probs, mask (or null), dx, dw, B, T, C, H, scale, keep
     parameters: [
+      "buffer",
       "buffer",
       "buffer",
       "buffer",
@@ -520,15 +522,18 @@ export interface Native {
   ): void;
   /**
    * Attention of position 0 only, from x (B, T, C) and the fused weight w [C, 3C] read in place:
-   * q = x[:, 0] w[:, :C], kv = x w[:, C:], then per head softmax(scale q·k) (dropped out with seed's
-   * noise when given) times v → out (B, C). q, kv, probs and mask are kept for firstAttentionGrad.
+   * q = x[:, 0] w[:, :C]; per head, softmax(scale q·k) (dropped out with seed's noise when given)
+   * times v → out (B, C), with the key and value projections moved onto the query's side (a = q_h
+   * Wk_h^T, ctx = the weighted sum of x's rows; kernels.c). q, a, ctx, probs and mask are kept for
+   * firstAttentionGrad.
    */
   firstAttention(
     io: {
       x: Float32Array;
       w: Float32Array;
       q: Float32Array;
-      kv: Float32Array;
+      a: Float32Array;
+      ctx: Float32Array;
       out: Float32Array;
       probs: Float32Array;
       mask: Uint8Array | null;
@@ -543,7 +548,8 @@ export interface Native {
       x: Float32Array;
       w: Float32Array;
       q: Float32Array;
-      kv: Float32Array;
+      a: Float32Array;
+      ctx: Float32Array;
       probs: Float32Array;
       mask: Uint8Array | null;
       dx: Float32Array;
@@ -1093,7 +1099,8 @@ function wrap(path: string, lib: NativeLibrary): Native {
         io.x,
         io.w,
         io.q,
-        io.kv,
+        io.a,
+        io.ctx,
         io.out,
         io.probs,
         io.mask,
@@ -1120,7 +1127,8 @@ function wrap(path: string, lib: NativeLibrary): Native {
         io.x,
         io.w,
         io.q,
-        io.kv,
+        io.a,
+        io.ctx,
         io.probs,
         io.mask,
         io.dx,
@@ -1404,7 +1412,14 @@ export interface FirstAttentionDims {
 function checkFirstAttention(
   what: string,
   { B, T, C, H, keep }: FirstAttentionDims,
-  arrays: { x: Float32Array; w: Float32Array; q: Float32Array; kv: Float32Array; probs: Float32Array },
+  arrays: {
+    x: Float32Array;
+    w: Float32Array;
+    q: Float32Array;
+    a: Float32Array;
+    ctx: Float32Array;
+    probs: Float32Array;
+  },
   mask: Uint8Array | null,
 ): void {
   if (C % H !== 0) throw new Error(`lib/blas/native.ts: ${what} width ${C} is not a multiple of ${H} heads`);
@@ -1412,7 +1427,7 @@ function checkFirstAttention(
   sameLength(what, B * T * C, { x: arrays.x });
   sameLength(what, 3 * C * C, { w: arrays.w });
   sameLength(what, B * C, { q: arrays.q });
-  sameLength(what, 2 * B * T * C, { kv: arrays.kv });
+  sameLength(what, B * H * C, { a: arrays.a, ctx: arrays.ctx });
   sameLength(what, B * H * T, { probs: arrays.probs });
   if (mask) sameLength(what, B * H * T, { mask });
 }
