@@ -13,7 +13,8 @@ import { checkGemm, firstLine, readEnv } from "./ffi.ts";
 const SOURCE_URL = new URL("./kernels.c", import.meta.url);
 // -fno-trapping-math lets the branch-free maths vectorize, and -fno-math-errno lets sqrtf be the sqrt
 // instruction (Adam's loop then vectorizes); results are unchanged (no FP traps or errno are used).
-// -ffp-contract=off: no fused multiply-adds, so results do not depend on the compiler's choices.
+// -ffp-contract=off: no fused multiply-adds, so results do not depend on the compiler's choices (the
+// exp, erf, GELU and softmax loops opt in: kernels.c, FUSED_MATH).
 const CC_FLAGS = [
   "-O3",
   "-std=c99",
