@@ -1900,11 +1900,12 @@ int32_t seemore_block(uint8_t *heap, const uint32_t *o, const double *noise_att,
                                  heap + o[BLK_MASK_ATT], d->B, d->T, d->H, (int32_t)(C / d->H), d->scale,
                                  d->causal, d->keep);
   if (rc != 0) return rc;
-  block_dense(T_(BLK_MERGED), T_(BLK_WP), T_(BLK_BP), proj, R, C, C);
   if (noise_proj) {
+    block_dense(T_(BLK_MERGED), T_(BLK_WP), T_(BLK_BP), proj, R, C, C);
     seemore_dropout(proj, x1, heap + o[BLK_MASK_PROJ], (int32_t)(R * C), d->keep, noise_proj, chunk);
+  } else {
+    block_dense(T_(BLK_MERGED), T_(BLK_WP), T_(BLK_BP), x1, R, C, C); /* no dropout: straight into x1 */
   }
-  else memcpy(x1, proj, (size_t)(R * C) * sizeof(float));
   add_into(x1, x, R * C); /* x1 = x + dropout(proj) */
   seemore_layer_norm(x1, T_(BLK_G2), T_(BLK_B2), n, T_(BLK_MEAN2), T_(BLK_RSTD2), (int32_t)R, (int32_t)C,
                      d->eps);
