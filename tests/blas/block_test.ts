@@ -31,6 +31,7 @@ interface Case {
   rate: number;
   training: boolean;
   options?: BlockOptions;
+  shape?: [number, number, number]; // (B, T, C); default (3, 7, 32)
 }
 
 const CASES: Case[] = [
@@ -44,14 +45,25 @@ const CASES: Case[] = [
     training: true,
     options: { preNorm: true, scaleByHeadSize: true },
   },
+  // products of ≥ 2^20 multiply-adds: cut across the threads, by rows and by columns, the bias and GELU
+  // done slice by slice
+  {
+    name: "decoder block, dropout, split products",
+    causal: true,
+    rate: 0.2,
+    training: true,
+    shape: [4, 40, 64],
+  },
+  { name: "ViT block, eval, split products", causal: false, rate: 0.1, training: false, shape: [4, 40, 64] },
 ];
 
 /** The block's output, dx, then each parameter's gradient (ln1, attention, ln2, feed-forward order). */
 function blockRun(c: Case): () => tf.Tensor[] {
   return () => {
-    const block = new Block(32, 4, c.rate, c.causal, new Initialiser(5), "gelu", c.options);
-    const x = tensor([3, 7, 32], 70) as tf.Tensor3D; // (B, T, C)
-    const w = tensor([3, 7, 32], 71);
+    const shape = c.shape ?? [3, 7, 32];
+    const block = new Block(shape[2], 4, c.rate, c.causal, new Initialiser(5), "gelu", c.options);
+    const x = tensor(shape, 70) as tf.Tensor3D; // (B, T, C)
+    const w = tensor(shape, 71);
     const ctx = () => new Ctx(c.training, 9, 2); // the same seeds for every pass
     const loss = (t: tf.Tensor) => tf.sum(tf.mul(block.forward(t as tf.Tensor3D, ctx()), w)) as tf.Scalar;
     const out = block.forward(x, ctx());
