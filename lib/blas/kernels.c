@@ -308,9 +308,60 @@ int32_t seemore_sgemm(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, in
 #define MAX_RANK 8
 #define TILE 32
 
+typedef struct {
+  const int32_t *src;
+  int32_t *dst;
+  int n_axes, tiled;
+  int axes[MAX_RANK];
+  int64_t out_shape[MAX_RANK], out_stride[MAX_RANK], step[MAX_RANK];
+  int64_t rows, cols, far, out_row; /* the last output axis (cols), and q's when tiled (rows) */
+} transpose_args;
+
+/* Steps t0..t1 of the outer odometer (over `axes`, the last fastest), each one row (or tile row). */
+static void transpose_range(void *p, int64_t t0, int64_t t1) {
+  const transpose_args *a = p;
+  int64_t coord[MAX_RANK] = {0}, in_pos = 0, out_pos = 0, rest = t0;
+  for (int i = a->n_axes - 1; i >= 0; i--) { /* the odometer's position at step t0 */
+    int d = a->axes[i];
+    coord[i] = rest % a->out_shape[d];
+    rest /= a->out_shape[d];
+    in_pos += coord[i] * a->step[d];
+    out_pos += coord[i] * a->out_stride[d];
+  }
+  int64_t rows = a->rows, cols = a->cols, far = a->far, out_row = a->out_row;
+  for (int64_t t = t0; t < t1; t++) {
+    if (!a->tiled) {
+      memcpy(a->dst + out_pos, a->src + in_pos, (size_t)cols * sizeof(int32_t));
+    } else {
+      for (int64_t i0 = 0; i0 < rows; i0 += TILE) {
+        int64_t i1 = i0 + TILE < rows ? i0 + TILE : rows;
+        for (int64_t j0 = 0; j0 < cols; j0 += TILE) {
+          int64_t j1 = j0 + TILE < cols ? j0 + TILE : cols;
+          for (int64_t i = i0; i < i1; i++) {
+            int32_t *o = a->dst + out_pos + i * out_row;
+            const int32_t *x = a->src + in_pos + i;
+            for (int64_t j = j0; j < j1; j++) o[j] = x[j * far];
+          }
+        }
+      }
+    }
+    for (int i = a->n_axes - 1; i >= 0; i--) {
+      int d = a->axes[i];
+      coord[i]++;
+      in_pos += a->step[d];
+      out_pos += a->out_stride[d];
+      if (coord[i] < a->out_shape[d]) break;
+      in_pos -= a->step[d] * coord[i];
+      out_pos -= a->out_stride[d] * coord[i];
+      coord[i] = 0;
+    }
+  }
+}
+
 void seemore_transpose32(const int32_t *src, int32_t *dst, int32_t rank, const int32_t *shape,
                          const int32_t *perm) {
-  int64_t in_stride[MAX_RANK], out_shape[MAX_RANK], out_stride[MAX_RANK], step[MAX_RANK];
+  transpose_args a = {.src = src, .dst = dst};
+  int64_t in_stride[MAX_RANK];
   int64_t total = 1;
   if (rank <= 0 || rank > MAX_RANK) return;
   for (int d = rank - 1; d >= 0; d--) {
@@ -320,10 +371,10 @@ void seemore_transpose32(const int32_t *src, int32_t *dst, int32_t rank, const i
   if (total == 0) return;
   int64_t s = 1;
   for (int d = rank - 1; d >= 0; d--) {
-    out_shape[d] = shape[perm[d]];
-    step[d] = in_stride[perm[d]];
-    out_stride[d] = s;
-    s *= out_shape[d];
+    a.out_shape[d] = shape[perm[d]];
+    a.step[d] = in_stride[perm[d]];
+    a.out_stride[d] = s;
+    s *= a.out_shape[d];
   }
   int last = rank - 1;
   int q = -1; /* output axis that reads the input's contiguous axis */
@@ -331,45 +382,19 @@ void seemore_transpose32(const int32_t *src, int32_t *dst, int32_t rank, const i
     if (perm[d] == rank - 1) q = d;
 
   /* Axes walked by the outer odometer: all but the last (and q when tiling). */
-  int tiled = (q != last);
-  int axes[MAX_RANK], n_axes = 0;
+  a.tiled = (q != last);
   int64_t outer = 1;
   for (int d = 0; d < rank; d++) {
-    if (d == last || (tiled && d == q)) continue;
-    axes[n_axes++] = d;
-    outer *= out_shape[d];
+    if (d == last || (a.tiled && d == q)) continue;
+    a.axes[a.n_axes++] = d;
+    outer *= a.out_shape[d];
   }
-  int64_t coord[MAX_RANK] = {0};
-  int64_t in_pos = 0, out_pos = 0;
-  int64_t cols = out_shape[last];
-  for (int64_t t = 0; t < outer; t++) {
-    if (!tiled) {
-      memcpy(dst + out_pos, src + in_pos, (size_t)cols * sizeof(int32_t));
-    } else {
-      int64_t rows = out_shape[q], far = step[last], out_row = out_stride[q];
-      for (int64_t i0 = 0; i0 < rows; i0 += TILE) {
-        int64_t i1 = i0 + TILE < rows ? i0 + TILE : rows;
-        for (int64_t j0 = 0; j0 < cols; j0 += TILE) {
-          int64_t j1 = j0 + TILE < cols ? j0 + TILE : cols;
-          for (int64_t i = i0; i < i1; i++) {
-            int32_t *o = dst + out_pos + i * out_row;
-            const int32_t *x = src + in_pos + i;
-            for (int64_t j = j0; j < j1; j++) o[j] = x[j * far];
-          }
-        }
-      }
-    }
-    for (int a = n_axes - 1; a >= 0; a--) {
-      int d = axes[a];
-      coord[a]++;
-      in_pos += step[d];
-      out_pos += out_stride[d];
-      if (coord[a] < out_shape[d]) break;
-      in_pos -= step[d] * coord[a];
-      out_pos -= out_stride[d] * coord[a];
-      coord[a] = 0;
-    }
-  }
+  a.cols = a.out_shape[last];
+  a.rows = a.tiled ? a.out_shape[q] : 1;
+  a.far = a.step[last];
+  a.out_row = a.tiled ? a.out_stride[q] : 0;
+  /* Steps are independent (each writes its own part of dst): they are shared among the threads. */
+  parallel_for(outer, GRAIN / (a.rows * a.cols) + 1, transpose_range, &a);
 }
 
 /* ---------------------------------------------------------------------------------------------

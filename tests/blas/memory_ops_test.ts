@@ -24,6 +24,8 @@ const TRANSPOSES: [number[], number[]][] = [
   [[2, 3, 2, 4, 2, 3], [5, 4, 3, 2, 1, 0]],
   [[1, 1, 6], [2, 0, 1]],
   [[3, 4], [0, 1]], // identity permutation
+  [[4, 3, 6, 16, 6, 16], [0, 2, 4, 1, 3, 5]], // the ViT's patches, big enough to be shared among threads
+  [[8, 300, 200], [0, 2, 1]], // tiled, one 300 x 200 tile grid per thread's share
 ];
 
 /** Reference transpose by index arithmetic. */
