@@ -827,8 +827,8 @@ typedef struct {
   float eps;
 } layer_norm_args;
 
-/* Sums over a row in DW double lanes (then the lanes, then the tail): as exact as the scalar double
- * loop, but vectorized; the order is fixed, so results do not depend on how rows are split. */
+/* The gradient's sums over a row in DW double lanes (then the lanes, then the tail): as exact as the
+ * scalar double loop, but vectorized; the order is fixed, so results do not depend on the split. */
 #define DW 8
 typedef float vfloat_d __attribute__((vector_size(4 * DW)));
 typedef double vdouble __attribute__((vector_size(8 * DW)));
@@ -851,26 +851,42 @@ VINLINE double vsum_lanes(vdouble acc) {
   return s;
 }
 
+/* A row's sum, and its sum of squared deviations from mu (each difference taken in float): in float
+ * vectors of VW lanes (two, alternating), then the lanes and the tail in double. The order is fixed, so
+ * results do not depend on how rows are split. (They were summed in double lanes, as exact as a scalar
+ * double loop, but widening each float took most of layer norm's time: 592 x 512 on one thread
+ * 115 -> 73 us.) */
 VINLINE double row_sum(const float *x, int64_t n) {
-  vdouble acc = {0};
+  vfloat acc0 = vsplat(0.0f), acc1 = vsplat(0.0f);
   int64_t i = 0;
-  for (; i + DW <= n; i += DW) acc += vloadw(x + i);
-  double s = vsum_lanes(acc);
+  for (; i + 2 * VW <= n; i += 2 * VW) {
+    acc0 += vload(x + i);
+    acc1 += vload(x + i + VW);
+  }
+  if (i + VW <= n) acc0 += vload(x + i), i += VW;
+  vfloat acc = acc0 + acc1;
+  double s = 0;
+  for (int l = 0; l < VW; l++) s += acc[l];
   for (; i < n; i++) s += x[i];
   return s;
 }
 
-/* sum of (x - mu)^2, each difference taken in float as before */
 VINLINE double row_sum_sq_dev(const float *x, float mu, int64_t n) {
-  vdouble acc = {0};
+  vfloat acc0 = vsplat(0.0f), acc1 = vsplat(0.0f);
   int64_t i = 0;
-  for (; i + DW <= n; i += DW) {
-    vfloat_d f;
-    memcpy(&f, x + i, sizeof f);
-    vdouble d = __builtin_convertvector(f - mu, vdouble);
-    acc += d * d;
+  for (; i + 2 * VW <= n; i += 2 * VW) {
+    vfloat d0 = vload(x + i) - mu, d1 = vload(x + i + VW) - mu;
+    acc0 += d0 * d0;
+    acc1 += d1 * d1;
   }
-  double s = vsum_lanes(acc);
+  if (i + VW <= n) {
+    vfloat d = vload(x + i) - mu;
+    acc0 += d * d;
+    i += VW;
+  }
+  vfloat acc = acc0 + acc1;
+  double s = 0;
+  for (int l = 0; l < VW; l++) s += acc[l];
   for (; i < n; i++) s += (double)(x[i] - mu) * (x[i] - mu);
   return s;
 }
