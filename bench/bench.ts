@@ -117,9 +117,7 @@ export function forwardFlops(c: ModelConfig, B: number, T: number, clsOnly = fal
   const D = c.image_embed_dim, C = c.n_embd, N = np + 1, L = T + 1;
   const fullBlock = 2 * B * N * D * (3 * D + D + 8 * D) + 4 * B * N * N * D;
   const shortcut = clsOnly && c.visual_tokens === "cls" && c.num_blks > 0;
-  const lastBlock = shortcut
-    ? 2 * B * D * (3 * D + D + 8 * D) + 4 * B * c.n_head * N * D
-    : fullBlock;
+  const lastBlock = shortcut ? 2 * B * D * (3 * D + D + 8 * D) + 4 * B * c.n_head * N * D : fullBlock;
   const vit = patchFlops(c, B) + (c.num_blks > 0 ? (c.num_blks - 1) * fullBlock + lastBlock : 0);
   const proj = 2 * B * (D * 4 * D + 4 * D * C);
   const ffn = c.model_type === "seemoe" ? c.top_k * 8 * C : 8 * C;
