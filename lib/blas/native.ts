@@ -529,29 +529,14 @@ export interface Native {
    * firstAttentionGrad.
    */
   firstAttention(
-    io: {
-      x: Float32Array;
-      w: Float32Array;
-      q: Float32Array;
-      a: Float32Array;
-      ctx: Float32Array;
-      out: Float32Array;
-      probs: Float32Array;
-      mask: Uint8Array | null;
-    },
+    io: FirstAttentionArrays & { out: Float32Array; mask: Uint8Array | null },
     seed: number | null,
     dims: FirstAttentionDims,
   ): void;
   /** Its gradient: dx (B, T, C) and dw [C, 3C] from dout (B, C) and what firstAttention kept. */
   firstAttentionGrad(
-    io: {
+    io: FirstAttentionArrays & {
       dout: Float32Array;
-      x: Float32Array;
-      w: Float32Array;
-      q: Float32Array;
-      a: Float32Array;
-      ctx: Float32Array;
-      probs: Float32Array;
       mask: Uint8Array | null;
       dx: Float32Array;
       dw: Float32Array;
@@ -1410,17 +1395,20 @@ export interface FirstAttentionDims {
   keep: number;
 }
 
+/** firstAttention's input x, fused weight w, and what it keeps for the gradient (q, a, ctx, probs). */
+export interface FirstAttentionArrays {
+  x: Float32Array;
+  w: Float32Array;
+  q: Float32Array;
+  a: Float32Array;
+  ctx: Float32Array;
+  probs: Float32Array;
+}
+
 function checkFirstAttention(
   what: string,
   { B, T, C, H, keep }: FirstAttentionDims,
-  arrays: {
-    x: Float32Array;
-    w: Float32Array;
-    q: Float32Array;
-    a: Float32Array;
-    ctx: Float32Array;
-    probs: Float32Array;
-  },
+  arrays: FirstAttentionArrays,
   mask: Uint8Array | null,
 ): void {
   if (C % H !== 0) throw new Error(`lib/blas/native.ts: ${what} width ${C} is not a multiple of ${H} heads`);
