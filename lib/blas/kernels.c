@@ -541,60 +541,13 @@ int32_t seemore_sum(const float *src, float *dst, int32_t n_groups, const int32_
 #define SQRT1_2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
 
-/* exp(x) in float, relative error < 2e-7 (Cephes polynomial); branch-free so loops vectorize
- * (libm's expf/erff are scalar calls, 4-15 ns each here). The power of two is applied in two
- * halves so results stay right down into the denormals and overflow to +inf above ~88.72. */
-static inline float fast_expf(float x) {
-  x = x < -104.0f ? -104.0f : x;
-  x = x > 88.8f ? 88.8f : x;
-  float z = x * 1.44269504088896341f;
-  int32_t k = (int32_t)(z + copysignf(0.5f, z)); /* round to nearest, in [-150, 128] */
-  float n = (float)k;
-  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  int32_t k1 = k >> 1, k2 = k - k1;
-  union { int32_t i; float f; } s1, s2;
-  s1.i = (k1 + 127) << 23;
-  s2.i = (k2 + 127) << 23;
-  return y * s1.f * s2.f;
-}
+/* exp, erf and GELU below run on VW floats at once, with GCC/Clang vector extensions (libm's expf and
+ * erff are scalar calls, 4-15 ns each here, and the compiler does not vectorize them: the clamps and
+ * the exponent trick defeat it); written this way GELU runs ~3x faster than SSE2 auto-vectorized code
+ * and ~10x faster than scalar code. On x86-64 Linux the loops below are built three times (AVX-512,
+ * AVX2, SSE2) and the loader picks the best the CPU has (target_clones), so the shared library stays
+ * portable. */
 
-/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the formula tfjs's cpu backend uses,
- * given exp_mx2 = exp(-x^2). */
-static inline float erff_with_exp(float x, float exp_mx2) {
-  float v = fabsf(x);
-  float t = 1.0f / (1.0f + 0.3275911f * v);
-  float poly = ((((1.061405429f * t - 1.453152027f) * t) + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f;
-  return copysignf(1.0f - poly * t * exp_mx2, x);
-}
-
-static inline float fast_erff(float x) { return erff_with_exp(x, fast_expf(-x * x)); }
-
-/* erf(x) by Abramowitz & Stegun 7.1.28, 1 - 1/(1 + a1 v + ... + a6 v^6)^16 with v = |x|: no exp, so
- * about half the instructions of the form above (GELU 0.63 -> 0.30 ns per element on one thread).
- * In float its error is < 1.7e-6 (the 16th power's rounding), which makes GELU's < 9e-7; GELU and its
- * gradient use it, tf.erf (erf_range) keeps 7.1.26. */
-#define ERF_POLY(v)                                                                                   \
-  ((((((4.30638e-5f * (v) + 2.765672e-4f) * (v) + 1.520143e-4f) * (v) + 9.2705272e-3f) * (v) +        \
-     4.22820123e-2f) * (v) + 7.05230784e-2f) * (v) + 1.0f)
-static inline float erff_poly(float x) {
-  float p = ERF_POLY(fabsf(x));
-  p = p * p, p = p * p, p = p * p, p = p * p;
-  return copysignf(1.0f - 1.0f / p, x);
-}
-
-/* The same three functions on VW floats at once, with GCC/Clang vector extensions: the same
- * operations in the same order, so every lane equals the scalar result bit for bit. The compiler does not vectorize the scalar loops by itself (the clamps and the
- * exponent trick defeat it); written this way GELU runs ~3x faster than SSE2 auto-vectorized code
- * and ~10x faster than scalar code. On x86-64 Linux the loops below are built three times
- * (AVX-512, AVX2, SSE2) and the loader picks the best the CPU has (target_clones), so the shared
- * library stays portable. */
 #define VW 16
 typedef float vfloat __attribute__((vector_size(4 * VW)));
 typedef int32_t vint __attribute__((vector_size(4 * VW)));
@@ -606,9 +559,9 @@ typedef int32_t vint __attribute__((vector_size(4 * VW)));
 #endif
 /* Loops of exp, erf, GELU and softmax may fuse a multiply and an add into one FMA instruction (the rest
  * of the file is built with -ffp-contract=off): Horner's polynomials then take half the instructions,
- * GELU 0.83 -> 0.68 ns per element on one thread. The scalar tails are built the same way, so lanes and
- * tails still agree; results differ in the last bits between CPUs with FMA and without (as OpenBLAS's
- * do). Clang has no optimize attribute: there the loops stay unfused. */
+ * GELU 0.82 -> 0.64 ns per element on one thread (with 7.1.26's erf). Results differ in the last bits
+ * between CPUs with FMA and without (as OpenBLAS's do). Clang has no optimize attribute: there the
+ * loops stay unfused. */
 #if defined(__GNUC__) && !defined(__clang__)
 #define FUSED_MATH __attribute__((optimize("fp-contract=fast")))
 #else
@@ -639,6 +592,27 @@ VINLINE vfloat vread(const float *p, int64_t n, const float *end, float fill) {
   for (int l = 0; l < VW; l++) buf[l] = l < n ? p[l] : fill;
   return vload(buf);
 }
+/* n <= VW floats from p as one vector (the lanes past n zero), and the first n lanes of v to p: a loop's
+ * last part-vector goes through the same vector code as the rest, so an element's result does not
+ * depend on where it sits (with FMA the scalar code would round differently). */
+VINLINE vfloat vload_n(const float *p, int64_t n) {
+  if (n >= VW) return vload(p);
+  float buf[VW] = {0};
+  memcpy(buf, p, (size_t)n * sizeof(float));
+  return vload(buf);
+}
+VINLINE void vstore_n(float *p, vfloat v, int64_t n) {
+  if (n >= VW) {
+    vstore(p, v);
+    return;
+  }
+  float buf[VW];
+  vstore(buf, v);
+  memcpy(p, buf, (size_t)n * sizeof(float));
+}
+
+/* exp(x), relative error < 2e-7 (Cephes polynomial), branch-free. The power of two is applied in two
+ * halves so results stay right down into the denormals and overflow to +inf above ~88.72. */
 VINLINE vfloat vfast_expf(vfloat x) {
   x = vselect(x < -104.0f, vsplat(-104.0f), x);
   x = vselect(x > 88.8f, vsplat(88.8f), x);
@@ -658,6 +632,8 @@ VINLINE vfloat vfast_expf(vfloat x) {
   return y * (vfloat)((k1 + 127) << 23) * (vfloat)((k2 + 127) << 23);
 }
 
+/* erf(x) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the formula tfjs's cpu backend uses,
+ * given exp_mx2 = exp(-x^2). */
 VINLINE vfloat verff_with_exp(vfloat x, vfloat exp_mx2) {
   vint sign = (vint)x & INT32_MIN;
   vfloat v = (vfloat)((vint)x & INT32_MAX);
@@ -666,10 +642,15 @@ VINLINE vfloat verff_with_exp(vfloat x, vfloat exp_mx2) {
   return (vfloat)((vint)(1.0f - poly * t * exp_mx2) | sign);
 }
 
-VINLINE vfloat verff_poly(vfloat x) { /* erff_poly on VW floats */
+/* erf(x) by Abramowitz & Stegun 7.1.28, 1 - 1/(1 + a1 v + ... + a6 v^6)^16 with v = |x|: no exp, so
+ * about half the instructions of 7.1.26 (GELU 0.63 -> 0.30 ns per element on one thread). In float its
+ * error is < 1.7e-6 (the 16th power's rounding), which makes GELU's < 9e-7; GELU and its gradient use
+ * it, tf.erf (erf_range) keeps 7.1.26. */
+VINLINE vfloat verff_poly(vfloat x) {
   vint sign = (vint)x & INT32_MIN;
   vfloat v = (vfloat)((vint)x & INT32_MAX);
-  vfloat p = ERF_POLY(v);
+  vfloat p = ((((4.30638e-5f * v + 2.765672e-4f) * v + 1.520143e-4f) * v + 9.2705272e-3f) * v + 4.22820123e-2f);
+  p = (p * v + 7.05230784e-2f) * v + 1.0f;
   p = p * p, p = p * p, p = p * p, p = p * p;
   return (vfloat)((vint)(1.0f - 1.0f / p) | sign);
 }
@@ -679,33 +660,28 @@ typedef struct {
   float *y;
 } unary_args;
 
-/* Each loop: whole vectors first, then the last few elements one by one (same results). */
+/* Each loop runs whole vectors, the last one padded (vload_n / vstore_n). */
 SIMD_CLONES FUSED_MATH static void erf_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  int64_t i = b;
-  for (; i + VW <= e; i += VW) {
-    vfloat x = vload(a->x + i);
-    vstore(a->y + i, verff_with_exp(x, vfast_expf(-x * x)));
+  for (int64_t i = b; i < e; i += VW) {
+    vfloat x = vload_n(a->x + i, e - i);
+    vstore_n(a->y + i, verff_with_exp(x, vfast_expf(-x * x)), e - i);
   }
-  for (; i < e; i++) a->y[i] = fast_erff(a->x[i]);
 }
 
 SIMD_CLONES FUSED_MATH static void exp_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  int64_t i = b;
-  for (; i + VW <= e; i += VW) vstore(a->y + i, vfast_expf(vload(a->x + i)));
-  for (; i < e; i++) a->y[i] = fast_expf(a->x[i]);
+  for (int64_t i = b; i < e; i += VW) vstore_n(a->y + i, vfast_expf(vload_n(a->x + i, e - i)), e - i);
 }
 
-/* GELU, exact erf form: y = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2. */
+/* GELU in its erf form (not the tanh approximation): y = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2,
+ * erf by verff_poly. */
 SIMD_CLONES FUSED_MATH static void gelu_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  int64_t i = b;
-  for (; i + VW <= e; i += VW) {
-    vfloat x = vload(a->x + i), h = x * SQRT1_2;
-    vstore(a->y + i, 0.5f * x * (1.0f + verff_poly(h)));
+  for (int64_t i = b; i < e; i += VW) {
+    vfloat x = vload_n(a->x + i, e - i), h = x * SQRT1_2;
+    vstore_n(a->y + i, 0.5f * x * (1.0f + verff_poly(h)), e - i);
   }
-  for (; i < e; i++) a->y[i] = 0.5f * a->x[i] * (1.0f + erff_poly(a->x[i] * SQRT1_2));
 }
 
 /* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx), exp(-h^2) with
@@ -713,18 +689,11 @@ SIMD_CLONES FUSED_MATH static void gelu_range(void *p, int64_t b, int64_t e) {
  * GELU(x) bit for bit as gelu_range does. */
 SIMD_CLONES FUSED_MATH static void gelu_grad_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
-  int64_t i = b;
-  for (; i + VW <= e; i += VW) {
-    vfloat v = vload(a->x + i), h = v * SQRT1_2;
+  for (int64_t i = b; i < e; i += VW) {
+    vfloat v = vload_n(a->x + i, e - i), h = v * SQRT1_2;
     vfloat gauss = vfast_expf(-h * h);
     vfloat cdf = 0.5f * (1.0f + verff_poly(h));
-    vstore(a->y + i, vload(a->dy + i) * (cdf + v * (INV_SQRT_2PI * gauss)));
-  }
-  for (; i < e; i++) {
-    float v = a->x[i], h = v * SQRT1_2;
-    float gauss = fast_expf(-h * h);
-    float cdf = 0.5f * (1.0f + erff_poly(h));
-    a->y[i] = a->dy[i] * (cdf + v * (INV_SQRT_2PI * gauss));
+    vstore_n(a->y + i, vload_n(a->dy + i, e - i) * (cdf + v * (INV_SQRT_2PI * gauss)), e - i);
   }
 }
 
@@ -737,18 +706,11 @@ typedef struct {
 
 SIMD_CLONES FUSED_MATH static void gelu_with_grad_range(void *p, int64_t b, int64_t e) {
   gelu_both_args *a = p;
-  int64_t i = b;
-  for (; i + VW <= e; i += VW) {
-    vfloat v = vload(a->x + i), h = v * SQRT1_2;
+  for (int64_t i = b; i < e; i += VW) {
+    vfloat v = vload_n(a->x + i, e - i), h = v * SQRT1_2;
     vfloat gauss = vfast_expf(-h * h), erf = verff_poly(h);
-    vstore(a->out + i, 0.5f * v * (1.0f + erf));
-    vstore(a->dx + i, vload(a->dy + i) * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss)));
-  }
-  for (; i < e; i++) {
-    float v = a->x[i], h = v * SQRT1_2;
-    float gauss = fast_expf(-h * h), erf = erff_poly(h);
-    a->out[i] = 0.5f * v * (1.0f + erf);
-    a->dx[i] = a->dy[i] * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss));
+    vstore_n(a->out + i, 0.5f * v * (1.0f + erf), e - i);
+    vstore_n(a->dx + i, vload_n(a->dy + i, e - i) * (0.5f * (1.0f + erf) + v * (INV_SQRT_2PI * gauss)), e - i);
   }
 }
 
@@ -833,11 +795,6 @@ typedef struct {
 typedef float vfloat_d __attribute__((vector_size(4 * DW)));
 typedef double vdouble __attribute__((vector_size(8 * DW)));
 
-VINLINE vdouble vloadw(const float *p) { /* DW floats, widened */
-  vfloat_d v;
-  memcpy(&v, p, sizeof v);
-  return __builtin_convertvector(v, vdouble);
-}
 VINLINE vdouble vloadd(const double *p) {
   vdouble v;
   memcpy(&v, p, sizeof v);
@@ -1223,8 +1180,7 @@ SIMD_CLONES FUSED_MATH static void softmax_rows(float *p, int64_t rows, int64_t 
     for (int64_t j = 0; j < n; j++) row[j] -= max;
   }
   int64_t k = 0, total = rows * cols;
-  for (; k + VW <= total; k += VW) vstore(p + k, vfast_expf(vload(p + k)));
-  for (; k < total; k++) p[k] = fast_expf(p[k]);
+  for (; k < total; k += VW) vstore_n(p + k, vfast_expf(vload_n(p + k, total - k)), total - k);
   for (int64_t i = 0; i < rows; i++) { /* divide by the sum; entries a row does not see become 0 */
     float *row = p + i * cols;
     int64_t n = seen >= 0 ? seen + i + 1 : cols, j;

@@ -90,6 +90,16 @@ Deno.test({
     assertClose([dx.dataSync() as Float32Array], [plainDx.dataSync() as Float32Array], 0, "GELU gradient");
     tf.dispose([x, dy, out, dx, plainDx]);
 
+    // the same value gives the same bits in a vector's lanes and in the padded last part-vector
+    const values = seeded(16, 78).map((v) => v * 6);
+    const row = tf.tensor1d([...values, ...values, ...values.slice(0, 5)]); // 37: two vectors and 5 more
+    const [y, g] = geluWithGrad(row, tf.onesLike(row));
+    for (const [name, t] of [["GELU", y], ["gradient", g]] as const) {
+      const v = t.dataSync();
+      for (let i = 16; i < 37; i++) assertEquals(v[i], v[i - 16], `${name} at ${i}`);
+    }
+    tf.dispose([row, y, g]);
+
     useFastMatmul(true); // as lib/backend.ts does on this path
     try {
       const h = () => tensor([3, 5, 24], 74, 3), w = () => tensor([24, 7], 75), b = () => tensor([7], 76);
