@@ -557,11 +557,13 @@ typedef int32_t vint __attribute__((vector_size(4 * VW)));
 #else
 #define SIMD_CLONES
 #endif
-/* Loops of exp, erf, GELU and softmax may fuse a multiply and an add into one FMA instruction (the rest
- * of the file is built with -ffp-contract=off): Horner's polynomials then take half the instructions,
- * GELU 0.82 -> 0.64 ns per element on one thread (with 7.1.26's erf). Results differ in the last bits
- * between CPUs with FMA and without (as OpenBLAS's do). Clang has no optimize attribute: there the
- * loops stay unfused. */
+/* The loops of exp, erf and softmax may fuse a multiply and an add into one FMA instruction (the rest of
+ * the file is built with -ffp-contract=off): Horner's polynomials then take half the instructions (GELU
+ * with 7.1.26's erf: 0.82 -> 0.64 ns per element on one thread). Results differ in the last bits between
+ * CPUs with FMA and without (as OpenBLAS's do). GELU's three loops stay unfused: which products GCC fuses
+ * depends on the rest of each function, and GELU, its gradient and the two at once must give the same
+ * bits (fused, a change elsewhere in one of them made the gradients differ by 1 ulp). Clang has no
+ * optimize attribute: there every loop stays unfused. */
 #if defined(__GNUC__) && !defined(__clang__)
 #define FUSED_MATH __attribute__((optimize("fp-contract=fast")))
 #else
@@ -643,7 +645,7 @@ VINLINE vfloat verff_with_exp(vfloat x, vfloat exp_mx2) {
 }
 
 /* erf(x) by Abramowitz & Stegun 7.1.28, 1 - 1/(1 + a1 v + ... + a6 v^6)^16 with v = |x|: no exp, so
- * about half the instructions of 7.1.26 (GELU 0.63 -> 0.30 ns per element on one thread). In float its
+ * about half the instructions of 7.1.26 (GELU 0.82 -> 0.36 ns per element on one thread). In float its
  * error is < 1.7e-6 (the 16th power's rounding), which makes GELU's < 9e-7; GELU and its gradient use
  * it, tf.erf (erf_range) keeps 7.1.26. */
 VINLINE vfloat verff_poly(vfloat x) {
@@ -676,7 +678,7 @@ SIMD_CLONES FUSED_MATH static void exp_range(void *p, int64_t b, int64_t e) {
 
 /* GELU in its erf form (not the tanh approximation): y = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2,
  * erf by verff_poly. */
-SIMD_CLONES FUSED_MATH static void gelu_range(void *p, int64_t b, int64_t e) {
+SIMD_CLONES static void gelu_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
   for (int64_t i = b; i < e; i += VW) {
     vfloat x = vload_n(a->x + i, e - i), h = x * SQRT1_2;
@@ -687,7 +689,7 @@ SIMD_CLONES FUSED_MATH static void gelu_range(void *p, int64_t b, int64_t e) {
 /* dx = dy * (Phi(x) + x * phi(x)), phi the standard normal density (y holds dx), exp(-h^2) with
  * h = x / sqrt 2. Phi takes its erf from h as gelu_range does, so gelu_with_grad_range below can give
  * GELU(x) bit for bit as gelu_range does. */
-SIMD_CLONES FUSED_MATH static void gelu_grad_range(void *p, int64_t b, int64_t e) {
+SIMD_CLONES static void gelu_grad_range(void *p, int64_t b, int64_t e) {
   unary_args *a = p;
   for (int64_t i = b; i < e; i += VW) {
     vfloat v = vload_n(a->x + i, e - i), h = v * SQRT1_2;
@@ -704,7 +706,7 @@ typedef struct {
   float *out, *dx;
 } gelu_both_args;
 
-SIMD_CLONES FUSED_MATH static void gelu_with_grad_range(void *p, int64_t b, int64_t e) {
+SIMD_CLONES static void gelu_with_grad_range(void *p, int64_t b, int64_t e) {
   gelu_both_args *a = p;
   for (int64_t i = b; i < e; i += VW) {
     vfloat v = vload_n(a->x + i, e - i), h = v * SQRT1_2;
