@@ -597,12 +597,7 @@ VINLINE vfloat vread(const float *p, int64_t n, const float *end, float fill) {
 /* n <= VW floats from p as one vector (the lanes past n zero), and the first n lanes of v to p: a loop's
  * last part-vector goes through the same vector code as the rest, so an element's result does not
  * depend on where it sits (with FMA the scalar code would round differently). */
-VINLINE vfloat vload_n(const float *p, int64_t n) {
-  if (n >= VW) return vload(p);
-  float buf[VW] = {0};
-  memcpy(buf, p, (size_t)n * sizeof(float));
-  return vload(buf);
-}
+VINLINE vfloat vload_n(const float *p, int64_t n) { return vread(p, n, p + n, 0.0f); }
 VINLINE void vstore_n(float *p, vfloat v, int64_t n) {
   if (n >= VW) {
     vstore(p, v);
@@ -1222,6 +1217,14 @@ typedef struct {
   int32_t failed; /* set when a chunk could not get its scratch memory */
 } attention_args;
 
+/* The attention weights after dropout, p * mask / keep, written to w (n of them); without a mask, p
+ * itself. Returns the weights. */
+static const float *dropout_weights(const float *p, const uint8_t *mask, float inv_keep, float *w, int64_t n) {
+  if (!mask) return p;
+  for (int64_t e = 0; e < n; e++) w[e] = p[e] * ((float)mask[e] * inv_keep);
+  return w;
+}
+
 /* Heads bh0..bh1 (flat b * H + h) of the forward pass. */
 static void attention_range(void *p, int64_t bh0, int64_t bh1) {
   attention_args *a = p;
@@ -1239,12 +1242,7 @@ static void attention_range(void *p, int64_t bh0, int64_t bh1) {
     sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)hs, a->scale, q, (int)C3, k, (int)C3, 0.0f,
           probs, (int)T);
     softmax_rows(probs, T, T, a->causal ? 0 : -1);
-    const float *weights = probs;
-    if (a->mask) {
-      const uint8_t *m = a->mask + bh * TT;
-      for (int64_t e = 0; e < TT; e++) dropped[e] = probs[e] * ((float)m[e] * inv_keep);
-      weights = dropped;
-    }
+    const float *weights = dropout_weights(probs, a->mask ? a->mask + bh * TT : NULL, inv_keep, dropped, TT);
     sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, v, (int)C3,
           0.0f, a->out + b * T * C + h * hs, (int)C);
   }
@@ -1285,11 +1283,7 @@ static void attention_grad_range(void *p, int64_t bh0, int64_t bh1) {
     float *dq = a->dqkv + b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
     const float *probs = a->saved_probs + bh * TT;
     const uint8_t *m = a->mask ? a->mask + bh * TT : NULL;
-    const float *weights = probs;
-    if (m) {
-      for (int64_t e = 0; e < TT; e++) w[e] = probs[e] * ((float)m[e] * inv_keep);
-      weights = w;
-    }
+    const float *weights = dropout_weights(probs, m, inv_keep, w, TT);
     sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, d_o, (int)C, 0.0f,
           dv, (int)C3);
     sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)hs, 1.0f, d_o, (int)C, v, (int)C3, 0.0f, dp,
@@ -1585,11 +1579,10 @@ typedef struct {
   float scale, inv_keep;
 } first_args;
 
-/* W[t] = p[t] mult[t] for one item's (H, T) probabilities (mask NULL: no dropout). */
-static void first_weights(const first_args *f, int64_t b, float *wt) {
-  const float *p = f->probs + b * f->H * f->T;
-  const uint8_t *m = f->mask ? f->mask + b * f->H * f->T : NULL;
-  for (int64_t i = 0; i < f->H * f->T; i++) wt[i] = m ? p[i] * ((float)m[i] * f->inv_keep) : p[i];
+/* W = p mult for item b's (H, T) probabilities, in `scratch` when there is dropout. */
+static const float *first_weights(const first_args *f, int64_t b, float *scratch) {
+  int64_t n = f->H * f->T;
+  return dropout_weights(f->probs + b * n, f->mask ? f->mask + b * n : NULL, f->inv_keep, scratch, n);
 }
 
 /* Heads h0..h1: a_h (B, C) = q_h (B, hs) Wk_h^T. */
@@ -1607,12 +1600,12 @@ static void first_items(void *p, int64_t b0, int64_t b1) {
   first_args *f = p;
   int64_t T = f->T, C = f->C, H = f->H;
   for (int64_t b = b0; b < b1; b++) {
-    float *probs = (float *)f->probs + b * H * T, *wt = f->scratch + b * H * T;
+    float *probs = (float *)f->probs + b * H * T;
     const float *xb = f->x + b * T * C;
     sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)H, (int)T, (int)C, f->scale, f->a + b * H * C, (int)C, xb,
           (int)C, 0.0f, probs, (int)T);
     softmax_rows(probs, H, T, -1);
-    first_weights(f, b, wt);
+    const float *wt = first_weights(f, b, f->scratch + b * H * T);
     sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)H, (int)C, (int)T, 1.0f, wt, (int)T, xb, (int)C, 0.0f,
           f->ctx + b * H * C, (int)C);
   }
@@ -1673,27 +1666,22 @@ static void first_items_grad(void *p, int64_t b0, int64_t b1) {
   first_args *f = p;
   int64_t T = f->T, C = f->C, H = f->H;
   for (int64_t b = b0; b < b1; b++) {
-    float *wt = f->scratch + 2 * b * H * T, *ds = wt + H * T;
+    float *ds = f->scratch + 2 * b * H * T + H * T;
     const float *xb = f->x + b * T * C, *probs = f->probs + b * H * T;
     const uint8_t *m = f->mask ? f->mask + b * H * T : NULL;
     sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)H, (int)T, (int)C, 1.0f, f->dctx + b * H * C, (int)C, xb, (int)C,
           0.0f, ds, (int)T);
-    first_weights(f, b, wt);
-    for (int64_t h = 0; h < H; h++) {
-      const float *ph = probs + h * T;
-      float *dsh = ds + h * T, total = 0.0f;
-      for (int64_t t = 0; t < T; t++) {
-        if (m) dsh[t] *= (float)m[h * T + t] * f->inv_keep;
-        total += ph[t] * dsh[t];
-      }
-      for (int64_t t = 0; t < T; t++) dsh[t] = f->scale * ph[t] * (dsh[t] - total);
+    const float *wt = first_weights(f, b, ds - H * T);
+    for (int64_t h = 0; h < H; h++) { /* ds = p (dp - sum(p dp)), dp = dW mult; the scale goes in below */
+      softmax_grad_row(ds + h * T, probs + h * T, m ? m + h * T : NULL, f->inv_keep, T, ds + H * T,
+                       probs + H * T);
     }
     float *dxb = f->dx + b * T * C;
     sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)C, (int)H, 1.0f, wt, (int)T, f->dctx + b * H * C, (int)C,
           0.0f, dxb, (int)C);
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)C, (int)H, 1.0f, ds, (int)T, f->a + b * H * C, (int)C,
+    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)C, (int)H, f->scale, ds, (int)T, f->a + b * H * C, (int)C,
           1.0f, dxb, (int)C);
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)H, (int)C, (int)T, 1.0f, ds, (int)T, xb, (int)C, 0.0f,
+    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)H, (int)C, (int)T, f->scale, ds, (int)T, xb, (int)C, 0.0f,
           f->da + b * H * C, (int)C);
   }
 }
