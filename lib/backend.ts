@@ -56,7 +56,7 @@ async function tryWasm(notes: string[], blas: boolean): Promise<boolean> {
       const { enableBlasKernels } = await import("./blas/kernels.ts");
       const r = await enableBlasKernels();
       useFastMatmul(r.ok);
-      if (r.ok) notes.push(`OpenBLAS kernels: ${r.kernels.join(", ")}`);
+      if (r.ok) notes.push(`OpenBLAS kernels: ${r.kernels.join(", ")}`, ...(r.gemm ? [r.gemm] : []));
       else notes.push(r.reason ?? "OpenBLAS not available");
     } catch (e) {
       notes.push(`OpenBLAS kernels unavailable: ${(e as Error).message.split("\n")[0]}`);

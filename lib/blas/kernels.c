@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-int32_t seemore_abi_version(void) { return 20; }
+int32_t seemore_abi_version(void) { return 21; }
 
 /* ---------------------------------------------------------------------------------------------
  * OpenBLAS's cblas_sgemm, looked up in the library Deno already opened (dlopen of the same path
@@ -42,6 +42,37 @@ int32_t seemore_bind_sgemm(const char *path) {
   *(void **)&blas_get_threads = dlsym(lib, "openblas_get_num_threads");
   if (!blas_set_threads || !blas_get_threads) blas_set_threads = NULL, blas_get_threads = NULL;
   return sgemm ? 0 : -2;
+}
+
+/* oneDNN's dnnl_sgemm (libdnnl.so.2), when it is installed: row-major like cblas_sgemm, with 'N' / 'T'
+ * for the transposes. Its JIT kernels run this Zen 4's products at 111-117 GFLOP/s on one thread where
+ * OpenBLAS 0.3.21 reaches 105 (and 16-row products at 112 against 70). It is only ever called on one
+ * thread (each calling thread's OpenMP team set to 1): we cut products ourselves, as below. */
+typedef int32_t (*dnnl_sgemm_fn)(char trans_a, char trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                                 const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+                                 float *c, int64_t ldc);
+static dnnl_sgemm_fn dnnl_sgemm = NULL;
+static void (*omp_set_threads)(int) = NULL;
+static int32_t dnnl_on = 0;
+static __thread int32_t omp_single = 0; /* this thread's OpenMP team is set to one thread */
+
+/* 0 on success (products then use oneDNN); -1 if the library cannot be opened, -2 if it lacks a symbol. */
+int32_t seemore_bind_dnnl(const char *path) {
+  void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return -1;
+  dnnl_sgemm_fn f = (dnnl_sgemm_fn)dlsym(lib, "dnnl_sgemm");
+  *(void **)&omp_set_threads = dlsym(lib, "omp_set_num_threads"); /* its OpenMP runtime's */
+  if (!f || !omp_set_threads) return -2;
+  dnnl_sgemm = f;
+  dnnl_on = 1;
+  return 0;
+}
+
+/* Products through oneDNN (on = 1, when bound) or OpenBLAS (0); on < 0 only asks. Returns whether
+ * oneDNN is now in use. */
+int32_t seemore_use_dnnl(int32_t on) {
+  if (on >= 0) dnnl_on = on && dnnl_sgemm;
+  return dnnl_on;
 }
 
 /* Makes OpenBLAS use n threads from now on (asked each time: ffi.ts may have set it too). */
@@ -226,15 +257,19 @@ static void parallel_for(int64_t n, int64_t grain, range_fn fn, void *args) {
 
 /* ---------------------------------------------------------------------------------------------
  * One product C = alpha op(A) op(B) + beta C (row-major, as cblas_sgemm), on `threads` threads.
- * Products up to SPLIT_MAX multiply-adds (the decoder's, 800 x 128 x 512 at the original config) are
- * cut along M (or N when it is longer) into one slice per thread, each slice one single-thread
- * OpenBLAS call, the others on the pool's helpers: a spinning helper starts at once, where OpenBLAS's
- * sleeping worker takes 25-45 µs to wake (in-process A/B, 30 interleaved rounds of the original
- * config on 2 threads: train step 256 -> 243 ms, forward 85 -> 78). Bigger products (the ViT's,
+ * With oneDNN (seemore_bind_dnnl), every product is cut along M (or N when it is longer) into one
+ * slice per thread, each slice one single-thread dnnl_sgemm, the others on the pool's helpers: cut
+ * so, the ViT's 592 x 512 x 2048 runs at 215-221 GFLOP/s on two threads, where OpenBLAS's own two
+ * threads reach 198-210 (in-process A/B of the original config, 12 interleaved rounds: train step
+ * 207 -> 194 ms, forward 64 -> 60). With OpenBLAS, only products up to SPLIT_MAX multiply-adds (the
+ * decoder's, 800 x 128 x 512 at the original config) are cut so, into single-thread OpenBLAS calls:
+ * a spinning helper starts at once, where OpenBLAS's sleeping worker takes 25-45 µs to wake
+ * (in-process A/B, 30 interleaved rounds of the original config on 2 threads: train step 256 -> 243
+ * ms, forward 85 -> 78). Bigger products (the ViT's,
  * 592 x 512 x 2048) go to OpenBLAS's own threads: sliced, each slice would pack the whole of the
  * other operand again, and they ran slower. Every slice is the same kernel on fewer rows, so results
- * do not depend on the split (tested: equal to one thread's, bit for bit). Returns 0, or -1 without
- * sgemm. */
+ * do not depend on the split (tested: equal to one thread's, bit for bit, on either library). Returns
+ * 0, or -1 without sgemm. */
 
 #define SPLIT_MAX (64.0 * 1024 * 1024)
 
@@ -247,17 +282,29 @@ typedef struct {
   int by_rows;
 } gemm_args;
 
+/* One product on this thread: oneDNN's when in use, else OpenBLAS's (on the threads it is set to). */
+static void product(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                    const float *b, int ldb, float beta, float *c, int ldc) {
+  if (dnnl_on) {
+    if (!omp_single) omp_set_threads(1), omp_single = 1;
+    char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    if (dnnl_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) == 0) return;
+    /* else oneDNN failed (it allocates its packing buffers per call): OpenBLAS does the product */
+  }
+  sgemm(ROW_MAJOR, trans_a ? TRANS : NO_TRANS, trans_b ? TRANS : NO_TRANS, m, n, k, alpha, a, lda, b, ldb,
+        beta, c, ldc);
+}
+
 /* Rows r0..r1 of C (or its columns c0..c1) on this thread. */
 static void gemm_slice(const gemm_args *g, int64_t r0, int64_t r1) {
-  int ta = g->trans_a ? TRANS : NO_TRANS, tb = g->trans_b ? TRANS : NO_TRANS;
   if (g->by_rows) {
     const float *a = g->trans_a ? g->a + r0 : g->a + r0 * g->lda;
-    sgemm(ROW_MAJOR, ta, tb, (int)(r1 - r0), g->n, g->k, g->alpha, a, g->lda, g->b, g->ldb, g->beta,
-          g->c + r0 * g->ldc, g->ldc);
+    product(g->trans_a, g->trans_b, (int)(r1 - r0), g->n, g->k, g->alpha, a, g->lda, g->b, g->ldb, g->beta,
+            g->c + r0 * g->ldc, g->ldc);
   } else {
     const float *b = g->trans_b ? g->b + r0 * g->ldb : g->b + r0;
-    sgemm(ROW_MAJOR, ta, tb, g->m, (int)(r1 - r0), g->k, g->alpha, g->a, g->lda, b, g->ldb, g->beta,
-          g->c + r0, g->ldc);
+    product(g->trans_a, g->trans_b, g->m, (int)(r1 - r0), g->k, g->alpha, g->a, g->lda, b, g->ldb, g->beta,
+            g->c + r0, g->ldc);
   }
 }
 
@@ -276,18 +323,17 @@ static void gemm_slices(void *args, int64_t p0, int64_t p1) {
   }
 }
 
-/* OpenBLAS on all of n_threads, the helpers asleep so that its threads get the cores. */
-static void blas_all_threads(void) {
-  park_helpers();
-  blas_use_threads(n_threads);
-}
-
 int32_t seemore_sgemm(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, int32_t k, float alpha,
                       const float *a, int32_t lda, const float *b, int32_t ldb, float beta, float *c,
                       int32_t ldc, int32_t threads) {
   if (!sgemm) return -1;
   int64_t parts = threads < n_threads ? threads : n_threads;
   gemm_args g = {trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, parts, m >= n};
+  if (dnnl_on) {
+    if (parts > 1 && (m >= n ? m : n) >= 16 * parts) parallel_for(parts, 1, gemm_slices, &g);
+    else gemm_slice(&g, 0, g.by_rows ? m : n);
+    return 0;
+  }
   if (parts > 1 && blas_set_threads && (double)m * n * k <= SPLIT_MAX && (m >= n ? m : n) >= 16 * parts) {
     blas_use_threads(1);
     parallel_for(parts, 1, gemm_slices, &g);
@@ -1349,9 +1395,9 @@ int32_t seemore_attention_cached(const float *qkv, const float *k_past, const fl
  * live in `heap` at the byte offsets offsets[4e .. 4e+3]: w1 [C, F], b1 [F], w2 [F, C], b2 [C].
  * Forward: h (M, F) = ReLU(x w1 + b1), kept for the gradient; y (M, C) = (h w2 + b2) * mult, with
  * mult and mask as seemore_dropout from expert e's noise state states[4e .. 4e+3] (states NULL: no
- * dropout, mask untouched). Experts are spread over the kernel threads, each product on one
- * OpenBLAS thread (the caller sets OpenBLAS to one thread first). Returns 0, -1 without sgemm, -2 out
- * of memory. */
+ * dropout, mask untouched). Experts are spread over the kernel threads, each product on one thread
+ * (product(): oneDNN's, or OpenBLAS's set to one thread first). Returns 0, -1 without sgemm, -2 out of
+ * memory. */
 typedef struct {
   uint8_t *heap;
   const uint32_t *offsets, *grad_offsets;
@@ -1379,13 +1425,13 @@ static void experts_range(void *p, int64_t i0, int64_t i1) {
     const float *x = a->x + r0 * C;
     float *h = a->h + r0 * F, *y = a->y + r0 * C;
     fill_bias(h, heap_floats(a->heap, o[1]), n, F);
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)n, (int)F, (int)C, 1.0f, x, (int)C, heap_floats(a->heap, o[0]),
-          (int)F, 1.0f, h, (int)F);
+    product(0, 0, (int)n, (int)F, (int)C, 1.0f, x, (int)C, heap_floats(a->heap, o[0]),
+            (int)F, 1.0f, h, (int)F);
     unary_args relu = {h, h, h}; /* h where h > 0, else 0: ReLU in place */
     relu_grad_range(&relu, 0, n * F);
     fill_bias(y, heap_floats(a->heap, o[3]), n, C);
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)n, (int)C, (int)F, 1.0f, h, (int)F, heap_floats(a->heap, o[2]),
-          (int)C, 1.0f, y, (int)C);
+    product(0, 0, (int)n, (int)C, (int)F, 1.0f, h, (int)F, heap_floats(a->heap, o[2]),
+            (int)C, 1.0f, y, (int)C);
     if (a->states) { /* expert e's dropout, in place: one chunk of draws from its own noise state */
       draws_args d = {a->states + 4 * e, n * C, n * C, keep_threshold(a->keep), a->mask + r0 * C, y, y,
                       1.0f / a->keep};
@@ -1471,16 +1517,16 @@ static void experts_grad_range(void *p, int64_t i0, int64_t i1) {
     } else {
       memcpy(d, dy, (size_t)(n * C) * sizeof(float));
     }
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)F, (int)C, (int)n, 1.0f, h, (int)F, d, (int)C, 0.0f, dw2, (int)C);
+    product(1, 0, (int)F, (int)C, (int)n, 1.0f, h, (int)F, d, (int)C, 0.0f, dw2, (int)C);
     column_sums_into(db2, d, n, C);
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)n, (int)F, (int)C, 1.0f, d, (int)C, heap_floats(a->heap, o[2]),
-          (int)C, 0.0f, dz, (int)F);
+    product(0, 1, (int)n, (int)F, (int)C, 1.0f, d, (int)C, heap_floats(a->heap, o[2]),
+            (int)C, 0.0f, dz, (int)F);
     unary_args relu_grad = {h, dz, dz}; /* dz where h > 0, else 0 */
     relu_grad_range(&relu_grad, 0, n * F);
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)C, (int)F, (int)n, 1.0f, x, (int)C, dz, (int)F, 0.0f, dw1, (int)F);
+    product(1, 0, (int)C, (int)F, (int)n, 1.0f, x, (int)C, dz, (int)F, 0.0f, dw1, (int)F);
     column_sums_into(db1, dz, n, F);
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)n, (int)C, (int)F, 1.0f, dz, (int)F, heap_floats(a->heap, o[0]),
-          (int)F, 0.0f, a->dx + r0 * C, (int)C);
+    product(0, 1, (int)n, (int)C, (int)F, 1.0f, dz, (int)F, heap_floats(a->heap, o[0]),
+            (int)F, 0.0f, a->dx + r0 * C, (int)C);
     free(d);
   }
 }
@@ -1568,7 +1614,7 @@ void seemore_moe_combine_grad(const float *dout, const float *merged, const floa
  *   out_h = ctx_h Wv_h.
  * probs (B, H, T) receives p; with noise (the chunk states of B H T draws, as seemore_dropout), mult
  * and mask are dropout's; with NULL, mult = 1. q, a, ctx and probs are kept for the gradient.
- * Small products run on one OpenBLAS thread each, the items or heads shared among the kernel
+ * Small products run on one thread each (product()), the items or heads shared among the kernel
  * threads. Returns 0, -1 without sgemm, -2 out of memory. */
 
 typedef struct {
@@ -1590,8 +1636,8 @@ static void first_keys(void *p, int64_t h0, int64_t h1) {
   first_args *f = p;
   int64_t C = f->C, hs = C / f->H;
   for (int64_t h = h0; h < h1; h++) {
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)f->B, (int)C, (int)hs, 1.0f, f->q + h * hs, (int)C,
-          f->w + C + h * hs, (int)(3 * C), 0.0f, f->a + h * C, (int)(f->H * C));
+    product(0, 1, (int)f->B, (int)C, (int)hs, 1.0f, f->q + h * hs, (int)C,
+            f->w + C + h * hs, (int)(3 * C), 0.0f, f->a + h * C, (int)(f->H * C));
   }
 }
 
@@ -1602,12 +1648,12 @@ static void first_items(void *p, int64_t b0, int64_t b1) {
   for (int64_t b = b0; b < b1; b++) {
     float *probs = (float *)f->probs + b * H * T;
     const float *xb = f->x + b * T * C;
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)H, (int)T, (int)C, f->scale, f->a + b * H * C, (int)C, xb,
-          (int)C, 0.0f, probs, (int)T);
+    product(0, 1, (int)H, (int)T, (int)C, f->scale, f->a + b * H * C, (int)C, xb,
+            (int)C, 0.0f, probs, (int)T);
     softmax_rows(probs, H, T, -1);
     const float *wt = first_weights(f, b, f->scratch + b * H * T);
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)H, (int)C, (int)T, 1.0f, wt, (int)T, xb, (int)C, 0.0f,
-          f->ctx + b * H * C, (int)C);
+    product(0, 0, (int)H, (int)C, (int)T, 1.0f, wt, (int)T, xb, (int)C, 0.0f,
+            f->ctx + b * H * C, (int)C);
   }
 }
 
@@ -1616,8 +1662,8 @@ static void first_values(void *p, int64_t h0, int64_t h1) {
   first_args *f = p;
   int64_t C = f->C, hs = C / f->H;
   for (int64_t h = h0; h < h1; h++) {
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)f->B, (int)hs, (int)C, 1.0f, f->ctx + h * C, (int)(f->H * C),
-          f->w + 2 * C + h * hs, (int)(3 * C), 0.0f, f->out + h * hs, (int)C);
+    product(0, 0, (int)f->B, (int)hs, (int)C, 1.0f, f->ctx + h * C, (int)(f->H * C),
+            f->w + 2 * C + h * hs, (int)(3 * C), 0.0f, f->out + h * hs, (int)C);
   }
 }
 
@@ -1630,8 +1676,7 @@ int32_t seemore_first_attention(const float *x, const float *w, float *q, float 
   first_args f = {.x = x, .w = w, .q = q, .probs = probs, .mask = noise ? mask : NULL, .a = a, .ctx = ctx,
                   .out = out, .scratch = scratch, .B = B, .T = T, .C = C, .H = H, .scale = scale,
                   .inv_keep = 1.0f / keep};
-  blas_all_threads();
-  sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, B, C, C, 1.0f, x, T * C, w, 3 * C, 0.0f, q, C);
+  seemore_sgemm(0, 0, B, C, C, 1.0f, x, T * C, w, 3 * C, 0.0f, q, C, n_threads);
   if (noise) draw_masks(noise, chunk, (int64_t)B * H * T, keep, mask, NULL, NULL);
   blas_use_threads(1);
   parallel_for(H, 1, first_keys, &f);
@@ -1653,10 +1698,10 @@ static void first_values_grad(void *p, int64_t h0, int64_t h1) {
   first_args *f = p;
   int64_t C = f->C, H = f->H, hs = C / H;
   for (int64_t h = h0; h < h1; h++) {
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)C, (int)hs, (int)f->B, 1.0f, f->ctx + h * C, (int)(H * C),
-          f->dout + h * hs, (int)C, 0.0f, f->dw + 2 * C + h * hs, (int)(3 * C));
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)f->B, (int)C, (int)hs, 1.0f, f->dout + h * hs, (int)C,
-          f->w + 2 * C + h * hs, (int)(3 * C), 0.0f, f->dctx + h * C, (int)(H * C));
+    product(1, 0, (int)C, (int)hs, (int)f->B, 1.0f, f->ctx + h * C, (int)(H * C),
+            f->dout + h * hs, (int)C, 0.0f, f->dw + 2 * C + h * hs, (int)(3 * C));
+    product(0, 1, (int)f->B, (int)C, (int)hs, 1.0f, f->dout + h * hs, (int)C,
+            f->w + 2 * C + h * hs, (int)(3 * C), 0.0f, f->dctx + h * C, (int)(H * C));
   }
 }
 
@@ -1669,20 +1714,20 @@ static void first_items_grad(void *p, int64_t b0, int64_t b1) {
     float *ds = f->scratch + 2 * b * H * T + H * T;
     const float *xb = f->x + b * T * C, *probs = f->probs + b * H * T;
     const uint8_t *m = f->mask ? f->mask + b * H * T : NULL;
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)H, (int)T, (int)C, 1.0f, f->dctx + b * H * C, (int)C, xb, (int)C,
-          0.0f, ds, (int)T);
+    product(0, 1, (int)H, (int)T, (int)C, 1.0f, f->dctx + b * H * C, (int)C, xb, (int)C,
+            0.0f, ds, (int)T);
     const float *wt = first_weights(f, b, ds - H * T);
     for (int64_t h = 0; h < H; h++) { /* ds = p (dp - sum(p dp)), dp = dW mult; the scale goes in below */
       softmax_grad_row(ds + h * T, probs + h * T, m ? m + h * T : NULL, f->inv_keep, T, ds + H * T,
                        probs + H * T);
     }
     float *dxb = f->dx + b * T * C;
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)C, (int)H, 1.0f, wt, (int)T, f->dctx + b * H * C, (int)C,
-          0.0f, dxb, (int)C);
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)C, (int)H, f->scale, ds, (int)T, f->a + b * H * C, (int)C,
-          1.0f, dxb, (int)C);
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)H, (int)C, (int)T, f->scale, ds, (int)T, xb, (int)C, 0.0f,
-          f->da + b * H * C, (int)C);
+    product(1, 0, (int)T, (int)C, (int)H, 1.0f, wt, (int)T, f->dctx + b * H * C, (int)C,
+            0.0f, dxb, (int)C);
+    product(1, 0, (int)T, (int)C, (int)H, f->scale, ds, (int)T, f->a + b * H * C, (int)C,
+            1.0f, dxb, (int)C);
+    product(0, 0, (int)H, (int)C, (int)T, f->scale, ds, (int)T, xb, (int)C, 0.0f,
+            f->da + b * H * C, (int)C);
   }
 }
 
@@ -1691,10 +1736,10 @@ static void first_keys_grad(void *p, int64_t h0, int64_t h1) {
   first_args *f = p;
   int64_t C = f->C, H = f->H, hs = C / H;
   for (int64_t h = h0; h < h1; h++) {
-    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)f->B, (int)hs, (int)C, 1.0f, f->da + h * C, (int)(H * C),
-          f->w + C + h * hs, (int)(3 * C), 0.0f, f->dq + h * hs, (int)C);
-    sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)C, (int)hs, (int)f->B, 1.0f, f->da + h * C, (int)(H * C),
-          f->q + h * hs, (int)C, 0.0f, f->dw + C + h * hs, (int)(3 * C));
+    product(0, 0, (int)f->B, (int)hs, (int)C, 1.0f, f->da + h * C, (int)(H * C),
+            f->w + C + h * hs, (int)(3 * C), 0.0f, f->dq + h * hs, (int)C);
+    product(1, 0, (int)C, (int)hs, (int)f->B, 1.0f, f->da + h * C, (int)(H * C),
+            f->q + h * hs, (int)C, 0.0f, f->dw + C + h * hs, (int)(3 * C));
   }
 }
 
@@ -1715,9 +1760,8 @@ int32_t seemore_first_attention_grad(const float *dout, const float *x, const fl
   parallel_for(H, 1, first_values_grad, &f);
   parallel_for(B, 1, first_items_grad, &f);
   parallel_for(H, 1, first_keys_grad, &f);
-  blas_all_threads();
-  sgemm(ROW_MAJOR, TRANS, NO_TRANS, C, C, B, 1.0f, x, T * C, dq, C, 0.0f, dw, 3 * C);
-  sgemm(ROW_MAJOR, NO_TRANS, TRANS, B, C, C, 1.0f, dq, C, w, 3 * C, 1.0f, dx, T * C);
+  seemore_sgemm(1, 0, C, C, B, 1.0f, x, T * C, dq, C, 0.0f, dw, 3 * C, n_threads);
+  seemore_sgemm(0, 1, B, C, C, 1.0f, dq, C, w, 3 * C, 1.0f, dx, T * C, n_threads);
   free(dq);
   return 0;
 }

@@ -24,6 +24,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { type Blas, loadBlas } from "./ffi.ts";
+import { chooseGemm } from "./onednn.ts";
 import { installLeanGradients, uninstallLeanGradients } from "./lean_gradients.ts";
 import {
   type AttentionDims,
@@ -65,6 +66,11 @@ export interface EnableOptions {
    * Default: OpenBLAS's own choice (all cores, or $OPENBLAS_NUM_THREADS).
    */
   threads?: number;
+  /**
+   * Run the products on oneDNN's sgemm when libdnnl loads (default true: $SEEMORE_ONEDNN or the usual
+   * paths, see onednn.ts); a path tries that file; false keeps them on OpenBLAS. Needs the C kernels.
+   */
+  onednn?: boolean | string;
 }
 
 export interface EnableResult {
@@ -75,6 +81,8 @@ export interface EnableResult {
   kernels: string[];
   /** Which C kernels are in use, or why none are ("" when native was not asked for). */
   native?: string;
+  /** Which library runs the products (oneDNN or OpenBLAS), and why not oneDNN. */
+  gemm?: string;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,8 +144,16 @@ export async function enableBlasKernels(opts: EnableOptions = {}): Promise<Enabl
   }
   for (const [name, kernelFunc] of overrides) override(name, kernelFunc);
   const fused = native ? registerFusedKernels() : [];
+  const gemm = native?.hasSgemm()
+    ? chooseGemm(native, opts.onednn).note
+    : "products on OpenBLAS (oneDNN needs the C kernels)";
   if (opts.leanGradients ?? true) installLeanGradients();
-  lastResult = { ok: true, kernels: [...overrides.map(([name]) => name), ...fused], native: nativeNote };
+  lastResult = {
+    ok: true,
+    kernels: [...overrides.map(([name]) => name), ...fused],
+    native: nativeNote,
+    gemm,
+  };
   return lastResult;
 }
 

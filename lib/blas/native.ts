@@ -30,12 +30,14 @@ const CC_FLAGS = [
   "-Wl,-z,nodelete",
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
-const ABI_VERSION = 20;
+const ABI_VERSION = 21;
 const MAX_RANK = 8; // as in kernels.c
 
 const SYMBOLS = {
   seemore_abi_version: { parameters: [], result: "i32" },
   seemore_bind_sgemm: { parameters: ["buffer"], result: "i32" },
+  seemore_bind_dnnl: { parameters: ["buffer"], result: "i32" },
+  seemore_use_dnnl: { parameters: ["i32"], result: "i32" },
   seemore_set_threads: { parameters: ["i32"], result: "i32" },
   seemore_jobs_shared: { parameters: [], result: "i64" },
   seemore_experts: {
@@ -389,9 +391,20 @@ export interface Native {
   /** Whether bindSgemm succeeded. */
   hasSgemm(): boolean;
   /**
-   * c = op(a) @ op(b) + beta * c, row-major (as Blas.sgemm, alpha 1) on `threads` threads: products
-   * up to 64 Mi multiply-adds are cut into one slice per thread, run on our spinning helper threads,
-   * the bigger ones go to OpenBLAS's threads (kernels.c, seemore_sgemm). Needs bindSgemm.
+   * Lets the products (sgemm, the blocks', the CLS attention's and the experts') run on oneDNN's
+   * dnnl_sgemm from the library at `libraryPath` (libdnnl.so): 0 when it is in use, -1 when the library
+   * does not open, -2 when it lacks dnnl_sgemm or its OpenMP runtime's omp_set_num_threads.
+   */
+  bindDnnl(libraryPath: string): number;
+  /** Products through oneDNN (when bound) or OpenBLAS; returns whether oneDNN is now in use. */
+  useDnnl(on: boolean): boolean;
+  /** Whether the products run on oneDNN. */
+  usingDnnl(): boolean;
+  /**
+   * c = op(a) @ op(b) + beta * c, row-major (as Blas.sgemm, alpha 1) on `threads` threads. With oneDNN
+   * every product is cut into one slice per thread, run on our spinning helper threads; with OpenBLAS
+   * only those up to 64 Mi multiply-adds are, and the bigger ones go to OpenBLAS's threads (kernels.c,
+   * seemore_sgemm). Needs bindSgemm.
    */
   sgemm(
     transA: boolean,
@@ -725,6 +738,9 @@ function wrap(path: string, lib: NativeLibrary): Native {
       return sgemmBound;
     },
     hasSgemm: () => sgemmBound,
+    bindDnnl: (libraryPath) => s.seemore_bind_dnnl(new TextEncoder().encode(libraryPath + "\0")),
+    useDnnl: (on) => s.seemore_use_dnnl(on ? 1 : 0) === 1,
+    usingDnnl: () => s.seemore_use_dnnl(-1) === 1,
     sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, c, ldc, threads) {
       if (!sgemmBound) throw new Error("lib/blas/native.ts: sgemm needs bindSgemm() first");
       checkGemm(transA, transB, m, n, k, a, lda, b, ldb, c, ldc);

@@ -5,10 +5,10 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
-import { loadNative } from "../../lib/blas/native.ts";
+import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Block, type BlockOptions } from "../../lib/model/block.ts";
 import { Ctx, Initialiser, useFastMatmul } from "../../lib/model/ops.ts";
-import { assertClose, assertEquals, BLAS_OK, seeded, valuesOn } from "./helpers.ts";
+import { assertClose, assertEquals, BLAS_OK, onEachGemm, seeded, valuesOn } from "./helpers.ts";
 
 const TOL = 1e-4;
 const READY = BLAS_OK && loadNative().ok;
@@ -80,11 +80,13 @@ Deno.test({
   ignore: !READY,
   async fn() {
     await ready();
-    for (const c of CASES) {
-      const got = await valuesOn("wasm", blockRun(c));
-      assertEquals(got.length, 13, `${c.name}: outputs`);
-      assertClose(got, await valuesOn("cpu", blockRun(c)), TOL, c.name);
-    }
+    await onEachGemm((loadNative() as { ok: true; native: Native }).native, async (library) => {
+      for (const c of CASES) {
+        const got = await valuesOn("wasm", blockRun(c));
+        assertEquals(got.length, 13, `${library}, ${c.name}: outputs`);
+        assertClose(got, await valuesOn("cpu", blockRun(c)), TOL, `${library}, ${c.name}`);
+      }
+    });
     const kernels = (await tf.profile(() => tf.dispose(blockRun(CASES[0])()))).kernels.map((k) => k.name);
     assertEquals(kernels.includes(FUSED_KERNELS.block), true, "the block kernel ran");
     assertEquals(kernels.includes(FUSED_KERNELS.blockGrad), true, "its gradient kernel ran");

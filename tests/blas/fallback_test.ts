@@ -78,12 +78,37 @@ Deno.test({
       assertEquals(result.ok, true, "ok");
       assertEquals(String(result.native).includes("C compiler"), true, `native note '${result.native}'`);
       assertEquals(result.kernels.includes("SeemoreGelu"), false, "no fused kernels");
+      assertEquals(result.gemm, "products on OpenBLAS (oneDNN needs the C kernels)", "gemm note");
       assertEquals(JSON.stringify(result.product), "[17,39]", "matMul");
       assertEquals(JSON.stringify(result.transposed), "[1,4,2,5,3,6]", "transpose");
       assertEquals(Math.abs(result.geluAt1 - GELU_1) < 1e-5, true, `gelu(1) = ${result.geluAt1}`);
       assertEquals([...Deno.readDirSync(cache)].length, 0, "nothing half-written in the cache");
     } finally {
       await Deno.remove(cache, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: `SEEMORE_ONEDNN=off, or a path that does not open, keeps the products on OpenBLAS${SKIP_NOTE}`,
+  ignore: !BLAS_OK,
+  async fn() {
+    for (
+      const [value, note] of [
+        ["off", "products on OpenBLAS (oneDNN turned off by SEEMORE_ONEDNN)"],
+        [
+          "/nonexistent/libdnnl.so.2",
+          "products on OpenBLAS (/nonexistent/libdnnl.so.2 does not open; " +
+          "apt-get install libdnnl2 for oneDNN's faster products)",
+        ],
+      ]
+    ) {
+      const result = await runChild(["--allow-all"], { SEEMORE_ONEDNN: value });
+      assertEquals(result.ok, true, `${value}: ok`);
+      // without a C compiler the note says that instead (tested above); CI has one
+      if (!result.kernels.includes("SeemoreGelu") && Deno.env.get("SEEMORE_REQUIRE_NATIVE") !== "1") continue;
+      assertEquals(result.gemm, note, `SEEMORE_ONEDNN=${value}`);
+      assertEquals(JSON.stringify(result.product), "[17,39]", `${value}: matMul`);
     }
   },
 });

@@ -5,6 +5,7 @@ import * as tf from "@tensorflow/tfjs"; // the union package registers gradients
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
 import { loadBlas } from "../../lib/blas/ffi.ts";
+import type { Native } from "../../lib/blas/native.ts";
 import { mulberry32 } from "../../lib/random.ts";
 
 await tf.setBackend("wasm");
@@ -14,6 +15,25 @@ export const BLAS_OK = loadBlas().ok;
 export const SKIP_NOTE = BLAS_OK
   ? ""
   : " [ignored: OpenBLAS not loadable; apt-get install libopenblas0-pthread]";
+
+/**
+ * Runs f with the C kernels' products on OpenBLAS, then (where libdnnl is bound) on oneDNN, and puts
+ * back the library that was in use.
+ */
+export async function onEachGemm(
+  native: Native,
+  f: (library: string) => Promise<void> | void,
+): Promise<void> {
+  const before = native.usingDnnl(), onednn = native.useDnnl(true);
+  try {
+    for (const library of onednn ? ["OpenBLAS", "oneDNN"] : ["OpenBLAS"]) {
+      native.useDnnl(library === "oneDNN");
+      await f(library);
+    }
+  } finally {
+    native.useDnnl(before);
+  }
+}
 
 /** Deterministic values in [-1, 1) (mulberry32). */
 export function seeded(size: number, seed: number): Float32Array {

@@ -4,8 +4,18 @@
 import * as tf from "@tensorflow/tfjs";
 import { activeBlas, disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
 import { loadNative } from "../../lib/blas/native.ts";
+import { chooseGemm, ONEDNN_HINT } from "../../lib/blas/onednn.ts";
 import { dense, useFastMatmul } from "../../lib/model/ops.ts";
-import { assertClose, assertEquals, BLAS_OK, dirtyHeap, seeded, SKIP_NOTE, valuesOn } from "./helpers.ts";
+import {
+  assertClose,
+  assertEquals,
+  BLAS_OK,
+  dirtyHeap,
+  onEachGemm,
+  seeded,
+  SKIP_NOTE,
+  valuesOn,
+} from "./helpers.ts";
 
 const TOL = 1e-4;
 
@@ -246,46 +256,115 @@ const NATIVE = BLAS_OK ? loadNative() : null;
 Deno.test({
   name:
     `products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) equal ` +
-    `one OpenBLAS thread bit for bit${NATIVE?.ok ? "" : " (skipped: no C kernels)"}`,
+    `one thread bit for bit, on OpenBLAS and on oneDNN${NATIVE?.ok ? "" : " (skipped: no C kernels)"}`,
   ignore: !NATIVE?.ok,
   async fn() {
     await enabled();
     const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
     const threads = native.threads();
     try {
-      // m ≥ n: cut by rows (800: two 400-row halves, or 272 + 256 + 272 rows; 197: 96 + 101); n > m: by columns
-      for (
-        const [parts, m, n, k] of [
-          [2, 800, 128, 512],
-          [2, 197, 53, 300],
-          [2, 40, 1000, 60],
-          [2, 16, 2048, 64],
-          [2, 128, 66, 912], // the LM head's weight gradient: OpenBLAS's own two threads round it otherwise
-          [3, 800, 128, 512], // three slices: more helpers than this machine's cores is still right
-          [3, 16, 2048, 64],
-        ]
-      ) {
-        native.setThreads(parts);
-        for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]) {
-          for (const beta of [0, 1] as const) {
-            const a = seeded(m * k, m + k), b = seeded(k * n, n + k), start = seeded(m * n, m + n);
-            const lda = transA ? m : k, ldb = transB ? k : n;
-            const one = start.slice(), cut = start.slice();
-            native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, one, n, 1);
-            const before = native.jobsShared();
-            native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, parts);
-            const what = `${m}x${k}x${n} ${transA ? "T" : "N"}${
-              transB ? "T" : "N"
-            } beta ${beta}, ${parts} slices`;
-            assertEquals(native.jobsShared() > before, true, `${what}: shared with a helper`);
-            const differing = one.findIndex((v, i) => v !== cut[i]);
-            assertEquals(differing, -1, `${what}: first differing element`);
-          }
-        }
-      }
+      await onEachGemm(native, (library) => slicesEqualOneThread(native, library));
     } finally {
       native.setThreads(threads);
     }
+  },
+});
+
+function slicesEqualOneThread(native: import("../../lib/blas/native.ts").Native, library: string): void {
+  // m ≥ n: cut by rows (800: two 400-row halves, or 272 + 256 + 272 rows; 197: 96 + 101); n > m: by columns
+  const cases = [
+    [2, 800, 128, 512],
+    [2, 197, 53, 300],
+    [2, 40, 1000, 60],
+    [2, 16, 2048, 64],
+    [2, 128, 66, 912], // the LM head's weight gradient: OpenBLAS's own two threads round it otherwise
+    [3, 800, 128, 512], // three slices: more helpers than this machine's cores is still right
+    [3, 16, 2048, 64],
+  ];
+  // Past 64 Mi multiply-adds OpenBLAS runs a product on its own threads; oneDNN's are cut too.
+  if (library === "oneDNN") cases.push([2, 600, 2048, 64]);
+  for (const [parts, m, n, k] of cases) {
+    native.setThreads(parts);
+    for (const [transA, transB] of [[false, false], [false, true], [true, false], [true, true]]) {
+      for (const beta of [0, 1] as const) {
+        const a = seeded(m * k, m + k), b = seeded(k * n, n + k), start = seeded(m * n, m + n);
+        const lda = transA ? m : k, ldb = transB ? k : n;
+        const one = start.slice(), cut = start.slice();
+        native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, one, n, 1);
+        const before = native.jobsShared();
+        native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, parts);
+        const what = `${library} ${m}x${k}x${n} ${transA ? "T" : "N"}${
+          transB ? "T" : "N"
+        } beta ${beta}, ${parts} slices`;
+        assertEquals(native.jobsShared() > before, true, `${what}: shared with a helper`);
+        const differing = one.findIndex((v, i) => v !== cut[i]);
+        assertEquals(differing, -1, `${what}: first differing element`);
+      }
+    }
+  }
+}
+
+Deno.test({
+  name: `matmuls and their gradients equal cpu with the products on OpenBLAS alone and on oneDNN${
+    NATIVE?.ok ? "" : " (skipped: no C kernels)"
+  }`,
+  ignore: !NATIVE?.ok,
+  async fn() {
+    await enabled();
+    const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
+    // the cases above, and products big enough to be cut across the threads (by rows, by columns)
+    const big: Case[] = [[[800, 128], [128, 512], false, false], [[16, 512], [2048, 512], false, true]];
+    await onEachGemm(native, async (library) => {
+      for (const [aShape, bShape, ta, tb] of [...MATMUL_CASES, ...big]) {
+        // tfjs has no gradient for a batch broadcast: those cases check the values alone
+        const grads = JSON.stringify(aShape.slice(0, -2)) === JSON.stringify(bShape.slice(0, -2));
+        const loss = (x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.matMul(x, y, ta, tb));
+        const run = () => {
+          const a = tensor(aShape, 5), b = tensor(bShape, 6);
+          return [tf.matMul(a, b, ta, tb), ...(grads ? tf.grads(loss)([a, b]) : [])];
+        };
+        const what = `${library}: matMul [${aShape}]${ta ? "ᵀ" : ""} @ [${bShape}]${tb ? "ᵀ" : ""}`;
+        assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, what);
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: `an oneDNN that does not open leaves the products on OpenBLAS, saying why in one line${
+    NATIVE?.ok ? "" : " (skipped: no C kernels)"
+  }`,
+  ignore: !NATIVE?.ok,
+  async fn() {
+    await enabled();
+    const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
+    const before = native.useDnnl(true);
+    try {
+      const choice = chooseGemm(native, "/nonexistent/libdnnl.so.2");
+      assertEquals(choice.onednn, null, "library");
+      assertEquals(
+        choice.note.includes("/nonexistent/libdnnl.so.2 does not open"),
+        true,
+        `note '${choice.note}'`,
+      );
+      assertEquals(choice.note.includes(ONEDNN_HINT), true, "install hint");
+      assertEquals(choice.note.includes("\n"), false, "one line");
+      assertEquals(native.usingDnnl(), false, "oneDNN not in use");
+      assertEquals(chooseGemm(native, false).note, "products on OpenBLAS (oneDNN turned off)", "turned off");
+    } finally {
+      if (before) chooseGemm(native);
+    }
+  },
+});
+
+// Where libdnnl is missing the oneDNN half of the tests above runs on OpenBLAS only; CI (.ci/run)
+// installs it and sets SEEMORE_REQUIRE_ONEDNN=1, so that half must run there.
+Deno.test({
+  name: "oneDNN loads and runs the products (required where SEEMORE_REQUIRE_ONEDNN=1, as in CI)",
+  ignore: Deno.env.get("SEEMORE_REQUIRE_ONEDNN") !== "1",
+  async fn() {
+    const result = await enableBlasKernels();
+    assertEquals(result.gemm?.startsWith("products on oneDNN"), true, `gemm '${result.gemm}'`);
   },
 });
 
