@@ -3,7 +3,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { activeBlas, disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
-import { loadNative } from "../../lib/blas/native.ts";
+import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { chooseGemm, ONEDNN_HINT } from "../../lib/blas/onednn.ts";
 import { dense, useFastMatmul } from "../../lib/model/ops.ts";
 import {
@@ -253,14 +253,22 @@ Deno.test({
 
 const NATIVE = BLAS_OK ? loadNative() : null;
 
-Deno.test({
-  name:
-    `products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) equal ` +
-    `one thread bit for bit, on OpenBLAS and on oneDNN${NATIVE?.ok ? "" : " (skipped: no C kernels)"}`,
-  ignore: !NATIVE?.ok,
-  async fn() {
-    await enabled();
-    const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
+/** A test of the C kernels' products, given the kernels once they are enabled; ignored without them. */
+function nativeTest(name: string, fn: (native: Native) => Promise<void>): void {
+  Deno.test({
+    name: `${name}${NATIVE?.ok ? "" : " (skipped: no C kernels)"}`,
+    ignore: !NATIVE?.ok,
+    async fn() {
+      await enabled();
+      await fn((NATIVE as { ok: true; native: Native }).native);
+    },
+  });
+}
+
+nativeTest(
+  "products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) equal " +
+    "one thread bit for bit, on OpenBLAS and on oneDNN",
+  async (native) => {
     const threads = native.threads();
     try {
       await onEachGemm(native, (library) => slicesEqualOneThread(native, library));
@@ -268,9 +276,9 @@ Deno.test({
       native.setThreads(threads);
     }
   },
-});
+);
 
-function slicesEqualOneThread(native: import("../../lib/blas/native.ts").Native, library: string): void {
+function slicesEqualOneThread(native: Native, library: string): void {
   // m ≥ n: cut by rows (800: two 400-row halves, or 272 + 256 + 272 rows; 197: 96 + 101); n > m: by columns
   const cases = [
     [2, 800, 128, 512],
@@ -304,14 +312,9 @@ function slicesEqualOneThread(native: import("../../lib/blas/native.ts").Native,
   }
 }
 
-Deno.test({
-  name: `matmuls and their gradients equal cpu with the products on OpenBLAS alone and on oneDNN${
-    NATIVE?.ok ? "" : " (skipped: no C kernels)"
-  }`,
-  ignore: !NATIVE?.ok,
-  async fn() {
-    await enabled();
-    const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
+nativeTest(
+  "matmuls and their gradients equal cpu with the products on OpenBLAS alone and on oneDNN",
+  async (native) => {
     // the cases above, and products big enough to be cut across the threads (by rows, by columns)
     const big: Case[] = [[[800, 128], [128, 512], false, false], [[16, 512], [2048, 512], false, true]];
     await onEachGemm(native, async (library) => {
@@ -328,17 +331,13 @@ Deno.test({
       }
     });
   },
-});
+);
 
-Deno.test({
-  name: `an oneDNN that does not open leaves the products on OpenBLAS, saying why in one line${
-    NATIVE?.ok ? "" : " (skipped: no C kernels)"
-  }`,
-  ignore: !NATIVE?.ok,
-  async fn() {
-    await enabled();
-    const native = (NATIVE as { ok: true; native: import("../../lib/blas/native.ts").Native }).native;
-    const before = native.useDnnl(true);
+nativeTest(
+  "a oneDNN that does not open leaves the products on OpenBLAS, saying why in one line",
+  // deno-lint-ignore require-await
+  async (native) => {
+    const before = native.usingDnnl();
     try {
       const choice = chooseGemm(native, "/nonexistent/libdnnl.so.2");
       assertEquals(choice.onednn, null, "library");
@@ -352,10 +351,10 @@ Deno.test({
       assertEquals(native.usingDnnl(), false, "oneDNN not in use");
       assertEquals(chooseGemm(native, false).note, "products on OpenBLAS (oneDNN turned off)", "turned off");
     } finally {
-      if (before) chooseGemm(native);
+      native.useDnnl(before); // the library bound before is still bound
     }
   },
-});
+);
 
 // Where libdnnl is missing the oneDNN half of the tests above runs on OpenBLAS only; CI (.ci/run)
 // installs it and sets SEEMORE_REQUIRE_ONEDNN=1, so that half must run there.
