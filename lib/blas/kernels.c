@@ -265,11 +265,10 @@ static void parallel_for(int64_t n, int64_t grain, range_fn fn, void *args) {
  * decoder's, 800 x 128 x 512 at the original config) are cut so, into single-thread OpenBLAS calls:
  * a spinning helper starts at once, where OpenBLAS's sleeping worker takes 25-45 µs to wake
  * (in-process A/B, 30 interleaved rounds of the original config on 2 threads: train step 256 -> 243
- * ms, forward 85 -> 78). Bigger products (the ViT's,
- * 592 x 512 x 2048) go to OpenBLAS's own threads: sliced, each slice would pack the whole of the
- * other operand again, and they ran slower. Every slice is the same kernel on fewer rows, so results
- * do not depend on the split (tested: equal to one thread's, bit for bit, on either library). Returns
- * 0, or -1 without sgemm. */
+ * ms, forward 85 -> 78). Bigger products (the ViT's, 592 x 512 x 2048) go to OpenBLAS's own threads:
+ * sliced, each slice would pack the whole of the other operand again, and they ran slower. Every
+ * slice is the same kernel on fewer rows, so results do not depend on the split (tested: equal to one
+ * thread's, bit for bit, on either library). Returns 0, or -1 without sgemm. */
 
 #define SPLIT_MAX (64.0 * 1024 * 1024)
 
@@ -329,18 +328,16 @@ int32_t seemore_sgemm(int32_t trans_a, int32_t trans_b, int32_t m, int32_t n, in
   if (!sgemm) return -1;
   int64_t parts = threads < n_threads ? threads : n_threads;
   gemm_args g = {trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, parts, m >= n};
-  if (dnnl_on) {
-    if (parts > 1 && (m >= n ? m : n) >= 16 * parts) parallel_for(parts, 1, gemm_slices, &g);
-    else gemm_slice(&g, 0, g.by_rows ? m : n);
-    return 0;
-  }
-  if (parts > 1 && blas_set_threads && (double)m * n * k <= SPLIT_MAX && (m >= n ? m : n) >= 16 * parts) {
-    blas_use_threads(1);
+  int cut = parts > 1 && (m >= n ? m : n) >= 16 * parts;
+  if (cut && (dnnl_on || (blas_set_threads && (double)m * n * k <= SPLIT_MAX))) {
+    if (!dnnl_on) blas_use_threads(1);
     parallel_for(parts, 1, gemm_slices, &g);
     return 0;
   }
-  park_helpers();
-  blas_use_threads(threads);
+  if (!dnnl_on) { /* OpenBLAS on its own threads, the helpers asleep so that they get the cores */
+    park_helpers();
+    blas_use_threads(threads);
+  }
   g.by_rows = 1;
   gemm_slice(&g, 0, m);
   return 0;
@@ -1755,7 +1752,6 @@ int32_t seemore_first_attention_grad(const float *dout, const float *x, const fl
                   .ctx = (float *)ctx, .dx = dx, .dw = dw, .dq = dq, .dctx = dq + (int64_t)B * C,
                   .da = dq + (int64_t)B * C + BHC, .scratch = dq + (int64_t)B * C + 2 * BHC, .B = B, .T = T,
                   .C = C, .H = H, .scale = scale, .inv_keep = 1.0f / keep};
-  park_helpers();
   blas_use_threads(1);
   parallel_for(H, 1, first_values_grad, &f);
   parallel_for(B, 1, first_items_grad, &f);
