@@ -18,7 +18,7 @@ import { patchCount } from "./patch_embeddings.ts";
 import { gelu, type Initialiser, Linear, type Parametrised, type StateDict, transpose2d } from "./ops.ts";
 
 /** Channels after the first and second convolution, for a token width D. */
-const stemChannels = (D: number) => [Math.max(8, D / 4), Math.max(16, D / 2)];
+export const stemChannels = (D: number) => [Math.max(8, Math.floor(D / 4)), Math.max(16, Math.floor(D / 2))];
 
 export class ConvPatchEmbeddings implements Parametrised {
   readonly numPatches: number;
