@@ -112,7 +112,21 @@ Deno.test("bad config.json values are clear errors", async () => {
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ ...config, vocab: ["a", "b"] }, /last "vocab" entry must be "<pad>"/],
     [{ ...config, model_type: "gpt" }, /"model_type" must be "seemore" or "seemoe"/],
-    [{ ...config, n_embd: "wide" }, /"n_embd" must be a non-negative number/],
+    [{ ...config, n_embd: "wide" }, /"n_embd" must be an integer ≥ 1, not "wide"/],
+    // the fuzz test's minimal cases (tests/fuzz_test.ts): each once built a model, or failed inside tfjs
+    // with a message that named neither the file nor the key
+    [{ ...config, n_head: 0 }, /"n_head" must be an integer ≥ 1, not 0/],
+    [{ ...config, n_embd: 8.5 }, /"n_embd" must be an integer ≥ 1, not 8.5/],
+    [{ ...config, n_layer: 1.5 }, /"n_layer" must be an integer ≥ 0, not 1.5/],
+    [{ ...config, block_positions: 0.5 }, /"block_positions" must be an integer ≥ 1, not 0.5/],
+    [{ ...config, n_head: 3 }, /"n_embd" 32 is not divisible by "n_head" 3/],
+    [{ ...config, patch_size: undefined, img_size: 8 }, /"img_size" 8 is not a multiple of "patch_size" 16/],
+    [{ ...config, patch_stem: "conv", patch_size: 2, img_size: 8 }, /"patch_size" 2 is not a multiple of 4/],
+    [{ ...config, dropout: 1 }, /"dropout" must be a probability from 0 to less than 1, not 1/],
+    [{ ...config, first_token_from_image: "yes" }, /"first_token_from_image" must be true or false/],
+    [{ ...config, vocab: ["a", "a", "<pad>"] }, /"vocab": symbol "a" appears twice/],
+    [{ ...config, vocab: ["ab", "<pad>"] }, /"vocab": symbol 0 is "ab"; only "<pad>" may be longer/],
+    [{ ...config, img_size: 2 ** 20, patch_size: 2 ** 20 }, /"img_size" 1048576 is over the limit of 4096/],
     [{ ...config, vocab_size: 12 }, /"vocab_size" is 12 but "vocab" lists 66/],
     [{ ...config, patch_stem: "hmlp" }, /"patch_stem" must be one of "linear", "conv"/],
     [{ ...config, image_words: "red" }, /"image_words" must be a list of words/],
@@ -120,9 +134,34 @@ Deno.test("bad config.json values are clear errors", async () => {
   ];
   for (const [json, pattern] of cases) {
     await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(json));
-    await assert.rejects(loadModel(dir), pattern);
+    await assert.rejects(loadModel(dir), (e: Error) => {
+      assert.match(e.message, new RegExp(`^${dir}/config.json: `));
+      assert.match(e.message, pattern);
+      return true;
+    });
   }
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config));
   await assert.rejects(loadModel(dir, "seemoe"), /holds a "seemore" model, not "seemoe"/);
   model.dispose();
+});
+
+Deno.test("a config.json describing a giant model is refused before anything is allocated", async () => {
+  const dir = await Deno.makeTempDir();
+  const model = new VisionLanguageModel(tinyConfig(), 1);
+  await saveModel(dir, model, vocab);
+  model.dispose();
+  const { config } = await loadCheckpoint(dir);
+  const before = tf.memory().numBytes;
+  for (
+    const giant of [{ n_embd: 1e9, n_head: 1 }, { n_embd: 4096, n_head: 1, n_layer: 8 }, {
+      block_positions: 2 ** 40,
+    }]
+  ) {
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...config, ...giant }));
+    await assert.rejects(
+      loadModel(dir),
+      /config\.json: the model would hold \d+ parameters, more than the limit of 268435456/,
+    );
+  }
+  assert.equal(tf.memory().numBytes, before);
 });
