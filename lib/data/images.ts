@@ -80,6 +80,7 @@ export async function decodeRgb(bytes: Uint8Array, where: CellLocation): Promise
   const at = describeLocation(where);
   const corrupt = (format: string, e: unknown) =>
     new Error(`${at}: cannot decode the ${format} image (corrupt or truncated?): ${sharpMessage(e)}`);
+  if (bytes.length === 0) throw new Error(`${at}: the image is empty (0 bytes)`);
   // failOn "error": corrupt or truncated pixel data is an error (with "none", sharp returns a partly
   // grey image for a truncated file); mere warnings (odd metadata) are tolerated, as PIL does.
   const image = sharp(bytes, { failOn: "error", ignoreIcc: true });

@@ -185,6 +185,18 @@ Deno.test("a truncated PNG or JPEG is an error, not a partly grey image", async 
   );
 });
 
+Deno.test("an empty image file is an error naming it (the fuzz test's minimal case)", async () => {
+  // sharp's own "Input Bit Array is empty" named no file: what `generate --image empty.png` printed
+  await assert.rejects(
+    decodeImage(new Uint8Array(), 8, { file: "empty.png" }),
+    /^Error: empty\.png: the image is empty/,
+  );
+  await assert.rejects(
+    decodeImage(new Uint8Array(), 8, WHERE),
+    new RegExp(`^Error: ${AT}: the image is empty`),
+  );
+});
+
 Deno.test("decodeBase64Images keeps row order and names the first bad row", async () => {
   const colours = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 99, 199], [50, 50, 50]];
   const b64s = await Promise.all(colours.map(async (rgb) => toBase64(await flatImage(rgb, "png", 6, 6))));
