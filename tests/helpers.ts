@@ -1,6 +1,8 @@
-// Shared test helpers: a backend set up once, and float comparisons with useful messages.
+// Shared test helpers: a backend set up once, float comparisons with useful messages, small configs and
+// data, PNGs built byte by byte.
 
 import * as tf from "@tensorflow/tfjs";
+import zlib from "node:zlib";
 import { initBackend } from "../lib/backend.ts";
 import { DEFAULT_MODEL } from "../lib/config.ts";
 
@@ -53,4 +55,32 @@ export async function shapesDataset(n: number, imgSize = 32, seed = 1) {
   const rows = makeRows(seed, 1, "train", n);
   const table = { file: "generated", images: rows.map((r) => r.image), captions: rows.map((r) => r.caption) };
   return ImageCaptionDataset.fromTable(table, Tokenizer.original(), imgSize);
+}
+
+function pngChunk(type: string, data: Uint8Array): Uint8Array {
+  const body = new Uint8Array([...new TextEncoder().encode(type), ...data]);
+  const out = new Uint8Array(12 + data.length);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, data.length); // big-endian length, then type + data, then their CRC-32
+  out.set(body, 4);
+  view.setUint32(8 + data.length, zlib.crc32(body));
+  return out;
+}
+
+/**
+ * A grey PNG built chunk by chunk: its header declares width × height at `bitDepth` bits per pixel, and
+ * its one IDAT chunk holds `idat` (zlib data), whether or not that many pixels are in it.
+ */
+export function greyPng(width: number, height: number, bitDepth: number, idat: Uint8Array): Uint8Array {
+  const ihdr = new Uint8Array(13);
+  const view = new DataView(ihdr.buffer);
+  view.setUint32(0, width);
+  view.setUint32(4, height);
+  ihdr.set([bitDepth, 0, 0, 0, 0], 8); // grey, deflate, no filter, no interlace
+  return new Uint8Array([
+    ...[0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a],
+    ...pngChunk("IHDR", ihdr),
+    ...pngChunk("IDAT", idat),
+    ...pngChunk("IEND", new Uint8Array()),
+  ]);
 }

@@ -21,6 +21,12 @@ export const IMAGE_COLUMN = "b64string_images";
 /** Formats PIL.Image.open also reads; anything else sharp could open (SVG, PDF, HEIF...) is refused. */
 const ACCEPTED_FORMATS = new Set(["png", "jpeg", "gif", "webp", "tiff"]);
 
+/**
+ * The most pixels an image may declare: 2^24 (4096 × 4096, 48 MiB decoded). A few kilobytes of PNG can
+ * declare 16000 × 16000 pixels of one colour, which would take gigabytes and many seconds to decode.
+ */
+export const MAX_IMAGE_PIXELS = 2 ** 24;
+
 /** 8-bit RGB pixels, row-major, 3 bytes per pixel (HWC). */
 export interface RgbImage {
   width: number;
@@ -82,11 +88,12 @@ export async function decodeRgb(bytes: Uint8Array, where: CellLocation): Promise
     new Error(`${at}: cannot decode the ${format} image (corrupt or truncated?): ${sharpMessage(e)}`);
   if (bytes.length === 0) throw new Error(`${at}: the image is empty (0 bytes)`);
   // failOn "error": corrupt or truncated pixel data is an error (with "none", sharp returns a partly
-  // grey image for a truncated file); mere warnings (odd metadata) are tolerated, as PIL does.
-  const image = sharp(bytes, { failOn: "error", ignoreIcc: true });
-  let format: string | undefined;
+  // grey image for a truncated file); mere warnings (odd metadata) are tolerated, as PIL does. The size
+  // limit is ours (below), from the header, so that its message can give the size.
+  const image = sharp(bytes, { failOn: "error", ignoreIcc: true, limitInputPixels: false });
+  let format: string | undefined, width = 0, height = 0;
   try {
-    format = (await image.metadata()).format;
+    ({ format, width, height } = await image.metadata());
   } catch (e) {
     const sniffed = sniffFormat(bytes);
     if (sniffed) throw corrupt(sniffed, e);
@@ -94,6 +101,12 @@ export async function decodeRgb(bytes: Uint8Array, where: CellLocation): Promise
   }
   if (!format || !ACCEPTED_FORMATS.has(format)) {
     throw new Error(`${at}: unsupported image format "${format}" (expected PNG or JPEG)`);
+  }
+  if (width * height > MAX_IMAGE_PIXELS) { // checked before decoding: the header alone declares the size
+    throw new Error(
+      `${at}: the ${format} image is ${width} × ${height} pixels, more than the limit of ` +
+        `${MAX_IMAGE_PIXELS} (4096 × 4096); scale it down first`,
+    );
   }
   try {
     const { data, info } = await image.removeAlpha().toColourspace("srgb").raw({ depth: "uchar" })

@@ -4,14 +4,17 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
+import zlib from "node:zlib";
 import {
   blankImage,
   decodeBase64Image,
   decodeBase64Images,
   decodeImage,
+  MAX_IMAGE_PIXELS,
   normaliseByte,
   resizeBilinear,
 } from "../../lib/data/images.ts";
+import { greyPng } from "../helpers.ts";
 
 const WHERE = { file: "data/train.csv", row: 4, column: "b64string_images" };
 const AT = 'data/train.csv, row 4, column "b64string_images"';
@@ -195,6 +198,35 @@ Deno.test("an empty image file is an error naming it (the fuzz test's minimal ca
     decodeImage(new Uint8Array(), 8, WHERE),
     new RegExp(`^Error: ${AT}: the image is empty`),
   );
+});
+
+Deno.test("an image declaring more than MAX_IMAGE_PIXELS is refused from its header, before decoding", async () => {
+  // 1-bit grey, all black: 520 kB of zeros deflate to 2 kB of PNG that decode to 50 MB of RGB (the fuzz
+  // test's case, a 31 kB 16000 × 16000 PNG, took 23 s and 1.1 GB before this limit)
+  const width = 8192, height = MAX_IMAGE_PIXELS / width + 1;
+  const bomb = greyPng(width, height, 1, zlib.deflateSync(new Uint8Array((width / 8 + 1) * height)));
+  assert.ok(bomb.length < 4096, `${bomb.length} bytes`);
+  await assert.rejects(decodeImage(bomb, 8, WHERE), (e: Error) => {
+    assert.equal(
+      e.message,
+      `${AT}: the png image is 8192 × 2049 pixels, more than the limit of 16777216 (4096 × 4096); ` +
+        "scale it down first",
+    );
+    return true;
+  });
+  // sizes libpng itself would refuse are refused the same way, not as "corrupt"
+  await assert.rejects(
+    decodeImage(greyPng(2_000_000, 10, 8, bomb.subarray(0, 0)), 8, WHERE),
+    /2000000 × 10 pixels/,
+  );
+  // one row less is within the limit and decodes
+  const fits = greyPng(
+    width,
+    height - 1,
+    1,
+    zlib.deflateSync(new Uint8Array((width / 8 + 1) * (height - 1))),
+  );
+  assert.equal((await decodeImage(fits, 8, WHERE)).length, 3 * 8 * 8);
 });
 
 Deno.test("decodeBase64Images keeps row order and names the first bad row", async () => {
