@@ -84,3 +84,25 @@ export function greyPng(width: number, height: number, bitDepth: number, idat: U
     ...pngChunk("IEND", new Uint8Array()),
   ]);
 }
+
+/**
+ * zlib data that inflates to n zero bytes, built in O(n / 64 kB) time: one flushed deflate segment of
+ * 64 KiB of zeros, repeated (a full flush makes each segment stand alone), the rest, an empty final block,
+ * and the Adler-32 of n zeros (a = 1, b = n mod 65521). A few kilobytes that decompress to gigabytes.
+ */
+export function zerosZlib(n: number): Uint8Array {
+  const K = 65536;
+  const segment = (bytes: number) =>
+    zlib.deflateRawSync(new Uint8Array(bytes), { finishFlush: zlib.constants.Z_FULL_FLUSH });
+  const whole = segment(K), rest = segment(n % K);
+  const repeats = Math.floor(n / K);
+  const out = new Uint8Array(2 + repeats * whole.length + rest.length + 5 + 4);
+  out.set([0x78, 0x01]); // zlib header: deflate, 32 KiB window
+  for (let i = 0; i < repeats; i++) out.set(whole, 2 + i * whole.length);
+  let at = 2 + repeats * whole.length;
+  out.set(rest, at);
+  at += rest.length;
+  out.set([0x01, 0x00, 0x00, 0xff, 0xff], at); // final stored block of length 0
+  new DataView(out.buffer).setUint32(at + 5, (((n % 65521) << 16) | 1) >>> 0); // Adler-32, big-endian
+  return out;
+}
