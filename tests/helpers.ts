@@ -54,3 +54,27 @@ export async function shapesDataset(n: number, imgSize = 32, seed = 1) {
   const table = { file: "generated", images: rows.map((r) => r.image), captions: rows.map((r) => r.caption) };
   return ImageCaptionDataset.fromTable(table, Tokenizer.original(), imgSize);
 }
+
+/**
+ * The original's side (Debian's python3-torch) runs tests that compare with the original PyTorch code.
+ * Where it is missing those tests skip, unless SEEMORE_REQUIRE_TORCH=1 (CI): then they run and fail.
+ */
+export const REQUIRE_TORCH = Deno.env.get("SEEMORE_REQUIRE_TORCH") === "1";
+export const PYTHON = Deno.env.get("SEEMORE_PYTHON") ?? "/usr/bin/python3";
+export const TORCH_INSTALL = "apt-get install python3-torch python3-torchvision python3-pandas python3-pil";
+
+/** Why the original cannot run here ("" when `PYTHON` imports everything the original imports). */
+export async function torchMissing(): Promise<string> {
+  try {
+    const r = await new Deno.Command(PYTHON, {
+      args: ["-c", "import torch, torchvision, pandas, PIL"],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (r.success) return "";
+    const err = new TextDecoder().decode(r.stderr).trim().split("\n").at(-1);
+    return `${PYTHON} cannot import the original's packages (${err}): ${TORCH_INSTALL}`;
+  } catch (e) {
+    return `cannot run ${PYTHON} (${(e as Error).message.split("\n")[0]}): ${TORCH_INSTALL}`;
+  }
+}

@@ -163,20 +163,10 @@ Deno.test("sparse dispatch equals the dense reference (every expert on every tok
 Deno.test("seemoe: same weights and inputs give the original's logits and losses", () =>
   checkParity("seemoe"));
 
-const REFERENCE_KEYS = new URL("../../../shared/reference/state_dict_keys.json", import.meta.url);
-const haveReference = (() => {
-  try {
-    Deno.statSync(REFERENCE_KEYS);
-    return true;
-  } catch {
-    return false;
-  }
-})();
+// The original's state_dict keys and shapes (tests/fixtures/reference/make_state_dict_keys.py).
+const REFERENCE_KEYS = new URL("../fixtures/reference/state_dict_keys.json", import.meta.url);
 
-Deno.test({
-  name: "seemoe: parameter names and shapes are the original's state_dict (default config)",
-  ignore: !haveReference, // ../shared/reference sits beside the checkout in CI and in development
-}, async () => {
+Deno.test("seemoe: parameter names and shapes are the original's state_dict (default config)", async () => {
   const ref = JSON.parse(await Deno.readTextFile(REFERENCE_KEYS));
   const model = new VisionMoELanguageModel({ ...DEFAULT_MODEL, model_type: "seemoe", vocab_size: 66 }, 0, {
     kaiming: false,
