@@ -17,6 +17,7 @@ interface Run {
 
 /** The original's layout with patch tokens, and the seeing recipe's parts: conv stem, word head, word loss. */
 const CONFIGS = {
+  cls: tinyConfig(), // the default: the ViT's last block runs the CLS row alone (forwardFirst)
   patches: tinyConfig({ visual_tokens: "patches" }),
   seeing: tinyConfig({
     visual_tokens: "patches",
