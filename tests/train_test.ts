@@ -110,18 +110,25 @@ for (const setup of SETUPS) {
   });
 }
 
-Deno.test("evaluation draws no dropout: two losses on the same batch agree", () => {
+Deno.test("dropout: seeded in training (same seed, same loss), none in evaluation", () => {
   const model = new VisionLanguageModel(tinyConfig(), 6);
+  const noDropout = new VisionLanguageModel(tinyConfig({ dropout: 0, emb_dropout: 0, blk_dropout: 0 }), 0);
+  noDropout.loadState("", model.stateDict()); // the same weights
   const batch = [...three.allBatches(3)][0];
-  const l1 = tf.tidy(() =>
-    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
-  );
-  const l2 = tf.tidy(() =>
-    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
-  );
-  assert.equal(l1, l2);
+  const loss = (m: VisionLanguageModel, ctx: Ctx) =>
+    tf.tidy(() => m.loss(batch.images, batch.idx, batch.targets, ctx, "first").dataSync()[0]);
+  const seeded = loss(model, new Ctx(true, 1, 0));
+  assert.equal(loss(model, new Ctx(true, 1, 0)), seeded, "the same seed and step draw the same masks");
+  assert.notEqual(loss(model, new Ctx(true, 2, 0)), seeded, "another seed draws other masks");
+  assert.notEqual(loss(model, new Ctx(true, 1, 1)), seeded, "another step draws other masks");
+  const evaluated = loss(model, Ctx.eval());
+  assert.equal(loss(model, Ctx.eval()), evaluated);
+  assert.notEqual(seeded, evaluated, "training drops units");
+  const free = loss(noDropout, new Ctx(true, 1, 0));
+  assert(Math.abs(evaluated - free) < 1e-6, `evaluation ${evaluated} = no dropout ${free}`);
   tf.dispose(batch);
   model.dispose();
+  noDropout.dispose();
 });
 
 Deno.test("pad targets: 'all' counts every pad (the original), 'first' only the end-of-caption one", () => {
