@@ -93,6 +93,9 @@ Deno.test({
   },
 });
 
+// Bit for bit is what our code fixes here: the block kernel makes the same product calls (same library,
+// shapes, slices and order) and the same elementwise loops as the layers do one kernel at a time, and a
+// library gives the same bits for the same call. How those products round is checked against cpu above.
 Deno.test({
   name: `the block kernel gives the layers' own fast path's numbers bit for bit${NOTE}`,
   ignore: !READY,

@@ -9,8 +9,10 @@ import { dense, useFastMatmul } from "../../lib/model/ops.ts";
 import {
   assertClose,
   assertEquals,
+  assertWithinProductBound,
   BLAS_OK,
   dirtyHeap,
+  exactProduct,
   onEachGemm,
   seeded,
   SKIP_NOTE,
@@ -265,27 +267,35 @@ function nativeTest(name: string, fn: (native: Native) => Promise<void>): void {
   });
 }
 
+// The slices and the single call may round differently: which kernel a library runs for a block (and
+// how it handles a block's edge) depends on the processor and on OPENBLAS_CORETYPE. Both must meet
+// float32's error bound for a product; our code fixes only which slices are made.
 nativeTest(
-  "products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) equal " +
-    "one thread bit for bit, on OpenBLAS and on oneDNN",
+  "products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) and " +
+    "on one thread are within float32's error bound of the exact product, on OpenBLAS and on oneDNN",
   async (native) => {
     const threads = native.threads();
     try {
-      await onEachGemm(native, (library) => slicesEqualOneThread(native, library));
+      const references = new Map<string, ReturnType<typeof exactProduct>>(); // the same for both libraries
+      await onEachGemm(native, (library) => slicesMeetProductBound(native, library, references));
     } finally {
       native.setThreads(threads);
     }
   },
 );
 
-function slicesEqualOneThread(native: Native, library: string): void {
+function slicesMeetProductBound(
+  native: Native,
+  library: string,
+  references: Map<string, ReturnType<typeof exactProduct>>,
+): void {
   // m ≥ n: cut by rows (800: two 400-row halves, or 272 + 256 + 272 rows; 197: 96 + 101); n > m: by columns
   const cases = [
     [2, 800, 128, 512],
     [2, 197, 53, 300],
     [2, 40, 1000, 60],
     [2, 16, 2048, 64],
-    [2, 128, 66, 912], // the LM head's weight gradient: OpenBLAS's own two threads round it otherwise
+    [2, 128, 66, 912], // the LM head's weight gradient
     [3, 800, 128, 512], // three slices: more helpers than this machine's cores is still right
     [3, 16, 2048, 64],
   ];
@@ -301,12 +311,14 @@ function slicesEqualOneThread(native: Native, library: string): void {
         native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, one, n, 1);
         const before = native.jobsShared();
         native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, parts);
-        const what = `${library} ${m}x${k}x${n} ${transA ? "T" : "N"}${
-          transB ? "T" : "N"
-        } beta ${beta}, ${parts} slices`;
-        assertEquals(native.jobsShared() > before, true, `${what}: shared with a helper`);
-        const differing = one.findIndex((v, i) => v !== cut[i]);
-        assertEquals(differing, -1, `${what}: first differing element`);
+        const what = `${library} ${m}x${k}x${n} ${transA ? "T" : "N"}${transB ? "T" : "N"} beta ${beta}`;
+        assertEquals(native.jobsShared() > before, true, `${what}, ${parts} slices: shared with a helper`);
+        const product = { m, n, k, a, transA, b, transB, c0: beta ? start : null };
+        const key = `${m} ${n} ${k} ${transA} ${transB} ${beta}`;
+        const reference = references.get(key) ?? exactProduct(product);
+        references.set(key, reference);
+        assertWithinProductBound(one, product, `${what}, one thread`, reference);
+        assertWithinProductBound(cut, product, `${what}, ${parts} slices`, reference);
       }
     }
   }
