@@ -25,7 +25,8 @@ import { activeBlas, FUSED_KERNELS, setKernelThreads } from "../lib/blas/kernels
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { buildModel } from "../lib/model/factory.ts";
-import { Ctx } from "../lib/model/ops.ts";
+import { ForwardContext } from "../lib/model/module.ts";
+import { captionLoss } from "../lib/objective.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
 import { OriginalProcess } from "./original.ts";
@@ -76,7 +77,7 @@ export interface BenchOptions {
   batch?: number;
   steps?: number;
   threads?: number;
-  /** Blocks layer by layer: without the whole-block kernel (lib/blas/fused.ts block()). */
+  /** Blocks layer by layer: without the whole-block kernel (lib/ops/block.ts transformerBlock()). */
   layers?: boolean;
 }
 
@@ -168,7 +169,15 @@ export class OurModel {
     const step = this.step++;
     return time(() => {
       const { value, grads } = tf.variableGrads(
-        () => this.model.loss(this.images, this.idx, this.targets, new Ctx(true, 1, step), "first"),
+        () =>
+          captionLoss(
+            this.model,
+            this.images,
+            this.idx,
+            this.targets,
+            new ForwardContext(true, 1, step),
+            "first",
+          ),
         this.opt.params,
       );
       this.opt.update(this.opt.params.map((p) => grads[p.name]));
@@ -181,7 +190,9 @@ export class OurModel {
   forward(): number {
     // The tidy returns nothing: given the logits' Float32Array it would walk all B·T·V numbers
     // looking for tensors (~4 ms a call at the original config, counted as ours).
-    return time(() => tf.tidy(() => void this.model.forward(this.images, this.idx, Ctx.eval()).dataSync()));
+    return time(() =>
+      tf.tidy(() => void this.model.forward(this.images, this.idx, ForwardContext.eval()).dataSync())
+    );
   }
 
   /** 40 new tokens for one image (greedy, KV cache); returns milliseconds and how many were made. */
@@ -205,7 +216,7 @@ export class OurModel {
  * tokens: <pad> ends a caption early. Only one bias value changes; the work per token does not.
  */
 function neverPad(model: VisionLanguageModel): void {
-  const bias = model.decoder.lmHead.b;
+  const bias = model.decoder.lmHead.bias;
   if (!bias) return;
   const values = bias.dataSync().slice() as Float32Array;
   values[values.length - 1] = -1e4; // <pad> is the last id

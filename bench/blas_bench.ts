@@ -14,7 +14,9 @@ import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { parseArgs } from "node:util";
 import { activeBlas, disableBlasKernels, enableBlasKernels } from "../lib/blas/kernels.ts";
-import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../lib/blas/fused.ts";
+import { adamComposite as adamOps, adamStep } from "../lib/ops/adam.ts";
+import { gelu, geluComposite as geluOps } from "../lib/ops/activations.ts";
+import { layerNorm, layerNormComposite as layerNormOps } from "../lib/ops/layer_norm.ts";
 
 interface Shape {
   name: string;

@@ -1,15 +1,16 @@
-// Chooses where tensors live and ops run. Model code never asks which backend it is on.
+// Chooses where tensors live and ops run, and registers that backend's fused kernels with the ops of
+// lib/ops (the seam). Model code never asks which backend it is on.
 //
-// Order when nothing is asked for: tfjs-node-gpu, tfjs-node (only if installed in node_modules —
-// they need libtensorflow, which `npm i @tensorflow/tfjs-node-gpu` downloads), then wasm (with
-// OpenBLAS matmuls when libopenblas loads), then the pure-JS cpu backend.
+// Order when nothing is asked for: tfjs-node-gpu, tfjs-node (only if installed in node_modules — they
+// need libtensorflow, which `npm i @tensorflow/tfjs-node-gpu` downloads), then wasm (with OpenBLAS
+// products and the C kernels of lib/blas when they load), then the pure-JS cpu backend.
 // Override with `--backend NAME` or the SEEMORE_BACKEND environment variable.
 
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
 import { fileURLToPath } from "node:url";
-import { useFastMatmul } from "./model/ops.ts";
+import { registerExtras, registerKernels, unregisterKernels } from "./ops/registry.ts";
 
 export type BackendName = "tensorflow-gpu" | "tensorflow" | "wasm" | "cpu";
 export const BACKENDS = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
@@ -51,19 +52,65 @@ async function tryNode(kind: "tensorflow-gpu" | "tensorflow", notes: string[]): 
 
 async function tryWasm(notes: string[], blas: boolean): Promise<boolean> {
   if (!(await tf.setBackend("wasm"))) return false;
-  if (blas) {
-    try {
-      const { enableBlasKernels } = await import("./blas/kernels.ts");
-      const r = await enableBlasKernels();
-      useFastMatmul(r.ok);
-      if (r.ok) notes.push(`OpenBLAS kernels: ${r.kernels.join(", ")}`, ...(r.gemm ? [r.gemm] : []));
-      else notes.push(r.reason ?? "OpenBLAS not available");
-    } catch (e) {
-      notes.push(`OpenBLAS kernels unavailable: ${(e as Error).message.split("\n")[0]}`);
-    }
+  if (!blas) {
+    (await blasModule)?.disableBlasKernels();
+    unregisterKernels("wasm");
+    return true;
+  }
+  try {
+    notes.push(...await useBlas());
+  } catch (e) {
+    notes.push(`OpenBLAS kernels unavailable: ${(e as Error).message.split("\n")[0]}`);
   }
   return true;
 }
+
+/** lib/blas, once something asked for it (imported only then: it compiles and opens native code). */
+let blasModule: Promise<typeof import("./blas/kernels.ts")> | null = null;
+
+/** The fast CPU path on wasm (lib/blas): its kernels registered with the ops; returns the notes. */
+async function useBlas(): Promise<string[]> {
+  blasModule ??= import("./blas/kernels.ts");
+  const blas = await blasModule;
+  const r = await blas.enableBlasKernels();
+  if (!r.ok) return [r.reason ?? "OpenBLAS not available"];
+  const matmul = tf.getKernel("_FusedMatMul", "wasm")!.kernelFunc;
+  const dense: tf.KernelFunc = (args) =>
+    matmul({ ...args, attrs: { transposeA: false, transposeB: false, activation: "linear" } });
+  registerKernels("wasm", { dense });
+  const native = blas.activeNative();
+  registerExtras("wasm", {
+    adamInPlace: blas.adamInPlace,
+    decoderStep: native?.hasSgemm()
+      ? {
+        layout: DECODER_STEP_LAYOUT,
+        cacheSize: (await import("./blas/native.ts")).decoderCacheSize,
+        step: (weights, x, cache, logits, dims, position) =>
+          native.decoderStep(weights, x, cache, logits, dims, position),
+        inPlaceUpdates: blas.inPlaceUpdateCount,
+      }
+      : undefined,
+  });
+  return [`OpenBLAS kernels: ${r.kernels.join(", ")}`, ...(r.gemm ? [r.gemm] : [])];
+}
+
+/** The order in which lib/blas's decoder step reads a decoder's weights (kernels.c seemore_decoder_step). */
+const DECODER_STEP_LAYOUT = {
+  block: [
+    "ln1.weight",
+    "ln1.bias",
+    "attn.heads",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ln2.weight",
+    "ln2.bias",
+    "ffn.0.weight",
+    "ffn.0.bias",
+    "ffn.2.weight",
+    "ffn.2.bias",
+  ],
+  final: ["ln_f.weight", "ln_f.bias", "lm_head.weight", "lm_head.bias", "position_embedding_table.weight"],
+} as const;
 
 /**
  * Starts the requested backend (or the fastest available) and returns what was chosen.
@@ -78,7 +125,6 @@ export async function initBackend(requested?: string, opts: { blas?: boolean } =
     throw new Error(`unknown backend "${want}": choose one of ${BACKENDS.join(", ")} or auto`);
   }
   let ok = false;
-  useFastMatmul(false);
   if (want === "tensorflow-gpu" || want === "tensorflow") {
     ok = await tryNode(want, notes);
     if (!ok) {

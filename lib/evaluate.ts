@@ -10,7 +10,8 @@ import * as tf from "@tensorflow/tfjs";
 import type { ImageCaptionDataset } from "./data/batches.ts";
 import { summarize, type Summary } from "./eval.ts";
 import { generate, type SampleOptions } from "./generate.ts";
-import { Ctx } from "./model/ops.ts";
+import { ForwardContext } from "./model/module.ts";
+import { captionLoss } from "./objective.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
@@ -67,7 +68,10 @@ export function datasetLoss(model: VisionLanguageModel, data: ImageCaptionDatase
   for (const batch of data.allBatches(batchSize)) {
     const n = batch.rows.length;
     total += n *
-      tf.tidy(() => model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]);
+      tf.tidy(() =>
+        captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), "first")
+          .dataSync()[0]
+      );
     tf.dispose(batch);
   }
   return total / data.length;

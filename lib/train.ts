@@ -13,20 +13,16 @@ import { BatchSampler, type ImageCaptionDataset, makeBatch } from "./data/batche
 import { WordNoise } from "./data/word_noise.ts";
 import { wordTargets } from "./data/caption_words.ts";
 import { saveModel } from "./model/factory.ts";
-import { type RouterStats, routerStatsCsv, routerStatsOf } from "./model/moe.ts";
-import { Ctx, hash32 } from "./model/ops.ts";
+import { routerStatsOf } from "./model/moe.ts";
+import { ForwardContext } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
-import { mulberry32 } from "./random.ts";
+import { captionLoss } from "./objective.ts";
+import { hash32, mulberry32 } from "./random.ts";
+import { type MetricRow, metricsCsv, routerStatsCsv } from "./run_log.ts";
 import { Adam } from "./optim.ts";
 import { ProgressBar } from "./progress.ts";
 
-export interface MetricRow {
-  step: number; // optimizer steps done when measured
-  train_loss: number; // loss of the batch just trained on (with word_loss > 0: plus the weighted word loss)
-  val_loss: number | null; // mean over eval_iters validation batches (null when there is no val set)
-  elapsed_s: number; // training time so far (evaluation excluded)
-  router?: RouterStats[]; // seeMoE: each MoE layer's routing on the batch just trained on (router.csv)
-}
+export type { MetricRow };
 
 export interface TrainRun {
   model: VisionLanguageModel;
@@ -99,11 +95,11 @@ export function trainStep(
   const noised = noise ? rows.map((row) => noise.apply(run.train.tokens[row], rand)) : undefined;
   const batch = makeBatch(run.train, rows, noised);
   const words = model.wordHead && cfg.word_loss > 0 ? imageWordTargets(model, run.train, rows) : undefined;
-  const ctx = new Ctx(true, s.dropout, step);
+  const ctx = new ForwardContext(true, s.dropout, step);
   try {
     const extra = { skip: batch.skip, words, wordLoss: cfg.word_loss };
     const { value, grads } = tf.variableGrads(
-      () => model.loss(batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
+      () => captionLoss(model, batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
       opt.params,
     );
     // A parameter the loss does not use (the word head when word_loss is 0) gets a zero gradient.
@@ -141,7 +137,8 @@ export function estimateLoss(
   for (let i = 0; i < cfg.eval_iters; i++) {
     const batch = sampler.next(cfg.val_batch_size, { replace: true });
     total += tf.tidy(() =>
-      model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), cfg.pad_loss).dataSync()[0]
+      captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), cfg.pad_loss)
+        .dataSync()[0]
     );
     tf.dispose(batch);
   }
@@ -155,11 +152,6 @@ export function metricsFrame(rows: MetricRow[]): pl.DataFrame {
     val_loss: rows.map((r) => r.val_loss),
     elapsed_s: rows.map((r) => r.elapsed_s),
   });
-}
-
-function metricsCsv(rows: MetricRow[]): string {
-  const lines = rows.map((r) => [r.step, r.train_loss, r.val_loss ?? "", r.elapsed_s].join(","));
-  return ["step,train_loss,val_loss,elapsed_s", ...lines].join("\n") + "\n";
 }
 
 /** Writes the checkpoint (config.json + model.safetensors) and everything --resume needs. */

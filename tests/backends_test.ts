@@ -13,10 +13,11 @@
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
 import type { ModelConfig } from "../lib/config.ts";
-import { Ctx, type StateDict } from "../lib/model/ops.ts";
+import { ForwardContext, type StateDict } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
 import { assertRelClose, normOfDiff, tinyConfig } from "./helpers.ts";
+import { captionLoss } from "../lib/objective.ts";
 
 const RTOL = 1e-5;
 const UPDATE_RTOL = 1e-2;
@@ -44,15 +45,16 @@ const CONFIGS = {
 
 function runOn(config: ModelConfig, state: StateDict | null): { run: Run; state: StateDict } {
   const model = new VisionLanguageModel(config, 21);
-  if (state) model.loadState("", state);
+  if (state) model.loadStateDict(state);
   const images = tf.randomNormal([3, 3, 32, 32], 0, 1, "float32", 4) as tf.Tensor4D;
   const idx = tf.tensor2d([[1, 5, 9, 12], [3, 4, 65, 65], [40, 41, 42, 43]], undefined, "int32");
   const targets = tf.tensor2d([[5, 9, 12, 65], [4, 65, 65, 65], [41, 42, 43, 65]], undefined, "int32");
-  const logits = tf.tidy(() => model.forward(images, idx, Ctx.eval()).dataSync() as Float32Array);
+  const logits = tf.tidy(() => model.forward(images, idx, ForwardContext.eval()).dataSync() as Float32Array);
   const vars = model.variables();
   const words = tf.tensor2d([[1, 0, 1], [0, 0, 0], [1, 1, 1]]);
   const skip = Uint8Array.from([0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]); // (B, T): a swapped word's characters
-  const loss = () => model.loss(images, idx, targets, Ctx.eval(), "first", { skip, words, wordLoss: 0.5 });
+  const loss = () =>
+    captionLoss(model, images, idx, targets, ForwardContext.eval(), "first", { skip, words, wordLoss: 0.5 });
   const { grads } = tf.variableGrads(loss, vars);
   const gradData = vars.map((v) => grads[v.name].dataSync() as Float32Array);
   tf.dispose(Object.values(grads));

@@ -5,7 +5,7 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { DEFAULT_TRAIN, type TrainConfig } from "../lib/config.ts";
 import { loadModel } from "../lib/model/factory.ts";
-import { Ctx } from "../lib/model/ops.ts";
+import { ForwardContext } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
 import { train, type TrainRun, trainStep } from "../lib/train.ts";
@@ -13,6 +13,7 @@ import { Adam } from "../lib/optim.ts";
 import { WordNoise } from "../lib/data/word_noise.ts";
 import { datasetLoss } from "../lib/evaluate.ts";
 import { shapesDataset, tinyConfig, useBackend } from "./helpers.ts";
+import { captionLoss, lossTargets } from "../lib/objective.ts";
 
 await useBackend();
 const vocab = Tokenizer.original().symbols as string[];
@@ -114,10 +115,10 @@ Deno.test("evaluation draws no dropout: two losses on the same batch agree", () 
   const model = new VisionLanguageModel(tinyConfig(), 6);
   const batch = [...three.allBatches(3)][0];
   const l1 = tf.tidy(() =>
-    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
+    captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), "first").dataSync()[0]
   );
   const l2 = tf.tidy(() =>
-    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
+    captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), "first").dataSync()[0]
   );
   assert.equal(l1, l2);
   tf.dispose(batch);
@@ -130,7 +131,7 @@ Deno.test("pad targets: 'all' counts every pad (the original), 'first' only the 
   const idx = tf.tensor2d([[1, 2, 3, 4], [5, 6, pad, pad]], undefined, "int32");
   const targets = tf.tensor2d([[2, 3, 4, pad], [6, pad, pad, pad]], undefined, "int32");
   const weights = (mode: "all" | "first" | "none") =>
-    Array.from(model.lossTargets(idx, targets, mode).weights);
+    Array.from(lossTargets(model, idx, targets, mode).weights);
   // one visual position (never a target in the original setting), then 4 caption positions per row
   assert.deepEqual(weights("all"), [0, 1, 1, 1, 1, 0, 1, 1, 1, 1]);
   assert.deepEqual(weights("first"), [0, 1, 1, 1, 1, 0, 1, 1, 0, 0]);
@@ -176,11 +177,11 @@ Deno.test("a time limit stops training early and still logs the last step", asyn
 Deno.test("a model with a word head also trains without the word loss, leaving the head as it is", () => {
   const model = new VisionLanguageModel(tinyConfig({ image_words: ["a", "red"] }), 3);
   const opt = new Adam(model.variables());
-  const head = model.wordHead!.w.dataSync().slice();
+  const head = model.wordHead!.weight.dataSync().slice();
   const run: TrainRun = { model, vocab, train: three, cfg: cfg({ word_loss: 0 }) };
   const losses = [0, 1, 2].map((s) => trainStep(model, opt, run, s));
   assert(losses.every(Number.isFinite));
-  assert.deepEqual(model.wordHead!.w.dataSync(), head);
+  assert.deepEqual(model.wordHead!.weight.dataSync(), head);
   opt.dispose();
   model.dispose();
 });

@@ -1218,10 +1218,18 @@ function blockKernel(args: KernelArgs): TensorInfo[] {
   });
 }
 
-/** inputs dout and what the gradient reads of the forward pass → [dx, then each parameter's gradient]. */
+/**
+ * inputs dout, x, the parameters, and the forward's saved outputs as saved0, saved1, … (BLOCK_SAVED's
+ * order) → [dx, then each parameter's gradient].
+ */
 function blockGradKernel(args: KernelArgs): TensorInfo[] {
   const outputs = ["dx", ...BLOCK_PARAMS.map((p) => `d${p}`)];
-  return blockCall(args, outputs, true, (heap, offsets, dims, attrs) => {
+  const inputs = { ...args.inputs };
+  BLOCK_SAVED.forEach((name, i) => {
+    inputs[name] = inputs[`saved${i}`];
+    delete inputs[`saved${i}`];
+  });
+  return blockCall({ ...args, inputs }, outputs, true, (heap, offsets, dims, attrs) => {
     native!.blockGrad(heap, offsets, dims, attrs.dropout);
   });
 }

@@ -7,7 +7,7 @@
 import { checkTensors, loadCheckpoint, type NamedTensor, saveCheckpoint } from "../checkpoint.ts";
 import { DEFAULT_MODEL, type ModelConfig, type ModelType, PAD } from "../config.ts";
 import { VisionMoELanguageModel } from "./moe.ts";
-import type { StateDict } from "./ops.ts";
+import type { StateDict } from "./module.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
 
 /** Something that builds a model of one kind (seeMoE registers itself here). */
@@ -163,7 +163,7 @@ export async function loadModel(
   const model = buildModel(parsed.model);
   try {
     checkTensors(model.expectedShapes(), tensors, `${dir}/model.safetensors`);
-    model.loadState("", tensors);
+    model.loadStateDict(tensors);
   } catch (e) {
     model.dispose();
     throw e;
