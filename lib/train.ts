@@ -12,7 +12,7 @@ import type { TrainConfig } from "./config.ts";
 import { BatchSampler, type ImageCaptionDataset, makeBatch } from "./data/batches.ts";
 import { WordNoise } from "./data/word_noise.ts";
 import { wordTargets } from "./data/caption_words.ts";
-import { saveModel } from "./model/factory.ts";
+import { saveModel } from "./model_files.ts";
 import { routerStatsOf } from "./model/moe.ts";
 import { ForwardContext } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";

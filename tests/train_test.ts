@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { DEFAULT_TRAIN, type TrainConfig } from "../lib/config.ts";
-import { loadModel } from "../lib/model/factory.ts";
+import { loadModel } from "../lib/model_files.ts";
 import { ForwardContext } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";

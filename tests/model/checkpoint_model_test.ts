@@ -4,7 +4,7 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { encodeSafetensors, loadCheckpoint, saveCheckpoint } from "../../lib/checkpoint.ts";
-import { configJson, loadModel, saveModel } from "../../lib/model/factory.ts";
+import { configJson, loadModel, saveModel } from "../../lib/model_files.ts";
 import { ForwardContext } from "../../lib/model/module.ts";
 import type { PatchEmbeddings } from "../../lib/model/patch_embeddings.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
@@ -111,10 +111,15 @@ Deno.test("bad config.json values are clear errors", async () => {
   const { config } = await loadCheckpoint(dir);
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ ...config, vocab: ["a", "b"] }, /last "vocab" entry must be "<pad>"/],
-    [{ ...config, model_type: "gpt" }, /"model_type" must be "seemore" or "seemoe"/],
-    [{ ...config, n_embd: "wide" }, /"n_embd" must be a non-negative number/],
+    [{ ...config, model_type: "gpt" }, /"model_type" must be one of "seemore", "seemoe", not "gpt"/],
+    [{ ...config, n_embd: "wide" }, /"n_embd" must be a whole number from 1 to 65536, not "wide"/],
+    [{ ...config, n_embd: 33 }, /"n_embd" 33 must be divisible by "n_head" 4/],
+    [{ ...config, dropout: 1 }, /"dropout" must be a number from 0 to 1 \(excluded\), not 1/],
+    [{ ...config, first_token_from_image: "yes" }, /"first_token_from_image" must be true or false/],
+    [{ ...config, n_embd: 65536, n_layer: 1000 }, /describes .* parameters, more than 5e\+8/],
     [{ ...config, vocab_size: 12 }, /"vocab_size" is 12 but "vocab" lists 66/],
     [{ ...config, patch_stem: "hmlp" }, /"patch_stem" must be one of "linear", "conv"/],
+    [{ ...config, patch_stem: "conv", patch_size: 6, img_size: 36 }, /"patch_size" 6 must be divisible by 4/],
     [{ ...config, image_words: "red" }, /"image_words" must be a list of words/],
     [{ ...config, image_words: ["red", 3] }, /"image_words" must be a list of words/],
   ];

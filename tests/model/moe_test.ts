@@ -4,7 +4,8 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { DEFAULT_MODEL, type ModelConfig, PAD } from "../../lib/config.ts";
-import { buildModel, loadModel, saveModel } from "../../lib/model/factory.ts";
+import { buildModel } from "../../lib/model/factory.ts";
+import { loadModel, saveModel } from "../../lib/model_files.ts";
 import {
   kaimingInitLinears,
   type MoEOptions,

@@ -4,7 +4,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { loadModel } from "../../lib/model/factory.ts";
+import { loadModel } from "../../lib/model_files.ts";
 import { ForwardContext } from "../../lib/model/module.ts";
 import { assertClose, useBackend } from "../helpers.ts";
 import { captionLoss } from "../../lib/objective.ts";
