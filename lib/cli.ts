@@ -18,7 +18,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import { initBackend } from "./backend.ts";
+import { SpeedReport, startBackend } from "./fast_path.ts";
 import {
   DEFAULT_MODEL,
   DEFAULT_RECIPE,
@@ -139,7 +139,8 @@ async function cmdTrain(args: string[]): Promise<void> {
       ...Object.fromEntries(ARCH_FLAGS.map(([flag]) => [flag, { type: "string" as const }])),
     },
   });
-  const backend = await initBackend(v.backend);
+  const started = await startBackend(v.backend);
+  const backend = started.info;
   console.error(`backend: ${backend.name}${backend.notes.length ? ` (${backend.notes.join("; ")})` : ""}`);
 
   const bundled = v.data === undefined;
@@ -228,6 +229,10 @@ async function cmdTrain(args: string[]): Promise<void> {
       `run folder ${outDir}`,
   );
 
+  // Without the fast path: after ten steps, how long this run takes, and would take with it.
+  const speed = started.fix && started.path
+    ? new SpeedReport(cfg.max_iters, started.path, started.fix)
+    : undefined;
   const result = await train({
     model,
     vocab: tokenizer.symbols as string[],
@@ -237,6 +242,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     outDir,
     extraConfig: { data: dataPath },
     progress: true,
+    onStep: speed && ((done, seconds) => speed.onStep(done, seconds)),
     handleSigint: true,
     timeLimitS: v.minutes === undefined ? undefined : 60 * num(v.minutes, "minutes", 0),
   }, v.resume);
@@ -279,7 +285,7 @@ async function cmdEval(args: string[]): Promise<void> {
     },
   });
   if (!v.ckpt || !v.data) throw new UsageError("eval needs --ckpt DIR and --data CSV");
-  await initBackend(v.backend);
+  await startBackend(v.backend);
   const { model, vocab } = await loadModel(v.ckpt);
   const tokenizer = new Tokenizer(vocab);
   let data = await ImageCaptionDataset.fromCsv(v.data, tokenizer, model.config.img_size, {
@@ -315,7 +321,7 @@ async function cmdGenerate(args: string[]): Promise<void> {
     },
   });
   if (!v.ckpt || !v.image) throw new UsageError("generate needs --ckpt DIR and --image FILE");
-  await initBackend(v.backend);
+  await startBackend(v.backend);
   const { model, vocab } = await loadModel(v.ckpt);
   const tokenizer = new Tokenizer(vocab);
   const S = model.config.img_size;
