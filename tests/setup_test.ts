@@ -1,18 +1,17 @@
 // `deno task setup`, `deno task doctor` and the main job's own check of the fast CPU path.
 //
-// The "missing" cases run in a child process that cannot see the libraries: `unshare --mount`, then
-// `mount --bind /dev/null` over each OpenBLAS / oneDNN file and over the C compiler, inside the child's own
-// mount namespace (nothing changes for the rest of the machine). That needs root; elsewhere those tests
-// are skipped with one line, except under CI (CI set), where they must run. Nothing here installs or
+// The "missing" cases run in a child process that cannot see the libraries (tests/hide.ts: `unshare
+// --mount`, then /dev/null bound over OpenBLAS, oneDNN or the C compiler inside the child's own mount
+// namespace; nothing changes for the rest of the machine). That needs root and apt-get; elsewhere those
+// tests are skipped with one line, except under CI (CI set), where they must run. Nothing here installs or
 // removes packages: setup runs with --dry-run, train with SEEMORE_NO_SETUP=1.
 
 import assert from "node:assert/strict";
-import { LIBRARY_CANDIDATES } from "../lib/blas/ffi.ts";
-import { ONEDNN_CANDIDATES } from "../lib/blas/onednn.ts";
 import { REFERENCE_STEPS_PER_S, SpeedReport } from "../lib/fast_path.ts";
 import { clock, duration, ProgressBar } from "../lib/progress.ts";
 import { kernelDirs, planSetup, probeFastPath, type System } from "../lib/setup.ts";
 import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
+import { hideFromChild, hidingAvailable, realFile } from "./hide.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const SETUP = `${ROOT}lib/setup.ts`;
@@ -20,67 +19,27 @@ const DOCTOR = `${ROOT}lib/doctor.ts`;
 const CLI = `${ROOT}lib/cli.ts`;
 const dec = new TextDecoder();
 
-type Hide = "openblas" | "onednn" | "compiler";
+const HIDE = { openblas: "libopenblas.so.0", onednn: "libdnnl.so.2", compiler: "cc" } as const;
 
-/** Every file a loader could open for this part (resolved through symlinks), or the compiler binary. */
-async function filesOf(part: Hide): Promise<string[]> {
-  if (part === "compiler") {
-    const dirs = (Deno.env.get("PATH") ?? "").split(":");
-    for (const d of dirs) {
-      try {
-        return [await Deno.realPath(`${d}/cc`)];
-      } catch { /* not here */ }
-    }
-    return [];
-  }
-  const names = part === "openblas" ? LIBRARY_CANDIDATES : ONEDNN_CANDIDATES;
-  const cache = dec.decode(
-    (await new Deno.Command("ldconfig", { args: ["-p"], stdout: "piped" }).output()).stdout,
-  );
-  const paths = names.flatMap((n) => {
-    if (n.startsWith("/")) return [n];
-    return [...cache.matchAll(new RegExp(`^\\s*${n.replaceAll(".", "\\.")} \\(.*\\) => (\\S+)$`, "gm"))]
-      .map((m) => m[1]);
+/**
+ * Runs deno with `args` in a child that cannot see the `hide` parts, with an empty kernel cache; variables
+ * that would point the loaders elsewhere are emptied (an empty one counts as unset).
+ */
+async function runHidden(hide: (keyof typeof HIDE)[], args: string[], env: Record<string, string> = {}) {
+  const r = await hideFromChild(hide.map((h) => HIDE[h]), Deno.execPath(), {
+    args,
+    env: {
+      CC: "",
+      SEEMORE_OPENBLAS: "",
+      SEEMORE_ONEDNN: "",
+      SEEMORE_NO_SETUP: "",
+      SEEMORE_BLAS: "",
+      NO_COLOR: "1",
+      SEEMORE_CACHE_DIR: await Deno.makeTempDir(),
+      ...env,
+    },
   });
-  const real = await Promise.all(paths.map((p) => Deno.realPath(p).catch(() => null)));
-  return [...new Set(real.filter((p): p is string => p !== null))];
-}
-
-/** Runs deno with `args` in a child that cannot see the `hide` parts; CC and SEEMORE_* paths unset. */
-async function runHidden(hide: Hide[], args: string[], env: Record<string, string> = {}) {
-  const files = (await Promise.all(hide.map(filesOf))).flat();
-  const mounts = files.map((f) => `mount --bind /dev/null '${f}'`);
-  const parent = Deno.env.toObject();
-  for (
-    const k of [
-      "CC",
-      "SEEMORE_OPENBLAS",
-      "SEEMORE_ONEDNN",
-      "SEEMORE_BACKEND",
-      "SEEMORE_BLAS",
-      "SEEMORE_NO_SETUP",
-    ]
-  ) {
-    delete parent[k];
-  }
-  const out = await new Deno.Command("unshare", {
-    args: ["--mount", "sh", "-c", [...mounts, 'exec "$@"'].join(" && "), "sh", Deno.execPath(), ...args],
-    clearEnv: true,
-    env: { ...parent, NO_COLOR: "1", SEEMORE_CACHE_DIR: await Deno.makeTempDir(), ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, out: dec.decode(out.stdout), err: dec.decode(out.stderr) };
-}
-
-async function canHide(): Promise<boolean> {
-  if (Deno.uid() !== 0) return false;
-  try {
-    return (await new Deno.Command("unshare", { args: ["--mount", "true"], stderr: "null" }).output())
-      .success;
-  } catch {
-    return false;
-  }
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 const hasApt = (Deno.env.get("PATH") ?? "").split(":").some((d) => {
@@ -90,12 +49,10 @@ const hasApt = (Deno.env.get("PATH") ?? "").split(":").some((d) => {
     return false;
   }
 });
-const CAN_HIDE = hasApt && await canHide();
+const why = hasApt ? await hidingAvailable() : "these tests expect apt-get";
 const REQUIRED = Boolean(Deno.env.get("CI"));
-if (!CAN_HIDE && !REQUIRED) {
-  console.warn("setup tests that hide libraries skipped: they need root, `unshare --mount` and apt-get");
-}
-const hiding = { ignore: !CAN_HIDE && !REQUIRED };
+if (why && !REQUIRED) console.warn(`setup tests that hide libraries skipped: ${why}`);
+const hiding = { ignore: why !== null && !REQUIRED };
 
 /** The packages of the `apt-get install` line among a dry run's commands. */
 function installed(stdout: string): string[] | null {
@@ -184,7 +141,7 @@ Deno.test({
   name: "doctor reports a hidden OpenBLAS as missing, with the package that brings it back",
   ...hiding,
   fn: async () => {
-    const r = await runHidden(["openblas"], ["run", "-A", DOCTOR, "--json"]);
+    const r = await runHidden(["openblas"], ["run", "-A", DOCTOR, "--json"], { SEEMORE_BACKEND: "wasm" });
     assert.equal(r.code, 0, r.err);
     const report = JSON.parse(r.out);
     assert.deepEqual(
@@ -207,7 +164,7 @@ Deno.test({
   name: "doctor's lines: one per backend, then the pick; the fast path available when nothing is hidden",
   ...hiding,
   fn: async () => {
-    const r = await runHidden([], ["run", "-A", DOCTOR]);
+    const r = await runHidden([], ["run", "-A", DOCTOR], { SEEMORE_BACKEND: "wasm" });
     assert.equal(r.code, 0, r.err);
     const lines = r.out.trim().split("\n");
     assert.equal(lines.length, 7, r.out);
@@ -244,7 +201,20 @@ Deno.test({
     const args = ["run", "-A", CLI, "train", "--data", `${dir}/train.csv`, "--val", `${dir}/val.csv`];
     const r = await runHidden(
       ["openblas", "onednn", "compiler"],
-      [...args, "--steps", "4", "--batch", "4", "--eval-iters", "1", "--out", `${dir}/run`, ...tiny],
+      [
+        ...args,
+        "--steps",
+        "4",
+        "--batch",
+        "4",
+        "--eval-iters",
+        "1",
+        "--out",
+        `${dir}/run`,
+        "--backend",
+        "wasm",
+        ...tiny,
+      ],
       { SEEMORE_NO_SETUP: "1" },
     );
     assert.equal(r.code, 0, r.err);
@@ -436,8 +406,8 @@ Deno.test("probeFastPath(true) finds libraries that appeared after the first pro
   ignore: probeFastPath().needs.length > 0 && !REQUIRED,
 }, async () => {
   const dir = await Deno.makeTempDir();
-  const [blas] = await filesOf("openblas");
-  const [dnnl] = await filesOf("onednn");
+  const blas = await realFile("libopenblas.so.0");
+  const dnnl = await realFile("libdnnl.so.2");
   const script = `
     import { probeFastPath } from "${ROOT}lib/setup.ts";
     const found = (s) => [s.openblas.ok, s.onednn.ok];
