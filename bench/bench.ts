@@ -21,6 +21,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
+import { startBackend } from "../lib/fast_path.ts";
 import { activeBlas, FUSED_KERNELS, setKernelThreads } from "../lib/blas/kernels.ts";
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
@@ -648,6 +649,7 @@ if (import.meta.main) {
     console.log(USAGE);
     Deno.exit(0);
   }
+  await startBackend(v.backend); // sets the fast path up first, or says what to run (lib/fast_path.ts)
   const opts = {
     backend: v.backend,
     model: v.model,

@@ -73,7 +73,10 @@ async function useBlas(): Promise<string[]> {
   blasModule ??= import("./blas/kernels.ts");
   const blas = await blasModule;
   const r = await blas.enableBlasKernels();
-  if (!r.ok) return [r.reason ?? "OpenBLAS not available"];
+  if (!r.ok) {
+    unregisterKernels("wasm"); // none of ours may outlive the library they call
+    return [r.reason ?? "OpenBLAS not available"];
+  }
   const matmul = tf.getKernel("_FusedMatMul", "wasm")!.kernelFunc;
   const dense: tf.KernelFunc = (args) =>
     matmul({ ...args, attrs: { transposeA: false, transposeB: false, activation: "linear" } });

@@ -4,7 +4,6 @@
 // reports held-out accuracy.
 
 import * as tf from "@tensorflow/tfjs";
-import { initBackend } from "./backend.ts";
 import {
   DEFAULT_MODEL,
   DEFAULT_RECIPE,
@@ -19,6 +18,7 @@ import { type ImageCaptionTable, readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
 import { evaluate, type Evaluation } from "./evaluate.ts";
 import { type Command, numberFlag, type ParsedFlags, parseFlags, usage, UsageError } from "./flags.ts";
+import { SpeedReport, startBackend } from "./fast_path.ts";
 import { generate } from "./generate.ts";
 import { buildModel } from "./model/factory.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
@@ -159,7 +159,8 @@ async function modelFor(flags: ParsedFlags, table: ImageCaptionTable, s: ReturnT
 }
 
 async function cmdTrain(flags: ParsedFlags): Promise<void> {
-  const backend = await initBackend(flags.own.backend as string | undefined);
+  const started = await startBackend(flags.own.backend as string | undefined); // sets the fast path up first
+  const backend = started.info;
   console.error(`backend: ${backend.name}${backend.notes.length ? ` (${backend.notes.join("; ")})` : ""}`);
   const bundled = flags.own.data === undefined;
   const paths = {
@@ -180,6 +181,8 @@ async function cmdTrain(flags: ParsedFlags): Promise<void> {
       `${data.val.length} rows; ${cfg.max_iters} steps of batch ${cfg.batch_size}; run folder ${outDir}`,
   );
   const minutes = flags.own.minutes === undefined ? undefined : numberFlag(flags, "minutes", 0);
+  // Without the fast path: after ten steps, how long this run takes, and would take with it.
+  const speed = started.fix && started.path ? new SpeedReport(cfg.max_iters, started.path, started.fix) : undefined;
   const result = await train({
     model,
     vocab: tokenizer.symbols as string[],
@@ -189,6 +192,7 @@ async function cmdTrain(flags: ParsedFlags): Promise<void> {
     outDir,
     extraConfig: { data: paths.data },
     progress: true,
+    onStep: speed && ((done, seconds) => speed.onStep(done, seconds)),
     handleSigint: true,
     timeLimitS: minutes === undefined ? undefined : 60 * minutes,
   }, flags.own.resume as string | undefined);
@@ -271,7 +275,7 @@ async function cmdEval(flags: ParsedFlags): Promise<void> {
   if (typeof ckpt !== "string" || typeof data !== "string") {
     throw new UsageError("eval needs --ckpt DIR and --data CSV");
   }
-  await initBackend(flags.own.backend as string | undefined);
+  await startBackend(flags.own.backend as string | undefined);
   const { model, vocab } = await loadModel(ckpt);
   const tokenizer = new Tokenizer(vocab);
   const opts = { maxLen: model.config.block_positions, visualTokens: model.numVisualTokens };
@@ -292,7 +296,7 @@ async function cmdGenerate(flags: ParsedFlags): Promise<void> {
   if (typeof v.ckpt !== "string" || typeof v.image !== "string") {
     throw new UsageError("generate needs --ckpt DIR and --image FILE");
   }
-  await initBackend(v.backend as string | undefined);
+  await startBackend(v.backend as string | undefined);
   const { model, vocab } = await loadModel(v.ckpt);
   const tokenizer = new Tokenizer(vocab);
   const S = model.config.img_size;

@@ -38,6 +38,8 @@ export interface TrainRun {
   onEval?: (row: MetricRow, all: MetricRow[]) => void;
   /** Draw a progress bar on stderr. */
   progress?: boolean;
+  /** Called after every optimizer step with the steps done and the training seconds so far. */
+  onStep?: (done: number, trainSeconds: number) => void;
   /** Save and stop cleanly on Ctrl-C (CLI only). */
   handleSigint?: boolean;
   /** Stop (and save) once this many seconds of training have passed. */
@@ -210,6 +212,7 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
       lastLoss = trainStep(model, opt, run, step, noise);
       trainSeconds += (performance.now() - t0) / 1000;
       bar?.update(opt.step, { loss: lastLoss }, opt.step / Math.max(trainSeconds, 1e-9));
+      run.onStep?.(opt.step, trainSeconds);
       if (run.timeLimitS !== undefined && trainSeconds >= run.timeLimitS) timeUp = true;
       if (step % cfg.eval_interval === 0 || opt.step === cfg.max_iters || timeUp) {
         const router = routerStatsOf(model);

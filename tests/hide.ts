@@ -30,21 +30,25 @@ export async function realFile(name: string): Promise<string> {
   return await Deno.realPath(path);
 }
 
-/** Runs `command args` with `names` (library sonames or programs) unreadable; output is stdout + stderr. */
+/**
+ * Runs `command args` with `names` (library sonames or programs) unreadable; output is stdout + stderr,
+ * also given apart.
+ */
 export async function hideFromChild(
   names: string[],
   command: string,
   opts: { args: string[]; env?: Record<string, string>; cwd?: string },
-): Promise<{ code: number; output: string }> {
+): Promise<{ code: number; output: string; stdout: string; stderr: string }> {
   const files = await Promise.all(names.map(realFile));
-  const mounts = files.map((f) => `mount --bind /dev/null '${f}'`).join(" && ");
+  const mounts = files.map((f) => `mount --bind /dev/null '${f}'`);
   const out = await new Deno.Command("unshare", {
-    args: ["--mount", "sh", "-c", `${mounts} && exec "$@"`, "sh", command, ...opts.args],
+    args: ["--mount", "sh", "-c", [...mounts, 'exec "$@"'].join(" && "), "sh", command, ...opts.args],
     env: opts.env,
     cwd: opts.cwd,
     stdout: "piped",
     stderr: "piped",
   }).output();
   const dec = new TextDecoder();
-  return { code: out.code, output: dec.decode(out.stdout) + dec.decode(out.stderr) };
+  const [stdout, stderr] = [dec.decode(out.stdout), dec.decode(out.stderr)];
+  return { code: out.code, output: stdout + stderr, stdout, stderr };
 }

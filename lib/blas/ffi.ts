@@ -122,6 +122,11 @@ export function loadBlas(path?: string): LoadResult {
   return cached;
 }
 
+/** Forgets a failed loadBlas(), so the next call searches again (after setup installed the library). */
+export function forgetFailedBlas(): void {
+  if (cached && !cached.ok) cached = null;
+}
+
 function openBlas(candidates: readonly string[], label: string): LoadResult {
   if (!ffiAllowed()) {
     return { ok: false, reason: `OpenBLAS not loaded: run Deno with --allow-ffi, and ${INSTALL_HINT}` };

@@ -667,7 +667,15 @@ export function decoderCacheSize(d: DecoderStepDims): number {
   return d.layers * 2 * d.batch * d.cached * d.width;
 }
 
-export type NativeResult = { ok: true; native: Native } | { ok: false; reason: string };
+/**
+ * Why the C kernels are missing: "permission" (a Deno flag), "compiler" (it cannot be run), "build" (it
+ * ran and failed; `reason` quotes its first error), "abi" (a stale library), "other".
+ */
+export type NativeFailure = "permission" | "compiler" | "build" | "abi" | "other";
+
+export type NativeResult =
+  | { ok: true; native: Native }
+  | { ok: false; reason: string; cause: NativeFailure };
 
 let cached: NativeResult | null = null;
 
@@ -677,28 +685,54 @@ export function loadNative(): NativeResult {
   try {
     cached = openNative();
   } catch (err) {
-    cached = { ok: false, reason: `C kernels unavailable (${firstLine(err)}); using JS kernels` };
+    const cause = err instanceof BuildError ? err.kind : "other";
+    cached = { ok: false, reason: `C kernels unavailable (${firstLine(err)}); using JS kernels`, cause };
   }
   return cached;
+}
+
+/** Forgets a failed loadNative(), so the next call tries again (after setup installed a compiler). */
+export function forgetFailedNative(): void {
+  if (cached && !cached.ok) cached = null;
+}
+
+/** The compiler the kernels are built with ($CC, default `cc`). */
+export function nativeCompiler(): string {
+  return readEnv("CC") ?? "cc";
+}
+
+/** Where the kernels built from the current source with the current compiler live (or will). */
+export function nativeLibraryPath(): string {
+  const source = Deno.readTextFileSync(SOURCE_URL);
+  const compiler = nativeCompiler();
+  const key = fnv1a64([source, compiler, ...CC_FLAGS, ...LIBS, Deno.build.target].join("\n"));
+  return `${cacheDir()}/kernels-${key}.so`;
+}
+
+class BuildError extends Error {
+  constructor(message: string, readonly kind: "compiler" | "build") {
+    super(message);
+  }
 }
 
 function openNative(): NativeResult {
   for (const name of ["ffi", "run", "read", "write"] as const) {
     if (Deno.permissions.querySync({ name }).state !== "granted") {
-      return { ok: false, reason: `C kernels need --allow-${name}; using JS kernels` };
+      return { ok: false, reason: `C kernels need --allow-${name}; using JS kernels`, cause: "permission" };
     }
   }
-  const source = Deno.readTextFileSync(SOURCE_URL);
-  const compiler = readEnv("CC") ?? "cc";
-  const key = fnv1a64([source, compiler, ...CC_FLAGS, ...LIBS, Deno.build.target].join("\n"));
-  const dir = cacheDir();
-  const path = `${dir}/kernels-${key}.so`;
-  if (!exists(path)) compile(compiler, dir, path);
+  const compiler = nativeCompiler();
+  const path = nativeLibraryPath();
+  if (!exists(path)) compile(compiler, path.slice(0, path.lastIndexOf("/")), path);
   const lib: NativeLibrary = Deno.dlopen(path, SYMBOLS);
   const version = lib.symbols.seemore_abi_version();
   if (version !== ABI_VERSION) {
     lib.close();
-    return { ok: false, reason: `C kernels at ${path} report ABI ${version}, expected ${ABI_VERSION}` };
+    return {
+      ok: false,
+      reason: `C kernels at ${path} report ABI ${version}, expected ${ABI_VERSION}`,
+      cause: "abi",
+    };
   }
   return { ok: true, native: wrap(path, lib) };
 }
@@ -716,14 +750,16 @@ function compile(compiler: string, dir: string, path: string): void {
       stderr: "piped",
     }).outputSync();
   } catch (err) {
-    throw new Error(`cannot run C compiler '${compiler}': ${firstLine(err)}`);
+    throw new BuildError(`cannot run C compiler '${compiler}': ${firstLine(err)}`, "compiler");
   }
   if (!out.success) {
     try {
       Deno.removeSync(tmp);
     } catch { /* nothing was written */ }
-    const msg = new TextDecoder().decode(out.stderr).trim().split("\n")[0];
-    throw new Error(`'${compiler}' failed on ${sourcePath}: ${msg}`);
+    // The first error, not the first line: that may be "In file included from ..." or a warning.
+    const lines = new TextDecoder().decode(out.stderr).trim().split("\n");
+    const msg = lines.find((l) => /error|cannot find/.test(l)) ?? lines[0];
+    throw new BuildError(`'${compiler}' failed on ${sourcePath}: ${msg}`, "build");
   }
   Deno.renameSync(tmp, path);
 }
