@@ -2,6 +2,7 @@
 //
 //   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
 //             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
+//             [--save-interval N (steps between saves of the run folder; 0 = only at the end)]
 //             [--minutes M (training-time budget)] [--warmup N] [--decay-lr true|false] [--min-lr X] [--pad-loss all|first|none] [--word-noise P] [--word-loss X]
 //             [--blind (blank images: a baseline)]
 //             [--recipe seeing|original]  (default seeing; original = the PyTorch original's settings)
@@ -122,6 +123,7 @@ async function cmdTrain(args: string[]): Promise<void> {
       resume: { type: "string" },
       "eval-interval": { type: "string" },
       "eval-iters": { type: "string" },
+      "save-interval": { type: "string" },
       "pad-loss": { type: "string" },
       "visual-tokens": { type: "string" },
       "first-token-from-image": { type: "boolean" },
@@ -159,6 +161,7 @@ async function cmdTrain(args: string[]): Promise<void> {
     seed: num(v.seed, "seed", base.seed),
     eval_interval: num(v["eval-interval"], "eval-interval", base.eval_interval),
     eval_iters: num(v["eval-iters"], "eval-iters", base.eval_iters),
+    save_interval: num(v["save-interval"], "save-interval", base.save_interval),
     pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, base.pad_loss),
     warmup_iters: num(v.warmup, "warmup", base.warmup_iters),
     decay_lr: oneOf(
@@ -180,7 +183,12 @@ async function cmdTrain(args: string[]): Promise<void> {
     model = loaded.model;
     tokenizer = new Tokenizer(loaded.vocab);
     const saved = loaded.extra.train as Partial<TrainConfig> | undefined;
-    if (saved) Object.assign(cfg, { ...saved, max_iters: cfg.max_iters });
+    // The run's own settings, but --steps, and --save-interval when given, from this command line.
+    const keep = {
+      max_iters: cfg.max_iters,
+      ...(v["save-interval"] !== undefined ? { save_interval: cfg.save_interval } : {}),
+    };
+    if (saved) Object.assign(cfg, { ...saved, ...keep });
   } else {
     tokenizer = chooseTokenizer(table.captions);
     const arch: ModelConfig = { ...DEFAULT_MODEL, ...recipe.model, vocab_size: tokenizer.vocabSize };

@@ -4,7 +4,7 @@
 export class ProgressBar {
   private readonly tty: boolean;
   private readonly started = performance.now();
-  private lastLine = 0;
+  private lastLine = -Infinity; // off a terminal: the first step's line at once, then one every 10 s
 
   constructor(readonly total: number, readonly label = "train", readonly width = 30) {
     this.tty = Deno.stderr.isTerminal();
