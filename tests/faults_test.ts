@@ -85,7 +85,7 @@ async function waitFor(
 }
 
 Deno.test("SIGKILL at random moments, also inside saves: each folder loads and resumes, to the uninterrupted run's weights", async () => {
-  const STEPS = 40;
+  const STEPS = 60; // more than six children get through (each makes a few steps before its kill)
   const args = [...DATA, ...TINY, "--steps", `${STEPS}`, "--eval-interval", "5", "--save-interval", "2"];
   const reference = cli("train", ...args, "--out", `${dir}/reference`); // runs alongside the kills
   const run = `${dir}/killed`;
