@@ -78,7 +78,7 @@ for (const setup of SETUPS) {
     // No decay here: a cosine decay follows max_iters, so 4 steps then 4 more is, by design, not 8 steps.
     const base = cfg({ ...setup.train, decay_lr: false, max_iters: 8, eval_interval: 2 });
     const straight = new VisionLanguageModel(setup.model, 5);
-    const full = await train({ model: straight, vocab, train: three, cfg: base, outDir: dirA });
+    const full = await train({ model: straight, vocab, train: three, val: three, cfg: base, outDir: dirA });
 
     const first = new VisionLanguageModel(setup.model, 5);
     await train({
