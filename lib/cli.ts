@@ -149,7 +149,12 @@ async function modelFor(flags: ParsedFlags, table: ImageCaptionTable, s: ReturnT
   if (resume) {
     const loaded = await loadModel(resume);
     const saved = loaded.extra.train as Partial<TrainConfig> | undefined;
-    if (saved) Object.assign(s.cfg, { ...saved, max_iters: s.cfg.max_iters });
+    // The run's own settings, but --steps, and --save-interval when given, from this command line.
+    const keep = {
+      max_iters: s.cfg.max_iters,
+      ...(flags.train.save_interval !== undefined ? { save_interval: s.cfg.save_interval } : {}),
+    };
+    if (saved) Object.assign(s.cfg, { ...saved, ...keep });
     return { model: loaded.model, tokenizer: new Tokenizer(loaded.vocab) };
   }
   const tokenizer = chooseTokenizer(table.captions);
@@ -182,7 +187,9 @@ async function cmdTrain(flags: ParsedFlags): Promise<void> {
   );
   const minutes = flags.own.minutes === undefined ? undefined : numberFlag(flags, "minutes", 0);
   // Without the fast path: after ten steps, how long this run takes, and would take with it.
-  const speed = started.fix && started.path ? new SpeedReport(cfg.max_iters, started.path, started.fix) : undefined;
+  const speed = started.fix && started.path
+    ? new SpeedReport(cfg.max_iters, started.path, started.fix)
+    : undefined;
   const result = await train({
     model,
     vocab: tokenizer.symbols as string[],

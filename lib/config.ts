@@ -39,6 +39,7 @@ export interface TrainConfig {
   max_iters: number;
   eval_interval: number;
   eval_iters: number;
+  save_interval: number;
   val_batch_size: number;
   seed: number;
   pad_loss: "all" | "first" | "none";
@@ -224,6 +225,15 @@ export const TRAIN_KEYS: Specs<TrainConfig> = {
     flag: "eval-iters",
     group: "training",
     help: "validation batches per estimate",
+  },
+  save_interval: {
+    default: 100,
+    integer: true,
+    min: 0,
+    max: 1e9,
+    flag: "save-interval",
+    group: "output",
+    help: "steps between saves of the run folder, each one group commit (0: only at the end)",
   },
   val_batch_size: { default: 8, ...SIZE, group: "training", help: "captions per validation batch" },
   seed: {
@@ -444,6 +454,7 @@ export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Parti
       max_iters: 4800,
       eval_interval: 500,
       eval_iters: 5,
+      save_interval: 500, // with each evaluation
       warmup_iters: 100,
       decay_lr: true,
       min_lr: 1e-4,

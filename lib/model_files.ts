@@ -16,15 +16,19 @@ export function configJson(
   return { ...model, vocab, ...extra };
 }
 
-/** Writes config.json and model.safetensors (temp names, then renamed). */
+/**
+ * Writes config.json and model.safetensors, and any `alongside` files ([name, bytes]), as one group
+ * (lib/checkpoint.ts's commitFiles: a crash leaves all the old files or all the new ones).
+ */
 export async function saveModel(
   dir: string,
   model: VisionLanguageModel,
   vocab: string[],
   extra: Record<string, unknown> = {},
+  alongside: [string, Uint8Array][] = [],
 ): Promise<void> {
   const tensors = [...model.stateDict()].map(([name, t]) => ({ name, shape: t.shape, data: t.data }));
-  await saveCheckpoint(dir, configJson(model.config, vocab, extra), tensors);
+  await saveCheckpoint(dir, configJson(model.config, vocab, extra), tensors, alongside);
 }
 
 /** Loads a checkpoint folder into a new model; config and tensors must agree (errors name the tensor). */

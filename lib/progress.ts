@@ -4,7 +4,7 @@
 export class ProgressBar {
   private readonly tty: boolean;
   private readonly started = performance.now();
-  private lastLine = 0;
+  private lastLine = -Infinity; // off a terminal: the first step's line at once, then one every 10 s
   /** The first update (steps done, wall clock): the time left is measured from there. */
   private first: { done: number; at: number } | null = null;
 
