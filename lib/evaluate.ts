@@ -8,7 +8,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { ImageCaptionDataset } from "./data/batches.ts";
-import { summarize, type Summary } from "./eval.ts";
+import { summarize, type Summary } from "./data/shapes_score.ts";
 import { generate, type SampleOptions } from "./generate.ts";
 import { ForwardContext } from "./model/module.ts";
 import { captionLoss } from "./objective.ts";
