@@ -196,7 +196,6 @@ export const TRAIN_KEYS: Specs<TrainConfig> = {
   learning_rate: {
     default: 1e-3,
     min: 0,
-    max: 10,
     flag: "lr",
     group: "training",
     help: "Adam's learning rate",
@@ -270,7 +269,6 @@ export const TRAIN_KEYS: Specs<TrainConfig> = {
   min_lr: {
     default: 1e-4,
     min: 0,
-    max: 10,
     flag: "min-lr",
     group: "training",
     help: "where the cosine decay ends",
