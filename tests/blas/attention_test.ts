@@ -6,7 +6,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { attention, canFuseAttention, dropout } from "../../lib/blas/fused.ts";
 import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
-import { aleaJump, aleaState, loadNative, type Native } from "../../lib/blas/native.ts";
+import { aleaJump, aleaState } from "../../lib/blas/native/alea.ts";
+import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { type KVCache, MultiHeadAttention } from "../../lib/model/attention.ts";
 import { Ctx, Initialiser } from "../../lib/model/ops.ts";
 import { assertClose, assertEquals, BLAS_OK, onEachGemm, seeded, valuesOn } from "./helpers.ts";
