@@ -107,7 +107,7 @@ export function benchShapes(
 
 /**
  * FLOPs of the matmuls in one forward pass. With `clsOnly` the ViT's last block is counted as our fast
- * path runs it when only the CLS token leaves the encoder (kernels.c, seemore_first_attention): one
+ * path runs it when only the CLS token leaves the encoder (lib/blas/c/first_attention.c): one
  * row's query, its key and value products moved onto that row (a = q Wk^T per head, then x Wv after
  * the weighted sum), scores and weighted sums over every row per head, and one row through the
  * projection and MLP. Without, as the original runs it (every row).

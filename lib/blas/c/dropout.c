@@ -9,7 +9,7 @@
  * multiple of 2^-32 and t < 2^53 / 2^32, so those doubles are exact: with S = s 2^32 the same step
  * is the integer multiply-with-carry T = 2091639 S0 + c, c' = T >> 32, S' = T mod 2^32 — the same
  * numbers, faster (the carry chain is an integer multiply-add instead of a float round trip).
- * state = {c, s0, s1, s2} as native.ts seeds it (exactly as seedrandom does). */
+ * state = {c, s0, s1, s2} as native/alea.ts seeds it (exactly as seedrandom does). */
 
 typedef struct {
   uint64_t c, s0, s1, s2; /* s scaled by 2^32 */
@@ -75,7 +75,7 @@ void seemore_uniform(double *state, float *out, int32_t n) {
  * The kept/dropped flags are stored as bytes for the backward pass: dx = dy * mult. */
 
 /* Draws in chunks of `chunk`: chunk i starts from states[4i..4i+3], the seeded state advanced i * chunk
- * draws (native.ts jumps ahead to it), so chunks run on any thread and the draws are still the one
+ * draws (native/alea.ts jumps ahead to it), so chunks run on any thread and the draws are still the one
  * sequence tf.randomUniform makes. For each draw e: mask[e] = kept, and with x, y[e] = x[e] * mult. */
 typedef struct {
   const double *states;

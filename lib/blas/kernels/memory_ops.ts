@@ -68,7 +68,7 @@ export function unpackKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
 
 /**
  * tf.slice read in place: stock wasm first copies the whole input out of the heap (readSync), which
- * for the ViT's CLS row (16 of 16 × 37 × 512) costs 0.75 ms instead of ~0.01. Trailing axes taken
+ * for a small slice of a big tensor (the ViT's CLS row) costs most of the time. Trailing axes taken
  * whole merge into one run; the runs are copied outer index by outer index.
  */
 export function sliceKernel(args: KernelArgs): TensorInfo | TensorInfo[] {
