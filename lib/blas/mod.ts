@@ -1,0 +1,34 @@
+// lib/blas's public face: what code outside lib/blas imports (the backend, the fused ops, generation's
+// decoder step, benchmarks). lib/blas imports nothing from outside itself but tfjs.
+
+export {
+  activeBlas,
+  activeNative,
+  adamInPlace,
+  blasKernelsEnabled,
+  disableBlasKernels,
+  enableBlasKernels,
+  type EnableOptions,
+  type EnableResult,
+  FUSED_KERNELS,
+  inPlaceUpdateCount,
+  setKernelThreads,
+} from "./kernels.ts";
+export type { BlockAttrs } from "./kernels/block.ts";
+export {
+  BLOCK_PARAMS,
+  BLOCK_SAVED,
+  BLOCK_TENSORS,
+  type BlockDims,
+  blockShape,
+  DECODER_FINAL_TENSORS,
+  DECODER_LAYER_TENSORS,
+  decoderCacheSize,
+  type DecoderStepDims,
+  decoderWeightCount,
+  decoderWeightLayout,
+  type PackedPlace,
+} from "./layout.ts";
+export { loadNative, type Native, type NativeResult } from "./native.ts";
+export { type Blas, loadBlas } from "./ffi.ts";
+export { chooseGemm, ONEDNN_HINT } from "./onednn.ts";
