@@ -1,5 +1,10 @@
 // lib/blas's public face: what code outside lib/blas imports (the backend, the fused ops, generation's
 // decoder step, benchmarks). lib/blas imports nothing from outside itself but tfjs.
+//
+// Inside: kernels.ts registers the tfjs kernels, whose functions live in kernels/<family>.ts; they call
+// OpenBLAS (ffi.ts), oneDNN (onednn.ts) and the C kernels: c/<family>.c, compiled and opened by
+// native.ts, each family's FFI symbols and checked wrappers in native/<family>.ts. layout.ts declares the
+// order of the block's tensors and of the decoder step's packed weights, for both sides.
 
 export {
   activeBlas,

@@ -14,7 +14,7 @@ import {
   wasmOf,
 } from "./common.ts";
 
-/** attrs of the seeMoE routing kernels: the plan of lib/model/moe.ts planDispatch. */
+/** attrs of the seeMoE routing kernels: the routing plan (which expert row each token's choice went to). */
 interface MoEAttrs {
   order: Int32Array; // (M) slot of each expert row
   rowOfSlot: Int32Array; // (k·N) expert row of each slot, -1 if dropped
