@@ -13,7 +13,7 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { parseArgs } from "node:util";
-import { activeBlas, disableBlasKernels, enableBlasKernels } from "../lib/blas/kernels.ts";
+import { activeBlas, disableBlasKernels, enableBlasKernels } from "../lib/blas/mod.ts";
 import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../lib/blas/fused.ts";
 
 interface Shape {

@@ -6,17 +6,35 @@
 /** A size in the tables: a multiple of one of the dims ("3C" = 3 × C). */
 export type Size = `${"" | number}${"B" | "T" | "C" | "H" | "V" | "P"}`;
 
+/** A Size as [multiple, dim], parsed once. */
+const parsed = new Map<Size, [number, string]>();
+function parseSize(size: Size): [number, string] {
+  let p = parsed.get(size);
+  if (!p) {
+    const [, times, dim] = /^(\d*)([A-Z])$/.exec(size)!;
+    parsed.set(size, p = [times === "" ? 1 : Number(times), dim]);
+  }
+  return p;
+}
+
 /** The value of a Size, given the dims it names. */
 export function sizeOf(size: Size, dims: Readonly<Record<string, number>>): number {
-  const [, times, dim] = /^(\d*)([A-Z])$/.exec(size)!;
+  const [times, dim] = parseSize(size);
   if (!(dim in dims)) throw new Error(`lib/blas/layout.ts: size ${size} needs ${dim}`);
-  return (times === "" ? 1 : Number(times)) * dims[dim];
+  return times * dims[dim];
+}
+
+/** Elements of a shape of Sizes. */
+function elements(shape: readonly Size[], dims: Readonly<Record<string, number>>): number {
+  let n = 1;
+  for (const s of shape) n *= sizeOf(s, dims);
+  return n;
 }
 
 /** The same as a C expression ("(3 * C)"). */
 function cSize(size: Size): string {
-  const [, times, dim] = /^(\d*)([A-Z])$/.exec(size)!;
-  return times === "" ? `(${dim})` : `(${times} * ${dim})`;
+  const [times, dim] = parseSize(size);
+  return times === 1 ? `(${dim})` : `(${times} * ${dim})`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -101,11 +119,16 @@ export const BLOCK_TENSORS: readonly string[] = [
   ...BLOCK_PARAMS.map((p) => `d${p}`),
 ];
 
-/** The forward entry that a BLOCK_TENSORS name is or is the gradient of (dout and dx: x's). */
-function forwardEntry(name: string): BlockEntry {
+/** The forward entry of each BLOCK_TENSORS name: itself, or what it is the gradient of (dout, dx: x's). */
+const ENTRY = new Map<string, BlockEntry>(BLOCK_TENSORS.map((name) => {
   const base = name === "dout" || name === "dx" ? "x" : name;
   const entry = FORWARD_TENSORS.find((t) => t.name === base) ??
-    FORWARD_TENSORS.find((t) => t.role === "param" && `d${t.name}` === base);
+    FORWARD_TENSORS.find((t) => t.role === "param" && `d${t.name}` === base)!;
+  return [name, entry];
+}));
+
+function forwardEntry(name: string): BlockEntry {
+  const entry = ENTRY.get(name);
   if (!entry) throw new Error(`lib/blas/layout.ts: the block has no tensor ${name}`);
   return entry;
 }
@@ -130,9 +153,11 @@ export function usedInBackward(name: string): boolean {
 
 /** Bytes of each BLOCK_TENSORS region (masks 1 byte an element, the rest float32). */
 export function blockBytes(d: BlockDims, dropout: boolean, backward: boolean): number[] {
+  const dims = { B: d.B, T: d.T, C: d.C, H: d.heads };
   return BLOCK_TENSORS.map((name) => {
-    const size = blockShape(name, d, dropout, backward).reduce((a, b) => a * b, 1);
-    return blockDtype(name) === "bool" ? size : 4 * size;
+    const entry = ENTRY.get(name)!;
+    if (entry.mask) return dropout ? elements(entry.shape, dims) : 0;
+    return 4 * elements((backward && entry.backwardShape) || entry.shape, dims);
   });
 }
 
@@ -212,8 +237,10 @@ export function decoderWeightLayout(d: DecoderStepDims): PackedPlace[] {
 
 /** Floats of the packed weights. */
 export function decoderWeightCount(d: DecoderStepDims): number {
-  const last = decoderWeightLayout(d).at(-1)!;
-  return last.offset + last.shape.reduce((a, b) => a * b, 1);
+  const dims = { C: d.width, V: d.vocab, P: d.positions };
+  const floats = (tensors: readonly PackedTensor[]) =>
+    tensors.reduce((n, t) => n + elements(t.shape, dims), 0);
+  return d.layers * floats(DECODER_LAYER_TENSORS) + floats(DECODER_FINAL_TENSORS);
 }
 
 /** Floats of the decoder step's key/value cache: per layer keys and values, each (B, H, cached, hs). */
