@@ -6,7 +6,7 @@
 // AVX-512 builds, picked at load time (c/vector.h, SIMD_CLONES). Without a compiler (or without
 // --allow-run / --allow-ffi) loadNative() says why and callers use JS instead.
 //
-// Each family's symbols and checked wrappers live in native/<family>.ts, beside its C file.
+// Each family's symbols and checked wrappers live in native/<family>.ts, named after its c/<family>.c.
 
 import { firstLine, readEnv } from "./ffi.ts";
 import { layoutHeader } from "./layout.ts";
