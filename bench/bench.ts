@@ -22,7 +22,8 @@ import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
 import { startBackend } from "../lib/fast_path.ts";
-import { activeBlas, FUSED_KERNELS, setKernelThreads } from "../lib/blas/kernels.ts";
+import { activeBlas, setKernelThreads } from "../lib/blas/kernels.ts";
+import { KERNELS } from "../lib/ops/registry.ts";
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { buildModel } from "../lib/model/factory.ts";
@@ -109,7 +110,7 @@ export function benchShapes(
 
 /**
  * FLOPs of the matmuls in one forward pass. With `clsOnly` the ViT's last block is counted as our fast
- * path runs it when only the CLS token leaves the encoder (kernels.c, seemore_first_attention): one
+ * path runs it when only the CLS token leaves the encoder (lib/blas/c/first_attention.c): one
  * row's query, its key and value products moved onto that row (a = q Wk^T per head, then x Wv after
  * the weighted sum), scores and weighted sums over every row per head, and one row through the
  * projection and MLP. Without, as the original runs it (every row).
@@ -259,8 +260,8 @@ interface Prepared {
 
 async function prepare(opts: BenchOptions): Promise<Prepared> {
   const info = await initBackend(opts.backend);
-  if (opts.layers && tf.getKernel(FUSED_KERNELS.block, tf.getBackend())) {
-    tf.unregisterKernel(FUSED_KERNELS.block, tf.getBackend()); // Block.forward then runs its layers' kernels
+  if (opts.layers && tf.getKernel(KERNELS.block, tf.getBackend())) {
+    tf.unregisterKernel(KERNELS.block, tf.getBackend()); // Block.forward then runs its layers' kernels
   }
   if (opts.threads !== undefined) {
     if (!activeBlas()) throw new Error("--threads: OpenBLAS is not in use on this backend");

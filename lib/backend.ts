@@ -66,54 +66,34 @@ async function tryWasm(notes: string[], blas: boolean): Promise<boolean> {
 }
 
 /** lib/blas, once something asked for it (imported only then: it compiles and opens native code). */
-let blasModule: Promise<typeof import("./blas/kernels.ts")> | null = null;
+let blasModule: Promise<typeof import("./blas/mod.ts")> | null = null;
 
 /** The fast CPU path on wasm (lib/blas): its kernels registered with the ops; returns the notes. */
 async function useBlas(): Promise<string[]> {
-  blasModule ??= import("./blas/kernels.ts");
+  blasModule ??= import("./blas/mod.ts");
   const blas = await blasModule;
   const r = await blas.enableBlasKernels();
-  if (!r.ok) {
-    unregisterKernels("wasm"); // none of ours may outlive the library they call
-    return [r.reason ?? "OpenBLAS not available"];
-  }
-  const matmul = tf.getKernel("_FusedMatMul", "wasm")!.kernelFunc;
-  const dense: tf.KernelFunc = (args) =>
-    matmul({ ...args, attrs: { transposeA: false, transposeB: false, activation: "linear" } });
-  registerKernels("wasm", { dense });
+  unregisterKernels("wasm"); // none of ours may outlive the library they call
+  if (!r.ok) return [r.reason ?? "OpenBLAS not available"];
+  const fused = registerKernels("wasm", blas.fusedKernels());
   const native = blas.activeNative();
   registerExtras("wasm", {
     adamInPlace: blas.adamInPlace,
     decoderStep: native?.hasSgemm()
       ? {
-        layout: DECODER_STEP_LAYOUT,
-        cacheSize: (await import("./blas/native.ts")).decoderCacheSize,
+        layout: {
+          block: blas.DECODER_LAYER_TENSORS.map((t) => t.name),
+          final: blas.DECODER_FINAL_TENSORS.map((t) => t.name),
+        },
+        cacheSize: blas.decoderCacheSize,
         step: (weights, x, cache, logits, dims, position) =>
           native.decoderStep(weights, x, cache, logits, dims, position),
         inPlaceUpdates: blas.inPlaceUpdateCount,
       }
       : undefined,
   });
-  return [`OpenBLAS kernels: ${r.kernels.join(", ")}`, ...(r.gemm ? [r.gemm] : [])];
+  return [`OpenBLAS kernels: ${[...r.kernels, ...fused].join(", ")}`, ...(r.gemm ? [r.gemm] : [])];
 }
-
-/** The order in which lib/blas's decoder step reads a decoder's weights (kernels.c seemore_decoder_step). */
-const DECODER_STEP_LAYOUT = {
-  block: [
-    "ln1.weight",
-    "ln1.bias",
-    "attn.heads",
-    "attn.proj.weight",
-    "attn.proj.bias",
-    "ln2.weight",
-    "ln2.bias",
-    "ffn.0.weight",
-    "ffn.0.bias",
-    "ffn.2.weight",
-    "ffn.2.bias",
-  ],
-  final: ["ln_f.weight", "ln_f.bias", "lm_head.weight", "lm_head.bias", "position_embedding_table.weight"],
-} as const;
 
 /**
  * Starts the requested backend (or the fastest available) and returns what was chosen.

@@ -11,7 +11,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { KVCache } from "./model/attention.ts";
 import { Block } from "./model/block.ts";
 import type { DecoderLanguageModel } from "./model/decoder.ts";
-import { ForwardContext, readData } from "./model/module.ts";
+import { ForwardContext, type Module, readData } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { LAYER_NORM_EPS } from "./ops/layer_norm.ts";
 import { backendExtras, type DecoderStepDims, type DecoderStepKernel } from "./ops/registry.ts";
@@ -252,14 +252,25 @@ interface PackedDecoder {
 }
 const packCache = new WeakMap<DecoderLanguageModel, PackedDecoder>();
 
+/** The model's parameter behind each name of the step kernel's layout that is not its own name. */
+const PARAMETER_OF: Record<string, string> = {
+  "attn.qkv": "attn.heads",
+  "ffn.fc1.weight": "ffn.0.weight",
+  "ffn.fc1.bias": "ffn.0.bias",
+  "ffn.fc2.weight": "ffn.2.weight",
+  "ffn.fc2.bias": "ffn.2.bias",
+  "position_embedding": "position_embedding_table.weight",
+};
+
 function packedDecoder(decoder: DecoderLanguageModel, kernel: DecoderStepKernel): PackedDecoder {
   const ids = decoder.variables().map((v) => v.dataId);
   const updates = kernel.inPlaceUpdates();
   const hit = packCache.get(decoder);
   if (hit && hit.updates === updates && hit.ids.every((id, i) => id === ids[i])) return hit;
+  const param = (module: Module, name: string) => module.parameter(PARAMETER_OF[name] ?? name);
   const tensors = [
-    ...decoder.blocks.flatMap((block) => kernel.layout.block.map((name) => block.parameter(name))),
-    ...kernel.layout.final.map((name) => decoder.parameter(name)),
+    ...decoder.blocks.flatMap((block) => kernel.layout.block.map((name) => param(block, name))),
+    ...kernel.layout.final.map((name) => param(decoder, name)),
   ];
   const weights = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
   let at = 0;

@@ -1,10 +1,9 @@
 // oneDNN's sgemm for the products, when libdnnl is installed (Debian and Ubuntu: `apt-get install libdnnl2`).
 //
-// On the 2-core Zen 4 we measure on, oneDNN's JIT kernels multiply at 111-117 GFLOP/s on one thread where
-// OpenBLAS 0.3.21 reaches 105, and its 16-row products at 112 where OpenBLAS reaches 70 (bench/README.md).
-// The C kernels call it (kernels.c, seemore_bind_dnnl): every product is cut into one slice per thread on
-// our own helper threads, each slice one single-threaded dnnl_sgemm. OpenBLAS stays in use for the
-// attention's per-head products (50 × 50 × 16: too small for oneDNN to pay) and for generation's
+// oneDNN's JIT kernels multiply faster than OpenBLAS's on one thread, most of all on the 16-row products
+// (bench/README.md). The C kernels call it (c/products.c, seemore_bind_dnnl): every product is cut into
+// one slice per thread on our own helper threads, each slice one single-threaded dnnl_sgemm. OpenBLAS
+// stays in use for the attention's per-head products (too small for oneDNN to pay) and for generation's
 // one-row products, and does all the products when oneDNN is absent or turned off.
 
 import { ffiAllowed, firstLine, readEnv } from "./ffi.ts";

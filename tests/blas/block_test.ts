@@ -149,3 +149,13 @@ Deno.test({
     block.variables().forEach((v) => v.dispose());
   },
 });
+
+Deno.test("the block op passes its weights in the order the block kernel returns their gradients", async () => {
+  const { BLOCK_WEIGHTS } = await import("../../lib/ops/block.ts");
+  const { BLOCK_PARAMS } = await import("../../lib/blas/layout.ts");
+  assertEquals(
+    JSON.stringify(BLOCK_WEIGHTS),
+    JSON.stringify(BLOCK_PARAMS),
+    "BLOCK_WEIGHTS vs layout.ts BLOCK_PARAMS",
+  );
+});
