@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { decodeImage } from "../lib/data/images.ts";
 import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
 import { generate, type GenerateOptions } from "../lib/generate.ts";
-import { loadModel } from "../lib/model/factory.ts";
+import { loadModel } from "../lib/model_files.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
 import { useBackend } from "./helpers.ts";
 
@@ -220,55 +220,11 @@ Deno.test("bad inputs fail clearly and write nothing", async () => {
   assert.match(one.err, /one\.csv.*empty/s);
   const usage = await cli("train", "--steps", "many");
   assert.equal(usage.code, 2);
-  assert.match(usage.err, /--steps expects a number/);
+  assert.match(usage.err, /--steps must be a whole number from 0 to 1000000000, not "many"/);
   const stem = await cli("train", "--patch-stem", "hmlp");
   assert.equal(stem.code, 2);
-  assert.match(stem.err, /--patch-stem must be one of linear, conv/);
+  assert.match(stem.err, /--patch-stem must be one of "linear", "conv"/);
   const decay = await cli("train", "--decay-lr", "yes");
   assert.equal(decay.code, 2);
-  assert.match(decay.err, /--decay-lr must be one of true, false/);
-});
-
-Deno.test("Ctrl-C saves a checkpoint and exits cleanly", async () => {
-  const run = `${dir}/sigint`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      CLI,
-      "train",
-      "--data",
-      `${dir}/train.csv`,
-      "--val",
-      `${dir}/val.csv`,
-      "--steps",
-      "100000",
-      "--batch",
-      "4",
-      "--eval-iters",
-      "1",
-      "--out",
-      run,
-      ...TINY,
-    ],
-    env: { NO_COLOR: "1", SEEMORE_BACKEND: "cpu" },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  // Wait until training has taken a step (the progress line), then interrupt.
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  while (!/train \[/.test(seen)) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    seen += value;
-  }
-  child.kill("SIGINT");
-  const [status, out] = await Promise.all([child.status, new Response(child.stdout).text()]);
-  reader.releaseLock();
-  assert.equal(status.code, 0, seen);
-  assert.match(out, /interrupted at step (\d+); saved to/);
-  const step = JSON.parse(await Deno.readTextFile(`${run}/train_state.json`)).step;
-  assert(step >= 1 && step < 100000);
-  await Deno.stat(`${run}/model.safetensors`);
+  assert.match(decay.err, /--decay-lr must be true or false/);
 });

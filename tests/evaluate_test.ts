@@ -8,11 +8,12 @@ import assert from "node:assert/strict";
 import { DEFAULT_TRAIN } from "../lib/config.ts";
 import { ImageCaptionDataset } from "../lib/data/batches.ts";
 import { makeRows } from "../lib/data/shapes.ts";
-import { summarize } from "../lib/eval.ts";
+import { summarize } from "../lib/data/shapes_score.ts";
 import { captionDataset, datasetLoss, evaluate } from "../lib/evaluate.ts";
 import { generate } from "../lib/generate.ts";
-import { Ctx } from "../lib/model/ops.ts";
+import { ForwardContext } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
+import { captionLoss } from "../lib/objective.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
 import { train } from "../lib/train.ts";
 import { tinyConfig, useBackend } from "./helpers.ts";
@@ -44,7 +45,7 @@ function config(firstTokenFromImage: boolean) {
 /** The same weights under the other setting of first_token_from_image (it changes no parameter). */
 function withFirstToken(model: VisionLanguageModel, firstTokenFromImage: boolean): VisionLanguageModel {
   const other = new VisionLanguageModel(config(firstTokenFromImage), 0);
-  other.loadState("", model.stateDict());
+  other.loadStateDict(model.stateDict());
   return other;
 }
 
@@ -104,7 +105,10 @@ Deno.test("datasetLoss is the mean over every target, whatever the batch size", 
     for (const batch of data.allBatches(1)) {
       const n = data.tokens[batch.rows[0]].length + (fromImage ? 1 : 0);
       sum += n *
-        tf.tidy(() => model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]);
+        tf.tidy(() =>
+          captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), "first")
+            .dataSync()[0]
+        );
       count += n;
       tf.dispose(batch);
     }

@@ -28,6 +28,31 @@ export function assertClose(
   if (!(d <= tol)) throw new Error(`${what}: max |diff| ${d} > ${tol}`);
 }
 
+/**
+ * Fails unless every element agrees within `rtol` of the largest |expected| (a norm-wise relative
+ * check): the scale float32 rounding works at when the summation order differs between backends.
+ */
+export function assertRelClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  rtol: number,
+  what = "values",
+) {
+  const d = maxAbsDiff(actual, expected);
+  let scale = 0;
+  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
+  if (!(d <= rtol * scale)) {
+    throw new Error(`${what}: max |diff| ${d} > ${rtol} · max |expected| (${scale})`);
+  }
+}
+
+/** Euclidean norm of a − b (of a alone without b). */
+export function normOfDiff(a: ArrayLike<number>, b?: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += (a[i] - (b ? b[i] : 0)) ** 2;
+  return Math.sqrt(s);
+}
+
 /** A small model config for fast tests (same structure as the original, smaller sizes). */
 export function tinyConfig(overrides: Partial<import("../lib/config.ts").ModelConfig> = {}) {
   return {

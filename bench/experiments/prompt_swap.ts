@@ -17,7 +17,7 @@ import { ImageCaptionDataset } from "../../lib/data/batches.ts";
 import { readImageCaptionCsv } from "../../lib/data/csv.ts";
 import { COLOURS, parseCaption, type SceneAttrs } from "../../lib/data/shapes.ts";
 import { generate } from "../../lib/generate.ts";
-import { loadModel } from "../../lib/model/factory.ts";
+import { loadModel } from "../../lib/model_files.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
 
 const { values: v } = parseArgs({

@@ -19,8 +19,8 @@ import { DEFAULT_MODEL, type ModelConfig, RECIPES } from "../../lib/config.ts";
 import { ImageCaptionDataset } from "../../lib/data/batches.ts";
 import { readImageCaptionCsv } from "../../lib/data/csv.ts";
 import { parseCaption, SHAPES } from "../../lib/data/shapes.ts";
-import { Ctx, Initialiser, Linear } from "../../lib/model/ops.ts";
-import type { PatchStem } from "../../lib/model/vit.ts";
+import { Linear } from "../../lib/model/layers.ts";
+import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { Adam } from "../../lib/optim.ts";
 import { mulberry32 } from "../../lib/random.ts";
@@ -48,7 +48,7 @@ const info = await initBackend(v.backend);
 const config: ModelConfig = {
   ...DEFAULT_MODEL,
   ...RECIPES.seeing.model,
-  patch_stem: v.stem as PatchStem,
+  patch_stem: v.stem as ModelConfig["patch_stem"],
   patch_size: Number(v["patch-size"]),
   vocab_size: 66,
 };
@@ -87,7 +87,7 @@ function imagesOf(data: ImageCaptionDataset, rows: number[]): tf.Tensor4D {
 }
 
 /** (B, 3, S, S) → shape logits (B, 6) from the ViT's CLS output. */
-function logits(images: tf.Tensor4D, ctx: Ctx): tf.Tensor2D {
+function logits(images: tf.Tensor4D, ctx: ForwardContext): tf.Tensor2D {
   const feats = vit.forward(images, ctx); // (B, V, D)
   const [B, , D] = feats.shape;
   return head.forward(tf.reshape(tf.slice(feats, [0, 0, 0], [B, 1, D]), [B, D])) as tf.Tensor2D; // (B, 6)
@@ -97,7 +97,9 @@ function accuracy({ data, labels }: { data: ImageCaptionDataset; labels: number[
   let right = 0;
   for (let start = 0; start < data.length; start += 64) {
     const rows = Array.from({ length: Math.min(64, data.length - start) }, (_, k) => start + k);
-    const predicted = tf.tidy(() => tf.argMax(logits(imagesOf(data, rows), Ctx.eval()), 1).dataSync());
+    const predicted = tf.tidy(() =>
+      tf.argMax(logits(imagesOf(data, rows), ForwardContext.eval()), 1).dataSync()
+    );
     rows.forEach((row, k) => (right += predicted[k] === labels[row] ? 1 : 0));
   }
   return right / data.length;
@@ -113,7 +115,7 @@ for (let step = 1; step <= steps; step++) {
   const rows = Array.from({ length: batchSize }, () => Math.floor(rand() * train.data.length));
   const images = imagesOf(train.data, rows);
   const onehot = tf.oneHot(tf.tensor1d(rows.map((r) => train.labels[r]), "int32"), SHAPES.length);
-  const ctx = new Ctx(true, seed, step);
+  const ctx = new ForwardContext(true, seed, step);
   const { value, grads } = tf.variableGrads(
     () => tf.losses.softmaxCrossEntropy(onehot, logits(images, ctx)) as tf.Scalar,
     params,

@@ -4,8 +4,8 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { encodeSafetensors, loadCheckpoint, saveCheckpoint } from "../../lib/checkpoint.ts";
-import { configJson, loadModel, saveModel } from "../../lib/model/factory.ts";
-import { Ctx } from "../../lib/model/ops.ts";
+import { configJson, loadModel, saveModel } from "../../lib/model_files.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
 import type { PatchEmbeddings } from "../../lib/model/patch_embeddings.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
@@ -37,14 +37,14 @@ for (
       const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 2) as tf.Tensor4D;
       const idx = tf.tensor2d([[3, 4, 5]], undefined, "int32");
       assertClose(
-        again.forward(images, idx, Ctx.eval()).dataSync(),
-        model.forward(images, idx, Ctx.eval()).dataSync(),
+        again.forward(images, idx, ForwardContext.eval()).dataSync(),
+        model.forward(images, idx, ForwardContext.eval()).dataSync(),
         0,
       );
     });
     if (config.image_words.length > 0) {
       assert.deepEqual(again.config.image_words, config.image_words);
-      assertClose(again.wordHead!.w.dataSync(), model.wordHead!.w.dataSync(), 0, "word head");
+      assertClose(again.wordHead!.weight.dataSync(), model.wordHead!.weight.dataSync(), 0, "word head");
     }
     model.dispose();
     again.dispose();
@@ -66,7 +66,7 @@ Deno.test("a safetensors file with PyTorch layouts lands in the right places", a
   const { model: loaded } = await loadModel(dir);
   // lm_head: PyTorch weight[o][i] must be our internal w[i][o]
   const lm = tensors.find((t) => t.name === "decoder.lm_head.weight")!;
-  const w = loaded.decoder.lmHead.w.arraySync();
+  const w = loaded.decoder.lmHead.weight.arraySync();
   assert.equal(w[5][7], lm.data[7 * 32 + 5]); // row 7 (output 7), column 5 (input 5)
   // head 2's query weight row r, column c → fused qkv[c][0·C + 2·hs + r]
   const q2 = tensors.find((t) => t.name === "decoder.blocks.1.attn.heads.2.query.weight")!;
@@ -77,7 +77,7 @@ Deno.test("a safetensors file with PyTorch layouts lands in the right places", a
   assert.equal((qkv.attn.qkv.arraySync() as number[][])[6][32 + 1], k0.data[1 * 32 + 6]);
   // conv weight [out, c, kh, kw] → patch projection row (c, kh, kw), column out
   const conv = tensors.find((t) => t.name === "vision_encoder.patch_embedding.conv.weight")!;
-  const pw = (loaded.visionEncoder.patchEmbedding as PatchEmbeddings).proj.w.arraySync();
+  const pw = (loaded.visionEncoder.patchEmbedding as PatchEmbeddings).conv.weight.arraySync();
   const [o, c, kh, kw] = [9, 2, 3, 11];
   assert.equal(pw[c * 256 + kh * 16 + kw][o], conv.data[((o * 3 + c) * 16 + kh) * 16 + kw]);
   // and the whole state_dict comes back unchanged
@@ -111,10 +111,15 @@ Deno.test("bad config.json values are clear errors", async () => {
   const { config } = await loadCheckpoint(dir);
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ ...config, vocab: ["a", "b"] }, /last "vocab" entry must be "<pad>"/],
-    [{ ...config, model_type: "gpt" }, /"model_type" must be "seemore" or "seemoe"/],
-    [{ ...config, n_embd: "wide" }, /"n_embd" must be a non-negative number/],
+    [{ ...config, model_type: "gpt" }, /"model_type" must be one of "seemore", "seemoe", not "gpt"/],
+    [{ ...config, n_embd: "wide" }, /"n_embd" must be a whole number from 1 to 65536, not "wide"/],
+    [{ ...config, n_embd: 33 }, /"n_embd" 33 must be divisible by "n_head" 4/],
+    [{ ...config, dropout: 1 }, /"dropout" must be a number from 0 to 1 \(excluded\), not 1/],
+    [{ ...config, first_token_from_image: "yes" }, /"first_token_from_image" must be true or false/],
+    [{ ...config, n_embd: 65536, n_layer: 1000 }, /describes .* parameters, more than 5e\+8/],
     [{ ...config, vocab_size: 12 }, /"vocab_size" is 12 but "vocab" lists 66/],
     [{ ...config, patch_stem: "hmlp" }, /"patch_stem" must be one of "linear", "conv"/],
+    [{ ...config, patch_stem: "conv", patch_size: 6, img_size: 36 }, /"patch_size" 6 must be divisible by 4/],
     [{ ...config, image_words: "red" }, /"image_words" must be a list of words/],
     [{ ...config, image_words: ["red", 3] }, /"image_words" must be a list of words/],
   ];
