@@ -77,7 +77,7 @@ Deno.test("captionDataset on any weights: each row's own generate(), whatever th
     const model = new VisionLanguageModel(config(fromImage), 11);
     const maxNewTokens = 6;
     // Row by row with generate() itself: the prompted path starts each caption with its truth's first id.
-    const expected = CAPTIONS.map((caption, row) => {
+    const expected = CAPTIONS.map((_caption, row) => {
       const batch = [...data.allBatches(1)][row];
       const prompt = fromImage ? [] : [data.tokens[row][0]];
       const ids = generate(model, batch.images, { greedy: true, maxNewTokens, prompt })[0];
