@@ -21,11 +21,14 @@
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
-import { activeBlas, FUSED_KERNELS, setKernelThreads } from "../lib/blas/kernels.ts";
+import { startBackend } from "../lib/fast_path.ts";
+import { activeBlas, setKernelThreads } from "../lib/blas/kernels.ts";
+import { KERNELS } from "../lib/ops/registry.ts";
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { buildModel } from "../lib/model/factory.ts";
-import { Ctx } from "../lib/model/ops.ts";
+import { ForwardContext } from "../lib/model/module.ts";
+import { captionLoss } from "../lib/objective.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
 import { OriginalProcess } from "./original.ts";
@@ -76,7 +79,7 @@ export interface BenchOptions {
   batch?: number;
   steps?: number;
   threads?: number;
-  /** Blocks layer by layer: without the whole-block kernel (lib/blas/fused.ts block()). */
+  /** Blocks layer by layer: without the whole-block kernel (lib/ops/block.ts transformerBlock()). */
   layers?: boolean;
 }
 
@@ -107,7 +110,7 @@ export function benchShapes(
 
 /**
  * FLOPs of the matmuls in one forward pass. With `clsOnly` the ViT's last block is counted as our fast
- * path runs it when only the CLS token leaves the encoder (kernels.c, seemore_first_attention): one
+ * path runs it when only the CLS token leaves the encoder (lib/blas/c/first_attention.c): one
  * row's query, its key and value products moved onto that row (a = q Wk^T per head, then x Wv after
  * the weighted sum), scores and weighted sums over every row per head, and one row through the
  * projection and MLP. Without, as the original runs it (every row).
@@ -168,7 +171,15 @@ export class OurModel {
     const step = this.step++;
     return time(() => {
       const { value, grads } = tf.variableGrads(
-        () => this.model.loss(this.images, this.idx, this.targets, new Ctx(true, 1, step), "first"),
+        () =>
+          captionLoss(
+            this.model,
+            this.images,
+            this.idx,
+            this.targets,
+            new ForwardContext(true, 1, step),
+            "first",
+          ),
         this.opt.params,
       );
       this.opt.update(this.opt.params.map((p) => grads[p.name]));
@@ -181,7 +192,9 @@ export class OurModel {
   forward(): number {
     // The tidy returns nothing: given the logits' Float32Array it would walk all B·T·V numbers
     // looking for tensors (~4 ms a call at the original config, counted as ours).
-    return time(() => tf.tidy(() => void this.model.forward(this.images, this.idx, Ctx.eval()).dataSync()));
+    return time(() =>
+      tf.tidy(() => void this.model.forward(this.images, this.idx, ForwardContext.eval()).dataSync())
+    );
   }
 
   /** 40 new tokens for one image (greedy, KV cache); returns milliseconds and how many were made. */
@@ -205,7 +218,7 @@ export class OurModel {
  * tokens: <pad> ends a caption early. Only one bias value changes; the work per token does not.
  */
 function neverPad(model: VisionLanguageModel): void {
-  const bias = model.decoder.lmHead.b;
+  const bias = model.decoder.lmHead.bias;
   if (!bias) return;
   const values = bias.dataSync().slice() as Float32Array;
   values[values.length - 1] = -1e4; // <pad> is the last id
@@ -247,8 +260,8 @@ interface Prepared {
 
 async function prepare(opts: BenchOptions): Promise<Prepared> {
   const info = await initBackend(opts.backend);
-  if (opts.layers && tf.getKernel(FUSED_KERNELS.block, tf.getBackend())) {
-    tf.unregisterKernel(FUSED_KERNELS.block, tf.getBackend()); // Block.forward then runs its layers' kernels
+  if (opts.layers && tf.getKernel(KERNELS.block, tf.getBackend())) {
+    tf.unregisterKernel(KERNELS.block, tf.getBackend()); // Block.forward then runs its layers' kernels
   }
   if (opts.threads !== undefined) {
     if (!activeBlas()) throw new Error("--threads: OpenBLAS is not in use on this backend");
@@ -637,6 +650,7 @@ if (import.meta.main) {
     console.log(USAGE);
     Deno.exit(0);
   }
+  await startBackend(v.backend); // sets the fast path up first, or says what to run (lib/fast_path.ts)
   const opts = {
     backend: v.backend,
     model: v.model,

@@ -13,8 +13,11 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { parseArgs } from "node:util";
-import { activeBlas, disableBlasKernels, enableBlasKernels } from "../lib/blas/kernels.ts";
-import { adamOps, adamStep, gelu, geluOps, layerNorm, layerNormOps } from "../lib/blas/fused.ts";
+import * as blasKernels from "../lib/blas/mod.ts";
+import { registerKernels, unregisterKernels } from "../lib/ops/registry.ts";
+import { adamComposite as adamOps, adamStep } from "../lib/ops/adam.ts";
+import { gelu, geluComposite as geluOps } from "../lib/ops/activations.ts";
+import { layerNorm, layerNormComposite as layerNormOps } from "../lib/ops/layer_norm.ts";
 
 interface Shape {
   name: string;
@@ -202,6 +205,18 @@ async function profileBlock(size: BlockSize): Promise<void> {
   }
 }
 
+/** The fast path as lib/backend.ts sets it up: the overrides, and our fused kernels under the ops' names. */
+async function enableBlasKernels(): Promise<blasKernels.EnableResult> {
+  const result = await blasKernels.enableBlasKernels();
+  if (result.ok) registerKernels("wasm", blasKernels.fusedKernels());
+  return result;
+}
+
+function disableBlasKernels(): void {
+  blasKernels.disableBlasKernels();
+  unregisterKernels("wasm");
+}
+
 async function benchMatMul(reps: number, only?: string): Promise<void> {
   console.log(["shape", "op", "stock ms", "stock GF/s", "blas ms", "blas GF/s", "speed-up"].join("\t"));
   for (const shape of SHAPES) {
@@ -269,7 +284,7 @@ async function main(): Promise<void> {
     console.error(`OpenBLAS kernels unavailable: ${enabled.reason}`);
     Deno.exit(1);
   }
-  const blas = activeBlas()!;
+  const blas = blasKernels.activeBlas()!;
   if (args.values.threads) blas.setNumThreads(Number(args.values.threads));
   console.log(`OpenBLAS: ${blas.path} (${blas.config}), threads ${blas.numThreads()}; ${enabled.native}`);
   console.log(`median of ${reps} runs; the machine is shared, so treat differences under ~25% as noise\n`);

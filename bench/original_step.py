@@ -1,8 +1,9 @@
 """Times the ORIGINAL PyTorch seemore / seeMoE on this machine, for bench/bench.ts --compare-original.
 
-The model code is imported from the reference folder (never copied), built with the original's
-configuration and fed a random batch of the same shapes as our benchmark: batch 16 images of
-3 x 96 x 96, captions of 49 characters (50 decoder positions with the image token).
+The model code is imported, unmodified, from the reference folder (default: the copy vendored in
+tests/fixtures/reference/seemore-pytorch), built with the original's configuration and fed a random
+batch of the same shapes as our benchmark: batch 16 images of 3 x 96 x 96, captions of 49
+characters (50 decoder positions with the image token).
 
   /usr/bin/python3 bench/original_step.py [--model seemore|seemoe] [--size original|tiny]
                                           [--batch 16] [--caption 49]
@@ -33,7 +34,7 @@ import types
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REFERENCE = REPO_ROOT / ".." / "shared" / "reference" / "seemore-pytorch"
+DEFAULT_REFERENCE = REPO_ROOT / "tests" / "fixtures" / "reference" / "seemore-pytorch"  # vendored, MIT
 INSTALL_HINT = "apt-get install python3-torch python3-torchvision python3-pandas python3-pil"
 
 # The original's configuration (seemore.py's globals; seeMoE.py's __main__ block).

@@ -1,15 +1,16 @@
-// Chooses where tensors live and ops run. Model code never asks which backend it is on.
+// Chooses where tensors live and ops run, and registers that backend's fused kernels with the ops of
+// lib/ops (the seam). Model code never asks which backend it is on.
 //
-// Order when nothing is asked for: tfjs-node-gpu, tfjs-node (only if installed in node_modules —
-// they need libtensorflow, which `npm i @tensorflow/tfjs-node-gpu` downloads), then wasm (with
-// OpenBLAS matmuls when libopenblas loads), then the pure-JS cpu backend.
+// Order when nothing is asked for: tfjs-node-gpu, tfjs-node (only if installed in node_modules — they
+// need libtensorflow, which `npm i @tensorflow/tfjs-node-gpu` downloads), then wasm (with OpenBLAS
+// products and the C kernels of lib/blas when they load), then the pure-JS cpu backend.
 // Override with `--backend NAME` or the SEEMORE_BACKEND environment variable.
 
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
 import { fileURLToPath } from "node:url";
-import { useFastMatmul } from "./model/ops.ts";
+import { registerExtras, registerKernels, unregisterKernels } from "./ops/registry.ts";
 
 export type BackendName = "tensorflow-gpu" | "tensorflow" | "wasm" | "cpu";
 export const BACKENDS = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
@@ -51,18 +52,47 @@ async function tryNode(kind: "tensorflow-gpu" | "tensorflow", notes: string[]): 
 
 async function tryWasm(notes: string[], blas: boolean): Promise<boolean> {
   if (!(await tf.setBackend("wasm"))) return false;
-  if (blas) {
-    try {
-      const { enableBlasKernels } = await import("./blas/kernels.ts");
-      const r = await enableBlasKernels();
-      useFastMatmul(r.ok);
-      if (r.ok) notes.push(`OpenBLAS kernels: ${r.kernels.join(", ")}`, ...(r.gemm ? [r.gemm] : []));
-      else notes.push(r.reason ?? "OpenBLAS not available");
-    } catch (e) {
-      notes.push(`OpenBLAS kernels unavailable: ${(e as Error).message.split("\n")[0]}`);
-    }
+  if (!blas) {
+    (await blasModule)?.disableBlasKernels();
+    unregisterKernels("wasm");
+    return true;
+  }
+  try {
+    notes.push(...await useBlas());
+  } catch (e) {
+    notes.push(`OpenBLAS kernels unavailable: ${(e as Error).message.split("\n")[0]}`);
   }
   return true;
+}
+
+/** lib/blas, once something asked for it (imported only then: it compiles and opens native code). */
+let blasModule: Promise<typeof import("./blas/mod.ts")> | null = null;
+
+/** The fast CPU path on wasm (lib/blas): its kernels registered with the ops; returns the notes. */
+async function useBlas(): Promise<string[]> {
+  blasModule ??= import("./blas/mod.ts");
+  const blas = await blasModule;
+  const r = await blas.enableBlasKernels();
+  unregisterKernels("wasm"); // none of ours may outlive the library they call
+  if (!r.ok) return [r.reason ?? "OpenBLAS not available"];
+  const fused = registerKernels("wasm", blas.fusedKernels());
+  const native = blas.activeNative();
+  registerExtras("wasm", {
+    adamInPlace: blas.adamInPlace,
+    decoderStep: native?.hasSgemm()
+      ? {
+        layout: {
+          block: blas.DECODER_LAYER_TENSORS.map((t) => t.name),
+          final: blas.DECODER_FINAL_TENSORS.map((t) => t.name),
+        },
+        cacheSize: blas.decoderCacheSize,
+        step: (weights, x, cache, logits, dims, position) =>
+          native.decoderStep(weights, x, cache, logits, dims, position),
+        inPlaceUpdates: blas.inPlaceUpdateCount,
+      }
+      : undefined,
+  });
+  return [`OpenBLAS kernels: ${[...r.kernels, ...fused].join(", ")}`, ...(r.gemm ? [r.gemm] : [])];
 }
 
 /**
@@ -78,7 +108,6 @@ export async function initBackend(requested?: string, opts: { blas?: boolean } =
     throw new Error(`unknown backend "${want}": choose one of ${BACKENDS.join(", ")} or auto`);
   }
   let ok = false;
-  useFastMatmul(false);
   if (want === "tensorflow-gpu" || want === "tensorflow") {
     ok = await tryNode(want, notes);
     if (!ok) {

@@ -8,7 +8,7 @@
 // contiguously, header JSON without spaces and padded with spaces to a multiple of 8 bytes.
 // Plain typed arrays only: the model converts to and from tfjs tensors.
 
-import { basename, dirname, join } from "node:path";
+import { basename, join } from "node:path";
 
 export interface NamedTensor {
   name: string;
@@ -376,53 +376,196 @@ function configText(config: Record<string, unknown>, file: string): string {
   return text + "\n";
 }
 
-/** Writes each file to a temporary name beside it, then renames; on failure removes the temporaries. */
-export async function writeFilesAtomically(files: [string, Uint8Array][]): Promise<void> {
-  const temps: string[] = [];
+// ---------------------------------------------------------------------------------------------
+// committing a group of files: a redo journal
+//
+// A checkpoint's files (config, weights and, for a training run, optimizer state and metrics) must change
+// together: after a crash at any moment the folder holds all the old files or all the new ones.
+//   1. every new file is written under a temporary name beside its target and fsynced;
+//   2. a commit record naming each (temporary, target) pair is written, fsynced and renamed to
+//      COMMIT_FILE — the commit point;
+//   3. each temporary is renamed onto its target;
+//   4. the record is removed.
+// A crash before 2 leaves the old files (and temporaries, removed by the next commit or recovery). A crash
+// after it leaves the record: readers read through it (a listed temporary that still exists is the file's
+// new content) and recoverFolder rolls it forward (renames what is left, removes the record).
+
+/** The commit record of a checkpoint folder while a group of files is being replaced. */
+export const COMMIT_FILE = ".commit.json";
+/** Temporaries: `.<name>.<uuid>.tmp`. */
+const TEMP_NAME = /^\..+\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.tmp$/;
+
+interface PendingFile {
+  temp: string; // names inside the folder, so a moved folder still recovers
+  name: string;
+}
+
+function tempName(name: string): string {
+  return `.${name}.${crypto.randomUUID()}.tmp`;
+}
+
+async function writeSynced(path: string, bytes: Uint8Array): Promise<void> {
+  using f = await Deno.open(path, { write: true, createNew: true });
+  let written = 0;
+  while (written < bytes.length) written += await f.write(bytes.subarray(written));
+  await f.syncData();
+}
+
+/** Makes renames and removals in `dir` durable (best effort: not every platform can open a folder). */
+async function syncFolder(dir: string): Promise<void> {
   try {
-    for (const [path, bytes] of files) {
-      const temp = join(dirname(path), `.${basename(path)}.${crypto.randomUUID()}.tmp`);
-      temps.push(temp);
-      using f = await Deno.open(temp, { write: true, createNew: true });
-      let written = 0;
-      while (written < bytes.length) written += await f.write(bytes.subarray(written));
-      await f.syncData();
-    }
-    for (let i = 0; i < files.length; i++) await Deno.rename(temps[i], files[i][0]);
+    using d = await Deno.open(dir, { read: true });
+    await d.sync();
+  } catch {
+    // Windows cannot fsync a folder; a process crash loses nothing without it.
+  }
+}
+
+/**
+ * Test hook: SEEMORE_TEST_SLOW_SAVE_MS=N sleeps N ms before each step of a commit after the temporaries
+ * are written (before the record, before each rename, before removing the record), so that a test can
+ * kill the process inside a checkpoint write. Unset, it costs nothing.
+ */
+function slowSaveMs(): number {
+  const name = "SEEMORE_TEST_SLOW_SAVE_MS";
+  try {
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") return 0;
+    return Number(Deno.env.get(name) ?? 0) || 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** The pending commit record of `dir`, or undefined when there is none. */
+async function readCommitRecord(dir: string): Promise<PendingFile[] | undefined> {
+  const path = join(dir, COMMIT_FILE);
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
   } catch (e) {
-    for (const temp of temps) await Deno.remove(temp).catch(() => {});
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    fail(path, `cannot read the commit record: ${(e as Error).message}`);
+  }
+  let files: unknown;
+  try {
+    files = JSON.parse(text).files;
+  } catch (e) {
+    fail(path, `commit record is not valid JSON: ${(e as Error).message}`);
+  }
+  const ok = Array.isArray(files) &&
+    files.every((f) =>
+      typeof f?.temp === "string" && TEMP_NAME.test(f.temp) && typeof f?.name === "string" &&
+      f.name === basename(f.name) && !f.name.startsWith(".")
+    );
+  if (!ok) fail(path, `commit record must list {"temp", "name"} pairs of files in ${dir}`);
+  return files as PendingFile[];
+}
+
+/**
+ * Finishes a commit that a crash interrupted (renames what the record lists, removes the record) and
+ * removes temporaries left by a crash before a commit point. For the one process that writes `dir`;
+ * readers need not call it (loadCheckpoint and readCommitted read through a pending record).
+ */
+export async function recoverFolder(dir: string): Promise<void> {
+  const pending = await readCommitRecord(dir);
+  if (pending) {
+    for (const { temp, name } of pending) {
+      try {
+        await Deno.rename(join(dir, temp), join(dir, name));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        // Renamed before the crash; the target must then be there.
+        await Deno.stat(join(dir, name)).catch(() =>
+          fail(join(dir, name), `missing, and so is ${temp}, which ${join(dir, COMMIT_FILE)} names`)
+        );
+      }
+    }
+    await syncFolder(dir);
+    await Deno.remove(join(dir, COMMIT_FILE));
+  }
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.isFile && TEMP_NAME.test(entry.name)) await Deno.remove(join(dir, entry.name));
+  }
+  await syncFolder(dir);
+}
+
+/**
+ * Replaces the files `[name, bytes]` in `dir` (which must exist) as one group: after a crash at any
+ * moment the folder reads as all the old files or all the new ones. A pending commit is finished first.
+ */
+export async function commitFiles(dir: string, files: [string, Uint8Array][]): Promise<void> {
+  await recoverFolder(dir);
+  const pending: PendingFile[] = files.map(([name]) => ({ temp: tempName(name), name }));
+  const slow = slowSaveMs();
+  const pause = () => slow > 0 ? new Promise((r) => setTimeout(r, slow)) : Promise.resolve();
+  const recordTemp = tempName(COMMIT_FILE);
+  try {
+    for (const [name] of files) {
+      const info = await Deno.lstat(join(dir, name)).catch(() => undefined);
+      if (info && !info.isFile) fail(join(dir, name), "cannot replace it: not a regular file");
+    }
+    for (let i = 0; i < files.length; i++) await writeSynced(join(dir, pending[i].temp), files[i][1]);
+    await pause();
+    await writeSynced(join(dir, recordTemp), utf8.encode(JSON.stringify({ files: pending }) + "\n"));
+  } catch (e) {
+    for (const temp of [...pending.map((p) => p.temp), recordTemp]) {
+      await Deno.remove(join(dir, temp)).catch(() => {});
+    }
     throw e;
   }
-}
-
-/** Saves `config.json` and `model.safetensors` into `dir` (created if missing), never half-written. */
-export async function saveCheckpoint(
-  dir: string,
-  config: Record<string, unknown>,
-  tensors: NamedTensor[],
-): Promise<void> {
-  const configPath = join(dir, CONFIG_FILE);
-  const weightsPath = join(dir, WEIGHTS_FILE);
-  // Everything is validated and encoded before the disk is touched.
-  const configBytes = utf8.encode(configText(config, configPath));
-  const weightBytes = encodeFor(tensors, undefined, weightsPath);
-  try {
-    await Deno.mkdir(dir, { recursive: true });
-    // Weights first: a crash between the renames leaves the old config beside the new weights,
-    // which checkTensors reports, rather than a new config silently describing old weights.
-    await writeFilesAtomically([[weightsPath, weightBytes], [configPath, configBytes]]);
-  } catch (e) {
-    throw new Error(`${dir}: could not save checkpoint: ${(e as Error).message}`, { cause: e });
+  await Deno.rename(join(dir, recordTemp), join(dir, COMMIT_FILE)); // the commit point
+  await syncFolder(dir);
+  for (const { temp, name } of pending) {
+    await pause();
+    await Deno.rename(join(dir, temp), join(dir, name));
   }
+  await syncFolder(dir);
+  await pause();
+  await Deno.remove(join(dir, COMMIT_FILE));
+  await syncFolder(dir);
 }
 
-async function readInFolder(dir: string, name: string): Promise<Uint8Array> {
+/**
+ * Reads `name` from a checkpoint folder as last committed: through a pending commit record, if any,
+ * without changing the folder (so it is safe while another process saves there).
+ */
+export async function readCommitted(dir: string, name: string): Promise<Uint8Array> {
   const path = join(dir, name);
+  const pending = (await readCommitRecord(dir))?.find((f) => f.name === name);
+  if (pending) {
+    try {
+      return await Deno.readFile(join(dir, pending.temp));
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) fail(path, `cannot read: ${(e as Error).message}`);
+      // already renamed onto `name`
+    }
+  }
   try {
     return await Deno.readFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) fail(path, `missing ${name} in checkpoint folder ${dir}`);
     fail(path, `cannot read: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Saves `config.json` and `model.safetensors` into `dir` (created if missing), with any `alongside` files
+ * (e.g. a training run's optimizer state), as one group: never half-written, never mixed with an older save.
+ */
+export async function saveCheckpoint(
+  dir: string,
+  config: Record<string, unknown>,
+  tensors: NamedTensor[],
+  alongside: [string, Uint8Array][] = [],
+): Promise<void> {
+  // Everything is validated and encoded before the disk is touched.
+  const configBytes = utf8.encode(configText(config, join(dir, CONFIG_FILE)));
+  const weightBytes = encodeFor(tensors, undefined, join(dir, WEIGHTS_FILE));
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+    await commitFiles(dir, [[WEIGHTS_FILE, weightBytes], [CONFIG_FILE, configBytes], ...alongside]);
+  } catch (e) {
+    throw new Error(`${dir}: could not save checkpoint: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -440,7 +583,7 @@ export async function loadCheckpoint(
   if (!info.isDirectory) fail(dir, "checkpoint path is not a folder");
 
   const configPath = join(dir, CONFIG_FILE);
-  const configBytes = await readInFolder(dir, CONFIG_FILE);
+  const configBytes = await readCommitted(dir, CONFIG_FILE);
   let config: unknown;
   try {
     config = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(configBytes));
@@ -452,6 +595,6 @@ export async function loadCheckpoint(
   }
 
   const weightsPath = join(dir, WEIGHTS_FILE);
-  const tensors = decodeSafetensors(await readInFolder(dir, WEIGHTS_FILE), weightsPath);
+  const tensors = decodeSafetensors(await readCommitted(dir, WEIGHTS_FILE), weightsPath);
   return { config: config as Record<string, unknown>, tensors };
 }

@@ -1,24 +1,9 @@
-// The command line: `deno task train | eval | generate`.
+// The command line: `deno task train | eval | generate` (each answers --help with its flags).
 //
-//   train     [--data CSV] [--val CSV] [--test CSV] [--model seemore|seemoe] [--steps N] [--batch N] [--lr X]
-//             [--seed S] [--backend B] [--out DIR] [--resume DIR] [--eval-interval N] [--eval-iters N]
-//             [--minutes M (training-time budget)] [--warmup N] [--decay-lr true|false] [--min-lr X] [--pad-loss all|first|none] [--word-noise P] [--word-loss X]
-//             [--blind (blank images: a baseline)]
-//             [--recipe seeing|original]  (default seeing; original = the PyTorch original's settings)
-//             recipe: [--visual-tokens cls|patches] [--first-token-from-image] [--attention-scale width|head]
-//                     [--residual original|pre_norm] [--patch-stem linear|conv]
-//             [--n-embd N] [--image-embed-dim N] [--n-head N] [--n-layer N] [--num-blks N] [--img-size N]
-//             [--patch-size N] [--dropout X]
-//             seeMoE: [--experts 8] [--top-k 2] [--aux-loss X (0 = none)] [--capacity-factor X (0 = no limit)]
-//   eval      --ckpt DIR --data CSV [--json] [--blind] [--backend B]
-//   generate  --ckpt DIR --image FILE [--prompt TEXT] [--greedy | --temperature T --top-k K --top-p P]
-//             [--max-tokens N] [--seed S] [--backend B]
-//
-// With no arguments `train` trains on the bundled shapes data (data/shapes) and reports held-out accuracy.
+// With no arguments `train` trains on the bundled shapes data (data/shapes) with the seeing recipe and
+// reports held-out accuracy.
 
 import * as tf from "@tensorflow/tfjs";
-import { parseArgs } from "node:util";
-import { initBackend } from "./backend.ts";
 import {
   DEFAULT_MODEL,
   DEFAULT_RECIPE,
@@ -29,50 +14,125 @@ import {
 } from "./config.ts";
 import { ImageCaptionDataset } from "./data/batches.ts";
 import { captionVocabulary } from "./data/caption_words.ts";
-import { readImageCaptionCsv } from "./data/csv.ts";
+import { type ImageCaptionTable, readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
 import { evaluate, type Evaluation } from "./evaluate.ts";
+import { type Command, numberFlag, type ParsedFlags, parseFlags, usage, UsageError } from "./flags.ts";
+import { SpeedReport, startBackend } from "./fast_path.ts";
 import { generate } from "./generate.ts";
-import { buildModel, loadModel } from "./model/factory.ts";
+import { buildModel } from "./model/factory.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
+import { loadModel } from "./model_files.ts";
 import { expertUsageChart, lossChart, usageFromMetrics, writeChart } from "./charts.ts";
 import { Tokenizer } from "./tokenizer.ts";
-import { train } from "./train.ts";
+import { train, type TrainResult } from "./train.ts";
 
 const BUNDLED = new URL("../data/shapes/", import.meta.url).pathname;
+const BACKEND_FLAG = {
+  value: "NAME",
+  group: "training" as const,
+  help: "cpu | wasm | tensorflow | tensorflow-gpu | auto (or $SEEMORE_BACKEND)",
+  default: "auto",
+};
 
-class UsageError extends Error {}
+const TRAIN: Command = {
+  name: "train",
+  summary: "Trains a model on an image–caption CSV (default: the bundled shapes data), then captions the " +
+    "validation rows and scores the test split.",
+  configFlags: true,
+  flags: {
+    data: {
+      value: "CSV",
+      group: "data",
+      help: "training data: columns b64string_images, caption",
+      default: "data/shapes/train.csv",
+    },
+    val: {
+      value: "CSV",
+      group: "data",
+      help: "validation data (without it: the last 10 % of --data; bundled: data/shapes/val.csv)",
+    },
+    test: {
+      value: "CSV",
+      group: "data",
+      help: "held-out data scored at the end (bundled: data/shapes/test.csv)",
+    },
+    blind: {
+      group: "data",
+      help: "blank images in training and evaluation: what captions alone teach (a baseline)",
+    },
+    recipe: {
+      value: "NAME",
+      group: "recipe",
+      help: "seeing, or original (the PyTorch original's settings)",
+      default: DEFAULT_RECIPE,
+    },
+    backend: BACKEND_FLAG,
+    minutes: { value: "M", group: "training", help: "stop (and save) after this much training time" },
+    out: {
+      value: "DIR",
+      group: "output",
+      help: "run folder: checkpoint, metrics, charts",
+      default: "runs/<date>",
+    },
+    resume: {
+      value: "DIR",
+      group: "output",
+      help: "continue the run saved in DIR (same settings; --steps may grow)",
+    },
+  },
+};
 
-/** Architecture flags of `train` (defaults: the original's hyper-parameters). */
-const ARCH_FLAGS = [
-  ["n-embd", "n_embd"],
-  ["image-embed-dim", "image_embed_dim"],
-  ["n-head", "n_head"],
-  ["n-layer", "n_layer"],
-  ["num-blks", "num_blks"],
-  ["img-size", "img_size"],
-  ["patch-size", "patch_size"],
-  ["dropout", "dropout"],
-  // seeMoE
-  ["experts", "num_experts"],
-  ["top-k", "top_k"],
-  ["aux-loss", "aux_loss_coef"],
-  ["capacity-factor", "capacity_factor"],
-] as const;
+const EVAL: Command = {
+  name: "eval",
+  summary: "Captions every row of a CSV with a checkpoint (greedy) and scores the captions.",
+  flags: {
+    ckpt: { value: "DIR", group: "data", help: "checkpoint folder (config.json + model.safetensors)" },
+    data: { value: "CSV", group: "data", help: "image–caption CSV to score" },
+    blind: { group: "data", help: "blank the images (a baseline)" },
+    backend: BACKEND_FLAG,
+    json: { group: "output", help: "print the scores as one JSON line" },
+    samples: { value: "N", group: "output", help: "captions to print", default: "5" },
+  },
+};
 
-function num(v: string | undefined, name: string, fallback: number): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isFinite(n)) throw new UsageError(`--${name} expects a number, got "${v}"`);
-  return n;
-}
+const GENERATE: Command = {
+  name: "generate",
+  summary: "Writes a caption for one image with a checkpoint.",
+  flags: {
+    ckpt: { value: "DIR", group: "data", help: "checkpoint folder (config.json + model.safetensors)" },
+    image: { value: "FILE", group: "data", help: "a PNG or JPEG of any size" },
+    prompt: { value: "TEXT", group: "data", help: "the caption's start", default: '""' },
+    greedy: {
+      group: "training",
+      help: "the most likely character each time (the default unless sampling flags are given)",
+    },
+    temperature: { value: "T", group: "sampling", help: "sample with this temperature", default: "1" },
+    "top-k": {
+      value: "K",
+      group: "training",
+      help: "sample among the K most likely characters (0: all)",
+      default: "0",
+    },
+    "top-p": {
+      value: "P",
+      group: "training",
+      help: "sample among the most likely characters holding P of the mass",
+      default: "1",
+    },
+    "max-tokens": { value: "N", group: "output", help: "characters to write at most", default: "100" },
+    seed: { value: "S", group: "sampling", help: "sampling seed", default: "0" },
+    backend: BACKEND_FLAG,
+  },
+};
 
-function oneOf<T extends string>(v: string | undefined, name: string, allowed: readonly T[], fallback: T): T {
-  if (v === undefined) return fallback;
-  if (!(allowed as readonly string[]).includes(v)) {
-    throw new UsageError(`--${name} must be one of ${allowed.join(", ")}`);
-  }
-  return v as T;
+/** The settings of a training run: recipe defaults, then the flags. */
+function trainSettings(flags: ParsedFlags): { recipe: string; cfg: TrainConfig; arch: Partial<ModelConfig> } {
+  const name = (flags.own.recipe as string | undefined) ?? DEFAULT_RECIPE;
+  const recipe = RECIPES[name];
+  if (!recipe) throw new UsageError(`--recipe must be one of ${Object.keys(RECIPES).join(", ")}`);
+  const cfg = { ...DEFAULT_TRAIN, ...recipe.train, ...flags.train } as TrainConfig;
+  return { recipe: name, cfg, arch: { ...recipe.model, ...flags.model } };
 }
 
 /** The vocabulary for a new model: the original's 66 symbols when the captions fit in them. */
@@ -81,6 +141,119 @@ function chooseTokenizer(captions: readonly string[]): Tokenizer {
   const symbols = new Set(original.symbols);
   const fits = captions.every((c) => [...c].every((ch) => symbols.has(ch)));
   return fits ? original : Tokenizer.fromCaptions(captions);
+}
+
+/** A new model for the data, or the run being resumed (whose saved training settings then apply). */
+async function modelFor(flags: ParsedFlags, table: ImageCaptionTable, s: ReturnType<typeof trainSettings>) {
+  const resume = flags.own.resume as string | undefined;
+  if (resume) {
+    const loaded = await loadModel(resume);
+    const saved = loaded.extra.train as Partial<TrainConfig> | undefined;
+    // The run's own settings, but --steps, and --save-interval when given, from this command line.
+    const keep = {
+      max_iters: s.cfg.max_iters,
+      ...(flags.train.save_interval !== undefined ? { save_interval: s.cfg.save_interval } : {}),
+    };
+    if (saved) Object.assign(s.cfg, { ...saved, ...keep });
+    return { model: loaded.model, tokenizer: new Tokenizer(loaded.vocab) };
+  }
+  const tokenizer = chooseTokenizer(table.captions);
+  const config: ModelConfig = { ...DEFAULT_MODEL, ...s.arch, vocab_size: tokenizer.vocabSize };
+  config.image_words = s.cfg.word_loss > 0 ? captionVocabulary(table.captions) : [];
+  return { model: buildModel(config, s.cfg.seed), tokenizer };
+}
+
+async function cmdTrain(flags: ParsedFlags): Promise<void> {
+  const started = await startBackend(flags.own.backend as string | undefined); // sets the fast path up first
+  const backend = started.info;
+  console.error(`backend: ${backend.name}${backend.notes.length ? ` (${backend.notes.join("; ")})` : ""}`);
+  const bundled = flags.own.data === undefined;
+  const paths = {
+    data: (flags.own.data as string | undefined) ?? `${BUNDLED}train.csv`,
+    val: (flags.own.val as string | undefined) ?? (bundled ? `${BUNDLED}val.csv` : undefined),
+    test: (flags.own.test as string | undefined) ?? (bundled ? `${BUNDLED}test.csv` : undefined),
+  };
+  const settings = trainSettings(flags);
+  const table = readImageCaptionCsv(paths.data);
+  const { model, tokenizer } = await modelFor(flags, table, settings);
+  const data = await datasets(model, tokenizer, table, paths, flags.own.blind === true);
+  const outDir =
+    (flags.own.resume ?? flags.own.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, "-")}`) as string;
+  const { cfg } = settings;
+  const parameters = model.variables().reduce((n, x) => n + x.size, 0).toLocaleString();
+  console.error(
+    `model: ${model.config.model_type}, ${parameters} parameters; train ${data.train.length} rows, val ` +
+      `${data.val.length} rows; ${cfg.max_iters} steps of batch ${cfg.batch_size}; run folder ${outDir}`,
+  );
+  const minutes = flags.own.minutes === undefined ? undefined : numberFlag(flags, "minutes", 0);
+  // Without the fast path: after ten steps, how long this run takes, and would take with it.
+  const speed = started.fix && started.path
+    ? new SpeedReport(cfg.max_iters, started.path, started.fix)
+    : undefined;
+  const result = await train({
+    model,
+    vocab: tokenizer.symbols as string[],
+    train: data.train,
+    val: data.val,
+    cfg,
+    outDir,
+    extraConfig: { data: paths.data },
+    progress: true,
+    onStep: speed && ((done, seconds) => speed.onStep(done, seconds)),
+    handleSigint: true,
+    timeLimitS: minutes === undefined ? undefined : 60 * minutes,
+  }, flags.own.resume as string | undefined);
+  if (result.interrupted) {
+    console.log(`interrupted at step ${result.steps}; saved to ${outDir} (continue with --resume ${outDir})`);
+    return;
+  }
+  await report(model, tokenizer, result, data, outDir, paths.test);
+}
+
+/** The training and validation sets (and a loader for the test split), blank images with --blind. */
+async function datasets(
+  model: VisionLanguageModel,
+  tokenizer: Tokenizer,
+  table: ImageCaptionTable,
+  paths: { val?: string },
+  blind: boolean,
+) {
+  const c = model.config;
+  const opts = { maxLen: c.block_positions, visualTokens: model.numVisualTokens };
+  const look = (d: ImageCaptionDataset) => (blind ? d.blank() : d);
+  const load = async (path: string) =>
+    look(await ImageCaptionDataset.fromCsv(path, tokenizer, c.img_size, opts));
+  const all = look(await ImageCaptionDataset.fromTable(table, tokenizer, c.img_size, opts));
+  const split = paths.val ? { train: all, val: await load(paths.val) } : all.split(0.9);
+  return { ...split, load };
+}
+
+/** After training: the metrics, sample captions and scores (val, test), test_eval.json and the charts. */
+async function report(
+  model: VisionLanguageModel,
+  tokenizer: Tokenizer,
+  result: TrainResult,
+  data: { val: ImageCaptionDataset; load: (path: string) => Promise<ImageCaptionDataset> },
+  outDir: string,
+  testPath?: string,
+): Promise<void> {
+  console.log(result.frame.toString());
+  const valEval = evaluate(model, tokenizer, data.val.slice(0, Math.min(data.val.length, 64)));
+  printSamples(valEval, 6, "validation");
+  printScores(valEval, "validation (first 64 rows)");
+  if (testPath) {
+    const testEval = evaluate(model, tokenizer, await data.load(testPath));
+    printScores(testEval, `test (${testPath})`);
+    const { predictions: _p, truths: _t, ...scores } = testEval;
+    await Deno.writeTextFile(`${outDir}/test_eval.json`, JSON.stringify(scores, null, 2) + "\n");
+  }
+  const charts = await writeChart(
+    lossChart(result.metrics, { title: `${model.config.model_type}: loss` }),
+    `${outDir}/loss`,
+  );
+  const experts = usageFromMetrics(result.metrics);
+  if (experts.length > 0) await writeChart(expertUsageChart(experts), `${outDir}/expert_usage`);
+  console.log(`\ncheckpoint: ${outDir}  (loss chart: ${charts.svg}, ${charts.png})`);
 }
 
 function printSamples(e: Evaluation, n: number, label: string): void {
@@ -104,255 +277,80 @@ function printScores(e: Evaluation, label: string): void {
   console.log(line);
 }
 
-async function cmdTrain(args: string[]): Promise<void> {
-  const { values: v } = parseArgs({
-    args,
-    strict: true,
-    options: {
-      data: { type: "string" },
-      val: { type: "string" },
-      test: { type: "string" },
-      model: { type: "string" },
-      steps: { type: "string" },
-      batch: { type: "string" },
-      lr: { type: "string" },
-      seed: { type: "string" },
-      backend: { type: "string" },
-      out: { type: "string" },
-      resume: { type: "string" },
-      "eval-interval": { type: "string" },
-      "eval-iters": { type: "string" },
-      "pad-loss": { type: "string" },
-      "visual-tokens": { type: "string" },
-      "first-token-from-image": { type: "boolean" },
-      "attention-scale": { type: "string" },
-      residual: { type: "string" },
-      warmup: { type: "string" },
-      "decay-lr": { type: "string" },
-      "min-lr": { type: "string" },
-      "word-noise": { type: "string" },
-      "word-loss": { type: "string" },
-      "patch-stem": { type: "string" },
-      recipe: { type: "string" },
-      blind: { type: "boolean" },
-      minutes: { type: "string" },
-      ...Object.fromEntries(ARCH_FLAGS.map(([flag]) => [flag, { type: "string" as const }])),
-    },
-  });
-  const backend = await initBackend(v.backend);
-  console.error(`backend: ${backend.name}${backend.notes.length ? ` (${backend.notes.join("; ")})` : ""}`);
-
-  const bundled = v.data === undefined;
-  const dataPath = v.data ?? `${BUNDLED}train.csv`;
-  const valPath = v.val ?? (bundled ? `${BUNDLED}val.csv` : undefined);
-  const testPath = v.test ?? (bundled ? `${BUNDLED}test.csv` : undefined);
-
-  const recipeName = v.recipe ?? DEFAULT_RECIPE;
-  const recipe = RECIPES[recipeName];
-  if (!recipe) throw new UsageError(`--recipe must be one of ${Object.keys(RECIPES).join(", ")}`);
-  const base: TrainConfig = { ...DEFAULT_TRAIN, ...recipe.train };
-  const cfg: TrainConfig = {
-    ...base,
-    max_iters: num(v.steps, "steps", base.max_iters),
-    batch_size: num(v.batch, "batch", base.batch_size),
-    learning_rate: num(v.lr, "lr", base.learning_rate),
-    seed: num(v.seed, "seed", base.seed),
-    eval_interval: num(v["eval-interval"], "eval-interval", base.eval_interval),
-    eval_iters: num(v["eval-iters"], "eval-iters", base.eval_iters),
-    pad_loss: oneOf(v["pad-loss"], "pad-loss", ["all", "first", "none"] as const, base.pad_loss),
-    warmup_iters: num(v.warmup, "warmup", base.warmup_iters),
-    decay_lr: oneOf(
-      v["decay-lr"],
-      "decay-lr",
-      ["true", "false"] as const,
-      String(base.decay_lr) as "true" | "false",
-    ) === "true",
-    min_lr: num(v["min-lr"], "min-lr", base.min_lr),
-    word_noise: num(v["word-noise"], "word-noise", base.word_noise),
-    word_loss: num(v["word-loss"], "word-loss", base.word_loss),
-  };
-
-  const table = readImageCaptionCsv(dataPath);
-  let model: VisionLanguageModel;
-  let tokenizer: Tokenizer;
-  if (v.resume) {
-    const loaded = await loadModel(v.resume);
-    model = loaded.model;
-    tokenizer = new Tokenizer(loaded.vocab);
-    const saved = loaded.extra.train as Partial<TrainConfig> | undefined;
-    if (saved) Object.assign(cfg, { ...saved, max_iters: cfg.max_iters });
-  } else {
-    tokenizer = chooseTokenizer(table.captions);
-    const arch: ModelConfig = { ...DEFAULT_MODEL, ...recipe.model, vocab_size: tokenizer.vocabSize };
-    const config: ModelConfig = {
-      ...arch,
-      model_type: oneOf(v.model, "model", ["seemore", "seemoe"] as const, "seemore"),
-      visual_tokens: oneOf(
-        v["visual-tokens"],
-        "visual-tokens",
-        ["cls", "patches"] as const,
-        arch.visual_tokens,
-      ),
-      first_token_from_image: v["first-token-from-image"] ?? arch.first_token_from_image,
-      attention_scale: oneOf(
-        v["attention-scale"],
-        "attention-scale",
-        ["width", "head"] as const,
-        arch.attention_scale,
-      ),
-      residual: oneOf(v.residual, "residual", ["original", "pre_norm"] as const, arch.residual),
-      patch_stem: oneOf(v["patch-stem"], "patch-stem", ["linear", "conv"] as const, arch.patch_stem),
-    };
-    for (const [flag, key] of ARCH_FLAGS) {
-      config[key] = num((v as Record<string, string | undefined>)[flag], flag, config[key]);
-    }
-    config.image_words = cfg.word_loss > 0 ? captionVocabulary(table.captions) : [];
-    model = buildModel(config, cfg.seed);
+async function cmdEval(flags: ParsedFlags): Promise<void> {
+  const { ckpt, data, blind, json } = flags.own as Record<string, string | boolean | undefined>;
+  if (typeof ckpt !== "string" || typeof data !== "string") {
+    throw new UsageError("eval needs --ckpt DIR and --data CSV");
   }
-  const c = model.config;
-  const opts = { maxLen: c.block_positions, visualTokens: model.numVisualTokens };
-  // --blind: every image blank, in training and evaluation — what can be learnt from captions alone.
-  const blind = (d: ImageCaptionDataset) => v.blind ? d.blank() : d;
-  const load = async (path: string) =>
-    blind(await ImageCaptionDataset.fromCsv(path, tokenizer, c.img_size, opts));
-  const all = blind(await ImageCaptionDataset.fromTable(table, tokenizer, c.img_size, opts));
-  const { train: trainSet, val: valSet } = valPath
-    ? { train: all, val: await load(valPath) }
-    : all.split(0.9);
-  const outDir = v.resume ?? v.out ?? `runs/${new Date().toISOString().replace(/[:.]/g, "-")}`;
-  console.error(
-    `model: ${c.model_type}, ${
-      model.variables().reduce((n, x) => n + x.size, 0).toLocaleString()
-    } parameters; ` +
-      `train ${trainSet.length} rows, val ${valSet.length} rows; ${cfg.max_iters} steps of batch ${cfg.batch_size}; ` +
-      `run folder ${outDir}`,
-  );
-
-  const result = await train({
-    model,
-    vocab: tokenizer.symbols as string[],
-    train: trainSet,
-    val: valSet,
-    cfg,
-    outDir,
-    extraConfig: { data: dataPath },
-    progress: true,
-    handleSigint: true,
-    timeLimitS: v.minutes === undefined ? undefined : 60 * num(v.minutes, "minutes", 0),
-  }, v.resume);
-  if (result.interrupted) {
-    console.log(`interrupted at step ${result.steps}; saved to ${outDir} (continue with --resume ${outDir})`);
-    return;
-  }
-  console.log(result.frame.toString());
-
-  const valEval = evaluate(model, tokenizer, valSet.slice(0, Math.min(valSet.length, 64)));
-  printSamples(valEval, 6, "validation");
-  printScores(valEval, "validation (first 64 rows)");
-  if (testPath) {
-    const testSet = await load(testPath);
-    const testEval = evaluate(model, tokenizer, testSet);
-    printScores(testEval, `test (${testPath})`);
-    await Deno.writeTextFile(
-      `${outDir}/test_eval.json`,
-      JSON.stringify({ ...testEval, predictions: undefined, truths: undefined }, null, 2) + "\n",
-    );
-  }
-  const lossSpec = lossChart(result.metrics, { title: `${c.model_type}: loss` });
-  const charts = await writeChart(lossSpec, `${outDir}/loss`);
-  const usage = usageFromMetrics(result.metrics);
-  if (usage.length > 0) await writeChart(expertUsageChart(usage), `${outDir}/expert_usage`);
-  console.log(`\ncheckpoint: ${outDir}  (loss chart: ${charts.svg}, ${charts.png})`);
-}
-
-async function cmdEval(args: string[]): Promise<void> {
-  const { values: v } = parseArgs({
-    args,
-    strict: true,
-    options: {
-      ckpt: { type: "string" },
-      data: { type: "string" },
-      json: { type: "boolean" },
-      blind: { type: "boolean" },
-      backend: { type: "string" },
-      samples: { type: "string" },
-    },
-  });
-  if (!v.ckpt || !v.data) throw new UsageError("eval needs --ckpt DIR and --data CSV");
-  await initBackend(v.backend);
-  const { model, vocab } = await loadModel(v.ckpt);
+  await startBackend(flags.own.backend as string | undefined);
+  const { model, vocab } = await loadModel(ckpt);
   const tokenizer = new Tokenizer(vocab);
-  let data = await ImageCaptionDataset.fromCsv(v.data, tokenizer, model.config.img_size, {
-    maxLen: model.config.block_positions,
-    visualTokens: model.numVisualTokens,
-  });
-  if (v.blind) data = data.blank();
-  const e = evaluate(model, tokenizer, data);
-  if (v.json) {
+  const opts = { maxLen: model.config.block_positions, visualTokens: model.numVisualTokens };
+  let dataset = await ImageCaptionDataset.fromCsv(data, tokenizer, model.config.img_size, opts);
+  if (blind) dataset = dataset.blank();
+  const e = evaluate(model, tokenizer, dataset);
+  if (json) {
     const { predictions: _p, truths: _t, ...scores } = e;
     console.log(JSON.stringify(scores));
   } else {
-    printSamples(e, num(v.samples, "samples", 5), v.data);
-    printScores(e, v.data + (v.blind ? " (blank images)" : ""));
+    printSamples(e, numberFlag(flags, "samples", 5), data);
+    printScores(e, data + (blind ? " (blank images)" : ""));
   }
 }
 
-async function cmdGenerate(args: string[]): Promise<void> {
-  const { values: v } = parseArgs({
-    args,
-    strict: true,
-    options: {
-      ckpt: { type: "string" },
-      image: { type: "string" },
-      prompt: { type: "string" },
-      greedy: { type: "boolean" },
-      temperature: { type: "string" },
-      "top-k": { type: "string" },
-      "top-p": { type: "string" },
-      "max-tokens": { type: "string" },
-      seed: { type: "string" },
-      backend: { type: "string" },
-    },
-  });
-  if (!v.ckpt || !v.image) throw new UsageError("generate needs --ckpt DIR and --image FILE");
-  await initBackend(v.backend);
+async function cmdGenerate(flags: ParsedFlags): Promise<void> {
+  const v = flags.own as Record<string, string | boolean | undefined>;
+  if (typeof v.ckpt !== "string" || typeof v.image !== "string") {
+    throw new UsageError("generate needs --ckpt DIR and --image FILE");
+  }
+  await startBackend(v.backend as string | undefined);
   const { model, vocab } = await loadModel(v.ckpt);
   const tokenizer = new Tokenizer(vocab);
   const S = model.config.img_size;
   const pixels = await decodeImage(await Deno.readFile(v.image), S, { file: v.image });
-  const sampled = v.temperature !== undefined || v["top-k"] !== undefined || v["top-p"] !== undefined;
-  const prompt = tokenizer.encode(v.prompt ?? "", { file: "--prompt" });
+  const sampled = ["temperature", "top-k", "top-p"].some((f) => v[f] !== undefined);
+  const prompt = tokenizer.encode((v.prompt as string | undefined) ?? "", { file: "--prompt" });
   const images = tf.tensor4d(pixels, [1, 3, S, S]);
   const ids = generate(model, images, {
-    maxNewTokens: num(v["max-tokens"], "max-tokens", 100),
+    maxNewTokens: numberFlag(flags, "max-tokens", 100),
     prompt,
-    greedy: v.greedy || !sampled,
-    temperature: num(v.temperature, "temperature", 1),
-    topK: num(v["top-k"], "top-k", 0),
-    topP: num(v["top-p"], "top-p", 1),
-    seed: num(v.seed, "seed", 0),
+    greedy: v.greedy === true || !sampled,
+    temperature: numberFlag(flags, "temperature", 1),
+    topK: numberFlag(flags, "top-k", 0),
+    topP: numberFlag(flags, "top-p", 1),
+    seed: numberFlag(flags, "seed", 0),
   });
   images.dispose();
   console.log(tokenizer.decode([...prompt, ...ids[0]]));
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
-  train: cmdTrain,
-  eval: cmdEval,
-  generate: cmdGenerate,
+/** Defaults shown by `train --help`: the default recipe's, with the original's beside them where they differ. */
+function trainDefault(key: string): string {
+  const base = { ...DEFAULT_MODEL, ...DEFAULT_TRAIN } as Record<string, unknown>;
+  const recipe = RECIPES[DEFAULT_RECIPE];
+  const seeing = { ...base, ...recipe.model, ...recipe.train } as Record<string, unknown>;
+  const same = JSON.stringify(seeing[key]) === JSON.stringify(base[key]);
+  return same ? String(base[key]) : `${seeing[key]}; --recipe original: ${base[key]}`;
+}
+
+const COMMANDS: Record<string, [Command, (flags: ParsedFlags) => Promise<void>]> = {
+  train: [TRAIN, cmdTrain],
+  eval: [EVAL, cmdEval],
+  generate: [GENERATE, cmdGenerate],
 };
 
 if (import.meta.main) {
-  const [command, ...rest] = Deno.args;
-  const run = COMMANDS[command];
-  if (!run) {
-    console.error(
-      `usage: deno task train|eval|generate [options]  (see the header of lib/cli.ts or README.md)`,
-    );
+  const [name, ...rest] = Deno.args;
+  const entry = COMMANDS[name];
+  if (!entry) {
+    console.error(`usage: deno task train|eval|generate [options]  (each answers --help)`);
     Deno.exit(2);
   }
+  const [command, run] = entry;
   try {
-    await run(rest);
+    const flags = parseFlags(rest, command);
+    if (flags.help) console.log(usage(command, name === "train" ? trainDefault : undefined));
+    else await run(flags);
   } catch (e) {
     console.error(`error: ${(e as Error).message}`);
     Deno.exit(e instanceof UsageError ? 2 : 1);

@@ -8,9 +8,10 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { ImageCaptionDataset } from "./data/batches.ts";
-import { summarize, type Summary } from "./eval.ts";
+import { summarize, type Summary } from "./data/shapes_score.ts";
 import { generate, type SampleOptions } from "./generate.ts";
-import { Ctx } from "./model/ops.ts";
+import { ForwardContext } from "./model/module.ts";
+import { captionLoss, lossTargets } from "./objective.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
@@ -61,16 +62,25 @@ export function captionDataset(
   return out;
 }
 
-/** Mean loss over a whole dataset (every caption target plus one end-of-caption target per row). */
+/**
+ * Mean loss over a whole dataset (every caption target plus one end-of-caption target per row). A batch's
+ * loss is the mean over its targets, so it counts as many times as it has targets: the result does not
+ * depend on the batch size.
+ */
 export function datasetLoss(model: VisionLanguageModel, data: ImageCaptionDataset, batchSize = 32): number {
-  let total = 0;
+  let total = 0, targets = 0;
   for (const batch of data.allBatches(batchSize)) {
-    const n = batch.rows.length;
+    const { weights } = lossTargets(model, batch.idx, batch.targets, "first");
+    const n = weights.reduce((sum, w) => sum + w, 0);
     total += n *
-      tf.tidy(() => model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]);
+      tf.tidy(() =>
+        captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), "first")
+          .dataSync()[0]
+      );
+    targets += n;
     tf.dispose(batch);
   }
-  return total / data.length;
+  return total / targets;
 }
 
 export function evaluate(

@@ -9,9 +9,12 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { KVCache } from "./model/attention.ts";
-import { Ctx } from "./model/ops.ts";
+import { Block } from "./model/block.ts";
+import type { DecoderLanguageModel } from "./model/decoder.ts";
+import { ForwardContext, type Module, readData } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
-import { NativeDecoder } from "./blas/native_decoder.ts";
+import { LAYER_NORM_EPS } from "./ops/layer_norm.ts";
+import { backendExtras, type DecoderStepDims, type DecoderStepKernel } from "./ops/registry.ts";
 import { mulberry32 } from "./random.ts";
 
 export interface SampleOptions {
@@ -78,7 +81,7 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
   const rand = mulberry32(opts.seed ?? 0);
   const out: number[][] = Array.from({ length: B }, () => []);
   const done = new Array<boolean>(B).fill(false);
-  const stepper = NativeStepper.create(model, images, prompt, opts.maxNewTokens) ??
+  const stepper = KernelStepper.create(model, images, prompt, opts.maxNewTokens) ??
     new TfjsStepper(model, images, prompt);
   try {
     let rows = stepper.start(); // logits (B, vocab) after the visual tokens and the prompt
@@ -101,7 +104,7 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
 }
 
 /** Runs the decoder for generate(): each call returns the logits (one row per image) of the last position. */
-interface Stepper {
+export interface Stepper {
   /** The visual tokens and the prompt, all at once. */
   start(): Float32Array[];
   /** One new id per row, at `position`. */
@@ -111,7 +114,7 @@ interface Stepper {
 
 /** Through tfjs, with a KV cache per block (any model, any backend). */
 class TfjsStepper implements Stepper {
-  private readonly ctx = Ctx.eval();
+  private readonly ctx = ForwardContext.eval();
   private readonly caches: KVCache[];
 
   constructor(readonly model: VisionLanguageModel, readonly images: tf.Tensor4D, readonly prompt: number[]) {
@@ -128,7 +131,7 @@ class TfjsStepper implements Stepper {
         const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
         x = tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D; // (B, V+P, C)
       }
-      return lastPosition(model.decoder.run(x, 0, ctx, this.caches)); // (B, vocab)
+      return lastPosition(model.decoder.decode(x, 0, ctx, this.caches)); // (B, vocab)
     }));
   }
 
@@ -136,7 +139,7 @@ class TfjsStepper implements Stepper {
     const decoder = this.model.decoder;
     return rowsOf(tf.tidy(() => {
       const x = decoder.embedTokens(tf.tensor2d(ids, [ids.length, 1], "int32")); // (B, 1, C)
-      return lastPosition(decoder.run(x, position, this.ctx, this.caches)); // (B, vocab)
+      return lastPosition(decoder.decode(x, position, this.ctx, this.caches)); // (B, vocab)
     }));
   }
 
@@ -146,53 +149,138 @@ class TfjsStepper implements Stepper {
 }
 
 /**
- * The decoder in one C call per position (lib/blas/native_decoder.ts); the image still goes through the
- * ViT and the projector in tfjs. Only where the C kernels are loaded and the decoder is seemore's.
+ * The decoder as one kernel call per position (the backend's decoder step: lib/blas on the fast CPU
+ * path); the image still goes through the ViT and the projector as ops. Only where the backend offers
+ * the step and the decoder is seemore's (GELU feed-forward blocks, all alike).
  */
-class NativeStepper implements Stepper {
+export class KernelStepper implements Stepper {
+  private readonly cache: Float32Array;
+  private readonly logits: Float32Array;
+
   private constructor(
     readonly model: VisionLanguageModel,
     readonly images: tf.Tensor4D,
     readonly prompt: number[],
-    readonly decoder: NativeDecoder,
-  ) {}
+    readonly kernel: DecoderStepKernel,
+    readonly packed: PackedDecoder,
+    readonly dims: DecoderStepDims,
+  ) {
+    this.cache = new Float32Array(kernel.cacheSize(dims));
+    this.logits = new Float32Array(dims.batch * dims.vocab);
+  }
 
   static create(
     model: VisionLanguageModel,
     images: tf.Tensor4D,
     prompt: number[],
     maxNewTokens: number,
-  ): NativeStepper | null {
+  ): KernelStepper | null {
+    const kernel = backendExtras().decoderStep;
+    const blocks = model.decoder.blocks;
+    if (!kernel || blocks.length === 0 || !blocks.every((b) => b instanceof Block && b.cfg.ffn !== "mlp")) {
+      return null;
+    }
+    const attn = (blocks[0] as Block).attn, cfg = model.config;
     // Cache room for every position this generation can reach (the last new token is not fed back).
     const positions = model.numVisualTokens + prompt.length + Math.max(0, maxNewTokens - 1);
-    const decoder = NativeDecoder.create(model.decoder, images.shape[0], Math.max(1, positions));
-    return decoder ? new NativeStepper(model, images, prompt, decoder) : null;
+    const dims: DecoderStepDims = {
+      batch: images.shape[0],
+      width: cfg.n_embd,
+      heads: attn.numHeads,
+      layers: blocks.length,
+      vocab: cfg.vocab_size,
+      positions: cfg.block_positions,
+      cached: Math.min(Math.max(1, positions), cfg.block_positions),
+      scale: attn.scale,
+      eps: LAYER_NORM_EPS,
+      preNorm: cfg.residual === "pre_norm",
+    };
+    return new KernelStepper(model, images, prompt, kernel, packedDecoder(model.decoder, kernel), dims);
   }
 
   start(): Float32Array[] {
-    const { model, images, prompt, decoder } = this;
-    const [B, V, C] = [images.shape[0], model.numVisualTokens, decoder.dims.width];
-    const ctx = Ctx.eval();
-    const visual = tf.tidy(() => model.visualTokens(images, ctx)); // (B, V, C)
+    const { model, images, prompt } = this;
+    const [B, V, C] = [images.shape[0], model.numVisualTokens, this.dims.width];
+    const visual = tf.tidy(() => model.visualTokens(images, ForwardContext.eval())); // (B, V, C)
     const tokens = visual.dataSync() as Float32Array;
     visual.dispose();
     let logits: Float32Array = new Float32Array(0);
     for (let v = 0; v < V; v++) {
       const x = new Float32Array(B * C); // (B, C): visual token v of every row
       for (let b = 0; b < B; b++) x.set(tokens.subarray((b * V + v) * C, (b * V + v + 1) * C), b * C);
-      logits = decoder.step(x, v);
+      logits = this.step(x, v);
     }
     prompt.forEach((id, j) => {
-      logits = decoder.step(decoder.embed(new Array(B).fill(id)), V + j);
+      logits = this.step(this.embed(new Array(B).fill(id)), V + j);
     });
     return splitRows(logits, B);
   }
 
   next(ids: number[], position: number): Float32Array[] {
-    return splitRows(this.decoder.step(this.decoder.embed(ids), position), ids.length);
+    return splitRows(this.step(this.embed(ids), position), ids.length);
   }
 
   dispose(): void {}
+
+  /** Token embeddings of one id per row → (B, C). */
+  private embed(ids: number[]): Float32Array {
+    const C = this.dims.width, table = this.packed.tokenTable;
+    const x = new Float32Array(ids.length * C);
+    ids.forEach((id, b) => x.set(table.subarray(id * C, (id + 1) * C), b * C));
+    return x;
+  }
+
+  /** Inputs x (B, C) at `position` → logits (B, vocab), a fresh copy. */
+  private step(x: Float32Array, position: number): Float32Array {
+    this.model.decoder.checkPositions(position, 1);
+    this.kernel.step(this.packed.weights, x, this.cache, this.logits, this.dims, position);
+    return this.logits.slice();
+  }
+}
+
+/**
+ * A decoder's weights packed in the step kernel's order, kept while its variables hold the same data:
+ * an assign (a checkpoint load, the per-parameter optimizer step) gives a variable a new dataId, and the
+ * kernel counts its in-place updates, so the two tell whether the copy is current. Saves packing the
+ * weights for every generate() call of an evaluation.
+ */
+interface PackedDecoder {
+  ids: object[];
+  updates: number;
+  weights: Float32Array;
+  tokenTable: Float32Array;
+}
+const packCache = new WeakMap<DecoderLanguageModel, PackedDecoder>();
+
+/** The model's parameter behind each name of the step kernel's layout that is not its own name. */
+const PARAMETER_OF: Record<string, string> = {
+  "attn.qkv": "attn.heads",
+  "ffn.fc1.weight": "ffn.0.weight",
+  "ffn.fc1.bias": "ffn.0.bias",
+  "ffn.fc2.weight": "ffn.2.weight",
+  "ffn.fc2.bias": "ffn.2.bias",
+  "position_embedding": "position_embedding_table.weight",
+};
+
+function packedDecoder(decoder: DecoderLanguageModel, kernel: DecoderStepKernel): PackedDecoder {
+  const ids = decoder.variables().map((v) => v.dataId);
+  const updates = kernel.inPlaceUpdates();
+  const hit = packCache.get(decoder);
+  if (hit && hit.updates === updates && hit.ids.every((id, i) => id === ids[i])) return hit;
+  const param = (module: Module, name: string) => module.parameter(PARAMETER_OF[name] ?? name);
+  const tensors = [
+    ...decoder.blocks.flatMap((block) => kernel.layout.block.map((name) => param(block, name))),
+    ...kernel.layout.final.map((name) => param(decoder, name)),
+  ];
+  const weights = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
+  let at = 0;
+  for (const t of tensors) {
+    weights.set(t.dataSync() as Float32Array, at);
+    at += t.size;
+  }
+  const entry = { ids, updates, weights, tokenTable: readData(decoder.tokenEmbedding.weight) };
+  packCache.set(decoder, entry);
+  return entry;
 }
 
 /** A (B, vocab) tensor's rows as arrays; disposes it. */

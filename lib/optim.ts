@@ -2,12 +2,12 @@
 //   m' = b1 m + (1-b1) g;  v' = b2 v + (1-b2) g²;  p' = p - lr/(1-b1^t) · m' / (√v' / √(1-b2^t) + eps)
 // Written out (rather than tf.train.adam) so its state — step count and both moment estimates, one
 // pair per variable in model order — can be saved with a checkpoint and restored exactly on --resume.
-// On the fast CPU path every parameter is updated in ONE C call, in place (lib/blas/fused.ts).
+// Where the backend offers it (the fast CPU path) every parameter is updated in ONE call, in place.
 
 import * as tf from "@tensorflow/tfjs";
 import type { NamedTensor } from "./checkpoint.ts";
-import { adamStep, adamStepAllInPlace } from "./blas/fused.ts";
-import { readData } from "./model/ops.ts";
+import { readData } from "./model/module.ts";
+import { adamStep, adamStepAllInPlace } from "./ops/adam.ts";
 
 export class Adam {
   step = 0;
@@ -32,7 +32,7 @@ export class Adam {
     const hyper = { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, step: this.step };
     if (adamStepAllInPlace(this.params, this.m, this.v, grads, hyper)) return;
     this.params.forEach((p, i) => {
-      // adamStep: one C kernel on the fast CPU path, the same formula in tfjs ops elsewhere.
+      // adamStep: the backend's kernel where it has one, the same formula in tfjs ops elsewhere.
       const next = adamStep(p, this.m[i], this.v[i], grads[i], hyper);
       p.assign(next.p);
       this.m[i].assign(next.m);

@@ -12,3 +12,22 @@ export function mulberry32(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** Mixes three integers into one 32-bit seed (a few rounds of a murmur-style finaliser). */
+export function hash32(a: number, b: number, c: number): number {
+  let h = (a ^ 0x9e3779b9) >>> 0;
+  for (const v of [b, c]) {
+    h = Math.imul(h ^ (v >>> 0), 0x85ebca6b) >>> 0;
+    h = (h ^ (h >>> 13)) >>> 0;
+    h = Math.imul(h, 0xc2b2ae35) >>> 0;
+    h = (h ^ (h >>> 16)) >>> 0;
+  }
+  return h;
+}
+
+/** A 32-bit hash of a string (FNV-1a over its UTF-16 code units): names turned into seeds. */
+export function hashString(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}

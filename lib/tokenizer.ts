@@ -2,7 +2,8 @@
 // positions in a symbol list whose last entry is the padding symbol "<pad>".
 // The original builds its 66-symbol vocabulary from tiny-shakespeare's input.txt.
 
-import { PAD } from "./config.ts";
+/** The padding symbol: always the last token id (it also ends a caption). */
+export const PAD = "<pad>";
 
 /** Where a value came from, for error messages: a data file, its 1-based data row, a column. */
 export interface CellLocation {

@@ -4,29 +4,29 @@
 // Reproducibility: the batch of step s, its dropout masks and the validation batches drawn at step s
 // all come from seeds derived from (seed, s). So a run resumed from a checkpoint at step s (weights,
 // optimizer moments and step count restored) follows the same loss curve as one never interrupted.
+//
+// Faults: the run folder is saved every save_interval steps and at the end, each save one group commit
+// (lib/checkpoint.ts), so a crash at any moment leaves a folder that loads and resumes. A NaN or infinite
+// loss stops training with an error, and no save follows: the folder keeps the last good checkpoint.
 
 import * as tf from "@tensorflow/tfjs";
 import pl from "nodejs-polars";
-import { decodeSafetensors, encodeSafetensors, writeFilesAtomically } from "./checkpoint.ts";
+import { decodeSafetensors, encodeSafetensors, type NamedTensor, readCommitted } from "./checkpoint.ts";
 import type { TrainConfig } from "./config.ts";
 import { BatchSampler, type ImageCaptionDataset, makeBatch } from "./data/batches.ts";
 import { WordNoise } from "./data/word_noise.ts";
 import { wordTargets } from "./data/caption_words.ts";
-import { saveModel } from "./model/factory.ts";
-import { type RouterStats, routerStatsCsv, routerStatsOf } from "./model/moe.ts";
-import { Ctx, hash32 } from "./model/ops.ts";
+import { saveModel } from "./model_files.ts";
+import { routerStatsOf } from "./model/moe.ts";
+import { ForwardContext } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
-import { mulberry32 } from "./random.ts";
+import { captionLoss } from "./objective.ts";
+import { hash32, mulberry32 } from "./random.ts";
+import { type MetricRow, metricsCsv, routerStatsCsv } from "./run_log.ts";
 import { Adam } from "./optim.ts";
 import { ProgressBar } from "./progress.ts";
 
-export interface MetricRow {
-  step: number; // optimizer steps done when measured
-  train_loss: number; // loss of the batch just trained on (with word_loss > 0: plus the weighted word loss)
-  val_loss: number | null; // mean over eval_iters validation batches (null when there is no val set)
-  elapsed_s: number; // training time so far (evaluation excluded)
-  router?: RouterStats[]; // seeMoE: each MoE layer's routing on the batch just trained on (router.csv)
-}
+export type { MetricRow };
 
 export interface TrainRun {
   model: VisionLanguageModel;
@@ -34,7 +34,7 @@ export interface TrainRun {
   train: ImageCaptionDataset;
   val?: ImageCaptionDataset;
   cfg: TrainConfig;
-  /** Folder for the checkpoint, optimizer state and metrics (written at the end, on Ctrl-C, and on evals). */
+  /** Folder for the checkpoint, optimizer state and metrics (saved every save_interval steps and at the end). */
   outDir?: string;
   /** Extra keys for config.json (e.g. the data the run used). */
   extraConfig?: Record<string, unknown>;
@@ -42,6 +42,8 @@ export interface TrainRun {
   onEval?: (row: MetricRow, all: MetricRow[]) => void;
   /** Draw a progress bar on stderr. */
   progress?: boolean;
+  /** Called after every optimizer step with the steps done and the training seconds so far. */
+  onStep?: (done: number, trainSeconds: number) => void;
   /** Save and stop cleanly on Ctrl-C (CLI only). */
   handleSigint?: boolean;
   /** Stop (and save) once this many seconds of training have passed. */
@@ -99,11 +101,11 @@ export function trainStep(
   const noised = noise ? rows.map((row) => noise.apply(run.train.tokens[row], rand)) : undefined;
   const batch = makeBatch(run.train, rows, noised);
   const words = model.wordHead && cfg.word_loss > 0 ? imageWordTargets(model, run.train, rows) : undefined;
-  const ctx = new Ctx(true, s.dropout, step);
+  const ctx = new ForwardContext(true, s.dropout, step);
   try {
     const extra = { skip: batch.skip, words, wordLoss: cfg.word_loss };
     const { value, grads } = tf.variableGrads(
-      () => model.loss(batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
+      () => captionLoss(model, batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
       opt.params,
     );
     // A parameter the loss does not use (the word head when word_loss is 0) gets a zero gradient.
@@ -141,7 +143,8 @@ export function estimateLoss(
   for (let i = 0; i < cfg.eval_iters; i++) {
     const batch = sampler.next(cfg.val_batch_size, { replace: true });
     total += tf.tidy(() =>
-      model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), cfg.pad_loss).dataSync()[0]
+      captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), cfg.pad_loss)
+        .dataSync()[0]
     );
     tf.dispose(batch);
   }
@@ -157,46 +160,73 @@ export function metricsFrame(rows: MetricRow[]): pl.DataFrame {
   });
 }
 
-function metricsCsv(rows: MetricRow[]): string {
-  const lines = rows.map((r) => [r.step, r.train_loss, r.val_loss ?? "", r.elapsed_s].join(","));
-  return ["step,train_loss,val_loss,elapsed_s", ...lines].join("\n") + "\n";
+/** Names the first parameter or optimizer moment holding NaN or ±Inf, if any: such a state is not saved. */
+function nonFinite(opt: Adam, moments: NamedTensor[]): string | undefined {
+  const finite = (data: ArrayLike<number>) => {
+    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
+    return true;
+  };
+  const param = opt.params.find((p) => !finite(p.dataSync() as Float32Array));
+  if (param) return `parameter ${param.name}`;
+  const moment = moments.find((t) => !finite(t.data));
+  return moment && `optimizer tensor ${moment.name}`;
 }
 
-/** Writes the checkpoint (config.json + model.safetensors) and everything --resume needs. */
+/**
+ * Writes the checkpoint (config.json + model.safetensors) and everything --resume needs, as one group:
+ * a crash while saving leaves the previous save whole. Refuses weights or moments that hold NaN or ±Inf.
+ */
 export async function saveRun(run: TrainRun, opt: Adam, metrics: MetricRow[], dir: string): Promise<void> {
-  await saveModel(dir, run.model, run.vocab, { ...run.extraConfig, train: run.cfg });
+  const moments = opt.state();
+  const bad = nonFinite(opt, moments);
+  if (bad) throw new Error(`${dir}: not saved: ${bad} holds NaN or Inf after step ${opt.step}`);
   const enc = new TextEncoder();
   const files: [string, Uint8Array][] = [
-    [`${dir}/${OPTIMIZER_FILE}`, encodeSafetensors(opt.state())],
-    [`${dir}/${STATE_FILE}`, enc.encode(JSON.stringify({ step: opt.step, metrics }, null, 2) + "\n")],
-    [`${dir}/metrics.csv`, enc.encode(metricsCsv(metrics))],
+    [OPTIMIZER_FILE, encodeSafetensors(moments)],
+    [STATE_FILE, enc.encode(JSON.stringify({ step: opt.step, metrics }, null, 2) + "\n")],
+    ["metrics.csv", enc.encode(metricsCsv(metrics))],
   ];
-  if (metrics.some((r) => r.router)) files.push([`${dir}/router.csv`, enc.encode(routerStatsCsv(metrics))]);
-  await writeFilesAtomically(files);
+  if (metrics.some((r) => r.router)) files.push(["router.csv", enc.encode(routerStatsCsv(metrics))]);
+  await saveModel(dir, run.model, run.vocab, { ...run.extraConfig, train: run.cfg }, files);
 }
 
-/** Restores optimizer state and metrics saved by saveRun (the model itself is loaded by loadModel). */
+/**
+ * Restores optimizer state and metrics saved by saveRun (the model itself is loaded by loadModel). Reads
+ * through a commit that a crash interrupted, as loadModel does, so both see the same save.
+ */
 export async function loadRunState(dir: string, opt: Adam): Promise<MetricRow[]> {
   const stateFile = `${dir}/${STATE_FILE}`;
   let state: { step: number; metrics: MetricRow[] };
   try {
-    state = JSON.parse(await Deno.readTextFile(stateFile));
+    state = JSON.parse(new TextDecoder().decode(await readCommitted(dir, STATE_FILE)));
   } catch (e) {
     throw new Error(`${stateFile}: cannot resume from this folder (${(e as Error).message.split("\n")[0]})`);
   }
   const optFile = `${dir}/${OPTIMIZER_FILE}`;
-  opt.load(state.step, decodeSafetensors(await Deno.readFile(optFile), optFile), optFile);
+  opt.load(state.step, decodeSafetensors(await readCommitted(dir, OPTIMIZER_FILE), optFile), optFile);
   return state.metrics;
 }
 
 /**
- * Trains `run.model` for cfg.max_iters optimizer steps in all (a resumed run continues its count).
- * `resumeDir`: a folder written by saveRun whose weights are already loaded into run.model.
+ * Trains `run.model` for cfg.max_iters optimizer steps in all (a resumed run continues its count),
+ * saving to run.outDir every cfg.save_interval steps and at the end. Throws on a NaN or infinite loss,
+ * naming the step, without saving. `resumeDir`: a folder written by saveRun whose weights are already
+ * loaded into run.model.
  */
 export async function train(run: TrainRun, resumeDir?: string): Promise<TrainResult> {
   const { model, cfg } = run;
   const opt = new Adam(model.variables(), cfg.learning_rate);
+  try {
+    return await trainLoop(run, opt, resumeDir);
+  } finally {
+    opt.dispose();
+  }
+}
+
+async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<TrainResult> {
+  const { model, cfg, outDir } = run;
   const metrics = resumeDir ? await loadRunState(resumeDir, opt) : [];
+  let savedStep = resumeDir !== undefined && resumeDir === outDir ? opt.step : undefined; // what outDir holds
   const bar = run.progress ? new ProgressBar(cfg.max_iters) : null;
   let stop = false;
   let timeUp = false;
@@ -217,7 +247,15 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
       opt.lr = learningRate(cfg, step);
       lastLoss = trainStep(model, opt, run, step, noise);
       trainSeconds += (performance.now() - t0) / 1000;
+      if (!Number.isFinite(lastLoss)) {
+        const kept = outDir &&
+          (savedStep === undefined ? `nothing saved` : `${outDir} keeps step ${savedStep}`);
+        throw new Error(
+          `training stopped: the loss of step ${opt.step} is ${lastLoss}${kept ? ` (${kept})` : ""}`,
+        );
+      }
       bar?.update(opt.step, { loss: lastLoss }, opt.step / Math.max(trainSeconds, 1e-9));
+      run.onStep?.(opt.step, trainSeconds);
       if (run.timeLimitS !== undefined && trainSeconds >= run.timeLimitS) timeUp = true;
       if (step % cfg.eval_interval === 0 || opt.step === cfg.max_iters || timeUp) {
         const router = routerStatsOf(model);
@@ -232,6 +270,10 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
         metrics.push(row);
         run.onEval?.(row, metrics);
       }
+      if (outDir && cfg.save_interval > 0 && opt.step % cfg.save_interval === 0 && opt.step < cfg.max_iters) {
+        await saveRun(run, opt, metrics, outDir);
+        savedStep = opt.step;
+      }
       // Let a pending Ctrl-C (or a notebook's display update) through between steps.
       await new Promise((r) => setTimeout(r, 0));
     }
@@ -239,7 +281,6 @@ export async function train(run: TrainRun, resumeDir?: string): Promise<TrainRes
     if (run.handleSigint) Deno.removeSignalListener("SIGINT", onSigint);
     bar?.finish();
   }
-  if (run.outDir) await saveRun(run, opt, metrics, run.outDir);
-  opt.dispose();
+  if (outDir) await saveRun(run, opt, metrics, outDir);
   return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: stop, timeUp };
 }

@@ -2,6 +2,7 @@
 // and `--compare-original --json` either times the original PyTorch model or says how to install it.
 
 import assert from "node:assert/strict";
+import { REQUIRE_TORCH } from "./helpers.ts";
 
 const BENCH = new URL("../bench/bench.ts", import.meta.url).pathname;
 
@@ -59,7 +60,14 @@ Deno.test("bench --layers: the blocks run layer by layer, so the profile lists t
     return (r.profile as { kernels: { name: string }[] }).kernels.map((k) => k.name);
   };
   const whole = await kernels([]);
-  if (!whole.includes("SeemoreBlock")) return; // no C kernels here: the blocks run layer by layer anyway
+  if (!whole.includes("SeemoreBlock")) {
+    // No C kernels here: the blocks run layer by layer anyway. CI has them (SEEMORE_REQUIRE_NATIVE=1).
+    assert(
+      Deno.env.get("SEEMORE_REQUIRE_NATIVE") !== "1",
+      "SEEMORE_REQUIRE_NATIVE=1: no SeemoreBlock kernel",
+    );
+    return;
+  }
   const layers = await kernels(["--layers"]);
   assert(!layers.includes("SeemoreBlock") && !layers.includes("SeemoreBlockGrad"), "no whole-block kernel");
   assert(
@@ -72,9 +80,10 @@ Deno.test("bench --compare-original --json: both figures and ratios, or the inst
   const r = await benchJson(["--compare-original", "--rounds", "1", "--torch-threads", "1"]);
   checkOurs(r.ours as Record<string, unknown>);
   if (r.original === null) {
-    // No torch: the install hint. No original code beside the checkout (../shared/reference): its path.
+    // No torch: the install hint. CI installs torch and sets SEEMORE_REQUIRE_TORCH=1: the original must run.
     const why = String(r.original_unavailable);
-    assert(why.includes("apt-get install python3-torch") || why.includes("not found"), why);
+    assert(!REQUIRE_TORCH, `SEEMORE_REQUIRE_TORCH=1 but the original did not run: ${why}`);
+    assert(why.includes("apt-get install python3-torch"), why);
     return;
   }
   const o = r.original as Record<string, number>;

@@ -1,15 +1,19 @@
 // Tests for lib/checkpoint.ts: safetensors bytes against hand-built files and files written by
-// Python's safetensors, validation errors, atomic saves and checkpoint/model shape checks.
+// Python's safetensors, validation errors, atomic saves (a group of files committed through a redo
+// journal) and checkpoint/model shape checks.
 
 // node: built-ins rather than jsr:@std, which this machine cannot fetch.
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   checkTensors,
+  COMMIT_FILE,
   decodeSafetensors,
   encodeSafetensors,
   loadCheckpoint,
   type NamedTensor,
+  readCommitted,
+  recoverFolder,
   saveCheckpoint,
 } from "../lib/checkpoint.ts";
 
@@ -414,4 +418,118 @@ Deno.test("checkTensors accepts a match and lists missing, unexpected and mis-sh
     () => checkTensors(expected, shapes([["fc.weight", [4]], ["fc.bias", [4]], ["ln.weight", [3]]]), "f"),
     `tensor "fc.weight" has shape [4], expected [4, 3]`,
   );
+});
+
+// ---------------------------------------------------------------------------------------------
+// group commits: a crash at any point leaves all the old files or all the new ones
+
+type Folder = Map<string, Uint8Array>;
+
+/** The folder's files; read again if a rename (running on another thread) moved one meanwhile. */
+function readFolderSync(dir: string): Folder {
+  const names = () => [...Deno.readDirSync(dir)].map((e) => e.name).sort().join("/");
+  for (;;) {
+    const before = names();
+    try {
+      const out: Folder = new Map(before.split("/").map((n) => [n, Deno.readFileSync(join(dir, n))]));
+      if (names() === before) return out;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+}
+
+/** A training run's save: config and weights plus the files --resume needs, all differing per version. */
+function runSave(dir: string, version: number): Promise<void> {
+  const tensors = TENSORS.map((x) => ({ ...x, data: x.data.map((v) => v + version) }));
+  const text = (s: string) => new TextEncoder().encode(s);
+  return saveCheckpoint(dir, { ...CONFIG, step: version }, tensors, [
+    ["optimizer.safetensors", encodeSafetensors([t("adam.m.0", [2], [version, -version])])],
+    ["train_state.json", text(`{"step": ${version}}\n`)],
+    ["metrics.csv", text(`step\n${version}\n`)],
+  ]);
+}
+const RUN_FILES = [
+  "config.json",
+  "metrics.csv",
+  "model.safetensors",
+  "optimizer.safetensors",
+  "train_state.json",
+];
+
+Deno.test("a save interrupted at any point reads as all the old files or all the new, and rolls forward", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const dir = join(root, "run");
+    await runSave(dir, 1);
+    const old = readFolderSync(dir);
+    // Slow the commit down (the documented test hook) and copy the folder, synchronously, between its
+    // steps: each copy is exactly what a crash at that moment would leave on disk.
+    Deno.env.set("SEEMORE_TEST_SLOW_SAVE_MS", "40");
+    const images: Folder[] = [];
+    let done = false;
+    const saving = runSave(dir, 2).finally(() => done = true);
+    while (!done) {
+      const image = readFolderSync(dir);
+      const key = (f: Folder) => [...f.keys()].sort().join(" ");
+      if (images.length === 0 || key(images.at(-1)!) !== key(image)) images.push(image);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    await saving;
+    Deno.env.delete("SEEMORE_TEST_SLOW_SAVE_MS");
+    const fresh = readFolderSync(dir);
+    assert.deepEqual([...fresh.keys()].sort(), RUN_FILES, "after a save only its files remain");
+
+    const isTemp = (name: string) => name.endsWith(".tmp");
+    const pending = images.filter((f) => f.has(COMMIT_FILE));
+    assert.ok(
+      images.some((f) => !f.has(COMMIT_FILE) && [...f.keys()].some(isTemp)),
+      "seen: temporaries only",
+    );
+    assert.ok(
+      pending.some((f) => [...f.keys()].filter(isTemp).length === RUN_FILES.length),
+      "seen: committed",
+    );
+    assert.ok(pending.some((f) => [...f.keys()].filter(isTemp).length === 1), "seen: one rename left");
+
+    for (const [i, image] of images.entries()) {
+      const crash = join(root, `crash-${i}`);
+      Deno.mkdirSync(crash);
+      for (const [name, bytes] of image) Deno.writeFileSync(join(crash, name), bytes);
+      const what = `crash image ${i}: ${[...image.keys()].sort().join(", ")}`;
+      // Readers see one whole version: the new one from the moment the commit record exists.
+      const committed = i >= images.findIndex((f) => f.has(COMMIT_FILE));
+      const expected = committed ? fresh : old;
+      for (const name of RUN_FILES) {
+        assert.deepEqual(await readCommitted(crash, name), expected.get(name), what);
+      }
+      const loaded = await loadCheckpoint(crash);
+      assert.equal(loaded.config.step, committed ? 2 : 1, what);
+      // The writer's recovery leaves exactly that version, with no record or temporaries.
+      await recoverFolder(crash);
+      const recovered = readFolderSync(crash);
+      assert.deepEqual([...recovered.keys()].sort(), RUN_FILES, what);
+      for (const name of RUN_FILES) assert.deepEqual(recovered.get(name), expected.get(name), what);
+      // ... and the next save goes through.
+      await runSave(crash, 3);
+      assert.equal((await loadCheckpoint(crash)).config.step, 3, what);
+    }
+    console.log(`${images.length} crash images checked, ${pending.length} with a pending commit record`);
+  } finally {
+    Deno.env.delete("SEEMORE_TEST_SLOW_SAVE_MS");
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("a damaged commit record is reported, naming it", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    await runSave(root, 1);
+    await Deno.writeTextFile(join(root, COMMIT_FILE), "{not json");
+    await assertRejectsWith(() => loadCheckpoint(root), COMMIT_FILE, "not valid JSON");
+    await Deno.writeTextFile(join(root, COMMIT_FILE), `{"files": [{"temp": "../x", "name": "config.json"}]}`);
+    await assertRejectsWith(() => recoverFolder(root), COMMIT_FILE, "pairs");
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });

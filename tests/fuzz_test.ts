@@ -21,15 +21,9 @@ import { DEFAULT_MODEL, type ModelConfig, PAD } from "../lib/config.ts";
 import { ImageCaptionDataset } from "../lib/data/batches.ts";
 import { readImageCaptionCsv } from "../lib/data/csv.ts";
 import { decodeImage, IMAGE_COLUMN, MAX_IMAGE_PIXELS } from "../lib/data/images.ts";
-import {
-  buildModel,
-  configJson,
-  loadModel,
-  MAX_IMG_SIZE,
-  MAX_PARAMETERS,
-  parameterCount,
-  parseConfig,
-} from "../lib/model/factory.ts";
+import { MAX_IMG_SIZE, MAX_PARAMETERS, parameterCount, parseConfig } from "../lib/config.ts";
+import { buildModel } from "../lib/model/factory.ts";
+import { configJson, loadModel } from "../lib/model_files.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
 import { greyPng, tinyConfig, useBackend, zerosZlib } from "./helpers.ts";

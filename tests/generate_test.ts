@@ -5,7 +5,7 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { generate, sampleToken } from "../lib/generate.ts";
 import { mulberry32 } from "../lib/random.ts";
-import { Ctx } from "../lib/model/ops.ts";
+import { ForwardContext } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { tinyConfig, useBackend } from "./helpers.ts";
 
@@ -22,7 +22,7 @@ function greedyByRecompute(
   const rows = Array.from({ length: B }, () => [...prompt]);
   for (let i = 0; i < n; i++) {
     const next = tf.tidy(() => {
-      const visual = model.visualTokens(images, Ctx.eval());
+      const visual = model.visualTokens(images, ForwardContext.eval());
       let x = visual;
       if (rows[0].length > 0) {
         x = tf.concat(
@@ -30,7 +30,7 @@ function greedyByRecompute(
           1,
         ) as tf.Tensor3D;
       }
-      const logits = model.decoder.run(x, 0, Ctx.eval()); // (B, L, vocab)
+      const logits = model.decoder.decode(x, 0, ForwardContext.eval()); // (B, L, vocab)
       const L = logits.shape[1];
       return tf.argMax(tf.squeeze(tf.slice(logits, [0, L - 1, 0], [B, 1, -1]), [1]), -1)
         .arraySync() as number[];

@@ -30,6 +30,31 @@ export function assertClose(
   if (!(d <= tol)) throw new Error(`${what}: max |diff| ${d} > ${tol}`);
 }
 
+/**
+ * Fails unless every element agrees within `rtol` of the largest |expected| (a norm-wise relative
+ * check): the scale float32 rounding works at when the summation order differs between backends.
+ */
+export function assertRelClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  rtol: number,
+  what = "values",
+) {
+  const d = maxAbsDiff(actual, expected);
+  let scale = 0;
+  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
+  if (!(d <= rtol * scale)) {
+    throw new Error(`${what}: max |diff| ${d} > ${rtol} · max |expected| (${scale})`);
+  }
+}
+
+/** Euclidean norm of a − b (of a alone without b). */
+export function normOfDiff(a: ArrayLike<number>, b?: ArrayLike<number>): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += (a[i] - (b ? b[i] : 0)) ** 2;
+  return Math.sqrt(s);
+}
+
 /** A small model config for fast tests (same structure as the original, smaller sizes). */
 export function tinyConfig(overrides: Partial<import("../lib/config.ts").ModelConfig> = {}) {
   return {
@@ -105,4 +130,28 @@ export function zerosZlib(n: number): Uint8Array {
   out.set([0x01, 0x00, 0x00, 0xff, 0xff], at); // final stored block of length 0
   new DataView(out.buffer).setUint32(at + 5, (((n % 65521) << 16) | 1) >>> 0); // Adler-32, big-endian
   return out;
+}
+
+/**
+ * The original's side (Debian's python3-torch) runs tests that compare with the original PyTorch code.
+ * Where it is missing those tests skip, unless SEEMORE_REQUIRE_TORCH=1 (CI): then they run and fail.
+ */
+export const REQUIRE_TORCH = Deno.env.get("SEEMORE_REQUIRE_TORCH") === "1";
+export const PYTHON = Deno.env.get("SEEMORE_PYTHON") ?? "/usr/bin/python3";
+export const TORCH_INSTALL = "apt-get install python3-torch python3-torchvision python3-pandas python3-pil";
+
+/** Why the original cannot run here ("" when `PYTHON` imports everything the original imports). */
+export async function torchMissing(): Promise<string> {
+  try {
+    const r = await new Deno.Command(PYTHON, {
+      args: ["-c", "import torch, torchvision, pandas, PIL"],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (r.success) return "";
+    const err = new TextDecoder().decode(r.stderr).trim().split("\n").at(-1);
+    return `${PYTHON} cannot import the original's packages (${err}): ${TORCH_INSTALL}`;
+  } catch (e) {
+    return `cannot run ${PYTHON} (${(e as Error).message.split("\n")[0]}): ${TORCH_INSTALL}`;
+  }
 }

@@ -89,7 +89,7 @@ Deno.test("declarationSource names the file and the missing declaration", () => 
 Deno.test("sourceMarkdown shows real lib/ code as a TypeScript block", () => {
   const md = sourceMarkdown("lib/model/mlp.ts", "MLP");
   assert(md.startsWith("**`lib/model/mlp.ts`** — `MLP`\n\n```ts\n"));
-  assert(md.includes("\nexport class MLP extends TwoLayerNet {"));
+  assert(md.includes("\nexport class MLP extends TwoLayerMLP {"));
   assert(md.trimEnd().endsWith("}\n```"));
   throwsIncluding(() => sourceMarkdown("lib/no_such_file.ts"), "lib/no_such_file.ts: cannot read");
 });

@@ -1,18 +1,19 @@
-// The training loop: it learns (overfits three images), leaks no tensors, and a resumed run
-// repeats an uninterrupted one exactly.
+// The training loop: it learns (overfits three images), leaks no tensors, a resumed run repeats an
+// uninterrupted one exactly (also after a crash part-way), and a NaN loss stops it without a save.
 
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { DEFAULT_TRAIN, type TrainConfig } from "../lib/config.ts";
-import { loadModel } from "../lib/model/factory.ts";
-import { Ctx } from "../lib/model/ops.ts";
+import { loadModel } from "../lib/model_files.ts";
+import { ForwardContext } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
-import { train, type TrainRun, trainStep } from "../lib/train.ts";
+import { type MetricRow, saveRun, train, type TrainRun, trainStep } from "../lib/train.ts";
 import { Adam } from "../lib/optim.ts";
 import { WordNoise } from "../lib/data/word_noise.ts";
 import { datasetLoss } from "../lib/evaluate.ts";
 import { shapesDataset, tinyConfig, useBackend } from "./helpers.ts";
+import { captionLoss, lossTargets } from "../lib/objective.ts";
 
 await useBackend();
 const vocab = Tokenizer.original().symbols as string[];
@@ -110,18 +111,115 @@ for (const setup of SETUPS) {
   });
 }
 
-Deno.test("evaluation draws no dropout: two losses on the same batch agree", () => {
+const equalBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/** Every file of a folder by name. */
+async function readFolder(dir: string): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  for await (const e of Deno.readDir(dir)) out.set(e.name, await Deno.readFile(`${dir}/${e.name}`));
+  return out;
+}
+
+/** Fails, naming the files that differ (a deepEqual diff of large byte arrays takes minutes). */
+async function assertFolderIs(dir: string, expected: Map<string, Uint8Array>, what: string) {
+  const got = await readFolder(dir);
+  const names = [...new Set([...got.keys(), ...expected.keys()])].sort();
+  const differ = names.filter((n) =>
+    !got.has(n) || !expected.has(n) || !equalBytes(got.get(n)!, expected.get(n)!)
+  );
+  assert.deepEqual(differ, [], `${what}: these files differ`);
+}
+
+Deno.test("a crash part-way, then a resume with the same steps, repeats the run (warm-up, cosine decay)", async () => {
+  // The original model (the test above covers the seeing recipe's extra random streams without decay).
+  const base = cfg({ warmup_iters: 3, decay_lr: true, max_iters: 8, eval_interval: 2, save_interval: 2 });
+  const row = (r: MetricRow) => [r.step, r.train_loss];
+  const dirA = await Deno.makeTempDir();
+  const straight = new VisionLanguageModel(tinyConfig(), 5);
+  const full = await train({ model: straight, vocab, train: three, cfg: base, outDir: dirA });
+  straight.dispose();
+  // A crash right after the evaluation of step 3 (in the warm-up) or 5 (on the cosine): the folder holds
+  // the save of step 2 or 4.
+  for (const crashAt of [3, 5]) {
+    const dir = await Deno.makeTempDir();
+    const first = new VisionLanguageModel(tinyConfig(), 5);
+    const onEval = (r: MetricRow) => {
+      if (r.step === crashAt) throw new Error("simulated crash");
+    };
+    await assert.rejects(
+      train({ model: first, vocab, train: three, cfg: base, outDir: dir, onEval }),
+      /simulated crash/,
+    );
+    first.dispose();
+    const { model: resumed } = await loadModel(dir);
+    const rest = await train({ model: resumed, vocab, train: three, cfg: base, outDir: dir }, dir);
+    resumed.dispose();
+    assert.deepEqual(rest.metrics.map(row), full.metrics.map(row), `crash at ${crashAt}: metrics`);
+    for (const f of ["model.safetensors", "optimizer.safetensors"]) {
+      const same = equalBytes(await Deno.readFile(`${dir}/${f}`), await Deno.readFile(`${dirA}/${f}`));
+      assert(same, `crash at ${crashAt}: ${f} differs from the uninterrupted run's`);
+    }
+  }
+});
+
+Deno.test("a NaN loss stops training, naming the step, and the folder keeps the last good save", async () => {
+  const dir = await Deno.makeTempDir();
+  const base = cfg({ max_iters: 4, save_interval: 2 });
+  const model = new VisionLanguageModel(tinyConfig(), 3);
+  await train({ model, vocab, train: three, cfg: base, outDir: dir });
+  model.dispose();
+  const before = await readFolder(dir);
+  const tensors = tf.memory().numTensors;
+  const { model: resumed } = await loadModel(dir);
+  // A learning rate of 1e30 sends the weights to ≈ 1e30 in step 5; step 6's forward pass overflows.
+  const wild = { ...base, max_iters: 10, learning_rate: 1e30 };
+  await assert.rejects(
+    train({ model: resumed, vocab, train: three, cfg: wild, outDir: dir }, dir),
+    /the loss of step 6 is NaN .*keeps step 4/,
+  );
+  resumed.dispose();
+  assert.equal(tf.memory().numTensors, tensors, "nothing leaks when training stops");
+  await assertFolderIs(dir, before, "the folder is byte for byte the save of step 4");
+});
+
+Deno.test("saveRun refuses weights holding NaN, leaving the folder as it was", async () => {
+  const dir = await Deno.makeTempDir();
+  const model = new VisionLanguageModel(tinyConfig(), 3);
+  const run: TrainRun = { model, vocab, train: three, cfg: cfg() };
+  const opt = new Adam(model.variables());
+  await saveRun(run, opt, [], dir);
+  const before = await readFolder(dir);
+  const w = model.variables()[3];
+  tf.tidy(() => w.assign(tf.fill(w.shape, NaN)));
+  await assert.rejects(saveRun(run, opt, [], dir), new RegExp(`not saved: parameter ${w.name} holds NaN`));
+  await assertFolderIs(dir, before, "a refused save changes nothing");
+  opt.dispose();
+  model.dispose();
+});
+
+Deno.test("dropout: seeded in training (same seed, same loss), none in evaluation", () => {
   const model = new VisionLanguageModel(tinyConfig(), 6);
+  const noDropout = new VisionLanguageModel(tinyConfig({ dropout: 0, emb_dropout: 0, blk_dropout: 0 }), 0);
+  noDropout.loadStateDict(model.stateDict()); // the same weights
   const batch = [...three.allBatches(3)][0];
-  const l1 = tf.tidy(() =>
-    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
+  const loss = (m: VisionLanguageModel, ctx: ForwardContext) =>
+    tf.tidy(() => captionLoss(m, batch.images, batch.idx, batch.targets, ctx, "first").dataSync()[0]);
+  const seeded = loss(model, new ForwardContext(true, 1, 0));
+  assert.equal(
+    loss(model, new ForwardContext(true, 1, 0)),
+    seeded,
+    "the same seed and step draw the same masks",
   );
-  const l2 = tf.tidy(() =>
-    model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first").dataSync()[0]
-  );
-  assert.equal(l1, l2);
+  assert.notEqual(loss(model, new ForwardContext(true, 2, 0)), seeded, "another seed draws other masks");
+  assert.notEqual(loss(model, new ForwardContext(true, 1, 1)), seeded, "another step draws other masks");
+  const evaluated = loss(model, ForwardContext.eval());
+  assert.equal(loss(model, ForwardContext.eval()), evaluated);
+  assert.notEqual(seeded, evaluated, "training drops units");
+  const free = loss(noDropout, new ForwardContext(true, 1, 0));
+  assert(Math.abs(evaluated - free) < 1e-6, `evaluation ${evaluated} = no dropout ${free}`);
   tf.dispose(batch);
   model.dispose();
+  noDropout.dispose();
 });
 
 Deno.test("pad targets: 'all' counts every pad (the original), 'first' only the end-of-caption one", () => {
@@ -130,7 +228,7 @@ Deno.test("pad targets: 'all' counts every pad (the original), 'first' only the 
   const idx = tf.tensor2d([[1, 2, 3, 4], [5, 6, pad, pad]], undefined, "int32");
   const targets = tf.tensor2d([[2, 3, 4, pad], [6, pad, pad, pad]], undefined, "int32");
   const weights = (mode: "all" | "first" | "none") =>
-    Array.from(model.lossTargets(idx, targets, mode).weights);
+    Array.from(lossTargets(model, idx, targets, mode).weights);
   // one visual position (never a target in the original setting), then 4 caption positions per row
   assert.deepEqual(weights("all"), [0, 1, 1, 1, 1, 0, 1, 1, 1, 1]);
   assert.deepEqual(weights("first"), [0, 1, 1, 1, 1, 0, 1, 1, 0, 0]);
@@ -176,11 +274,11 @@ Deno.test("a time limit stops training early and still logs the last step", asyn
 Deno.test("a model with a word head also trains without the word loss, leaving the head as it is", () => {
   const model = new VisionLanguageModel(tinyConfig({ image_words: ["a", "red"] }), 3);
   const opt = new Adam(model.variables());
-  const head = model.wordHead!.w.dataSync().slice();
+  const head = model.wordHead!.weight.dataSync().slice();
   const run: TrainRun = { model, vocab, train: three, cfg: cfg({ word_loss: 0 }) };
   const losses = [0, 1, 2].map((s) => trainStep(model, opt, run, s));
   assert(losses.every(Number.isFinite));
-  assert.deepEqual(model.wordHead!.w.dataSync(), head);
+  assert.deepEqual(model.wordHead!.weight.dataSync(), head);
   opt.dispose();
   model.dispose();
 });

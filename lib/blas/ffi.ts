@@ -122,6 +122,11 @@ export function loadBlas(path?: string): LoadResult {
   return cached;
 }
 
+/** Forgets a failed loadBlas(), so the next call searches again (after setup installed the library). */
+export function forgetFailedBlas(): void {
+  if (cached && !cached.ok) cached = null;
+}
+
 function openBlas(candidates: readonly string[], label: string): LoadResult {
   if (!ffiAllowed()) {
     return { ok: false, reason: `OpenBLAS not loaded: run Deno with --allow-ffi, and ${INSTALL_HINT}` };
@@ -150,7 +155,7 @@ function wrap(path: string, lib: BlasLibrary): Blas {
   const configPtr = s.openblas_get_config ? s.openblas_get_config() : null;
   const config = configPtr ? new Deno.UnsafePointerView(configPtr).getCString() : "unknown";
   let configured = s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0;
-  // Asked each time, not remembered: the C kernels (kernels.c) set it too.
+  // Asked each time, not remembered: the C kernels (c/products.c) set it too.
   const useThreads = (n: number) => {
     if (!s.openblas_set_num_threads || !s.openblas_get_num_threads) return;
     if (s.openblas_get_num_threads() !== n) s.openblas_set_num_threads(n);
@@ -233,9 +238,8 @@ function checkMatrix(name: string, view: Float32Array, rows: number, cols: numbe
  * After each product, OpenBLAS's idle worker threads spin (sched_yield) for about 2^28 cycles before
  * sleeping, holding a core that our C kernels' helper threads then wait for — on a 2-core machine half
  * the CPU. OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles) makes them sleep at once; waking them costs a few
- * microseconds per product. Measured on the original config (7 alternating runs): forward 91–97 ms
- * instead of 98–128, backward 160–167 instead of 164–224. Read when the library loads; a value the user
- * set is kept.
+ * microseconds per product, much less than the spinning cost (bench/README.md). Read when the library
+ * loads; a value the user set is kept.
  */
 function shortThreadSpin(): void {
   try {

@@ -1,13 +1,12 @@
 // oneDNN's sgemm for the products, when libdnnl is installed (Debian and Ubuntu: `apt-get install libdnnl2`).
 //
-// On the 2-core Zen 4 we measure on, oneDNN's JIT kernels multiply at 111-117 GFLOP/s on one thread where
-// OpenBLAS 0.3.21 reaches 105, and its 16-row products at 112 where OpenBLAS reaches 70 (bench/README.md).
-// The C kernels call it (kernels.c, seemore_bind_dnnl): every product is cut into one slice per thread on
-// our own helper threads, each slice one single-threaded dnnl_sgemm. OpenBLAS stays in use for the
-// attention's per-head products (50 × 50 × 16: too small for oneDNN to pay) and for generation's
+// oneDNN's JIT kernels multiply faster than OpenBLAS's on one thread, most of all on the 16-row products
+// (bench/README.md). The C kernels call it (c/products.c, seemore_bind_dnnl): every product is cut into
+// one slice per thread on our own helper threads, each slice one single-threaded dnnl_sgemm. OpenBLAS
+// stays in use for the attention's per-head products (too small for oneDNN to pay) and for generation's
 // one-row products, and does all the products when oneDNN is absent or turned off.
 
-import { readEnv } from "./ffi.ts";
+import { ffiAllowed, firstLine, readEnv } from "./ffi.ts";
 import type { Native } from "./native.ts";
 
 /** How to get oneDNN, in the note when it is absent. */
@@ -53,4 +52,44 @@ export function chooseGemm(native: Native, want: boolean | string = true): GemmC
   native.useDnnl(false);
   const why = candidates === ONEDNN_CANDIDATES ? "oneDNN not found" : errors.join("; ");
   return { onednn: null, note: `products on OpenBLAS (${why}; ${ONEDNN_HINT})` };
+}
+
+/** Whether oneDNN is wanted and where it loads, asked without the C kernels (setup and doctor ask this). */
+export type OnednnProbe =
+  | { ok: true; path: string; version: string }
+  | { ok: false; off: boolean; reason: string };
+
+let found: OnednnProbe | null = null;
+
+/**
+ * Opens oneDNN from $SEEMORE_ONEDNN or the usual paths and reads its version. Remembered once it loads
+ * (the library stays open: the C kernels open the same file); a failure is asked again next time.
+ * `off`: SEEMORE_ONEDNN=off turned it off, so it is not missing.
+ */
+export function probeOnednn(): OnednnProbe {
+  if (found?.ok) return found;
+  const fromEnv = readEnv("SEEMORE_ONEDNN");
+  if (fromEnv === "off") return { ok: false, off: true, reason: "oneDNN turned off by SEEMORE_ONEDNN=off" };
+  if (!ffiAllowed()) return { ok: false, off: false, reason: "oneDNN not probed: run Deno with --allow-ffi" };
+  const candidates = fromEnv ? [fromEnv] : ONEDNN_CANDIDATES;
+  const errors: string[] = [];
+  for (const path of candidates) {
+    try {
+      const lib = Deno.dlopen(path, {
+        dnnl_sgemm: { parameters: [], result: "void" }, // only looked up, never called from JS
+        dnnl_version: { parameters: [], result: "pointer" },
+      });
+      const v = lib.symbols.dnnl_version();
+      const view = v ? new Deno.UnsafePointerView(v) : null;
+      const version = view ? `${view.getInt32(0)}.${view.getInt32(4)}.${view.getInt32(8)}` : "unknown";
+      found = { ok: true, path, version };
+      return found;
+    } catch (err) {
+      errors.push(`${path}: ${firstLine(err)}`);
+    }
+  }
+  const tried = fromEnv ? `SEEMORE_ONEDNN=${fromEnv}` : `${candidates.length} usual paths`;
+  // A file that is there but does not load says more than the names that are simply absent.
+  const error = errors.find((e) => !e.includes("No such file")) ?? errors[0];
+  return { ok: false, off: false, reason: `oneDNN not found (tried ${tried}; ${error}): ${ONEDNN_HINT}` };
 }

@@ -295,7 +295,8 @@ export async function decodeBase64Image(
 
 /**
  * Many base64 cells of one file (row i+1 holds b64s[i]) -> (N * 3 * S * S,) float32, image i at
- * offset i * 3 * S * S. `concurrency` images are in flight in sharp's thread pool at once.
+ * offset i * 3 * S * S. `concurrency` images are in flight in sharp's thread pool at once. A bad cell
+ * stops the decoding; the error names the file's first bad row, whichever in-flight row failed first.
  */
 export async function decodeBase64Images(
   b64s: readonly string[],
@@ -307,20 +308,22 @@ export async function decodeBase64Images(
   const size = 3 * imgSize * imgSize;
   const out = new Float32Array(b64s.length * size);
   let next = 0;
-  let failed = false;
+  let badRow = Infinity; // the first bad row's index so far, and its error
+  let badError: unknown = null;
   const worker = async () => {
-    while (next < b64s.length && !failed) {
+    while (next < b64s.length && badRow === Infinity) {
       const i = next++;
       const where = { file, row: i + 1, column };
       try {
         const rgb = await decodeRgb(parseBase64(b64s[i], where), where);
         writeNormalised(resizeBilinear(rgb, imgSize, imgSize), out, i * size);
-      } catch (e) {
-        failed = true; // the other workers stop taking rows
-        throw e;
+      } catch (error) {
+        // Rows are taken in order, so once the rows in flight finish, every earlier row has been tried.
+        if (i < badRow) [badRow, badError] = [i, error];
       }
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, b64s.length)) }, worker));
+  if (badRow !== Infinity) throw badError;
   return out;
 }

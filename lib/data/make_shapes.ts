@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { type Level, makeSplits, type ShapesOptions, type Split } from "./shapes.ts";
-import { blindBaseline } from "../eval.ts";
+import { blindBaseline } from "./shapes_score.ts";
 
 const DEFAULTS = { out: "data/shapes", seed: 1337, level: 1, train: 5000, val: 300, test: 500 };
 

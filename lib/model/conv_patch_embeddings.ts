@@ -8,19 +8,18 @@
 // are, and a model with them learns what a shape is (not only its colour and place) in far fewer steps.
 // Each token still covers its own patch_size × patch_size square (plus a 3-pixel rim from the filters).
 //
-// The convolutions run as im2col + matmul (lib/blas/fused.ts: one C kernel each way on the fast path,
-// else slices of the padded image's parity planes, whose gradients every backend has).
-// Saved as `patch_embedding.conv1`, `.conv2` (Conv2d layout [out, in, 3, 3]) and `.proj` (Linear [out, in]).
+// The convolutions run as im2col + matmul (lib/ops/im2col.ts). Saved as `patch_embedding.conv1`,
+// `.conv2` (Conv2d layout [out, in, 3, 3]) and `.proj` (Linear [out, in]).
 
 import * as tf from "@tensorflow/tfjs";
-import { im2col3x3s2 } from "../blas/fused.ts";
+import { stemChannels } from "../config.ts";
+import { gelu } from "../ops/activations.ts";
+import { im2col3x3s2 } from "../ops/im2col.ts";
+import { Linear } from "./layers.ts";
+import { type Initialiser, Module, type ParamLayout, transpose2d } from "./module.ts";
 import { patchCount } from "./patch_embeddings.ts";
-import { gelu, type Initialiser, Linear, type Parametrised, type StateDict, transpose2d } from "./ops.ts";
 
-/** Channels after the first and second convolution, for a token width D. */
-export const stemChannels = (D: number) => [Math.max(8, Math.floor(D / 4)), Math.max(16, Math.floor(D / 2))];
-
-export class ConvPatchEmbeddings implements Parametrised {
+export class ConvPatchEmbeddings extends Module {
   readonly numPatches: number;
   readonly conv1: Linear; // [9·3, c1]: taps ordered (dy, dx, channel)
   readonly conv2: Linear; // [9·c1, c2]
@@ -32,14 +31,15 @@ export class ConvPatchEmbeddings implements Parametrised {
     readonly hiddenDim: number,
     init: Initialiser,
   ) {
+    super();
     if (patchSize % 4 !== 0) {
       throw new Error(`the conv patch stem needs a patch_size divisible by 4, got ${patchSize}`);
     }
     this.numPatches = patchCount(imgSize, patchSize);
     const [c1, c2] = stemChannels(hiddenDim);
-    this.conv1 = new Linear(9 * 3, c1, init);
-    this.conv2 = new Linear(9 * c1, c2, init);
-    this.proj = new Linear(c2 * (patchSize / 4) ** 2, hiddenDim, init);
+    this.conv1 = this.add("conv1", new Linear(9 * 3, c1, init, { weightLayout: CONV3X3 }));
+    this.conv2 = this.add("conv2", new Linear(9 * c1, c2, init, { weightLayout: CONV3X3 }));
+    this.proj = this.add("proj", new Linear(c2 * (patchSize / 4) ** 2, hiddenDim, init));
   }
 
   /** images (B, 3, S, S) → patch embeddings (B, N, hidden_dim), patches in row-major order. */
@@ -55,22 +55,6 @@ export class ConvPatchEmbeddings implements Parametrised {
     const patches = tf.reshape(tf.transpose(cells, [0, 1, 3, 2, 4, 5]), [B * g * g, q * q * c2]); // (B·N, q·q·c2)
     return tf.reshape(this.proj.forward(patches), [B, this.numPatches, this.hiddenDim]); // (B, N, D)
   }
-
-  variables(): tf.Variable[] {
-    return [...this.conv1.variables(), ...this.conv2.variables(), ...this.proj.variables()];
-  }
-
-  saveState(prefix: string, out: StateDict): void {
-    saveConv(this.conv1, `${prefix}.conv1`, out);
-    saveConv(this.conv2, `${prefix}.conv2`, out);
-    this.proj.saveState(`${prefix}.proj`, out);
-  }
-
-  loadState(prefix: string, state: StateDict): void {
-    loadConv(this.conv1, `${prefix}.conv1`, state);
-    loadConv(this.conv2, `${prefix}.conv2`, state);
-    this.proj.loadState(`${prefix}.proj`, state);
-  }
 }
 
 /** A 3×3 convolution, stride 2, padding 1: x (B, H, W, C) → (B, H/2, W/2, lin.nOut), as im2col + matmul. */
@@ -80,23 +64,22 @@ export function conv3x3Stride2(x: tf.Tensor4D, lin: Linear): tf.Tensor4D {
   return tf.reshape(lin.forward(cols), [B, H / 2, W / 2, lin.nOut]) as tf.Tensor4D; // (B, H/2, W/2, Cout)
 }
 
-// Linear [in = (dy, dx, c), out] ↔ Conv2d weight [out, c, dy, dx]: in PyTorch's [out, in] order, each
-// output row's (tap, channel) block is transposed to (channel, tap).
-function saveConv(lin: Linear, prefix: string, out: StateDict): void {
-  const tmp: StateDict = new Map();
-  lin.saveState("c", tmp);
-  const C = lin.nIn / 9;
-  const data = transposeRowBlocks(tmp.get("c.weight")!.data, lin.nOut, 9, C); // [out, c, (dy, dx)]
-  out.set(`${prefix}.weight`, { shape: [lin.nOut, C, 3, 3], data });
-  out.set(`${prefix}.bias`, tmp.get("c.bias")!);
-}
-
-function loadConv(lin: Linear, prefix: string, state: StateDict): void {
-  const C = lin.nIn / 9;
-  const data = transposeRowBlocks(state.get(`${prefix}.weight`)!.data, lin.nOut, C, 9); // [out, (dy, dx), c]
-  const weight = { shape: [lin.nOut, lin.nIn], data };
-  lin.loadState("c", new Map([["c.weight", weight], ["c.bias", state.get(`${prefix}.bias`)!]]));
-}
+/**
+ * Linear [in = (dy, dx, c), out] ↔ Conv2d weight [out, c, dy, dx]: in PyTorch's [out, in] order, each
+ * output row's (tap, channel) block is transposed to (channel, tap).
+ */
+const CONV3X3: ParamLayout = {
+  save(key, data, [nIn, nOut]) {
+    const C = nIn / 9;
+    const rows = transposeRowBlocks(transpose2d(data, nIn, nOut), nOut, 9, C); // [out, c, (dy, dx)]
+    return [[key, { shape: [nOut, C, 3, 3], data: rows }]];
+  },
+  load(key, state, [nIn, nOut]) {
+    const C = nIn / 9;
+    const rows = transposeRowBlocks(state.get(key)!.data, nOut, C, 9); // [out, (dy, dx), c]
+    return transpose2d(rows, nOut, nIn);
+  },
+};
 
 /** data [n, rows, cols] → [n, cols, rows]. */
 function transposeRowBlocks(data: Float32Array, n: number, rows: number, cols: number): Float32Array {

@@ -11,86 +11,78 @@
 // skips ln_f, so its samples do not come from the model it trained; that is fixed here.)
 
 import * as tf from "@tensorflow/tfjs";
-import { type KVCache } from "./attention.ts";
-import { Block, type BlockOptions } from "./block.ts";
-import {
-  type Ctx,
-  embed,
-  type Initialiser,
-  LayerNorm,
-  Linear,
-  Param,
-  type Parametrised,
-  type StateDict,
-} from "./ops.ts";
+import type { ModelConfig } from "../config.ts";
+import type { KVCache } from "./attention.ts";
+import { Block } from "./block.ts";
+import { Embedding, LayerNorm, Linear } from "./layers.ts";
+import { type ForwardContext, type Initialiser, Module } from "./module.ts";
 import { MultiModalProjector } from "./projector.ts";
 
 /** What the decoder needs of a block: seemore's Block and seeMoE's SparseMoEBlock both fit. */
-export interface DecoderBlock extends Parametrised {
-  forward(x: tf.Tensor3D, ctx: Ctx, cache?: KVCache): tf.Tensor3D;
+export interface DecoderBlock extends Module {
+  forward(x: tf.Tensor3D, ctx: ForwardContext, cache?: KVCache): tf.Tensor3D;
 }
 
 export interface DecoderOptions {
-  nEmbd: number;
-  imageEmbedDim: number;
-  vocabSize: number;
-  numHeads: number;
-  nLayer: number;
-  dropout: number;
-  blockPositions: number;
-  useImages: boolean;
-  blockOptions?: BlockOptions;
+  /** With an image projection (the original's use_images; default true). */
+  useImages?: boolean;
+  /** The blocks' name in the state_dict and how to make one (default: seemore's causal Blocks). */
+  blocks?: { name: string; make: () => DecoderBlock };
 }
 
-export class DecoderLanguageModel implements Parametrised {
-  readonly tokenEmbedding: Param; // (vocab, C)
-  readonly positionEmbedding: Param; // (positions, C)
+export class DecoderLanguageModel extends Module {
+  readonly tokenEmbedding: Embedding; // (vocab, C)
+  readonly positionEmbedding: Embedding; // (positions, C)
   readonly imageProjection: MultiModalProjector | null;
   readonly blocks: DecoderBlock[];
   readonly lnF: LayerNorm;
   readonly lmHead: Linear;
-  /** The state_dict name of the block list ("blocks" here, "sparseMoEBlocks" in seeMoE). */
-  readonly blocksKey: string = "blocks";
 
-  constructor(
-    readonly opts: DecoderOptions,
-    init: Initialiser,
-    makeBlock?: () => DecoderBlock,
-    blocksKey?: string,
-  ) {
-    const { nEmbd: C, vocabSize, blockPositions } = opts;
-    this.tokenEmbedding = new Param([vocabSize, C], init.normal([vocabSize, C]), ".weight");
-    this.positionEmbedding = new Param([blockPositions, C], init.normal([blockPositions, C]), ".weight");
-    this.imageProjection = opts.useImages
-      ? new MultiModalProjector(C, opts.imageEmbedDim, opts.dropout, init)
+  constructor(readonly cfg: ModelConfig, init: Initialiser, opts: DecoderOptions = {}) {
+    super();
+    const { n_embd: C, vocab_size: vocab } = cfg;
+    this.tokenEmbedding = this.add("token_embedding_table", new Embedding(vocab, C, init));
+    this.positionEmbedding = this.add(
+      "position_embedding_table",
+      new Embedding(cfg.block_positions, C, init),
+    );
+    this.imageProjection = opts.useImages ?? true
+      ? this.add("image_projection", new MultiModalProjector(C, cfg.image_embed_dim, cfg.dropout, init))
       : null;
-    const build = makeBlock ??
-      (() => new Block(C, opts.numHeads, opts.dropout, true, init, "gelu", opts.blockOptions));
-    this.blocks = Array.from({ length: opts.nLayer }, build);
-    if (blocksKey) this.blocksKey = blocksKey;
-    this.lnF = new LayerNorm(C, init);
-    this.lmHead = new Linear(C, vocabSize, init);
+    const block = () =>
+      new Block({
+        nEmbd: C,
+        numHeads: cfg.n_head,
+        dropout: cfg.dropout,
+        isDecoder: true,
+        preNorm: cfg.residual === "pre_norm",
+        scaleByHeadSize: cfg.attention_scale === "head",
+      }, init);
+    const { name, make } = opts.blocks ?? { name: "blocks", make: block };
+    this.blocks = this.addList(name, Array.from({ length: cfg.n_layer }, make));
+    this.lnF = this.add("ln_f", new LayerNorm(C, init));
+    this.lmHead = this.add("lm_head", new Linear(C, vocab, init));
   }
 
   /** Token ids (B, T) → embeddings (B, T, C), without positions. */
   embedTokens(idx: tf.Tensor2D): tf.Tensor3D {
-    return embed(idx, this.tokenEmbedding.v as tf.Tensor2D) as tf.Tensor3D;
+    return this.tokenEmbedding.forward(idx) as tf.Tensor3D;
   }
 
   /** Visual features (B, V, D) → visual tokens (B, V, C). */
-  projectImage(imageEmbeds: tf.Tensor3D, ctx: Ctx): tf.Tensor3D {
+  projectImage(imageEmbeds: tf.Tensor3D, ctx: ForwardContext): tf.Tensor3D {
     if (!this.imageProjection) throw new Error("this decoder was built without an image projection");
     return this.imageProjection.forward(imageEmbeds, ctx) as tf.Tensor3D;
   }
 
   /**
-   * Embeddings (B, T, C) occupying positions [start, start+T) → logits (B, T, vocab).
-   * With caches (one per block) the keys/values of earlier positions are reused and extended.
+   * Embeddings (B, T, C) at positions [start, start+T) → logits (B, T, vocab): positions added, the
+   * blocks, ln_f, lm_head. With caches (one per block) earlier positions' keys and values are reused.
    */
-  run(x: tf.Tensor3D, start: number, ctx: Ctx, caches?: KVCache[]): tf.Tensor3D {
+  decode(x: tf.Tensor3D, start: number, ctx: ForwardContext, caches?: KVCache[]): tf.Tensor3D {
     const [, T, C] = x.shape;
     this.checkPositions(start, T);
-    const pos = tf.slice(this.positionEmbedding.v, [start, 0], [T, C]); // (T, C)
+    const pos = tf.slice(this.positionEmbedding.weight, [start, 0], [T, C]); // (T, C)
     let h = tf.add(x, pos) as tf.Tensor3D; // (B, T, C)
     this.blocks.forEach((block, i) => {
       h = block.forward(h, ctx, caches?.[i]);
@@ -100,48 +92,21 @@ export class DecoderLanguageModel implements Parametrised {
 
   /** Throws unless positions [start, start+T) lie inside the position table. */
   checkPositions(start: number, T: number): void {
-    if (start + T > this.opts.blockPositions) {
+    if (start + T > this.cfg.block_positions) {
       throw new Error(
         `sequence of ${
           start + T
-        } positions (visual tokens + caption) exceeds the position table of ${this.opts.blockPositions}`,
+        } positions (visual tokens + caption) exceeds the position table of ${this.cfg.block_positions}`,
       );
     }
   }
 
   /** The original's forward: [visual tokens, caption tokens] → logits (B, V+T, vocab). */
-  forward(idx: tf.Tensor2D, imageEmbeds: tf.Tensor3D | null, ctx: Ctx): tf.Tensor3D {
+  forward(idx: tf.Tensor2D, imageEmbeds: tf.Tensor3D | null, ctx: ForwardContext): tf.Tensor3D {
     let x = this.embedTokens(idx); // (B, T, C)
     if (this.imageProjection && imageEmbeds) {
       x = tf.concat([this.projectImage(imageEmbeds, ctx), x], 1) as tf.Tensor3D; // (B, V+T, C)
     }
-    return this.run(x, 0, ctx);
-  }
-
-  variables(): tf.Variable[] {
-    return [
-      ...this.tokenEmbedding.variables(),
-      ...this.positionEmbedding.variables(),
-      ...(this.imageProjection?.variables() ?? []),
-      ...this.blocks.flatMap((b) => b.variables()),
-      ...this.lnF.variables(),
-      ...this.lmHead.variables(),
-    ];
-  }
-  saveState(prefix: string, out: StateDict): void {
-    this.tokenEmbedding.saveState(`${prefix}.token_embedding_table`, out);
-    this.positionEmbedding.saveState(`${prefix}.position_embedding_table`, out);
-    this.imageProjection?.saveState(`${prefix}.image_projection`, out);
-    this.blocks.forEach((b, i) => b.saveState(`${prefix}.${this.blocksKey}.${i}`, out));
-    this.lnF.saveState(`${prefix}.ln_f`, out);
-    this.lmHead.saveState(`${prefix}.lm_head`, out);
-  }
-  loadState(prefix: string, state: StateDict): void {
-    this.tokenEmbedding.loadState(`${prefix}.token_embedding_table`, state);
-    this.positionEmbedding.loadState(`${prefix}.position_embedding_table`, state);
-    this.imageProjection?.loadState(`${prefix}.image_projection`, state);
-    this.blocks.forEach((b, i) => b.loadState(`${prefix}.${this.blocksKey}.${i}`, state));
-    this.lnF.loadState(`${prefix}.ln_f`, state);
-    this.lmHead.loadState(`${prefix}.lm_head`, state);
+    return this.decode(x, 0, ctx);
   }
 }

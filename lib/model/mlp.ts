@@ -1,61 +1,57 @@
-// MLP: the two-layer feed-forward network of the original (Linear → ReLU or GELU → Linear → Dropout),
-// saved as `net.0` / `net.2`. seeMoE's ViT blocks use it (ReLU, since the original builds it with its
-// default is_decoder=True); seemore's own blocks use an unnamed feed-forward without dropout (block.ts).
-//
-// `TwoLayerNet` is the shape all three of the original's `net = Sequential(Linear, act, Linear, Dropout)`
-// modules share: MLP here, MultiModalProjector (projector.ts) and seeMoE's Expert (moe.ts).
+// Two-layer feed-forward networks, Linear → activation → Linear (→ Dropout). The original writes four:
+// seemore's block feed-forward (GELU, no dropout, saved as `ffn.0` / `ffn.2`), `MLP` (seeMoE's ViT blocks:
+// ReLU since the original builds it with is_decoder=True, dropout 0.1, `net.0` / `net.2`), the
+// `MultiModalProjector` (projector.ts) and seeMoE's `Expert` (moe.ts). All are this one class.
 
-import * as tf from "@tensorflow/tfjs";
-import {
-  type Ctx,
-  dropout,
-  gelu,
-  type Initialiser,
-  Linear,
-  type Parametrised,
-  relu,
-  type StateDict,
-} from "./ops.ts";
+import type * as tf from "@tensorflow/tfjs";
+import { relu } from "../ops/activations.ts";
+import { dense, geluDense } from "../ops/dense.ts";
+import { Linear } from "./layers.ts";
+import { type ForwardContext, type Initialiser, Module } from "./module.ts";
 
-export class TwoLayerNet implements Parametrised {
-  readonly fc1: Linear; // net.0
-  readonly fc2: Linear; // net.2
+export interface TwoLayerConfig {
+  nIn: number;
+  nHidden: number;
+  nOut: number;
+  activation: "relu" | "gelu";
+  dropout: number;
+  /** The two Linears' names in the state_dict: "net" gives net.0 / net.2, "" gives 0 / 2. */
+  prefix: "net" | "";
+}
 
-  constructor(
-    nIn: number,
-    nHidden: number,
-    nOut: number,
-    readonly activation: "relu" | "gelu",
-    readonly dropoutRate: number,
-    init: Initialiser,
-  ) {
-    this.fc1 = new Linear(nIn, nHidden, init);
-    this.fc2 = new Linear(nHidden, nOut, init);
+export class TwoLayerMLP extends Module {
+  readonly fc1: Linear;
+  readonly fc2: Linear;
+
+  constructor(readonly cfg: TwoLayerConfig, init: Initialiser) {
+    super();
+    const name = (i: number) => (cfg.prefix ? `${cfg.prefix}.${i}` : `${i}`);
+    this.fc1 = this.add(name(0), new Linear(cfg.nIn, cfg.nHidden, init));
+    this.fc2 = this.add(name(2), new Linear(cfg.nHidden, cfg.nOut, init));
   }
 
   /** (..., nIn) → (..., nOut) */
-  forward(x: tf.Tensor, ctx: Ctx): tf.Tensor {
+  forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
     const h = this.fc1.forward(x); // (..., nHidden)
-    const a = this.activation === "relu" ? relu(h) : gelu(h);
-    return dropout(this.fc2.forward(a), this.dropoutRate, ctx); // (..., nOut)
+    const { weight, bias } = this.fc2;
+    const y = this.cfg.activation === "gelu"
+      ? geluDense(h, weight, bias!) // fc2(GELU(h)), keeping only h for the backward pass
+      : dense(relu(h), weight, bias ?? undefined);
+    return this.dropout(y, this.cfg.dropout, ctx, "output"); // (..., nOut)
   }
+}
 
-  variables(): tf.Variable[] {
-    return [...this.fc1.variables(), ...this.fc2.variables()];
-  }
-  saveState(prefix: string, out: StateDict): void {
-    this.fc1.saveState(`${prefix}.net.0`, out);
-    this.fc2.saveState(`${prefix}.net.2`, out);
-  }
-  loadState(prefix: string, state: StateDict): void {
-    this.fc1.loadState(`${prefix}.net.0`, state);
-    this.fc2.loadState(`${prefix}.net.2`, state);
+/** seemore's block feed-forward: Linear(C, 4C) → GELU → Linear(4C, C), saved as ffn.0 / ffn.2. */
+export class FeedForward extends TwoLayerMLP {
+  constructor(nEmbd: number, init: Initialiser) {
+    super({ nIn: nEmbd, nHidden: 4 * nEmbd, nOut: nEmbd, activation: "gelu", dropout: 0, prefix: "" }, init);
   }
 }
 
 /** The original's MLP(n_embd, dropout, is_decoder): C → 4C → C, ReLU in decoders, GELU elsewhere. */
-export class MLP extends TwoLayerNet {
-  constructor(readonly nEmbd: number, dropoutRate: number, readonly isDecoder: boolean, init: Initialiser) {
-    super(nEmbd, 4 * nEmbd, nEmbd, isDecoder ? "relu" : "gelu", dropoutRate, init);
+export class MLP extends TwoLayerMLP {
+  constructor(nEmbd: number, dropout: number, isDecoder: boolean, init: Initialiser) {
+    const activation = isDecoder ? "relu" : "gelu";
+    super({ nIn: nEmbd, nHidden: 4 * nEmbd, nOut: nEmbd, activation, dropout, prefix: "net" }, init);
   }
 }

@@ -5,11 +5,12 @@
 // faster anyway). The weight is saved in the Conv2d layout [hidden_dim, 3, patch_size, patch_size].
 
 import * as tf from "@tensorflow/tfjs";
-import { type Initialiser, Linear, type Parametrised, type StateDict } from "./ops.ts";
+import { Linear, transposedWeight } from "./layers.ts";
+import { type Initialiser, Module } from "./module.ts";
 
-export class PatchEmbeddings implements Parametrised {
+export class PatchEmbeddings extends Module {
   readonly numPatches: number;
-  readonly proj: Linear; // the conv as a matmul: [3·p·p, hidden_dim]
+  readonly conv: Linear; // the conv as a matmul: [3·p·p, hidden_dim]
 
   constructor(
     readonly imgSize: number,
@@ -17,43 +18,21 @@ export class PatchEmbeddings implements Parametrised {
     readonly hiddenDim: number,
     init: Initialiser,
   ) {
+    super();
     this.numPatches = patchCount(imgSize, patchSize);
-    this.proj = new Linear(3 * patchSize * patchSize, hiddenDim, init);
+    // A Linear [in, out] with in = (channel, row, col) is the conv weight [out, channel, row, col] transposed.
+    const weightLayout = transposedWeight([hiddenDim, 3, patchSize, patchSize]);
+    this.conv = this.add("conv", new Linear(3 * patchSize * patchSize, hiddenDim, init, { weightLayout }));
   }
 
   /** images (B, 3, S, S) → patch embeddings (B, N, hidden_dim), patches in row-major order. */
   forward(images: tf.Tensor4D): tf.Tensor3D {
     const [B] = images.shape;
-    return tf.reshape(this.proj.forward(patchify(images, this.patchSize)), [
+    return tf.reshape(this.conv.forward(patchify(images, this.patchSize)), [
       B,
       this.numPatches,
       this.hiddenDim,
     ]);
-  }
-
-  variables(): tf.Variable[] {
-    return this.proj.variables();
-  }
-
-  // A Linear [in, out] with in = (channel, row, col) is the conv weight [out, channel, row, col] transposed.
-  saveState(prefix: string, out: StateDict): void {
-    const tmp: StateDict = new Map();
-    this.proj.saveState("conv", tmp);
-    const p = this.patchSize;
-    out.set(`${prefix}.conv.weight`, {
-      shape: [this.hiddenDim, 3, p, p],
-      data: tmp.get("conv.weight")!.data,
-    });
-    out.set(`${prefix}.conv.bias`, tmp.get("conv.bias")!);
-  }
-
-  loadState(prefix: string, state: StateDict): void {
-    const w = state.get(`${prefix}.conv.weight`)!;
-    const tmp: StateDict = new Map([
-      ["conv.weight", { shape: [this.hiddenDim, 3 * this.patchSize ** 2], data: w.data }],
-      ["conv.bias", state.get(`${prefix}.conv.bias`)!],
-    ]);
-    this.proj.loadState("conv", tmp);
   }
 }
 

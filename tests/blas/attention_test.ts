@@ -4,11 +4,14 @@
 // position as generation runs it; and dropout on its own.
 
 import * as tf from "@tensorflow/tfjs";
-import { attention, canFuseAttention, dropout } from "../../lib/blas/fused.ts";
-import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
-import { aleaJump, aleaState, loadNative, type Native } from "../../lib/blas/native.ts";
+import { initBackend } from "../../lib/backend.ts";
+import { attention } from "../../lib/ops/attention.ts";
+import { dropout } from "../../lib/ops/dropout.ts";
+import { hasKernels, KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
+import { aleaJump, aleaState } from "../../lib/blas/native/alea.ts";
+import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { type KVCache, MultiHeadAttention } from "../../lib/model/attention.ts";
-import { Ctx, Initialiser } from "../../lib/model/ops.ts";
+import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
 import { assertClose, assertEquals, BLAS_OK, onEachGemm, seeded, valuesOn } from "./helpers.ts";
 
 const TOL = 1e-4;
@@ -19,23 +22,27 @@ function tensor(shape: number[], seed: number, scale = 1): tf.Tensor {
   return tf.tensor(seeded(tf.util.sizeFromShape(shape), seed).map((v) => v * scale), shape);
 }
 
+/** The fast CPU path as lib/backend.ts sets it up: the C kernels registered with the ops. */
 async function ready(): Promise<void> {
-  const res = await enableBlasKernels();
-  if (!res.ok || !res.kernels.includes(FUSED_KERNELS.attention)) {
-    throw new Error(`fused attention missing: ${JSON.stringify(res)}`);
+  const info = await initBackend("wasm");
+  if (!tf.getKernel(FUSED_KERNELS.attention, "wasm")) {
+    throw new Error(`fused attention missing: ${info.notes}`);
   }
 }
 
 /** Output and gradients (input, then each weight) of one attention layer, built fresh on the active backend. */
 function attentionRun(C: number, heads: number, causal: boolean, rate: number, training: boolean) {
   return (): tf.Tensor[] => {
-    const mha = new MultiHeadAttention(C, heads, rate, causal, new Initialiser(7));
+    const mha = new MultiHeadAttention(
+      { nEmbd: C, numHeads: heads, dropout: rate, isDecoder: causal },
+      new Initialiser(7),
+    );
     const x = tensor([3, 6, C], 80, 2) as tf.Tensor3D; // (B, T, C)
     const w = tensor([3, 6, C], 81);
-    const loss = () => tf.sum(tf.mul(mha.forward(x, new Ctx(training, 5, 2)), w)) as tf.Scalar;
-    const out = mha.forward(x, new Ctx(training, 5, 2));
+    const loss = () => tf.sum(tf.mul(mha.forward(x, new ForwardContext(training, 5, 2)), w)) as tf.Scalar;
+    const out = mha.forward(x, new ForwardContext(training, 5, 2));
     const dx = tf.grad((t: tf.Tensor) =>
-      tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new Ctx(training, 5, 2)), w))
+      tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new ForwardContext(training, 5, 2)), w))
     )(x);
     const { grads } = tf.variableGrads(loss, mha.variables());
     const result = [out, dx, ...mha.variables().map((v) => grads[v.name])];
@@ -80,12 +87,16 @@ Deno.test({
     native.setThreads(2);
     try {
       const run = () => {
-        const mha = new MultiHeadAttention(32, 8, 0.2, true, new Initialiser(9));
+        const mha = new MultiHeadAttention(
+          { nEmbd: 32, numHeads: 8, dropout: 0.2, isDecoder: true },
+          new Initialiser(9),
+        );
         // B·H = 64 heads: 4 chunks of 16; 64·40² = 102,400 dropout draws: 2 chunks of noise
         const x = tensor([8, 40, 32], 88, 2) as tf.Tensor3D;
         const w = tensor([8, 40, 32], 89);
-        const f = (t: tf.Tensor) => tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new Ctx(true, 3, 1)), w));
-        const out = [mha.forward(x, new Ctx(true, 3, 1)), tf.grad(f)(x)];
+        const f = (t: tf.Tensor) =>
+          tf.sum(tf.mul(mha.forward(t as tf.Tensor3D, new ForwardContext(true, 3, 1)), w));
+        const out = [mha.forward(x, new ForwardContext(true, 3, 1)), tf.grad(f)(x)];
         mha.variables().forEach((v) => v.dispose());
         return out;
       };
@@ -97,15 +108,18 @@ Deno.test({
   },
 });
 
-/** forwardFirst's output and gradients (input, then each weight) on the active backend. */
+/** forwardCls's output and gradients (input, then each weight) on the active backend. */
 function firstRun(rate: number, training: boolean) {
   return (): tf.Tensor[] => {
-    const mha = new MultiHeadAttention(32, 4, rate, false, new Initialiser(12));
+    const mha = new MultiHeadAttention(
+      { nEmbd: 32, numHeads: 4, dropout: rate, isDecoder: false },
+      new Initialiser(12),
+    );
     const x = tensor([5, 9, 32], 90, 2) as tf.Tensor3D; // (B, T, C)
     const w = tensor([5, 1, 32], 91);
     const f = (t: tf.Tensor) =>
-      tf.sum(tf.mul(mha.forwardFirst(t as tf.Tensor3D, new Ctx(training, 6, 3)), w));
-    const out = mha.forwardFirst(x, new Ctx(training, 6, 3));
+      tf.sum(tf.mul(mha.forwardCls(t as tf.Tensor3D, new ForwardContext(training, 6, 3)), w));
+    const out = mha.forwardCls(x, new ForwardContext(training, 6, 3));
     const dx = tf.grad(f)(x);
     const { grads } = tf.variableGrads(() => f(x) as tf.Scalar, mha.variables());
     const result = [out, dx, ...mha.variables().map((v) => grads[v.name])].map((t) => t.clone());
@@ -150,12 +164,15 @@ for (const [rate, training] of [[0, false], [0.25, true]] as const) {
 /** Feeds 3 positions, then 1, 1, 2 more through a cached attention layer: every output and the final cache. */
 function cachedRun(causal: boolean) {
   return (): tf.Tensor[] => {
-    const mha = new MultiHeadAttention(12, 3, 0.1, causal, new Initialiser(8));
+    const mha = new MultiHeadAttention(
+      { nEmbd: 12, numHeads: 3, dropout: 0.1, isDecoder: causal },
+      new Initialiser(8),
+    );
     const cache: KVCache = { k: null, v: null };
     const outs: tf.Tensor[] = [];
     for (const [i, n] of [3, 1, 1, 2].entries()) {
       const x = tensor([2, n, 12], 84 + i, 2) as tf.Tensor3D; // (B, n, C)
-      outs.push(mha.forward(x, Ctx.eval(), cache));
+      outs.push(mha.forward(x, ForwardContext.eval(), cache));
     }
     const result = [...outs, cache.k!.clone(), cache.v!.clone()];
     tf.dispose([cache.k!, cache.v!, ...mha.variables()]);
@@ -239,7 +256,7 @@ Deno.test({
       tf.grad((t: tf.Tensor) => tf.sum(tf.mul(f(t), w())))(x()),
     ];
     for (const rate of [0.1, 0.3, 0.5, 0.9]) {
-      const fused = await valuesOn("wasm", run((t) => dropout(t, rate, 1234)));
+      const fused = await valuesOn("wasm", run((t) => dropout(t, { rate, seed: 1234 })));
       const plain = await valuesOn("cpu", run((t) => tf.dropout(t, rate, undefined, 1234)));
       assertClose(fused, plain, 1e-6, `dropout ${rate}`);
       const dropped = fused[0].filter((v) => v === 0).length / fused[0].length;
@@ -251,7 +268,7 @@ Deno.test({
     native.setThreads(2);
     try {
       const big = () => tensor([300, 1001], 84, 3);
-      const fused = await valuesOn("wasm", () => [dropout(big(), 0.3, 99)]);
+      const fused = await valuesOn("wasm", () => [dropout(big(), { rate: 0.3, seed: 99 })]);
       assertClose(
         fused,
         await valuesOn("cpu", () => [tf.dropout(big(), 0.3, undefined, 99)]),
@@ -269,7 +286,7 @@ Deno.test({
   ignore: !READY,
   async fn() {
     await ready();
-    assertEquals(canFuseAttention(), true, "fused attention available");
+    assertEquals(hasKernels("attention", "attentionGrad"), true, "fused attention available");
     let message = "";
     try {
       tf.tidy(() => attention(tf.zeros([2, 4, 10]) as tf.Tensor3D, { heads: 3, scale: 1, causal: false }));

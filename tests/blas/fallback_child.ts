@@ -5,7 +5,7 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-wasm";
 import { enableBlasKernels } from "../../lib/blas/kernels.ts";
-import { gelu } from "../../lib/blas/fused.ts";
+import { gelu } from "../../lib/ops/activations.ts";
 
 await tf.setBackend("wasm");
 const stock = tf.getKernel("BatchMatMul", "wasm").kernelFunc;

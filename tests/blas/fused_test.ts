@@ -2,22 +2,14 @@
 // the cpu backend: forward values, gradients, and several Adam steps.
 
 import * as tf from "@tensorflow/tfjs";
-import {
-  adamOps,
-  adamStep,
-  experts,
-  gelu,
-  geluOps,
-  geluWithGrad,
-  layerNorm,
-  layerNormOps,
-  moeCombine,
-  moeDispatch,
-  relu,
-} from "../../lib/blas/fused.ts";
-import { Ctx, dense, dropout as opsDropout, geluDense, useFastMatmul } from "../../lib/model/ops.ts";
+import { initBackend } from "../../lib/backend.ts";
 import { loadBlas } from "../../lib/blas/ffi.ts";
-import { enableBlasKernels, FUSED_KERNELS } from "../../lib/blas/kernels.ts";
+import { gelu, geluComposite as geluOps, geluWithGrad, relu } from "../../lib/ops/activations.ts";
+import { adamComposite as adamOps, adamStep } from "../../lib/ops/adam.ts";
+import { geluDense } from "../../lib/ops/dense.ts";
+import { experts, moeCombine, moeDispatch } from "../../lib/ops/experts.ts";
+import { layerNorm, layerNormComposite as layerNormOps } from "../../lib/ops/layer_norm.ts";
+import { KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
 import assert from "node:assert/strict";
@@ -40,11 +32,10 @@ async function kernelsRun(fn: () => tf.Tensor | tf.Tensor[]): Promise<string[]> 
   return info.kernels.map((k) => k.name);
 }
 
+/** The fast CPU path as lib/backend.ts sets it up: the C kernels registered with the ops. */
 async function ready(): Promise<void> {
-  const res = await enableBlasKernels();
-  if (!res.ok || !res.kernels.includes(FUSED_KERNELS.gelu)) {
-    throw new Error(`fused kernels missing: ${JSON.stringify(res)}`);
-  }
+  const info = await initBackend("wasm");
+  if (!tf.getKernel(FUSED_KERNELS.gelu, "wasm")) throw new Error(`fused kernels missing: ${info.notes}`);
 }
 
 // Where OpenBLAS or a compiler is missing the tests above and below are ignored, so a C file that
@@ -100,8 +91,7 @@ Deno.test({
     }
     tf.dispose([row, y, g]);
 
-    useFastMatmul(true); // as lib/backend.ts does on this path
-    try {
+    {
       const h = () => tensor([3, 5, 24], 74, 3), w = () => tensor([24, 7], 75), b = () => tensor([7], 76);
       const r = () => tensor([3, 5, 7], 77);
       const run = () => {
@@ -114,8 +104,6 @@ Deno.test({
         tf.grads((hh: tf.Tensor) => tf.sum(geluDense(hh, w() as tf.Tensor2D, b() as tf.Tensor1D)))([h()])
       );
       assertEquals(names.includes(FUSED_KERNELS.geluWithGrad), true, "GELU recomputed with its gradient");
-    } finally {
-      useFastMatmul(false);
     }
   },
 });
@@ -133,7 +121,8 @@ Deno.test({
       const C = 8, F = 32, counts = [5, 0, 9, 3]; // expert 1 gets no rows
       const M = counts.reduce((a, b) => a + b, 0);
       for (const training of [false, true]) {
-        const run = (fused: boolean) => () => {
+        // the op: its kernel on wasm, its composite (each expert's own ops) on cpu
+        const run = () => () => {
           const x = tensor([M, C], 100, 2) as tf.Tensor2D, r = tensor([M, C], 101);
           const params = counts.map((_, e) => ({
             w1: tensor([C, F], 110 + e) as tf.Tensor2D,
@@ -141,7 +130,7 @@ Deno.test({
             w2: tensor([F, C], 130 + e) as tf.Tensor2D,
             b2: tensor([C], 140 + e) as tf.Tensor1D,
           }));
-          const ctx = new Ctx(training, 4, 7);
+          const seeds = counts.map((_, e) => 4000 + e);
           const f = (...ts: tf.Tensor[]) => {
             const [xx, ...ws] = ts;
             const ps = params.map((_, e) => ({
@@ -150,25 +139,17 @@ Deno.test({
               w2: ws[4 * e + 2] as tf.Tensor2D,
               b2: ws[4 * e + 3] as tf.Tensor1D,
             }));
-            if (fused) {
-              const seeds = counts.map(() => ctx.nextSeed());
-              return tf.sum(
-                tf.mul(experts(xx as tf.Tensor2D, counts, ps, training ? { rate: 0.3, seeds } : null), r),
-              );
-            }
-            const outs = tf.split(xx, counts, 0).map((g, e) =>
-              opsDropout(dense(tf.relu(dense(g, ps[e].w1, ps[e].b1)), ps[e].w2, ps[e].b2), 0.3, ctx)
-            );
-            return tf.sum(tf.mul(tf.concat(outs, 0), r));
+            const noise = training ? { rate: 0.3, seeds } : null;
+            return tf.sum(tf.mul(experts(xx as tf.Tensor2D, counts, ps, noise), r));
           };
           return tf.grads(f)([x, ...params.flatMap((p) => [p.w1, p.b1, p.w2, p.b2])]);
         };
-        const want = await valuesOn("cpu", run(false));
+        const want = await valuesOn("cpu", run());
         await onEachGemm(
           native,
           async (library) =>
             assertClose(
-              await valuesOn("wasm", run(true)),
+              await valuesOn("wasm", run()),
               want,
               TOL,
               `experts, training ${training}, ${library}`,

@@ -5,12 +5,15 @@ import * as tf from "@tensorflow/tfjs";
 import { activeBlas, disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { chooseGemm, ONEDNN_HINT } from "../../lib/blas/onednn.ts";
-import { dense, useFastMatmul } from "../../lib/model/ops.ts";
+import { initBackend } from "../../lib/backend.ts";
+import { dense } from "../../lib/ops/dense.ts";
 import {
   assertClose,
   assertEquals,
+  assertWithinProductBound,
   BLAS_OK,
   dirtyHeap,
+  exactProduct,
   onEachGemm,
   seeded,
   SKIP_NOTE,
@@ -265,27 +268,35 @@ function nativeTest(name: string, fn: (native: Native) => Promise<void>): void {
   });
 }
 
+// The slices and the single call may round differently: which kernel a library runs for a block (and
+// how it handles a block's edge) depends on the processor and on OPENBLAS_CORETYPE. Both must meet
+// float32's error bound for a product; our code fixes only which slices are made.
 nativeTest(
-  "products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) equal " +
-    "one thread bit for bit, on OpenBLAS and on oneDNN",
+  "products cut into slices on our threads (by rows and by columns, every transpose, beta 0 and 1) and " +
+    "on one thread are within float32's error bound of the exact product, on OpenBLAS and on oneDNN",
   async (native) => {
     const threads = native.threads();
     try {
-      await onEachGemm(native, (library) => slicesEqualOneThread(native, library));
+      const references = new Map<string, ReturnType<typeof exactProduct>>(); // the same for both libraries
+      await onEachGemm(native, (library) => slicesMeetProductBound(native, library, references));
     } finally {
       native.setThreads(threads);
     }
   },
 );
 
-function slicesEqualOneThread(native: Native, library: string): void {
+function slicesMeetProductBound(
+  native: Native,
+  library: string,
+  references: Map<string, ReturnType<typeof exactProduct>>,
+): void {
   // m ≥ n: cut by rows (800: two 400-row halves, or 272 + 256 + 272 rows; 197: 96 + 101); n > m: by columns
   const cases = [
     [2, 800, 128, 512],
     [2, 197, 53, 300],
     [2, 40, 1000, 60],
     [2, 16, 2048, 64],
-    [2, 128, 66, 912], // the LM head's weight gradient: OpenBLAS's own two threads round it otherwise
+    [2, 128, 66, 912], // the LM head's weight gradient
     [3, 800, 128, 512], // three slices: more helpers than this machine's cores is still right
     [3, 16, 2048, 64],
   ];
@@ -301,12 +312,14 @@ function slicesEqualOneThread(native: Native, library: string): void {
         native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, one, n, 1);
         const before = native.jobsShared();
         native.sgemm(transA, transB, { m, n, k }, a, lda, b, ldb, beta, cut, n, parts);
-        const what = `${library} ${m}x${k}x${n} ${transA ? "T" : "N"}${
-          transB ? "T" : "N"
-        } beta ${beta}, ${parts} slices`;
-        assertEquals(native.jobsShared() > before, true, `${what}: shared with a helper`);
-        const differing = one.findIndex((v, i) => v !== cut[i]);
-        assertEquals(differing, -1, `${what}: first differing element`);
+        const what = `${library} ${m}x${k}x${n} ${transA ? "T" : "N"}${transB ? "T" : "N"} beta ${beta}`;
+        assertEquals(native.jobsShared() > before, true, `${what}, ${parts} slices: shared with a helper`);
+        const product = { m, n, k, a, transA, b, transB, c0: beta ? start : null };
+        const key = `${m} ${n} ${k} ${transA} ${transB} ${beta}`;
+        const reference = references.get(key) ?? exactProduct(product);
+        references.set(key, reference);
+        assertWithinProductBound(one, product, `${what}, one thread`, reference);
+        assertWithinProductBound(cut, product, `${what}, ${parts} slices`, reference);
       }
     }
   }
@@ -410,26 +423,27 @@ Deno.test({
 });
 
 Deno.test({
-  name:
-    `dense() outside a gradient tape (one kernel on x as it is) equals the taped route exactly${SKIP_NOTE}`,
+  name: `dense() is one kernel on the fast path, and its lazy gradient equals cpu's${SKIP_NOTE}`,
   ignore: !BLAS_OK,
   async fn() {
-    await enabled();
-    useFastMatmul(true);
-    const x = tensor([3, 11, 40], 60),
-      w = tensor([40, 24], 61) as tf.Tensor2D,
-      b = tensor([24], 62) as tf.Tensor1D;
-    const direct = tf.tidy(() => dense(x, w, b).dataSync());
-    let taped: Float32Array | null = null;
-    tf.grad((t: tf.Tensor) => {
-      const y = dense(t, w, b); // under the tape: reshapes around tf.fused.matMul
-      taped = y.dataSync() as Float32Array;
-      return tf.sum(y);
-    })(x);
-    assertClose([direct as Float32Array], [taped!], 0, "dense");
-    const info = await tf.profile(() => tf.dispose(dense(x, w, b)));
-    assertEquals(info.kernels.map((k) => k.name).join(","), "_FusedMatMul", "kernels run outside the tape");
-    tf.dispose([x, w, b]);
-    useFastMatmul(false);
+    await initBackend("wasm"); // as the CLI does: the dense kernel registered with the ops
+    const run = () => {
+      const x = tensor([3, 11, 40], 60), w = tensor([40, 24], 61), b = tensor([24], 62);
+      const r = tensor([3, 11, 24], 63);
+      const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+        tf.sum(tf.mul(dense(xx, ww as tf.Tensor2D, bb as tf.Tensor1D), r));
+      return [dense(x, w as tf.Tensor2D, b as tf.Tensor1D), ...tf.grads(f)([x, w, b])];
+    };
+    assertClose(await valuesOn("wasm", run), await valuesOn("cpu", run), TOL, "dense and its gradients");
+    const x = tensor([3, 11, 40], 60), w = tensor([40, 24], 61) as tf.Tensor2D;
+    const info = await tf.profile(() => tf.dispose(dense(x, w)));
+    assertEquals(info.kernels.map((k) => k.name).join(","), "SeemoreDense", "one kernel on x as it is");
+    // a layer fed by data: its input gets no gradient, so no product computes one
+    const grad = await tf.profile(() =>
+      tf.dispose(tf.grads((ww: tf.Tensor) => tf.sum(dense(x, ww as tf.Tensor2D)))([w]))
+    );
+    const products = grad.kernels.filter((k) => k.name === "BatchMatMul" || k.name === "_FusedMatMul");
+    assertEquals(products.length, 1, "the weight's gradient alone");
+    tf.dispose([x, w]);
   },
 });

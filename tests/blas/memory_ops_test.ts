@@ -2,13 +2,8 @@
 // backend.
 
 import * as tf from "@tensorflow/tfjs";
-import {
-  disableBlasKernels,
-  enableBlasKernels,
-  simplifyTranspose,
-  sumInto,
-  transposeInto,
-} from "../../lib/blas/kernels.ts";
+import { disableBlasKernels, enableBlasKernels } from "../../lib/blas/kernels.ts";
+import { simplifyTranspose, sumInto, transposeInto } from "../../lib/blas/kernels/memory_ops.ts";
 import { loadNative } from "../../lib/blas/native.ts";
 import { assertClose, assertEquals, BLAS_OK, seeded, SKIP_NOTE, valuesOn } from "./helpers.ts";
 

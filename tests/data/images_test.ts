@@ -235,4 +235,14 @@ Deno.test("decodeBase64Images keeps row order and names the first bad row", asyn
     decodeBase64Images(broken, 4, "x.csv", { concurrency: 1 }),
     /^Error: x\.csv, row 4, column "b64string_images": not valid base64/,
   );
+  // Row 2 fails in the decoder (later), row 4 already in its base64 check: the first bad row is named.
+  const notImage = toBase64(new TextEncoder().encode("not an image"));
+  const twoBad = [b64s[0], notImage, b64s[2], "####", b64s[4]];
+  for (const concurrency of [1, 3, 8]) {
+    await assert.rejects(
+      decodeBase64Images(twoBad, 4, "x.csv", { concurrency }),
+      /^Error: x\.csv, row 2, column "b64string_images": not a PNG or JPEG image/,
+      `concurrency ${concurrency}`,
+    );
+  }
 });

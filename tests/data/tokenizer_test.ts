@@ -4,16 +4,8 @@ import assert from "node:assert/strict";
 import { PAD } from "../../lib/config.ts";
 import { describeLocation, Tokenizer } from "../../lib/tokenizer.ts";
 
-const SHARED = new URL("../../../shared/reference/", import.meta.url);
-
-function readIfExists(url: URL): string | undefined {
-  try {
-    return Deno.readTextFileSync(url);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return undefined;
-    throw e;
-  }
-}
+// The original's vocabulary and its source text, vendored with the original code (MIT).
+const REFERENCE = new URL("../fixtures/reference/", import.meta.url);
 
 Deno.test("original(): 65 characters + <pad> at id 65", () => {
   const tok = Tokenizer.original();
@@ -25,24 +17,15 @@ Deno.test("original(): 65 characters + <pad> at id 65", () => {
   assert.deepEqual(tok.encode("Hi!"), [20, 47, 2]);
 });
 
-// The reference checkout sits beside the repo (../shared); CI may not have it, so these two skip then.
-const referenceJson = readIfExists(new URL("state_dict_keys.json", SHARED));
-const shakespeare = readIfExists(new URL("seemore-pytorch/input.txt", SHARED));
-
-Deno.test({
-  name: "original() equals the reference vocabulary (../shared/reference/state_dict_keys.json)",
-  ignore: referenceJson === undefined,
-  fn: () => {
-    const reference = JSON.parse(referenceJson!);
-    assert.deepEqual([...Tokenizer.original().symbols], reference.seemore_vocab);
-    assert.deepEqual([...Tokenizer.original().symbols], reference.seemoe_vocab);
-  },
+Deno.test("original() equals the original's vocabulary (tests/fixtures/reference/state_dict_keys.json)", () => {
+  const reference = JSON.parse(Deno.readTextFileSync(new URL("state_dict_keys.json", REFERENCE)));
+  assert.deepEqual([...Tokenizer.original().symbols], reference.seemore_vocab);
+  assert.deepEqual([...Tokenizer.original().symbols], reference.seemoe_vocab);
 });
 
-Deno.test({
-  name: "fromText(tiny-shakespeare input.txt) rebuilds the original vocabulary",
-  ignore: shakespeare === undefined,
-  fn: () => assert.deepEqual(Tokenizer.fromText(shakespeare!).symbols, Tokenizer.original().symbols),
+Deno.test("fromText(tiny-shakespeare input.txt) rebuilds the original vocabulary", () => {
+  const shakespeare = Deno.readTextFileSync(new URL("seemore-pytorch/input.txt", REFERENCE));
+  assert.deepEqual(Tokenizer.fromText(shakespeare).symbols, Tokenizer.original().symbols);
 });
 
 Deno.test("fromCaptions: sorted unique characters + pad; encode/decode round trip", () => {

@@ -9,7 +9,8 @@ import { mulberry32 } from "../../lib/random.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { DEFAULT_MODEL } from "../../lib/config.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
-import { Ctx } from "../../lib/model/ops.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
+import { captionLoss, lossTargets } from "../../lib/objective.ts";
 
 await tf.setBackend("cpu");
 
@@ -102,7 +103,7 @@ Deno.test("swapped words are no targets; everything after them still is", () => 
   });
   const V = model.numVisualTokens;
   const [B, T] = batch.idx.shape;
-  const { ids: targets, weights } = model.lossTargets(batch.idx, batch.targets, "first", batch.skip);
+  const { ids: targets, weights } = lossTargets(model, batch.idx, batch.targets, "first", batch.skip);
   for (let b = 0; b < B; b++) {
     const chars = tokenizer.decode(noised[b].ids);
     // the target of position V-1+k is caption character k (k = T: the end-of-caption pad)
@@ -115,7 +116,9 @@ Deno.test("swapped words are no targets; everything after them still is", () => 
       else assert.equal(w, 0, "later pads are not");
     }
   }
-  const loss = model.loss(batch.images, batch.idx, batch.targets, Ctx.eval(), "first", { skip: batch.skip });
+  const loss = captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), "first", {
+    skip: batch.skip,
+  });
   assert(Number.isFinite(loss.dataSync()[0]));
   tf.dispose([loss, batch]);
   model.dispose();

@@ -4,8 +4,8 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { encodeSafetensors, loadCheckpoint, saveCheckpoint } from "../../lib/checkpoint.ts";
-import { configJson, loadModel, saveModel } from "../../lib/model/factory.ts";
-import { Ctx } from "../../lib/model/ops.ts";
+import { configJson, loadModel, saveModel } from "../../lib/model_files.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
 import type { PatchEmbeddings } from "../../lib/model/patch_embeddings.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
@@ -37,14 +37,14 @@ for (
       const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 2) as tf.Tensor4D;
       const idx = tf.tensor2d([[3, 4, 5]], undefined, "int32");
       assertClose(
-        again.forward(images, idx, Ctx.eval()).dataSync(),
-        model.forward(images, idx, Ctx.eval()).dataSync(),
+        again.forward(images, idx, ForwardContext.eval()).dataSync(),
+        model.forward(images, idx, ForwardContext.eval()).dataSync(),
         0,
       );
     });
     if (config.image_words.length > 0) {
       assert.deepEqual(again.config.image_words, config.image_words);
-      assertClose(again.wordHead!.w.dataSync(), model.wordHead!.w.dataSync(), 0, "word head");
+      assertClose(again.wordHead!.weight.dataSync(), model.wordHead!.weight.dataSync(), 0, "word head");
     }
     model.dispose();
     again.dispose();
@@ -66,7 +66,7 @@ Deno.test("a safetensors file with PyTorch layouts lands in the right places", a
   const { model: loaded } = await loadModel(dir);
   // lm_head: PyTorch weight[o][i] must be our internal w[i][o]
   const lm = tensors.find((t) => t.name === "decoder.lm_head.weight")!;
-  const w = loaded.decoder.lmHead.w.arraySync();
+  const w = loaded.decoder.lmHead.weight.arraySync();
   assert.equal(w[5][7], lm.data[7 * 32 + 5]); // row 7 (output 7), column 5 (input 5)
   // head 2's query weight row r, column c → fused qkv[c][0·C + 2·hs + r]
   const q2 = tensors.find((t) => t.name === "decoder.blocks.1.attn.heads.2.query.weight")!;
@@ -77,7 +77,7 @@ Deno.test("a safetensors file with PyTorch layouts lands in the right places", a
   assert.equal((qkv.attn.qkv.arraySync() as number[][])[6][32 + 1], k0.data[1 * 32 + 6]);
   // conv weight [out, c, kh, kw] → patch projection row (c, kh, kw), column out
   const conv = tensors.find((t) => t.name === "vision_encoder.patch_embedding.conv.weight")!;
-  const pw = (loaded.visionEncoder.patchEmbedding as PatchEmbeddings).proj.w.arraySync();
+  const pw = (loaded.visionEncoder.patchEmbedding as PatchEmbeddings).conv.weight.arraySync();
   const [o, c, kh, kw] = [9, 2, 3, 11];
   assert.equal(pw[c * 256 + kh * 16 + kw][o], conv.data[((o * 3 + c) * 16 + kh) * 16 + kw]);
   // and the whole state_dict comes back unchanged
@@ -111,24 +111,35 @@ Deno.test("bad config.json values are clear errors", async () => {
   const { config } = await loadCheckpoint(dir);
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ ...config, vocab: ["a", "b"] }, /last "vocab" entry must be "<pad>"/],
-    [{ ...config, model_type: "gpt" }, /"model_type" must be "seemore" or "seemoe"/],
-    [{ ...config, n_embd: "wide" }, /"n_embd" must be an integer ≥ 1, not "wide"/],
+    [{ ...config, model_type: "gpt" }, /"model_type" must be one of "seemore", "seemoe", not "gpt"/],
+    [{ ...config, n_embd: "wide" }, /"n_embd" must be a whole number from 1 to 65536, not "wide"/],
     // the fuzz test's minimal cases (tests/fuzz_test.ts): each once built a model, or failed inside tfjs
     // with a message that named neither the file nor the key
-    [{ ...config, n_head: 0 }, /"n_head" must be an integer ≥ 1, not 0/],
-    [{ ...config, n_embd: 8.5 }, /"n_embd" must be an integer ≥ 1, not 8.5/],
-    [{ ...config, n_layer: 1.5 }, /"n_layer" must be an integer ≥ 0, not 1.5/],
-    [{ ...config, block_positions: 0.5 }, /"block_positions" must be an integer ≥ 1, not 0.5/],
+    [{ ...config, n_head: 0 }, /"n_head" must be a whole number from 1 to 65536, not 0/],
+    [{ ...config, n_embd: 8.5 }, /"n_embd" must be a whole number from 1 to 65536, not 8.5/],
+    [{ ...config, n_layer: 1.5 }, /"n_layer" must be a whole number from 0 to 1024, not 1.5/],
+    [
+      { ...config, block_positions: 0.5 },
+      /"block_positions" must be a whole number from 1 to 1000000, not 0.5/,
+    ],
     [{ ...config, n_head: 3 }, /"n_embd" 32 is not divisible by "n_head" 3/],
     [{ ...config, patch_size: undefined, img_size: 8 }, /"img_size" 8 is not a multiple of "patch_size" 16/],
     [{ ...config, patch_stem: "conv", patch_size: 2, img_size: 8 }, /"patch_size" 2 is not a multiple of 4/],
-    [{ ...config, dropout: 1 }, /"dropout" must be a probability from 0 to less than 1, not 1/],
+    [{ ...config, dropout: 1 }, /"dropout" must be a number from 0 to 1 \(excluded\), not 1/],
     [{ ...config, first_token_from_image: "yes" }, /"first_token_from_image" must be true or false/],
     [{ ...config, vocab: ["a", "a", "<pad>"] }, /"vocab": symbol "a" appears twice/],
     [{ ...config, vocab: ["ab", "<pad>"] }, /"vocab": symbol 0 is "ab"; only "<pad>" may be longer/],
-    [{ ...config, img_size: 2 ** 20, patch_size: 2 ** 20 }, /"img_size" 1048576 is over the limit of 4096/],
+    [
+      { ...config, img_size: 2 ** 20, patch_size: 2 ** 20 },
+      /"img_size" must be a whole number from 1 to 4096/,
+    ],
+    [
+      { ...config, n_embd: 65536, n_layer: 1000 },
+      /would hold \d+ parameters, more than the limit of 268435456/,
+    ],
     [{ ...config, vocab_size: 12 }, /"vocab_size" is 12 but "vocab" lists 66/],
     [{ ...config, patch_stem: "hmlp" }, /"patch_stem" must be one of "linear", "conv"/],
+    [{ ...config, patch_stem: "conv", patch_size: 6, img_size: 36 }, /"patch_size" 6 is not a multiple of 4/],
     [{ ...config, image_words: "red" }, /"image_words" must be a list of words/],
     [{ ...config, image_words: ["red", 3] }, /"image_words" must be a list of words/],
   ];

@@ -7,7 +7,7 @@ import { Head, MultiHeadAttention } from "../../lib/model/attention.ts";
 import { Block } from "../../lib/model/block.ts";
 import { DecoderLanguageModel } from "../../lib/model/decoder.ts";
 import { MLP } from "../../lib/model/mlp.ts";
-import { Ctx, Initialiser, type StateDict } from "../../lib/model/ops.ts";
+import { ForwardContext, Initialiser, type StateDict, stateUnder } from "../../lib/model/module.ts";
 import { PatchEmbeddings } from "../../lib/model/patch_embeddings.ts";
 import { MultiModalProjector } from "../../lib/model/projector.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
@@ -17,7 +17,7 @@ import { assertClose, maxAbsDiff, tinyConfig, useBackend } from "../helpers.ts";
 
 await useBackend();
 const init = new Initialiser(7);
-const ctx = Ctx.eval();
+const ctx = ForwardContext.eval();
 const B = 4;
 
 Deno.test("shape checks of the original notebook", () => {
@@ -30,45 +30,30 @@ Deno.test("shape checks of the original notebook", () => {
       3,
       16,
     ]);
-    assert.deepEqual(
-      new MultiHeadAttention(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape,
-      [B, 3, 128],
-    );
-    assert.deepEqual(new Block(128, 8, 0.1, false, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [
+    const attention = { nEmbd: 128, numHeads: 8, dropout: 0.1, isDecoder: false };
+    assert.deepEqual(new MultiHeadAttention(attention, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [
       B,
       3,
       128,
     ]);
-    const vit = new ViT(96, 16, 512, 8, 3, 0.1, 0.1, init);
+    assert.deepEqual(new Block(attention, init).forward(tf.zeros([B, 3, 128]), ctx).shape, [B, 3, 128]);
+    const cfg = { ...DEFAULT_MODEL, vocab_size: 66, n_layer: 2 }; // the original's sizes
+    const vit = new ViT(cfg, init);
     const feats = vit.forward(tf.zeros([B, 3, 96, 96]), ctx);
     assert.deepEqual(feats.shape, [B, 1, 512]); // the original's (B, 512), one visual token
     assert.deepEqual(new MultiModalProjector(128, 512, 0.1, init).forward(feats, ctx).shape, [B, 1, 128]);
-    const dec = new DecoderLanguageModel({
-      nEmbd: 128,
-      imageEmbedDim: 512,
-      vocabSize: 66,
-      numHeads: 8,
-      nLayer: 2,
-      dropout: 0.1,
-      blockPositions: 1000,
-      useImages: true,
-    }, init);
+    const dec = new DecoderLanguageModel(cfg, init);
     assert.deepEqual(dec.forward(tf.zeros([B, 10], "int32"), feats, ctx).shape, [B, 11, 66]);
   });
 });
 
 Deno.test("the full model's parameters are exactly the original's state_dict names and shapes", async () => {
-  const path = new URL("../../../shared/reference/state_dict_keys.json", import.meta.url);
-  let reference: Record<string, number[]>;
-  try {
-    reference = JSON.parse(await Deno.readTextFile(path)).seemore;
-  } catch {
-    console.warn("../shared/reference not present: checking the parameter count only");
-    reference = {};
-  }
+  // The original's state_dict keys and shapes (tests/fixtures/reference/make_state_dict_keys.py).
+  const path = new URL("../fixtures/reference/state_dict_keys.json", import.meta.url);
+  const reference: Record<string, number[]> = JSON.parse(await Deno.readTextFile(path)).seemore;
   const model = new VisionLanguageModel({ ...DEFAULT_MODEL, vocab_size: 66 });
   const ours = Object.fromEntries(model.expectedShapes());
-  if (Object.keys(reference).length > 0) assert.deepEqual(ours, reference);
+  assert.deepEqual(ours, reference);
   const total = Object.values(ours).reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0);
   assert.equal(total, model.variables().reduce((n, v) => n + v.size, 0));
   model.dispose();
@@ -92,12 +77,11 @@ Deno.test("causal masking: changing a later token never changes earlier logits",
 });
 
 Deno.test("fused multi-head attention equals the original's separate heads", () => {
-  const mha = new MultiHeadAttention(32, 4, 0, true, init);
-  const state: StateDict = new Map();
-  mha.saveState("attn", state);
+  const mha = new MultiHeadAttention({ nEmbd: 32, numHeads: 4, dropout: 0, isDecoder: true }, init);
+  const state = mha.stateDict();
   const heads = [0, 1, 2, 3].map((h) => {
     const head = new Head(32, 8, 0, true, init);
-    head.loadState(`attn.heads.${h}`, state);
+    head.loadStateDict(stateUnder(state, `heads.${h}`));
     return head;
   });
   tf.tidy(() => {
@@ -109,13 +93,13 @@ Deno.test("fused multi-head attention equals the original's separate heads", () 
   });
 });
 
-Deno.test("Block.forwardFirst (the ViT's last block, CLS row only) = forward at position 0, values and gradients", () => {
+Deno.test("Block.forwardCls (the ViT's last block, CLS row only) = forward at position 0, values and gradients", () => {
   for (const options of [{}, { preNorm: true, scaleByHeadSize: true }]) {
-    const block = new Block(32, 4, 0, false, init, "gelu", options);
+    const block = new Block({ nEmbd: 32, numHeads: 4, dropout: 0, isDecoder: false, ...options }, init);
     const x = tf.randomNormal([3, 6, 32], 0, 1, "float32", 12) as tf.Tensor3D; // (B, T, C)
     const w = tf.randomNormal([3, 1, 32], 0, 1, "float32", 13); // weights of a scalar loss
     const full = () => tf.slice(block.forward(x, ctx), [0, 0, 0], [3, 1, 32]); // (B, 1, C)
-    const first = () => block.forwardFirst(x, ctx); // (B, 1, C)
+    const first = () => block.forwardCls(x, ctx); // (B, 1, C)
     const grads = (f: () => tf.Tensor) => tf.variableGrads(() => tf.sum(tf.mul(f(), w)), block.variables());
     const [a, b] = [grads(full), grads(first)];
     assertClose(a.value.dataSync(), b.value.dataSync(), 1e-5, "loss");
@@ -126,7 +110,11 @@ Deno.test("Block.forwardFirst (the ViT's last block, CLS row only) = forward at 
     tf.dispose([x, w, a.value, b.value, ...Object.values(a.grads), ...Object.values(b.grads)]);
   }
   assert.throws(
-    () => new Block(32, 4, 0, true, init).forwardFirst(tf.zeros([1, 2, 32]), ctx),
+    () =>
+      new Block({ nEmbd: 32, numHeads: 4, dropout: 0, isDecoder: true }, init).forwardCls(
+        tf.zeros([1, 2, 32]),
+        ctx,
+      ),
     /only for bidirectional/,
   );
 });
@@ -136,12 +124,12 @@ Deno.test("dropout is on in training and off in evaluation", () => {
   tf.tidy(() => {
     const images = tf.randomNormal([2, 3, 32, 32], 0, 1, "float32", 5) as tf.Tensor4D;
     const idx = tf.tensor2d([[1, 2, 3], [4, 5, 6]], undefined, "int32");
-    const e1 = model.forward(images, idx, Ctx.eval()).dataSync();
-    const e2 = model.forward(images, idx, Ctx.eval()).dataSync();
+    const e1 = model.forward(images, idx, ForwardContext.eval()).dataSync();
+    const e2 = model.forward(images, idx, ForwardContext.eval()).dataSync();
     assert.equal(maxAbsDiff(e1, e2), 0);
-    const t1 = model.forward(images, idx, new Ctx(true, 1, 0)).dataSync();
-    const t1again = model.forward(images, idx, new Ctx(true, 1, 0)).dataSync();
-    const t2 = model.forward(images, idx, new Ctx(true, 1, 1)).dataSync();
+    const t1 = model.forward(images, idx, new ForwardContext(true, 1, 0)).dataSync();
+    const t1again = model.forward(images, idx, new ForwardContext(true, 1, 0)).dataSync();
+    const t2 = model.forward(images, idx, new ForwardContext(true, 1, 1)).dataSync();
     assert.equal(maxAbsDiff(t1, t1again), 0, "same seed and step, same masks");
     assert(maxAbsDiff(t1, t2) > 1e-4, "another step draws other masks");
     assert(maxAbsDiff(t1, e1) > 1e-4, "training differs from evaluation");
@@ -161,27 +149,27 @@ Deno.test("a caption longer than the position table is a clear error", () => {
 Deno.test("recipe switches: pre-norm residual and head-size attention scale", () => {
   tf.tidy(() => {
     const x = tf.randomNormal([2, 5, 32], 0, 1, "float32", 12) as tf.Tensor3D;
-    const pre = new Block(32, 4, 0, true, init, "gelu", { preNorm: true });
+    const pre = new Block({ nEmbd: 32, numHeads: 4, dropout: 0, isDecoder: true, preNorm: true }, init);
     const h = tf.add(x, pre.attn.forward(pre.ln1.forward(x) as tf.Tensor3D, ctx));
     const expected = tf.add(h, pre.ffn.forward(pre.ln2.forward(h), ctx));
     assertClose(pre.forward(x, ctx).dataSync(), expected.dataSync(), 1e-5, "pre-norm block");
 
-    const wide = new MultiHeadAttention(32, 4, 0, false, init);
-    const narrow = new MultiHeadAttention(32, 4, 0, false, init, true);
-    const state: StateDict = new Map();
-    wide.saveState("a", state);
-    narrow.loadState("a", state);
+    const attention = { nEmbd: 32, numHeads: 4, dropout: 0, isDecoder: false };
+    const wide = new MultiHeadAttention(attention, init);
+    const narrow = new MultiHeadAttention({ ...attention, scaleByHeadSize: true }, init);
+    const state = wide.stateDict();
+    narrow.loadStateDict(state);
     // scaling by head_size (8) instead of n_embd (32) is the same as doubling the query weights
     const doubled: StateDict = new Map(
       [...state].map(([k, t]) => [k, k.includes("query") ? { ...t, data: t.data.map((v) => 2 * v) } : t]),
     );
-    wide.loadState("a", doubled);
+    wide.loadStateDict(doubled);
     assertClose(narrow.forward(x, ctx).dataSync(), wide.forward(x, ctx).dataSync(), 1e-5, "head-size scale");
   });
 });
 
 Deno.test("grayscale: every channel holds the pixel's luma, ImageNet-normalised like the input", async () => {
-  const { grayscale } = await import("../../lib/model/vision_language_model.ts");
+  const { grayscale } = await import("../../lib/objective.ts");
   const { IMAGENET_MEAN, IMAGENET_STD } = await import("../../lib/config.ts");
   const rgb = [[1, 0, 0], [0, 1, 0], [0.2, 0.4, 0.6]]; // three pixels in [0, 1]
   const norm = (v: number, c: number) => (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];

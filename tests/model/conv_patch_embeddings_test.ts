@@ -4,15 +4,16 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { conv3x3Stride2, ConvPatchEmbeddings } from "../../lib/model/conv_patch_embeddings.ts";
-import { Initialiser, Linear, type StateDict } from "../../lib/model/ops.ts";
+import { Initialiser } from "../../lib/model/module.ts";
+import { Linear } from "../../lib/model/layers.ts";
 import { assertClose } from "../helpers.ts";
 
 await tf.setBackend("cpu"); // the reference conv2d and its gradients live on cpu
 
 /** tfjs's own convolution with our Linear's weights ([(dy, dx, c), out] is conv2d's [3, 3, c, out]). */
 function reference(x: tf.Tensor4D, lin: Linear): tf.Tensor4D {
-  const filter = tf.reshape(lin.w, [3, 3, lin.nIn / 9, lin.nOut]) as tf.Tensor4D;
-  return tf.add(tf.conv2d(x, filter, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]), lin.b!) as tf.Tensor4D;
+  const filter = tf.reshape(lin.weight, [3, 3, lin.nIn / 9, lin.nOut]) as tf.Tensor4D;
+  return tf.add(tf.conv2d(x, filter, 2, [[0, 0], [1, 1], [1, 1], [0, 0]]), lin.bias!) as tf.Tensor4D;
 }
 
 Deno.test("conv3x3Stride2 = conv2d (3×3, stride 2, padding 1): values and gradients", () => {
@@ -25,9 +26,14 @@ Deno.test("conv3x3Stride2 = conv2d (3×3, stride 2, padding 1): values and gradi
   const dy = tf.randomNormal(ours.shape, 0, 1, "float32", 8);
   const grads = (f: (x: tf.Tensor4D, lin: Linear) => tf.Tensor) =>
     tf.grads((xx: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => {
-      const l = Object.assign(Object.create(Linear.prototype), { w, b, nIn: lin.nIn, nOut: lin.nOut });
+      const l = Object.assign(Object.create(Linear.prototype), {
+        weight: w,
+        bias: b,
+        nIn: lin.nIn,
+        nOut: lin.nOut,
+      });
       return tf.sum(tf.mul(f(xx as tf.Tensor4D, l), dy));
-    })([x, lin.w, lin.b!]);
+    })([x, lin.weight, lin.bias!]);
   const g1 = grads(conv3x3Stride2), g2 = grads(reference);
   ["input", "weight", "bias"].forEach((what, i) =>
     assertClose(g1[i].dataSync(), g2[i].dataSync(), 1e-4, what)
@@ -59,27 +65,26 @@ Deno.test("ConvPatchEmbeddings: shapes, and the stem equals two Conv2d + GELU + 
 
 Deno.test("ConvPatchEmbeddings saves Conv2d weights [out, in, 3, 3] and loads them back", () => {
   const a = new ConvPatchEmbeddings(16, 8, 16, new Initialiser(1));
-  const state: StateDict = new Map();
-  a.saveState("pe", state);
+  const state = a.stateDict();
   assert.deepEqual([...state.keys()].sort(), [
-    "pe.conv1.bias",
-    "pe.conv1.weight",
-    "pe.conv2.bias",
-    "pe.conv2.weight",
-    "pe.proj.bias",
-    "pe.proj.weight",
+    "conv1.bias",
+    "conv1.weight",
+    "conv2.bias",
+    "conv2.weight",
+    "proj.bias",
+    "proj.weight",
   ]);
-  assert.deepEqual(state.get("pe.conv1.weight")!.shape, [a.conv1.nOut, 3, 3, 3]);
+  assert.deepEqual(state.get("conv1.weight")!.shape, [a.conv1.nOut, 3, 3, 3]);
   // PyTorch's weight[o, c, dy, dx] is our w[(dy, dx, c), o]
-  const w = state.get("pe.conv2.weight")!;
+  const w = state.get("conv2.weight")!;
   const [o, c, dy, dx] = [3, 5, 2, 1];
   const C = a.conv2.nIn / 9;
   assert.equal(
     w.data[((o * C + c) * 3 + dy) * 3 + dx],
-    (a.conv2.w.arraySync() as number[][])[(dy * 3 + dx) * C + c][o],
+    (a.conv2.weight.arraySync() as number[][])[(dy * 3 + dx) * C + c][o],
   );
   const b = new ConvPatchEmbeddings(16, 8, 16, new Initialiser(2));
-  b.loadState("pe", state);
+  b.loadStateDict(state);
   const images = tf.randomNormal([2, 3, 16, 16], 0, 1, "float32", 3) as tf.Tensor4D;
   assertClose(b.forward(images).dataSync(), a.forward(images).dataSync(), 0, "same weights, same output");
   assert.throws(() => new ConvPatchEmbeddings(24, 6, 16, new Initialiser(1)), /divisible by 4/);

@@ -3,7 +3,8 @@
 
 import fc from "fast-check";
 import assert from "node:assert/strict";
-import { buildModel, configProblem, parameterCount } from "../../lib/model/factory.ts";
+import { configProblem, parameterCount } from "../../lib/config.ts";
+import { buildModel } from "../../lib/model/factory.ts";
 import { tinyConfig, useBackend } from "../helpers.ts";
 
 await useBackend();

@@ -4,23 +4,24 @@
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { DEFAULT_MODEL, type ModelConfig, PAD } from "../../lib/config.ts";
-import { buildModel, loadModel, saveModel } from "../../lib/model/factory.ts";
+import { buildModel } from "../../lib/model/factory.ts";
+import { loadModel, saveModel } from "../../lib/model_files.ts";
 import {
   kaimingInitLinears,
   type MoEOptions,
-  planDispatch,
-  selectRows,
   SparseMoE,
   SparseMoEBlock,
-  topKIndices,
   VisionMoELanguageModel,
 } from "../../lib/model/moe.ts";
-import { Ctx, Initialiser } from "../../lib/model/ops.ts";
+import { planDispatch, topKIndices } from "../../lib/model/routing.ts";
+import { selectRows } from "../../lib/ops/experts.ts";
+import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
 import { generate } from "../../lib/generate.ts";
 import { Adam } from "../../lib/optim.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
 import { assertClose, maxAbsDiff, tinyConfig, useBackend } from "../helpers.ts";
 import { checkParity } from "./parity_test.ts";
+import { captionLoss } from "../../lib/objective.ts";
 
 await useBackend();
 
@@ -59,9 +60,9 @@ function overfitter(model: VisionMoELanguageModel, lr = 1e-3) {
   const run = (steps: number): number[] => {
     const losses: number[] = [];
     for (let i = 0; i < steps; i++) {
-      const ctx = new Ctx(true, 1, opt.step);
+      const ctx = new ForwardContext(true, 1, opt.step);
       const { value, grads } = tf.variableGrads(
-        () => model.loss(batch.images, batch.idx, batch.targets, ctx, "first"),
+        () => captionLoss(model, batch.images, batch.idx, batch.targets, ctx, "first"),
         opt.params,
       );
       opt.update(opt.params.map((p) => grads[p.name]));
@@ -96,7 +97,7 @@ Deno.test("router: exactly top_k experts per token, gates a softmax over them", 
     const moe = new SparseMoE(16, 0, moeOptions({ numExperts: E, topK: k }), new Initialiser(3));
     tf.tidy(() => {
       const x = tf.randomNormal([50, 16], 0, 1, "float32", 1) as tf.Tensor2D;
-      for (const ctx of [Ctx.eval(), new Ctx(true, 5, 0)]) {
+      for (const ctx of [ForwardContext.eval(), new ForwardContext(true, 5, 0)]) {
         const r = moe.router.forward(x, ctx);
         const gates = r.gates.arraySync();
         gates.forEach((row, n) => {
@@ -133,25 +134,25 @@ Deno.test("selectRows: picks rows (zero rows for -1); its gradient puts each row
 });
 
 Deno.test("sparse dispatch equals the dense reference (every expert on every token, sparse gates)", () => {
-  const cases: [string, Partial<MoEOptions>, Ctx][] = [
-    ["eval", {}, Ctx.eval()],
-    ["training (noisy routing)", {}, new Ctx(true, 11, 3)],
-    ["capacity 0.5 (drops)", { capacityFactor: 0.5 }, Ctx.eval()],
-    ["top-1 of 3", { numExperts: 3, topK: 1 }, new Ctx(true, 4, 0)],
+  const cases: [string, Partial<MoEOptions>, ForwardContext][] = [
+    ["eval", {}, ForwardContext.eval()],
+    ["training (noisy routing)", {}, new ForwardContext(true, 11, 3)],
+    ["capacity 0.5 (drops)", { capacityFactor: 0.5 }, ForwardContext.eval()],
+    ["top-1 of 3", { numExperts: 3, topK: 1 }, new ForwardContext(true, 4, 0)],
   ];
   for (const [name, opts, ctx] of cases) {
     // Dropout 0 so both passes see the same numbers; the router noise seed is the pass's first draw.
     const moe = new SparseMoE(24, 0, moeOptions(opts), new Initialiser(9));
     tf.tidy(() => {
       const x = tf.randomNormal([3, 7, 24], 0, 1, "float32", 8);
-      const again = new Ctx(ctx.training, ctx.seed, ctx.step);
+      const again = new ForwardContext(ctx.training, ctx.seed, ctx.step);
       const sparse = moe.forward(x, ctx);
       const dense = moe.forwardDense(x, again);
       assert.deepEqual(sparse.shape, [3, 7, 24]);
       const d = maxAbsDiff(sparse.dataSync(), dense.dataSync());
       assert(d < 1e-5, `${name}: sparse vs dense max |diff| ${d}`);
       if (opts.capacityFactor) {
-        const plan = moe.route(x, Ctx.eval()).plan;
+        const plan = moe.route(x, ForwardContext.eval()).plan;
         assert(plan.dropped > 0, "the capacity limit dropped some slots");
         assert(Math.max(...plan.counts) <= moe.capacity(21));
       }
@@ -163,20 +164,10 @@ Deno.test("sparse dispatch equals the dense reference (every expert on every tok
 Deno.test("seemoe: same weights and inputs give the original's logits and losses", () =>
   checkParity("seemoe"));
 
-const REFERENCE_KEYS = new URL("../../../shared/reference/state_dict_keys.json", import.meta.url);
-const haveReference = (() => {
-  try {
-    Deno.statSync(REFERENCE_KEYS);
-    return true;
-  } catch {
-    return false;
-  }
-})();
+// The original's state_dict keys and shapes (tests/fixtures/reference/make_state_dict_keys.py).
+const REFERENCE_KEYS = new URL("../fixtures/reference/state_dict_keys.json", import.meta.url);
 
-Deno.test({
-  name: "seemoe: parameter names and shapes are the original's state_dict (default config)",
-  ignore: !haveReference, // ../shared/reference sits beside the checkout in CI and in development
-}, async () => {
+Deno.test("seemoe: parameter names and shapes are the original's state_dict (default config)", async () => {
   const ref = JSON.parse(await Deno.readTextFile(REFERENCE_KEYS));
   const model = new VisionMoELanguageModel({ ...DEFAULT_MODEL, model_type: "seemoe", vocab_size: 66 }, 0, {
     kaiming: false,
@@ -194,10 +185,10 @@ Deno.test("SparseMoEBlock: the original's residual by default, the recipe switch
   for (const residual of ["original", "pre_norm"] as const) {
     const model = new VisionMoELanguageModel(moeConfig({ residual, attention_scale: "head" }), 2);
     const block = model.decoder.blocks[0] as SparseMoEBlock;
-    assert.equal(block.attn.scaleByHeadSize, true);
+    assert.equal(block.attn.cfg.scaleByHeadSize, true);
     tf.tidy(() => {
       const x = tf.randomNormal([2, 5, 32], 0, 1, "float32", 4) as tf.Tensor3D;
-      const ctx = Ctx.eval();
+      const ctx = ForwardContext.eval();
       const h = tf.add(x, block.attn.forward(block.ln1.forward(x) as tf.Tensor3D, ctx));
       const n = block.ln2.forward(h);
       const expected = tf.add(residual === "pre_norm" ? h : n, block.sparseMoE.forward(n, ctx));
@@ -212,13 +203,20 @@ Deno.test("eval is deterministic; training routes with noise; router_noise_in_ev
   const noisy = new VisionMoELanguageModel(moeConfig({ router_noise_in_eval: true }), 1);
   const batch = threeImages(model.config.img_size);
   tf.tidy(() => {
-    const run = (m: VisionMoELanguageModel, ctx: Ctx) => m.forward(batch.images, batch.idx, ctx).dataSync();
-    const a = run(model, Ctx.eval()), b = run(model, Ctx.eval());
+    const run = (m: VisionMoELanguageModel, ctx: ForwardContext) =>
+      m.forward(batch.images, batch.idx, ctx).dataSync();
+    const a = run(model, ForwardContext.eval()), b = run(model, ForwardContext.eval());
     assert.equal(maxAbsDiff(a, b), 0, "two eval forwards agree");
-    assert(maxAbsDiff(a, run(noisy, Ctx.eval())) > 1e-4, "noise in eval changes the output");
+    assert(maxAbsDiff(a, run(noisy, ForwardContext.eval())) > 1e-4, "noise in eval changes the output");
     // Training: noise and dropout are seeded by (seed, step).
-    assert.equal(maxAbsDiff(run(model, new Ctx(true, 3, 1)), run(model, new Ctx(true, 3, 1))), 0);
-    assert(maxAbsDiff(run(model, new Ctx(true, 3, 1)), run(model, new Ctx(true, 3, 2))) > 1e-4);
+    assert.equal(
+      maxAbsDiff(run(model, new ForwardContext(true, 3, 1)), run(model, new ForwardContext(true, 3, 1))),
+      0,
+    );
+    assert(
+      maxAbsDiff(run(model, new ForwardContext(true, 3, 1)), run(model, new ForwardContext(true, 3, 2))) >
+        1e-4,
+    );
   });
   tf.dispose(batch);
   model.dispose();
@@ -230,14 +228,14 @@ Deno.test("generation with the KV cache equals greedy decoding by full recomputa
   const batch = threeImages(model.config.img_size);
   const images = batch.images;
   const cached = generate(model, images, { maxNewTokens: 8, greedy: true });
-  const ctx = Ctx.eval();
+  const ctx = ForwardContext.eval();
   const reference = tf.tidy(() => {
     const visual = model.visualTokens(images, ctx); // (B, 1, C)
     const rows: number[][] = [[], [], []];
     for (let step = 0; step < 8; step++) {
       const ids = tf.tensor2d(rows, [3, step], "int32");
       const x = step === 0 ? visual : tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D;
-      const logits = model.decoder.run(x, 0, ctx); // (B, 1+step, vocab)
+      const logits = model.decoder.decode(x, 0, ctx); // (B, 1+step, vocab)
       const next = tf.argMax(tf.slice(logits, [0, step, 0], [3, 1, -1]), -1).dataSync(); // (B, 1)
       rows.forEach((r, b) => r.push(next[b]));
     }
@@ -257,14 +255,14 @@ Deno.test("the router's Linears and the chosen experts receive non-zero gradient
   const batch = threeImages(model.config.img_size);
   const layer = model.moeLayers[0];
   const watched = {
-    route: layer.router.topkrouteLinear.w,
-    noise: layer.router.noiseLinear.w,
-    ...Object.fromEntries(layer.experts.map((e, i) => [`expert${i}`, e.fc1.w])),
+    route: layer.router.topkrouteLinear.weight,
+    noise: layer.router.noiseLinear.weight,
+    ...Object.fromEntries(layer.experts.map((e, i) => [`expert${i}`, e.fc1.weight])),
   };
   tf.tidy(() => {
-    const ctx = new Ctx(true, 4, 0);
+    const ctx = new ForwardContext(true, 4, 0);
     const { grads } = tf.variableGrads(
-      () => model.loss(batch.images, batch.idx, batch.targets, ctx, "first"),
+      () => captionLoss(model, batch.images, batch.idx, batch.targets, ctx, "first"),
       Object.values(watched),
     );
     const norm = (v: tf.Variable) => tf.norm(grads[v.name]).dataSync()[0];
@@ -272,8 +270,8 @@ Deno.test("the router's Linears and the chosen experts receive non-zero gradient
     assert(norm(watched.noise) > 1e-6, `noise_linear gradient norm ${norm(watched.noise)}`);
     const share = layer.lastRouterStats!.share;
     layer.experts.forEach((e, i) => {
-      if (share[i] > 0) assert(norm(e.fc1.w) > 1e-6, `expert ${i} routed tokens but got no gradient`);
-      else assert.equal(norm(e.fc1.w), 0);
+      if (share[i] > 0) assert(norm(e.fc1.weight) > 1e-6, `expert ${i} routed tokens but got no gradient`);
+      else assert.equal(norm(e.fc1.weight), 0);
     });
   });
   tf.dispose(batch);
@@ -282,17 +280,17 @@ Deno.test("the router's Linears and the chosen experts receive non-zero gradient
 
 Deno.test("an expert that gets no tokens still gets a (zero) gradient", () => {
   const moe = new SparseMoE(16, 0.1, moeOptions(), new Initialiser(12));
-  moe.router.topkrouteLinear.b!.assign(tf.tensor1d([0, 0, 0, -100])); // expert 3 is never chosen
+  moe.router.topkrouteLinear.bias!.assign(tf.tensor1d([0, 0, 0, -100])); // expert 3 is never chosen
   tf.tidy(() => {
     const x = tf.randomNormal([20, 16], 0, 1, "float32", 13);
-    const ctx = new Ctx(true, 1, 0);
+    const ctx = new ForwardContext(true, 1, 0);
     const { grads } = tf.variableGrads(() => tf.sum(tf.square(moe.forward(x, ctx))), moe.variables());
     assert.equal(moe.lastRouterStats!.share[3], 0);
     for (const v of moe.experts[3].variables()) {
       assert(grads[v.name], "a gradient tensor exists");
       assert.equal(tf.max(tf.abs(grads[v.name])).dataSync()[0], 0);
     }
-    assert(tf.norm(grads[moe.experts[0].fc2.w.name]).dataSync()[0] > 0);
+    assert(tf.norm(grads[moe.experts[0].fc2.weight.name]).dataSync()[0] > 0);
   });
   moe.variables().forEach((v) => v.dispose());
 });
@@ -302,12 +300,12 @@ Deno.test("router statistics in training; Switch aux loss adds coef × mean bala
   const withAux = new VisionMoELanguageModel(moeConfig({ aux_loss_coef: 0.1 }), 5);
   const batch = threeImages(plain.config.img_size);
   tf.tidy(() => {
-    const loss = (m: VisionMoELanguageModel, ctx: Ctx) =>
-      m.loss(batch.images, batch.idx, batch.targets, ctx, "first").dataSync()[0];
-    loss(plain, Ctx.eval());
+    const loss = (m: VisionMoELanguageModel, ctx: ForwardContext) =>
+      captionLoss(m, batch.images, batch.idx, batch.targets, ctx, "first").dataSync()[0];
+    loss(plain, ForwardContext.eval());
     assert.equal(plain.routerStats().length, 0, "no statistics from eval");
-    const ce = loss(plain, new Ctx(true, 6, 0));
-    const total = loss(withAux, new Ctx(true, 6, 0));
+    const ce = loss(plain, new ForwardContext(true, 6, 0));
+    const total = loss(withAux, new ForwardContext(true, 6, 0));
     const stats = withAux.routerStats();
     assert.equal(stats.length, 2);
     for (const s of stats) {
@@ -319,7 +317,11 @@ Deno.test("router statistics in training; Switch aux loss adds coef × mean bala
     }
     const meanBalance = stats.reduce((a, s) => a + s.balance, 0) / stats.length;
     assert(Math.abs(total - (ce + 0.1 * meanBalance)) < 1e-5, `${total} vs ${ce} + 0.1 × ${meanBalance}`);
-    assert.equal(loss(withAux, Ctx.eval()), loss(plain, Ctx.eval()), "no aux loss in eval");
+    assert.equal(
+      loss(withAux, ForwardContext.eval()),
+      loss(plain, ForwardContext.eval()),
+      "no aux loss in eval",
+    );
   });
   tf.dispose(batch);
   plain.dispose();
@@ -361,7 +363,7 @@ Deno.test("checkpoint: model_type seemoe, num_experts and top_k saved; wrong kin
     const { model: loaded } = await loadModel(`${dir}/ckpt`, "seemoe");
     assert(loaded instanceof VisionMoELanguageModel);
     const [a, b] = tf.tidy(() =>
-      [model, loaded].map((m) => m.forward(batch.images, batch.idx, Ctx.eval()).dataSync())
+      [model, loaded].map((m) => m.forward(batch.images, batch.idx, ForwardContext.eval()).dataSync())
     );
     assertClose(a, b, 0, "logits after a save/load round trip");
     loaded.dispose();

@@ -6,16 +6,17 @@ import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
 import { initBackend } from "../../lib/backend.ts";
 import { VisionMoELanguageModel } from "../../lib/model/moe.ts";
-import { Ctx, readData } from "../../lib/model/ops.ts";
+import { ForwardContext, readData } from "../../lib/model/module.ts";
 import { Adam } from "../../lib/optim.ts";
 import { maxAbsDiff, tinyConfig } from "../helpers.ts";
+import { captionLoss } from "../../lib/objective.ts";
 
 /** Loss and gradients (by variable, in model order) of one training forward. */
 function lossAndGrads(model: VisionMoELanguageModel, batch: tf.Tensor[], step: number) {
   const [images, idx, targets] = batch as [tf.Tensor4D, tf.Tensor2D, tf.Tensor2D];
-  const ctx = new Ctx(true, 21, step);
+  const ctx = new ForwardContext(true, 21, step);
   const { value, grads } = tf.variableGrads(
-    () => model.loss(images, idx, targets, ctx, "first"),
+    () => captionLoss(model, images, idx, targets, ctx, "first"),
     model.variables(),
   );
   const loss = value.dataSync()[0];
@@ -53,7 +54,7 @@ Deno.test("one seeMoE training step on wasm: same loss and gradients as cpu, the
       `gradient ${i} (${model.variables()[i].shape}): max |diff| ${d}, scale ${scale}`,
     );
   });
-  const router = model.moeLayers[0].router.topkrouteLinear.w;
+  const router = model.moeLayers[0].router.topkrouteLinear.weight;
   assert(tf.norm(onWasm.grads[router.name]).dataSync()[0] > 0, "router gradient on wasm");
 
   const opt = new Adam(model.variables(), 1e-3);

@@ -4,9 +4,10 @@
 
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
-import { loadModel } from "../../lib/model/factory.ts";
-import { Ctx } from "../../lib/model/ops.ts";
+import { loadModel } from "../../lib/model_files.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
 import { assertClose, useBackend } from "../helpers.ts";
+import { captionLoss } from "../../lib/objective.ts";
 
 const FIXTURES = new URL("../fixtures/parity/", import.meta.url).pathname;
 
@@ -30,7 +31,7 @@ export async function checkParity(kind: "seemore" | "seemoe") {
   const images = tf.tensor4d(io.images, io.images_shape as [number, number, number, number]);
   const idx = tf.tensor2d(io.idx, undefined, "int32");
   const targets = tf.tensor2d(io.targets, undefined, "int32");
-  const ctx = Ctx.eval();
+  const ctx = ForwardContext.eval();
 
   const embeds = tf.tidy(() => model.visionEncoder.forward(images, ctx).dataSync());
   assertClose(embeds, io.image_embeds, 1e-5, "ViT output");
@@ -39,8 +40,8 @@ export async function checkParity(kind: "seemore" | "seemoe") {
   assert.deepEqual(logits.shape, io.logits_shape);
   assertClose(logits.dataSync(), io.logits, 2e-5, "logits");
 
-  const lossAll = tf.tidy(() => model.loss(images, idx, targets, ctx, "all").dataSync()[0]);
-  const lossNone = tf.tidy(() => model.loss(images, idx, targets, ctx, "none").dataSync()[0]);
+  const lossAll = tf.tidy(() => captionLoss(model, images, idx, targets, ctx, "all").dataSync()[0]);
+  const lossNone = tf.tidy(() => captionLoss(model, images, idx, targets, ctx, "none").dataSync()[0]);
   assert(Math.abs(lossAll - io.loss_original) < 1e-5, `loss with pad ${lossAll} vs ${io.loss_original}`);
   assert(
     Math.abs(lossNone - io.loss_ignore_pad) < 1e-5,

@@ -8,10 +8,11 @@ import assert from "node:assert/strict";
 import { initBackend } from "../../lib/backend.ts";
 import { generate } from "../../lib/generate.ts";
 import { VisionMoELanguageModel } from "../../lib/model/moe.ts";
-import { Ctx } from "../../lib/model/ops.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
 import { Adam } from "../../lib/optim.ts";
 import { tinyConfig } from "../helpers.ts";
+import { captionLoss } from "../../lib/objective.ts";
 
 for (const kind of ["seemore", "seemoe"] as const) {
   Deno.test(`${kind} on wasm: training, eval and generation leave no tensors behind`, async () => {
@@ -35,12 +36,12 @@ for (const kind of ["seemore", "seemoe"] as const) {
     const opt = new Adam(model.variables(), 1e-3);
     const round = (step: number) => {
       const { value, grads } = tf.variableGrads(
-        () => model.loss(images, idx, targets, new Ctx(true, 21, step), "first"),
+        () => captionLoss(model, images, idx, targets, new ForwardContext(true, 21, step), "first"),
         model.variables(),
       );
       opt.update(model.variables().map((v) => grads[v.name]));
       tf.dispose([value, ...Object.values(grads)]);
-      tf.tidy(() => void model.forward(images, idx, Ctx.eval()).dataSync());
+      tf.tidy(() => void model.forward(images, idx, ForwardContext.eval()).dataSync());
       generate(model, one, { maxNewTokens: 4, prompt: [0] });
     };
     round(0);

@@ -1,16 +1,15 @@
-// Tests of the caption metrics on hand-made predictions with hand-computed answers.
+// Tests of the caption metrics (lib/metrics.ts) and the shapes grammar's scoring (lib/data/shapes_score.ts)
+// on hand-made predictions with hand-computed answers.
 
 import assert from "node:assert/strict";
 import {
   attributeAccuracy,
   blindBaseline,
-  charAccuracy,
   confusions,
-  exactMatch,
-  firstSentence,
   MISSING,
   summarize,
-} from "../lib/eval.ts";
+} from "../lib/data/shapes_score.ts";
+import { charAccuracy, exactMatch, firstSentence } from "../lib/metrics.ts";
 
 function close(actual: number | null | undefined, expected: number): void {
   assert.ok(typeof actual === "number" && Math.abs(actual - expected) < 1e-12, `${actual} != ${expected}`);

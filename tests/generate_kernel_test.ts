@@ -1,39 +1,42 @@
-// Generation's native decoder step (lib/blas/native_decoder.ts, one C call per position) against the
-// tfjs decoder run over the whole sequence: the logits of every position, for the original's block and
-// the pre-norm recipe, one and several visual tokens, 19 rows (split across threads); generate() takes
-// this path on wasm and gives the tokens of full recomputation; seeMoE and the cpu backend fall back to
-// tfjs.
+// Generation through the backend's decoder step (lib/generate.ts KernelStepper: on the fast CPU path one
+// C call per position) against the tfjs decoder run over the whole sequence: the logits of every caption
+// position, for the original's block and the pre-norm recipe, one and several visual tokens, 19 rows
+// (split across threads); generate() takes this path on wasm and gives the tokens of full recomputation;
+// seeMoE and the cpu backend fall back to tfjs.
 
 import * as tf from "@tensorflow/tfjs";
-import { enableBlasKernels } from "../../lib/blas/kernels.ts";
-import { loadNative } from "../../lib/blas/native.ts";
-import { NativeDecoder } from "../../lib/blas/native_decoder.ts";
-import type { ModelConfig } from "../../lib/config.ts";
-import { generate } from "../../lib/generate.ts";
-import { Adam } from "../../lib/optim.ts";
-import { buildModel } from "../../lib/model/factory.ts";
-import { Ctx } from "../../lib/model/ops.ts";
-import type { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
-import { tinyConfig } from "../helpers.ts";
-import { assertClose, assertEquals, BLAS_OK } from "./helpers.ts";
+import { initBackend } from "../lib/backend.ts";
+import { loadNative } from "../lib/blas/native.ts";
+import type { ModelConfig } from "../lib/config.ts";
+import { generate, KernelStepper } from "../lib/generate.ts";
+import { Adam } from "../lib/optim.ts";
+import { buildModel } from "../lib/model/factory.ts";
+import { ForwardContext } from "../lib/model/module.ts";
+import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
+import { tinyConfig } from "./helpers.ts";
+import { assertClose, assertEquals, BLAS_OK } from "./blas/helpers.ts";
 
 const READY = BLAS_OK && loadNative().ok;
 const NOTE = READY ? "" : " [ignored: needs OpenBLAS and a C compiler]";
 const TOL = 1e-4;
 
+const splitRows = (data: Float32Array, B: number) =>
+  Array.from({ length: B }, (_, b) => data.slice((b * data.length) / B, ((b + 1) * data.length) / B));
+
 async function ready(): Promise<void> {
-  await tf.setBackend("wasm");
-  const res = await enableBlasKernels();
-  if (!res.ok) throw new Error(`OpenBLAS kernels missing: ${JSON.stringify(res)}`);
+  const info = await initBackend("wasm");
+  if (!info.notes.some((n) => n.startsWith("OpenBLAS kernels"))) {
+    throw new Error(`no fast path: ${info.notes}`);
+  }
 }
 
 /** Visual tokens + caption ids through the tfjs decoder in one pass: logits (B, V+T, vocab). */
 function fullLogits(model: VisionLanguageModel, images: tf.Tensor4D, ids: number[][]): Float32Array {
   return tf.tidy(() => {
-    const ctx = Ctx.eval();
+    const ctx = ForwardContext.eval();
     const visual = model.visualTokens(images, ctx); // (B, V, C)
     const tokens = model.decoder.embedTokens(tf.tensor2d(ids, undefined, "int32")); // (B, T, C)
-    return model.decoder.run(tf.concat([visual, tokens], 1) as tf.Tensor3D, 0, ctx)
+    return model.decoder.decode(tf.concat([visual, tokens], 1) as tf.Tensor3D, 0, ctx)
       .dataSync() as Float32Array;
   });
 }
@@ -65,20 +68,22 @@ for (const [what, overrides] of CONFIGS) {
       ); // (B, T)
       const expected = fullLogits(model, images, ids); // (B, V+T, vocab)
 
-      const native = NativeDecoder.create(model.decoder, B);
-      if (!native) throw new Error("no native decoder on wasm with the C kernels");
-      const visual = tf.tidy(() => model.visualTokens(images, Ctx.eval()).dataSync()) as Float32Array; // (B, V, C)
-      const C = config.n_embd;
-      for (let p = 0; p < V + T; p++) {
-        const x = p < V
-          ? Float32Array.from({ length: B * C }, (_, i) => visual[(Math.floor(i / C) * V + p) * C + (i % C)])
-          : native.embed(ids.map((row) => row[p - V]));
-        const logits = native.step(x, p); // (B, vocab)
-        const want = Float32Array.from(
+      const stepper = KernelStepper.create(model, images, [], T + 1);
+      if (!stepper) throw new Error("no decoder step kernel on wasm with the C kernels");
+      const at = (p: number) =>
+        Float32Array.from(
           { length: B * vocab },
           (_, i) => expected[(Math.floor(i / vocab) * (V + T) + p) * vocab + (i % vocab)],
-        );
-        assertClose([logits], [want], TOL, `position ${p}`);
+        ); // (B, vocab): position p's logits of every row
+      assertClose(
+        stepper.start().map((r) => r.slice()),
+        splitRows(at(V - 1), B),
+        TOL,
+        "last visual position",
+      );
+      for (let t = 0; t < T; t++) {
+        const rows = stepper.next(ids.map((row) => row[t]), V + t);
+        assertClose(rows.map((r) => r.slice()), splitRows(at(V + t), B), TOL, `position ${V + t}`);
       }
       tf.dispose([images]);
       model.dispose();
@@ -125,11 +130,7 @@ Deno.test({
     await ready();
     const model = buildModel(tinyConfig({ n_layer: 2 }), 11);
     const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 12) as tf.Tensor4D;
-    const firstLogits = () => {
-      const native = NativeDecoder.create(model.decoder, 1)!;
-      const visual = tf.tidy(() => model.visualTokens(images, Ctx.eval()).dataSync()) as Float32Array;
-      return native.step(visual, 0);
-    };
+    const firstLogits = () => KernelStepper.create(model, images, [], 1)!.start()[0].slice();
     const before = firstLogits();
     const opt = new Adam(model.variables(), 0.05);
     const grads = model.variables().map((v) => tf.onesLike(v));
@@ -151,16 +152,18 @@ Deno.test({
   async fn() {
     await ready();
     const moe = buildModel(tinyConfig({ model_type: "seemoe", num_experts: 4, top_k: 2 }), 7);
-    assertEquals(NativeDecoder.create(moe.decoder, 1), null, "seeMoE");
+    const images = tf.zeros([1, 3, 32, 32]) as tf.Tensor4D;
+    assertEquals(KernelStepper.create(moe, images, [], 1), null, "seeMoE");
     const dense = buildModel(tinyConfig(), 8);
-    assertEquals(NativeDecoder.create(dense.decoder, 1) !== null, true, "seemore on wasm");
+    assertEquals(KernelStepper.create(dense, images, [], 1) !== null, true, "seemore on wasm");
     await tf.setBackend("cpu");
     try {
-      assertEquals(NativeDecoder.create(dense.decoder, 1), null, "cpu backend");
+      assertEquals(KernelStepper.create(dense, images, [], 1), null, "cpu backend");
     } finally {
       await tf.setBackend("wasm");
     }
     moe.dispose();
     dense.dispose();
+    images.dispose();
   },
 });

@@ -1,11 +1,9 @@
-// Metrics on generated captions: pure functions on strings, no model code.
-//
-// - exact match and character accuracy work on any captions;
-// - for captions of the shapes grammar (lib/data/shapes.ts) the captions are parsed, and each
-//   attribute the truth states (colour, shape and size of every object, the position, the
-//   relation) is scored on its own, with a list of the most frequent confusions.
+// Scoring captions of the shapes grammar (lib/data/shapes.ts): each attribute the truth states (colour,
+// shape and size of every object, the position, the relation) on its own, the most frequent confusions,
+// and what a captioner that never looks at the image scores.
 
-import { parseCaption, type SceneAttrs } from "./data/shapes.ts";
+import { charAccuracy, checkInputs, exactMatch } from "../metrics.ts";
+import { parseCaption, type SceneAttrs } from "./shapes.ts";
 
 export const ATTRIBUTES = ["colour", "shape", "size", "position", "relation"] as const;
 export type Attribute = typeof ATTRIBUTES[number];
@@ -13,50 +11,9 @@ export type Attribute = typeof ATTRIBUTES[number];
 /** What a prediction has where it does not parse or lacks the truth's object. */
 export const MISSING = "(none)";
 
-function checkInputs(preds: string[], truths: string[], fn: string): void {
-  if (preds.length !== truths.length) {
-    throw new Error(`${fn}: ${preds.length} predictions but ${truths.length} truths`);
-  }
-  if (truths.length === 0) throw new Error(`${fn}: no captions to score`);
-}
-
 /** Plain code-point order (no locale), so results are the same everywhere. */
 function byText(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-function mean(values: number[]): number {
-  return values.reduce((a, b) => a + b, 0) / values.length;
-}
-
-/** The caption part of a generated text: up to and including the first '.', trimmed. */
-export function firstSentence(text: string): string {
-  const end = text.indexOf(".");
-  return (end < 0 ? text : text.slice(0, end + 1)).trim();
-}
-
-/** Fraction of predictions equal to their truth, character for character. */
-export function exactMatch(preds: string[], truths: string[]): number {
-  checkInputs(preds, truths, "exactMatch");
-  return mean(preds.map((p, i) => (p === truths[i] ? 1 : 0)));
-}
-
-/**
- * Per caption: the number of positions i where pred[i] === truth[i], divided by
- * max(len(pred), len(truth)) (so missing or extra characters count as errors; two empty strings
- * score 1). Averaged over captions. Characters are Unicode code points.
- */
-export function charAccuracy(preds: string[], truths: string[]): number {
-  checkInputs(preds, truths, "charAccuracy");
-  return mean(preds.map((pred, i) => {
-    const p = Array.from(pred);
-    const t = Array.from(truths[i]);
-    const longest = Math.max(p.length, t.length);
-    if (longest === 0) return 1;
-    let matches = 0;
-    for (let j = 0; j < Math.min(p.length, t.length); j++) if (p[j] === t[j]) matches++;
-    return matches / longest;
-  }));
 }
 
 /** One attribute the truth states, with what the prediction says in the same place. */

@@ -1,0 +1,150 @@
+// The seam between the model and the backends' fused kernels, built the way TensorFlow.js builds its own
+// ops: an op is a name; a backend registers its kernel under that name (lib/backend.ts does, from
+// lib/blas); where the current backend has none, the op runs its composite of standard tfjs ops.
+// An op takes its kernel route only when the backend has the kernels of both passes, so a composite's
+// gradient is always tfjs's own, and a kernel's gradient is written once, in the op's file.
+
+import * as tf from "@tensorflow/tfjs-core";
+
+/** Every fused kernel an op may run, by op: the tfjs kernel names a backend registers. */
+export const KERNELS = {
+  dense: "SeemoreDense",
+  gelu: "SeemoreGelu",
+  geluGrad: "SeemoreGeluGrad",
+  geluWithGrad: "SeemoreGeluWithGrad",
+  reluGrad: "SeemoreReluGrad",
+  layerNorm: "SeemoreLayerNorm",
+  layerNormGrad: "SeemoreLayerNormGrad",
+  adam: "SeemoreAdam",
+  dropout: "SeemoreDropout",
+  dropoutGrad: "SeemoreDropoutGrad",
+  im2col3x3s2: "SeemoreIm2col3x3s2",
+  col2im3x3s2: "SeemoreCol2im3x3s2",
+  attention: "SeemoreAttention",
+  attentionGrad: "SeemoreAttentionGrad",
+  attentionCached: "SeemoreAttentionCached",
+  firstAttention: "SeemoreFirstAttention",
+  firstAttentionGrad: "SeemoreFirstAttentionGrad",
+  experts: "SeemoreExperts",
+  expertsGrad: "SeemoreExpertsGrad",
+  block: "SeemoreBlock",
+  blockGrad: "SeemoreBlockGrad",
+  moeDispatch: "SeemoreMoeDispatch",
+  moeDispatchGrad: "SeemoreMoeDispatchGrad",
+  moeCombine: "SeemoreMoeCombine",
+  moeCombineGrad: "SeemoreMoeCombineGrad",
+} as const;
+
+export type KernelKey = keyof typeof KERNELS;
+
+/** Whether the current backend has every one of these kernels. */
+export function hasKernels(...keys: KernelKey[]): boolean {
+  const backend = tf.getBackend();
+  return keys.every((key) => tf.getKernel(KERNELS[key], backend) != null);
+}
+
+/** Runs a fused kernel on the current backend (callers check hasKernels first). */
+export function runKernel(
+  key: KernelKey,
+  inputs: tf.NamedTensorMap,
+  attrs: tf.NamedAttrMap = {},
+): tf.Tensor | tf.Tensor[] {
+  return tf.engine().runKernel(KERNELS[key], inputs, attrs) as tf.Tensor | tf.Tensor[];
+}
+
+/** Registers a backend's fused kernels (replacing any registered before); returns their names. */
+export function registerKernels(
+  backendName: string,
+  kernels: Partial<Record<KernelKey, tf.KernelFunc>>,
+): string[] {
+  const names: string[] = [];
+  for (const [key, kernelFunc] of Object.entries(kernels) as [KernelKey, tf.KernelFunc][]) {
+    const kernelName = KERNELS[key];
+    if (!kernelName) throw new Error(`lib/ops/registry.ts: no op uses a kernel "${key}"`);
+    if (tf.getKernel(kernelName, backendName)) tf.unregisterKernel(kernelName, backendName);
+    tf.registerKernel({ kernelName, backendName, kernelFunc });
+    names.push(kernelName);
+  }
+  return names;
+}
+
+/** Removes every fused kernel of a backend (its ops then run their composites). */
+export function unregisterKernels(backendName: string): void {
+  for (const kernelName of Object.values(KERNELS)) {
+    if (tf.getKernel(kernelName, backendName)) tf.unregisterKernel(kernelName, backendName);
+  }
+  extras.delete(backendName);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a backend offers beyond tfjs kernels: work that is not a function of tensors to new tensors.
+
+/** One Adam step for every parameter at once, written in place; false (nothing done) where it cannot. */
+export type AdamInPlace = (
+  params: tf.Tensor[],
+  ms: tf.Tensor[],
+  vs: tf.Tensor[],
+  grads: tf.Tensor[],
+  hyper: AdamKernelHyper,
+) => boolean;
+
+/** Adam's hyper-parameters as the kernels take them: bias corrections folded into the step size and √bc2. */
+export interface AdamKernelHyper {
+  beta1: number;
+  beta2: number;
+  stepSize: number;
+  sqrtBc2: number;
+  eps: number;
+}
+
+/**
+ * A whole decoder step per new position on plain arrays (generation): the weights packed in `layout`'s
+ * order, the key/value cache in one array. See lib/generate.ts.
+ */
+export interface DecoderStepKernel {
+  /** Names of the packed tensors in order: per block, then the final ones (lib/generate.ts packs them). */
+  layout: { block: readonly string[]; final: readonly string[] };
+  /** Floats the key/value cache needs for these dims. */
+  cacheSize(dims: DecoderStepDims): number;
+  /** One position for every row: x (B, C) → logits (B, vocab), updating the cache. */
+  step(
+    weights: Float32Array,
+    x: Float32Array,
+    cache: Float32Array,
+    logits: Float32Array,
+    dims: DecoderStepDims,
+    position: number,
+  ): void;
+  /** Changes the kernel made to weights in place since start-up (a packed copy is stale when it moved). */
+  inPlaceUpdates(): number;
+}
+
+/** The shape of a decoder for its step kernel. */
+export interface DecoderStepDims {
+  batch: number;
+  width: number;
+  heads: number;
+  layers: number;
+  vocab: number;
+  positions: number; // rows of the position table
+  cached: number; // positions the cache holds
+  scale: number;
+  eps: number;
+  preNorm: boolean;
+}
+
+export interface BackendExtras {
+  adamInPlace?: AdamInPlace;
+  decoderStep?: DecoderStepKernel;
+}
+
+const extras = new Map<string, BackendExtras>();
+
+export function registerExtras(backendName: string, offered: BackendExtras): void {
+  extras.set(backendName, offered);
+}
+
+/** What the current backend offers beyond kernels (nothing for most). */
+export function backendExtras(): BackendExtras {
+  return extras.get(tf.getBackend()) ?? {};
+}

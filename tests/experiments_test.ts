@@ -1,0 +1,59 @@
+// The experiment scripts behind README figures (bench/experiments/) still run, on a small shapes set and a
+// few steps: the figures themselves come from the commands in their headers, not from here.
+
+import assert from "node:assert/strict";
+import { makeSplits } from "../lib/data/shapes.ts";
+
+const EXPERIMENTS = new URL("../bench/experiments/", import.meta.url).pathname;
+const CLI = new URL("../lib/cli.ts", import.meta.url).pathname;
+
+async function run(args: string[]): Promise<string> {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...args],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  assert.equal(r.code, 0, dec.decode(r.stderr));
+  return dec.decode(r.stdout);
+}
+
+const data = await Deno.makeTempDir();
+for (const [split, csv] of Object.entries(makeSplits({ seed: 5, level: 1, train: 60, val: 6, test: 8 }))) {
+  await Deno.writeTextFile(`${data}/${split}.csv`, csv);
+}
+
+Deno.test("shape_classifier.ts: accuracy on val and test at each evaluation", async () => {
+  const out = await run([
+    `${EXPERIMENTS}shape_classifier.ts`,
+    ...["--data", data, "--steps", "2", "--eval-interval", "1", "--batch", "4", "--json"],
+  ]);
+  const r = JSON.parse(out.trim().split("\n").at(-1)!);
+  assert.equal(r.stem, "conv");
+  assert.deepEqual(r.results.map((x: { step: number }) => x.step), [1, 2]);
+  for (const x of r.results) {
+    // Shares of 6 val and 8 test images.
+    assert(Number.isInteger(x.val * 6) && Number.isInteger(x.test * 8), JSON.stringify(x));
+    assert(x.loss > 0);
+  }
+});
+
+Deno.test("prompt_swap.ts: the true shape's share after the true and after a seen-pair colour", async () => {
+  const ckpt = `${data}/run`;
+  await run([
+    CLI,
+    "train",
+    ...["--data", `${data}/train.csv`, "--val", `${data}/val.csv`, "--test", `${data}/test.csv`],
+    ...["--steps", "2", "--batch", "4", "--eval-iters", "1", "--out", ckpt],
+    ...["--n-embd", "16", "--image-embed-dim", "16", "--n-head", "2", "--n-layer", "1", "--num-blks", "1"],
+    ...["--img-size", "32"],
+  ]);
+  const out = await run([`${EXPERIMENTS}prompt_swap.ts`, "--ckpt", ckpt, "--data", data, "--json"]);
+  const r = JSON.parse(out.trim().split("\n").at(-1)!);
+  assert.equal(r.rows, 8);
+  assert.equal(r.held_out_rows, 8); // the test split holds only pairs never seen in training
+  for (const key of ["true_shape_after_true_colour", "true_shape_after_swapped_colour"]) {
+    assert(Number.isInteger(r[key] * 8) && r[key] >= 0 && r[key] <= 1, `${key} = ${r[key]}`);
+  }
+});
