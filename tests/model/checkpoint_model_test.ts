@@ -163,16 +163,24 @@ Deno.test("a config.json describing a giant model is refused before anything is 
   model.dispose();
   const { config } = await loadCheckpoint(dir);
   const before = tf.memory().numBytes;
-  for (
-    const giant of [{ n_embd: 1e9, n_head: 1 }, { n_embd: 4096, n_head: 1, n_layer: 8 }, {
-      block_positions: 2 ** 40,
-    }]
-  ) {
-    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...config, ...giant }));
-    await assert.rejects(
-      loadModel(dir),
+  const giants: [Record<string, number>, RegExp][] = [
+    [
+      { n_embd: 1e9, n_head: 1 },
+      /config\.json: "n_embd" must be a whole number from 1 to 65536, not 1000000000/,
+    ],
+    [
+      { block_positions: 2 ** 40 },
+      /config\.json: "block_positions" must be a whole number from 1 to 1000000/,
+    ],
+    // each size within its bound, the whole too large
+    [
+      { n_embd: 4096, n_head: 1, n_layer: 8 },
       /config\.json: the model would hold \d+ parameters, more than the limit of 268435456/,
-    );
+    ],
+  ];
+  for (const [giant, message] of giants) {
+    await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify({ ...config, ...giant }));
+    await assert.rejects(loadModel(dir), message);
   }
   assert.equal(tf.memory().numBytes, before);
 });
