@@ -6,8 +6,7 @@
 // ops — a fused kernel or the composite — draws the same noise wherever it runs.
 
 import * as tf from "@tensorflow/tfjs";
-import type { DropoutNoise } from "../ops/dropout.ts";
-import { dropout } from "../ops/dropout.ts";
+import { dropout, type DropoutNoise } from "../ops/dropout.ts";
 import { hash32, hashString } from "../random.ts";
 
 /** A tensor in the original PyTorch layout, as stored in a checkpoint. */
