@@ -4,7 +4,8 @@
 //   deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
 //
 // Train step (forward, backward, Adam) and forward (eval mode): medians of --steps timed runs after
-// warm-up. Generation: one image, 40 new tokens, greedy, with the KV cache. Peak RSS: this process's
+// warm-up, each until its result is on the host (read asynchronously, which every backend supports:
+// on a GPU the time then includes the device's work, not only the queueing of it). Generation: one image, 40 new tokens, greedy, with the KV cache. Peak RSS: this process's
 // high-water mark (VmHWM). --profile adds the per-kernel time profile of one train step (top 10);
 // --layers runs the transformer blocks layer by layer instead of as one C kernel each way (the profile
 // then shows what is inside them).
@@ -20,12 +21,13 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import { initBackend } from "../lib/backend.ts";
+import { type BackendInfo, initBackend } from "../lib/backend.ts";
 import { startBackend } from "../lib/fast_path.ts";
 import { activeBlas, setKernelThreads } from "../lib/blas/kernels.ts";
 import { KERNELS } from "../lib/ops/registry.ts";
+import type { AdapterSummary } from "../lib/webgpu/adapter.ts";
 import { DEFAULT_MODEL, DEFAULT_TRAIN, type ModelConfig, type ModelType } from "../lib/config.ts";
-import { generate } from "../lib/generate.ts";
+import { generateAsync } from "../lib/generate.ts";
 import { buildModel } from "../lib/model/factory.ts";
 import { ForwardContext } from "../lib/model/module.ts";
 import { captionLoss } from "../lib/objective.ts";
@@ -61,9 +63,9 @@ export function peakRssMiB(): number {
   return Deno.memoryUsage().rss / 2 ** 20;
 }
 
-function time(f: () => void): number {
+async function time(f: () => Promise<void>): Promise<number> {
   const t0 = performance.now();
-  f();
+  await f();
   return performance.now() - t0;
 }
 
@@ -167,9 +169,9 @@ export class OurModel {
   }
 
   /** One Adam step on the batch (dropout on); returns milliseconds. */
-  train(): number {
+  train(): Promise<number> {
     const step = this.step++;
-    return time(() => {
+    return time(async () => {
       const { value, grads } = tf.variableGrads(
         () =>
           captionLoss(
@@ -183,25 +185,30 @@ export class OurModel {
         this.opt.params,
       );
       this.opt.update(this.opt.params.map((p) => grads[p.name]));
-      value.dataSync();
-      tf.dispose([value, ...Object.values(grads)]);
+      tf.dispose(Object.values(grads));
+      await value.data();
+      value.dispose();
     });
   }
 
   /** Logits of the batch in eval mode; returns milliseconds. */
-  forward(): number {
-    // The tidy returns nothing: given the logits' Float32Array it would walk all B·T·V numbers
-    // looking for tensors (~4 ms a call at the original config, counted as ours).
-    return time(() =>
-      tf.tidy(() => void this.model.forward(this.images, this.idx, ForwardContext.eval()).dataSync())
-    );
+  forward(): Promise<number> {
+    return time(async () => {
+      const logits = tf.tidy(() => this.model.forward(this.images, this.idx, ForwardContext.eval()));
+      await logits.data();
+      logits.dispose();
+    });
   }
 
   /** 40 new tokens for one image (greedy, KV cache); returns milliseconds and how many were made. */
-  generate(): { ms: number; tokens: number } {
+  async generate(): Promise<{ ms: number; tokens: number }> {
     let tokens = 0;
-    const ms = time(() => {
-      tokens = generate(this.model, this.oneImage, { maxNewTokens: GENERATE_TOKENS, prompt: [0] })[0].length;
+    const ms = await time(async () => {
+      const ids = await generateAsync(this.model, this.oneImage, {
+        maxNewTokens: GENERATE_TOKENS,
+        prompt: [0],
+      });
+      tokens = ids[0].length;
     });
     return { ms, tokens };
   }
@@ -231,6 +238,8 @@ function neverPad(model: VisionLanguageModel): void {
 export interface BenchResult {
   backend: string;
   backend_notes: string[];
+  /** webgpu: the adapter ("description", vendor, architecture, whether it is a software one); else null. */
+  adapter: AdapterSummary | null;
   blas_threads: number | null;
   model_type: string;
   size: BenchSize;
@@ -251,7 +260,7 @@ export interface BenchResult {
 
 interface Prepared {
   ours: OurModel;
-  info: { name: string; notes: string[] };
+  info: BackendInfo;
   config: ModelConfig;
   batch: number;
   caption: number;
@@ -271,11 +280,11 @@ async function prepare(opts: BenchOptions): Promise<Prepared> {
   const shapes = benchShapes(size, opts.model ?? "seemore");
   const batch = opts.batch ?? shapes.batch;
   const ours = OurModel.create(shapes.config, batch, shapes.caption);
-  // Warm-up: kernels compiled, the wasm heap grown to its working size.
-  ours.train();
-  ours.train();
-  ours.forward();
-  ours.generate();
+  // Warm-up: kernels (and shaders) compiled, the wasm heap grown to its working size.
+  await ours.train();
+  await ours.train();
+  await ours.forward();
+  await ours.generate();
   return { ours, info, config: shapes.config, batch, caption: shapes.caption, size };
 }
 
@@ -292,6 +301,7 @@ function resultOf(
   return {
     backend: p.info.name,
     backend_notes: p.info.notes,
+    adapter: p.info.adapter ?? null,
     blas_threads: activeBlas()?.numThreads() ?? null,
     model_type: p.config.model_type,
     size: p.size,
@@ -309,13 +319,20 @@ function resultOf(
   };
 }
 
+/** `n` results of f, run one after another. */
+async function repeatRuns<T>(n: number, f: () => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < n; i++) out.push(await f());
+  return out;
+}
+
 /** Our figures: medians of `steps` runs of each. */
 export async function bench(opts: BenchOptions & { profile?: boolean } = {}): Promise<BenchResult> {
   const p = await prepare(opts);
   const steps = opts.steps ?? 10;
-  const train = Array.from({ length: steps }, () => p.ours.train());
-  const forward = Array.from({ length: steps }, () => p.ours.forward());
-  const gen = Array.from({ length: Math.min(steps, 5) }, () => p.ours.generate());
+  const train = await repeatRuns(steps, () => p.ours.train());
+  const forward = await repeatRuns(steps, () => p.ours.forward());
+  const gen = await repeatRuns(Math.min(steps, 5), () => p.ours.generate());
   const result = resultOf(p, train, forward, gen);
   if (opts.profile) result.profile = await profileKernels(() => p.ours.train());
   p.ours.dispose();
@@ -394,9 +411,9 @@ export async function compareOriginal(
   if (!started.ok) {
     log(`original not timed: ${started.reason}`);
     for (let r = 0; r < rounds; r++) {
-      train.push(p.ours.train());
-      forward.push(p.ours.forward());
-      gen.push(p.ours.generate());
+      train.push(await p.ours.train());
+      forward.push(await p.ours.forward());
+      gen.push(await p.ours.generate());
     }
     const ours = resultOf(p, train, forward, gen);
     if (opts.profile) ours.profile = await profileKernels(() => p.ours.train());
@@ -437,11 +454,11 @@ export async function compareOriginal(
       return ms;
     };
     for (let r = 0; r < rounds; r++) {
-      train.push(Math.min(...Array.from({ length: repeat }, () => p.ours.train())));
+      train.push(Math.min(...await repeatRuns(repeat, () => p.ours.train())));
       for (const t of timed) oTrain.get(t)!.push(await theirs("train", t));
-      forward.push(Math.min(...Array.from({ length: repeat }, () => p.ours.forward())));
+      forward.push(Math.min(...await repeatRuns(repeat, () => p.ours.forward())));
       for (const t of timed) oForward.get(t)!.push(await theirs("forward", t));
-      const gens = Array.from({ length: repeat }, () => p.ours.generate());
+      const gens = await repeatRuns(repeat, () => p.ours.generate());
       gen.push(gens.reduce((a, b) => (b.ms < a.ms ? b : a)));
       for (const t of timed) oGen.get(t)!.push(await theirs("generate", t));
       log(
@@ -513,9 +530,13 @@ export async function compareOriginal(
 
 function describeOurs(r: BenchResult): string[] {
   const threads = r.blas_threads ? `, OpenBLAS ${r.blas_threads} thread(s)` : "";
+  const adapter = r.adapter
+    ? [`adapter ${r.adapter.description || r.adapter.vendor}${r.adapter.software ? " (software)" : ""}`]
+    : [];
   return [
     `backend ${r.backend}${threads}${r.backend_notes.length ? ` (${r.backend_notes.join("; ")})` : ""}`,
     `model ${r.model_type} (${r.size} config), batch ${r.batch_size}, caption ${r.caption_length} characters`,
+    ...adapter,
   ];
 }
 

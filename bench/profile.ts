@@ -38,10 +38,10 @@ export function matmulFlop(aShape: number[], outShape: number[]): number {
 }
 
 /** Runs f once under tf.profile and sums kernel times by kernel name. */
-export async function profileKernels(f: () => void): Promise<KernelProfile> {
+export async function profileKernels(f: () => unknown): Promise<KernelProfile> {
   const known = new Set(tf.getKernelsForBackend(tf.getBackend()).map((k) => k.kernelName));
   const t0 = performance.now();
-  const info = await tf.profile(f);
+  const info = await tf.profile(async () => void (await f()));
   const wall = performance.now() - t0;
   const rows = new Map<string, KernelRow>();
   let total = 0, calls = 0;

@@ -16,10 +16,10 @@ import { ImageCaptionDataset } from "./data/batches.ts";
 import { captionVocabulary } from "./data/caption_words.ts";
 import { type ImageCaptionTable, readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
-import { evaluate, type Evaluation } from "./evaluate.ts";
+import { evaluateAsync, type Evaluation } from "./evaluate.ts";
 import { type Command, numberFlag, type ParsedFlags, parseFlags, usage, UsageError } from "./flags.ts";
 import { SpeedReport, startBackend } from "./fast_path.ts";
-import { generate } from "./generate.ts";
+import { generateAsync } from "./generate.ts";
 import { buildModel } from "./model/factory.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { loadModel } from "./model_files.ts";
@@ -31,7 +31,7 @@ const BUNDLED = new URL("../data/shapes/", import.meta.url).pathname;
 const BACKEND_FLAG = {
   value: "NAME",
   group: "training" as const,
-  help: "cpu | wasm | tensorflow | tensorflow-gpu | auto (or $SEEMORE_BACKEND)",
+  help: "cpu | wasm | webgpu | tensorflow | tensorflow-gpu | auto (or $SEEMORE_BACKEND)",
   default: "auto",
 };
 
@@ -238,11 +238,11 @@ async function report(
   testPath?: string,
 ): Promise<void> {
   console.log(result.frame.toString());
-  const valEval = evaluate(model, tokenizer, data.val.slice(0, Math.min(data.val.length, 64)));
+  const valEval = await evaluateAsync(model, tokenizer, data.val.slice(0, Math.min(data.val.length, 64)));
   printSamples(valEval, 6, "validation");
   printScores(valEval, "validation (first 64 rows)");
   if (testPath) {
-    const testEval = evaluate(model, tokenizer, await data.load(testPath));
+    const testEval = await evaluateAsync(model, tokenizer, await data.load(testPath));
     printScores(testEval, `test (${testPath})`);
     const { predictions: _p, truths: _t, ...scores } = testEval;
     await Deno.writeTextFile(`${outDir}/test_eval.json`, JSON.stringify(scores, null, 2) + "\n");
@@ -288,7 +288,7 @@ async function cmdEval(flags: ParsedFlags): Promise<void> {
   const opts = { maxLen: model.config.block_positions, visualTokens: model.numVisualTokens };
   let dataset = await ImageCaptionDataset.fromCsv(data, tokenizer, model.config.img_size, opts);
   if (blind) dataset = dataset.blank();
-  const e = evaluate(model, tokenizer, dataset);
+  const e = await evaluateAsync(model, tokenizer, dataset);
   if (json) {
     const { predictions: _p, truths: _t, ...scores } = e;
     console.log(JSON.stringify(scores));
@@ -311,7 +311,7 @@ async function cmdGenerate(flags: ParsedFlags): Promise<void> {
   const sampled = ["temperature", "top-k", "top-p"].some((f) => v[f] !== undefined);
   const prompt = tokenizer.encode((v.prompt as string | undefined) ?? "", { file: "--prompt" });
   const images = tf.tensor4d(pixels, [1, 3, S, S]);
-  const ids = generate(model, images, {
+  const ids = await generateAsync(model, images, {
     maxNewTokens: numberFlag(flags, "max-tokens", 100),
     prompt,
     greedy: v.greedy === true || !sampled,

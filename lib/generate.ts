@@ -6,6 +6,10 @@
 //
 // Sampling: greedy (argmax), or temperature with optional top-k and top-p (nucleus) filtering.
 // Generation stops at max tokens, or for a row when it emits <pad> (the end-of-caption symbol).
+//
+// Each new token needs the last logits on the host. The loop is written once as a readback generator
+// (lib/readback.ts): generate() reads synchronously (cpu, wasm), generateAsync() with `await data()`,
+// which every backend supports and WebGPU under Deno requires.
 
 import * as tf from "@tensorflow/tfjs";
 import type { KVCache } from "./model/attention.ts";
@@ -16,6 +20,7 @@ import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { LAYER_NORM_EPS } from "./ops/layer_norm.ts";
 import { backendExtras, type DecoderStepDims, type DecoderStepKernel } from "./ops/registry.ts";
 import { mulberry32 } from "./random.ts";
+import { readAsync, type Readback, readSync } from "./readback.ts";
 
 export interface SampleOptions {
   greedy?: boolean; // default true
@@ -72,9 +77,27 @@ function argmax(xs: ArrayLike<number>): number {
 
 /**
  * Generates up to `maxNewTokens` ids for each image (B, 3, S, S). Returns, per row, the new ids
- * (without the prompt), cut before the first <pad>.
+ * (without the prompt), cut before the first <pad>. Reads synchronously: cpu and wasm backends.
  */
 export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: GenerateOptions): number[][] {
+  return readSync(generation(model, images, opts));
+}
+
+/** generate() on any backend (WebGPU included): each step's logits are read with `await data()`. */
+export function generateAsync(
+  model: VisionLanguageModel,
+  images: tf.Tensor4D,
+  opts: GenerateOptions,
+): Promise<number[][]> {
+  return readAsync(generation(model, images, opts));
+}
+
+/** The generation loop, yielding each step's logits to be read. */
+export function* generation(
+  model: VisionLanguageModel,
+  images: tf.Tensor4D,
+  opts: GenerateOptions,
+): Readback<number[][]> {
   const B = images.shape[0];
   const pad = model.config.vocab_size - 1;
   const prompt = opts.prompt ?? [];
@@ -84,7 +107,7 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
   const stepper = KernelStepper.create(model, images, prompt, opts.maxNewTokens) ??
     new TfjsStepper(model, images, prompt);
   try {
-    let rows = stepper.start(); // logits (B, vocab) after the visual tokens and the prompt
+    let rows = yield* stepper.start(); // logits (B, vocab) after the visual tokens and the prompt
     let position = model.numVisualTokens + prompt.length;
     for (let step = 0; step < opts.maxNewTokens; step++) {
       const next = rows.map((row, b) => done[b] ? pad : sampleToken(row, opts, rand));
@@ -94,7 +117,7 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
         else out[b].push(id);
       });
       if (done.every((d) => d) || step === opts.maxNewTokens - 1) break;
-      rows = stepper.next(next, position);
+      rows = yield* stepper.next(next, position);
       position += 1;
     }
   } finally {
@@ -103,12 +126,15 @@ export function generate(model: VisionLanguageModel, images: tf.Tensor4D, opts: 
   return out;
 }
 
-/** Runs the decoder for generate(): each call returns the logits (one row per image) of the last position. */
+/**
+ * Runs the decoder for generate(): each call gives the logits (one row per image) of the last position,
+ * yielding whatever it needs read back.
+ */
 export interface Stepper {
   /** The visual tokens and the prompt, all at once. */
-  start(): Float32Array[];
+  start(): Readback<Float32Array[]>;
   /** One new id per row, at `position`. */
-  next(ids: number[], position: number): Float32Array[];
+  next(ids: number[], position: number): Readback<Float32Array[]>;
   dispose(): void;
 }
 
@@ -121,26 +147,32 @@ class TfjsStepper implements Stepper {
     this.caches = model.decoder.blocks.map(() => ({ k: null, v: null }));
   }
 
-  start(): Float32Array[] {
+  *start(): Readback<Float32Array[]> {
     const { model, images, prompt, ctx } = this;
     const B = images.shape[0];
-    return rowsOf(tf.tidy(() => {
-      const visual = model.visualTokens(images, ctx); // (B, V, C)
-      let x = visual;
-      if (prompt.length > 0) {
-        const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
-        x = tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D; // (B, V+P, C)
-      }
-      return lastPosition(model.decoder.decode(x, 0, ctx, this.caches)); // (B, vocab)
-    }));
+    return splitRows(
+      yield tf.tidy(() => {
+        const visual = model.visualTokens(images, ctx); // (B, V, C)
+        let x = visual;
+        if (prompt.length > 0) {
+          const ids = tf.tensor2d(Array.from({ length: B }, () => prompt), [B, prompt.length], "int32");
+          x = tf.concat([visual, model.decoder.embedTokens(ids)], 1) as tf.Tensor3D; // (B, V+P, C)
+        }
+        return lastPosition(model.decoder.decode(x, 0, ctx, this.caches)); // (B, vocab)
+      }),
+      B,
+    );
   }
 
-  next(ids: number[], position: number): Float32Array[] {
+  *next(ids: number[], position: number): Readback<Float32Array[]> {
     const decoder = this.model.decoder;
-    return rowsOf(tf.tidy(() => {
-      const x = decoder.embedTokens(tf.tensor2d(ids, [ids.length, 1], "int32")); // (B, 1, C)
-      return lastPosition(decoder.decode(x, position, this.ctx, this.caches)); // (B, vocab)
-    }));
+    return splitRows(
+      yield tf.tidy(() => {
+        const x = decoder.embedTokens(tf.tensor2d(ids, [ids.length, 1], "int32")); // (B, 1, C)
+        return lastPosition(decoder.decode(x, position, this.ctx, this.caches)); // (B, vocab)
+      }),
+      ids.length,
+    );
   }
 
   dispose(): void {
@@ -198,12 +230,10 @@ export class KernelStepper implements Stepper {
     return new KernelStepper(model, images, prompt, kernel, packedDecoder(model.decoder, kernel), dims);
   }
 
-  start(): Float32Array[] {
+  *start(): Readback<Float32Array[]> {
     const { model, images, prompt } = this;
     const [B, V, C] = [images.shape[0], model.numVisualTokens, this.dims.width];
-    const visual = tf.tidy(() => model.visualTokens(images, ForwardContext.eval())); // (B, V, C)
-    const tokens = visual.dataSync() as Float32Array;
-    visual.dispose();
+    const tokens = yield tf.tidy(() => model.visualTokens(images, ForwardContext.eval())); // (B, V, C)
     let logits: Float32Array = new Float32Array(0);
     for (let v = 0; v < V; v++) {
       const x = new Float32Array(B * C); // (B, C): visual token v of every row
@@ -216,8 +246,9 @@ export class KernelStepper implements Stepper {
     return splitRows(logits, B);
   }
 
-  next(ids: number[], position: number): Float32Array[] {
-    return splitRows(this.step(this.embed(ids), position), ids.length);
+  // deno-lint-ignore require-yield
+  *next(ids: number[], position: number): Readback<Float32Array[]> {
+    return splitRows(this.step(this.embed(ids), position), ids.length); // computed on the host: nothing to read
   }
 
   dispose(): void {}
@@ -281,13 +312,6 @@ function packedDecoder(decoder: DecoderLanguageModel, kernel: DecoderStepKernel)
   const entry = { ids, updates, weights, tokenTable: readData(decoder.tokenEmbedding.weight) };
   packCache.set(decoder, entry);
   return entry;
-}
-
-/** A (B, vocab) tensor's rows as arrays; disposes it. */
-function rowsOf(logits: tf.Tensor2D): Float32Array[] {
-  const data = logits.dataSync() as Float32Array;
-  logits.dispose();
-  return splitRows(data, logits.shape[0]);
 }
 
 /** (B × vocab) values → B rows. */

@@ -25,6 +25,7 @@ export interface LossExtras {
  * its CLS feature predicts which words the caption holds (binary cross-entropy). Without colour to go by,
  * the head must name shapes from their outlines, so the encoder learns shape features that carry over to
  * colours a shape was never seen in. seeMoE adds aux_loss_coef times its balance loss while training.
+ * Nothing is read back to the host.
  */
 export function captionLoss(
   model: VisionLanguageModel,
@@ -37,12 +38,8 @@ export function captionLoss(
 ): tf.Scalar {
   const logits = model.forward(images, idx, ctx); // (B, V+T, vocab)
   const [B, L, vocab] = logits.shape;
-  const { ids, weights } = lossTargets(model, idx, targets, padLoss, extra.skip);
-  let loss = crossEntropy(
-    tf.reshape(logits, [B * L, vocab]) as tf.Tensor2D,
-    tf.tensor1d(ids, "int32"),
-    tf.tensor1d(weights, "float32"),
-  );
+  const { ids, weights } = lossTargetTensors(model, idx, targets, padLoss, extra.skip);
+  let loss = crossEntropy(tf.reshape(logits, [B * L, vocab]) as tf.Tensor2D, ids, weights);
   if (model.wordHead && extra.words && extra.wordLoss) {
     const z = model.wordLogits(grayscale(images), ctx.branch("grey")); // (B, W) word logits, its own noise
     const bce = tf.mean(tf.sub(tf.softplus(z), tf.mul(z, extra.words))); // binary cross-entropy with logits
@@ -66,12 +63,48 @@ export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D, weights:
 }
 
 /**
- * Target id and weight (1 = counts) for every position of [visual tokens, caption]. The original
- * ignores the visual positions; with `first_token_from_image` the last visual position learns the
- * caption's first character, so a caption can be generated from the image alone. Characters flagged
- * in `skip` (B, T) are no target wherever they would be one. Pads count as `padLoss` says: "all" (the
- * original), "first" (the one that ends the caption) or "none".
+ * Target id and weight (1 = counts) for every position of [visual tokens, caption], (B·L) each, built
+ * with tensor ops from the batch's ids (nothing read back). The original ignores the visual positions;
+ * with `first_token_from_image` the last visual position learns the caption's first character, so a
+ * caption can be generated from the image alone. Caption position t targets targets[b, t]; pads count as
+ * `padLoss` says: "all" (the original), "first" (the one that ends the caption) or "none". Characters
+ * flagged in `skip` (B, T) are no target wherever they would be one.
  */
+export function lossTargetTensors(
+  model: VisionLanguageModel,
+  idx: tf.Tensor2D,
+  targets: tf.Tensor2D,
+  padLoss: PadLoss,
+  skip?: Uint8Array,
+): { ids: tf.Tensor1D; weights: tf.Tensor1D } {
+  return tf.tidy(() => {
+    const [B, T] = idx.shape;
+    const V = model.numVisualTokens, first = model.config.first_token_from_image;
+    const isPad = tf.cast(tf.equal(targets, model.config.vocab_size - 1), "float32"); // (B, T)
+    let counts: tf.Tensor = padLoss === "all" ? tf.onesLike(isPad) : tf.sub(1, isPad); // (B, T)
+    if (padLoss === "first") {
+      counts = tf.add(counts, tf.mul(isPad, tf.cast(tf.equal(tf.cumsum(isPad, 1), 1), "float32")));
+    }
+    const visualWeights = new Float32Array(B * V); // (B, V)
+    const captionKept = new Float32Array(B * T).fill(1); // (B, T): 0 where the next character is skipped
+    for (let b = 0; b < B; b++) {
+      if (first) visualWeights[b * V + V - 1] = skip?.[b * T] ? 0 : 1;
+      for (let t = 0; t + 1 < T; t++) if (skip?.[b * T + t + 1]) captionKept[b * T + t] = 0;
+    }
+    const firstIds = tf.cast(tf.slice(idx, [0, 0], [B, 1]), "int32"); // (B, 1): the caption's first id
+    const visualIds = first
+      ? tf.concat([tf.zeros([B, V - 1], "int32"), firstIds], 1)
+      : tf.zeros([B, V], "int32"); // (B, V)
+    const ids = tf.concat([visualIds, tf.cast(targets, "int32")], 1); // (B, L)
+    const weights = tf.concat([
+      tf.tensor2d(visualWeights, [B, V]),
+      tf.mul(counts, tf.tensor2d(captionKept, [B, T])),
+    ], 1); // (B, L)
+    return { ids: tf.reshape(ids, [-1]) as tf.Tensor1D, weights: tf.reshape(weights, [-1]) as tf.Tensor1D };
+  });
+}
+
+/** lossTargetTensors() read back to the host (tests and tools; cpu and wasm). */
 export function lossTargets(
   model: VisionLanguageModel,
   idx: tf.Tensor2D,
@@ -79,31 +112,10 @@ export function lossTargets(
   padLoss: PadLoss,
   skip?: Uint8Array,
 ): { ids: Int32Array; weights: Float32Array } {
-  const [B, T] = idx.shape;
-  const V = model.numVisualTokens;
-  const pad = model.config.vocab_size - 1;
-  const idxData = idx.dataSync();
-  const tgtData = targets.dataSync();
-  const L = V + T;
-  const ids = new Int32Array(B * L);
-  const weights = new Float32Array(B * L);
-  for (let b = 0; b < B; b++) {
-    if (model.config.first_token_from_image) {
-      ids[b * L + V - 1] = idxData[b * T];
-      weights[b * L + V - 1] = skip?.[b * T] ? 0 : 1;
-    }
-    let seenPad = false;
-    for (let t = 0; t < T; t++) {
-      const target = tgtData[b * T + t];
-      const isPad = target === pad;
-      const counts = (!isPad || padLoss === "all" || (padLoss === "first" && !seenPad)) &&
-        !(t + 1 < T && skip?.[b * T + t + 1]); // target t is caption character t + 1
-      if (isPad) seenPad = true;
-      ids[b * L + V + t] = target;
-      weights[b * L + V + t] = counts ? 1 : 0;
-    }
-  }
-  return { ids, weights };
+  const { ids, weights } = lossTargetTensors(model, idx, targets, padLoss, skip);
+  const out = { ids: Int32Array.from(ids.dataSync()), weights: Float32Array.from(weights.dataSync()) };
+  tf.dispose([ids, weights]);
+  return out;
 }
 
 /**

@@ -41,6 +41,11 @@ export class Adam {
     });
   }
 
+  /** The moment tensors (m, then v), to read them to the host before state(). */
+  moments(): tf.Variable[] {
+    return [...this.m, ...this.v];
+  }
+
   /** State as named tensors (adam.m.<i>, adam.v.<i>) for a safetensors file; `step` goes alongside. */
   state(): NamedTensor[] {
     const named = (kind: string, vs: tf.Variable[]) =>

@@ -8,16 +8,21 @@
 // Faults: the run folder is saved every save_interval steps and at the end, each save one group commit
 // (lib/checkpoint.ts), so a crash at any moment leaves a folder that loads and resumes. A NaN or infinite
 // loss stops training with an error, and no save follows: the folder keeps the last good checkpoint.
+//
+// Nothing is read back inside a step, so a GPU never waits for the host: each step's loss stays a device
+// tensor, read asynchronously while the next step runs (which also keeps at most two steps in flight),
+// and every loss up to a step is known before that step is evaluated or saved; the next batch is built
+// while the device works.
 
 import * as tf from "@tensorflow/tfjs";
 import pl from "nodejs-polars";
 import { decodeSafetensors, encodeSafetensors, type NamedTensor, readCommitted } from "./checkpoint.ts";
 import type { TrainConfig } from "./config.ts";
-import { BatchSampler, type ImageCaptionDataset, makeBatch } from "./data/batches.ts";
+import { type Batch, BatchSampler, type ImageCaptionDataset, makeBatch } from "./data/batches.ts";
 import { WordNoise } from "./data/word_noise.ts";
 import { wordTargets } from "./data/caption_words.ts";
 import { saveModel } from "./model_files.ts";
-import { routerStatsOf } from "./model/moe.ts";
+import { readRouterStats } from "./model/moe.ts";
 import { ForwardContext } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { captionLoss } from "./objective.ts";
@@ -25,6 +30,7 @@ import { hash32, mulberry32 } from "./random.ts";
 import { type MetricRow, metricsCsv, routerStatsCsv } from "./run_log.ts";
 import { Adam } from "./optim.ts";
 import { ProgressBar } from "./progress.ts";
+import { toHost } from "./readback.ts";
 
 export type { MetricRow };
 
@@ -84,8 +90,9 @@ export function learningRate(cfg: TrainConfig, step: number): number {
 }
 
 /**
- * One optimizer step on one batch; returns the batch loss. Leaves no tensors behind.
- * `noise`: word noising of the batch's captions (built once per run from the training captions).
+ * One optimizer step on one batch; returns the batch loss, read synchronously (cpu, wasm: the training
+ * loop itself reads asynchronously). Leaves no tensors behind. `noise`: word noising of the batch's
+ * captions (built once per run from the training captions).
  */
 export function trainStep(
   model: VisionLanguageModel,
@@ -94,6 +101,26 @@ export function trainStep(
   step: number,
   noise?: WordNoise,
 ): number {
+  const loss = stepOnDevice(model, opt, run, stepBatch(model, run, step, noise));
+  const value = loss.dataSync()[0];
+  loss.dispose();
+  return value;
+}
+
+/** A step's batch (and word-loss labels), built on the host. */
+export interface StepBatch {
+  step: number;
+  batch: Batch;
+  words?: tf.Tensor2D;
+}
+
+/** The batch of step `step`: its rows, word noise and word labels all follow from (seed, step). */
+export function stepBatch(
+  model: VisionLanguageModel,
+  run: TrainRun,
+  step: number,
+  noise?: WordNoise,
+): StepBatch {
   const { cfg } = run;
   const s = seeds(cfg.seed, step);
   const rows = new BatchSampler(run.train, s.batch).sampleRows(cfg.batch_size);
@@ -101,7 +128,22 @@ export function trainStep(
   const noised = noise ? rows.map((row) => noise.apply(run.train.tokens[row], rand)) : undefined;
   const batch = makeBatch(run.train, rows, noised);
   const words = model.wordHead && cfg.word_loss > 0 ? imageWordTargets(model, run.train, rows) : undefined;
-  const ctx = new ForwardContext(true, s.dropout, step);
+  return { step, batch, words };
+}
+
+function disposeStepBatch(b: StepBatch): void {
+  tf.dispose(b.batch);
+  b.words?.dispose();
+}
+
+/**
+ * One optimizer step on a prepared batch (disposed here): returns the batch loss as a scalar tensor,
+ * nothing read back. Leaves no other tensors behind.
+ */
+export function stepOnDevice(model: VisionLanguageModel, opt: Adam, run: TrainRun, b: StepBatch): tf.Scalar {
+  const { cfg } = run;
+  const ctx = new ForwardContext(true, seeds(cfg.seed, b.step).dropout, b.step);
+  const { batch, words } = b;
   try {
     const extra = { skip: batch.skip, words, wordLoss: cfg.word_loss };
     const { value, grads } = tf.variableGrads(
@@ -112,12 +154,10 @@ export function trainStep(
     const unused = opt.params.filter((p) => !grads[p.name]).map((p) => tf.zerosLike(p));
     let u = 0;
     opt.update(opt.params.map((p) => grads[p.name] ?? unused[u++]));
-    const loss = value.dataSync()[0];
-    tf.dispose([value, ...Object.values(grads), ...unused]);
-    return loss;
+    tf.dispose([...Object.values(grads), ...unused]);
+    return value;
   } finally {
-    tf.dispose(batch);
-    words?.dispose();
+    disposeStepBatch(b);
   }
 }
 
@@ -131,24 +171,35 @@ function imageWordTargets(
   return tf.tensor2d(wordTargets(rows.map((r) => data.captions[r]), words), [rows.length, words.length]);
 }
 
-/** Mean loss over `eval_iters` validation batches (with replacement, as the original), no dropout. */
-export function estimateLoss(
+/**
+ * Mean loss over `eval_iters` validation batches (with replacement, as the original), no dropout. The
+ * batch losses stay on the device until all are computed, then are read at once.
+ */
+export async function estimateLoss(
   model: VisionLanguageModel,
   data: ImageCaptionDataset,
   cfg: TrainConfig,
   seed: number,
-): number {
+): Promise<number> {
   const sampler = new BatchSampler(data, seed);
-  let total = 0;
-  for (let i = 0; i < cfg.eval_iters; i++) {
-    const batch = sampler.next(cfg.val_batch_size, { replace: true });
-    total += tf.tidy(() =>
-      captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), cfg.pad_loss)
-        .dataSync()[0]
-    );
-    tf.dispose(batch);
+  const losses: tf.Scalar[] = [];
+  try {
+    for (let i = 0; i < cfg.eval_iters; i++) {
+      const batch = sampler.next(cfg.val_batch_size, { replace: true });
+      losses.push(
+        tf.tidy(() =>
+          captionLoss(model, batch.images, batch.idx, batch.targets, ForwardContext.eval(), cfg.pad_loss)
+        ),
+      );
+      tf.dispose(batch);
+    }
+    const values = await tf.tidy(() => tf.stack(losses)).data();
+    let total = 0;
+    for (const l of values) total += l;
+    return total / cfg.eval_iters;
+  } finally {
+    tf.dispose(losses);
   }
-  return total / cfg.eval_iters;
 }
 
 export function metricsFrame(rows: MetricRow[]): pl.DataFrame {
@@ -177,6 +228,7 @@ function nonFinite(opt: Adam, moments: NamedTensor[]): string | undefined {
  * a crash while saving leaves the previous save whole. Refuses weights or moments that hold NaN or ±Inf.
  */
 export async function saveRun(run: TrainRun, opt: Adam, metrics: MetricRow[], dir: string): Promise<void> {
+  await toHost([...run.model.variables(), ...opt.moments()]); // so the synchronous readers below work on WebGPU
   const moments = opt.state();
   const bad = nonFinite(opt, moments);
   if (bad) throw new Error(`${dir}: not saved: ${bad} holds NaN or Inf after step ${opt.step}`);
@@ -235,52 +287,104 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
   };
   if (run.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
   let trainSeconds = metrics.at(-1)?.elapsed_s ?? 0;
-  let lastLoss = NaN;
   const positions = model.config.block_positions - model.numVisualTokens; // caption characters that fit
   const noise = cfg.word_noise > 0
     ? new WordNoise(run.train.tokens, run.vocab, cfg.word_noise, positions)
     : undefined;
+  /** Every loss up to `f`'s step, read and checked: the weights after it are fit to evaluate and save. */
+  const settle = async (f: InFlight) => {
+    const loss = await f.read;
+    if (Number.isFinite(loss)) return loss;
+    const kept = outDir && (savedStep === undefined ? `nothing saved` : `${outDir} keeps step ${savedStep}`);
+    throw new Error(`training stopped: the loss of step ${f.step} is ${loss}${kept ? ` (${kept})` : ""}`);
+  };
+  let next = opt.step < cfg.max_iters ? stepBatch(model, run, opt.step, noise) : null;
+  let previous: InFlight | null = null; // the step before the one just queued
+  let shownLoss = NaN; // the progress bar's: the previous step's, read without waiting for this one
   try {
-    while (opt.step < cfg.max_iters && !stop && !timeUp) {
+    while (next && !stop && !timeUp) {
       const step = opt.step;
       const t0 = performance.now();
       opt.lr = learningRate(cfg, step);
-      lastLoss = trainStep(model, opt, run, step, noise);
-      trainSeconds += (performance.now() - t0) / 1000;
-      if (!Number.isFinite(lastLoss)) {
-        const kept = outDir &&
-          (savedStep === undefined ? `nothing saved` : `${outDir} keeps step ${savedStep}`);
-        throw new Error(
-          `training stopped: the loss of step ${opt.step} is ${lastLoss}${kept ? ` (${kept})` : ""}`,
-        );
+      const current = inFlight(stepOnDevice(model, opt, run, next), opt.step); // queued, not waited for
+      // While the device works: the next batch, then the previous step's loss.
+      next = opt.step < cfg.max_iters ? stepBatch(model, run, opt.step, noise) : null;
+      if (previous) {
+        const done = previous;
+        previous = null;
+        try {
+          shownLoss = await settle(done);
+        } finally {
+          done.loss.dispose();
+        }
       }
-      bar?.update(opt.step, { loss: lastLoss }, opt.step / Math.max(trainSeconds, 1e-9));
+      previous = current;
+      trainSeconds += (performance.now() - t0) / 1000;
+      bar?.update(
+        opt.step,
+        Number.isNaN(shownLoss) ? {} : { loss: shownLoss },
+        opt.step / Math.max(trainSeconds, 1e-9),
+      );
       run.onStep?.(opt.step, trainSeconds);
       if (run.timeLimitS !== undefined && trainSeconds >= run.timeLimitS) timeUp = true;
-      if (step % cfg.eval_interval === 0 || opt.step === cfg.max_iters || timeUp) {
-        const router = routerStatsOf(model);
-        const val = run.val ? estimateLoss(model, run.val, cfg, seeds(cfg.seed, step).val) : null;
-        const row: MetricRow = {
-          step: opt.step,
-          train_loss: lastLoss,
-          val_loss: val,
-          elapsed_s: trainSeconds,
-          ...(router.length ? { router } : {}), // seeMoE only
-        };
-        metrics.push(row);
-        run.onEval?.(row, metrics);
-      }
-      if (outDir && cfg.save_interval > 0 && opt.step % cfg.save_interval === 0 && opt.step < cfg.max_iters) {
-        await saveRun(run, opt, metrics, outDir);
-        savedStep = opt.step;
+      const evaluate = step % cfg.eval_interval === 0 || opt.step === cfg.max_iters || timeUp;
+      const save = outDir && cfg.save_interval > 0 && opt.step % cfg.save_interval === 0 &&
+        opt.step < cfg.max_iters;
+      if (evaluate || save) {
+        const t1 = performance.now();
+        const trainLoss = await settle(current); // this step's device time, and its check
+        trainSeconds += (performance.now() - t1) / 1000;
+        if (evaluate) await evaluateAt(run, step, trainLoss, trainSeconds, metrics);
+        if (save) {
+          await saveRun(run, opt, metrics, outDir);
+          savedStep = opt.step;
+        }
       }
       // Let a pending Ctrl-C (or a notebook's display update) through between steps.
       await new Promise((r) => setTimeout(r, 0));
     }
+    if (previous) await settle(previous); // the last step's loss is checked before the final save
   } finally {
+    if (previous) {
+      await previous.read.catch(() => {});
+      previous.loss.dispose();
+    }
+    if (next) disposeStepBatch(next);
     if (run.handleSigint) Deno.removeSignalListener("SIGINT", onSigint);
     bar?.finish();
   }
   if (outDir) await saveRun(run, opt, metrics, outDir);
   return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: stop, timeUp };
+}
+
+/** A step's loss on the device, with its read to the host under way. */
+interface InFlight {
+  loss: tf.Scalar;
+  read: Promise<number>;
+  step: number; // optimizer steps done after it
+}
+
+function inFlight(loss: tf.Scalar, step: number): InFlight {
+  return { loss, step, read: loss.data().then((v) => v[0]) };
+}
+
+/** The metrics row of the evaluation after step `step` (validation loss, router statistics). */
+async function evaluateAt(
+  run: TrainRun,
+  step: number,
+  trainLoss: number,
+  trainSeconds: number,
+  metrics: MetricRow[],
+): Promise<void> {
+  const router = await readRouterStats(run.model);
+  const val = run.val ? await estimateLoss(run.model, run.val, run.cfg, seeds(run.cfg.seed, step).val) : null;
+  const row: MetricRow = {
+    step: step + 1,
+    train_loss: trainLoss,
+    val_loss: val,
+    elapsed_s: trainSeconds,
+    ...(router.length ? { router } : {}), // seeMoE only
+  };
+  metrics.push(row);
+  run.onEval?.(row, metrics);
 }

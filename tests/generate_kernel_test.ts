@@ -10,6 +10,7 @@ import { loadNative } from "../lib/blas/native.ts";
 import type { ModelConfig } from "../lib/config.ts";
 import { generate, KernelStepper } from "../lib/generate.ts";
 import { Adam } from "../lib/optim.ts";
+import { readSync } from "../lib/readback.ts";
 import { buildModel } from "../lib/model/factory.ts";
 import { ForwardContext } from "../lib/model/module.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
@@ -76,13 +77,13 @@ for (const [what, overrides] of CONFIGS) {
           (_, i) => expected[(Math.floor(i / vocab) * (V + T) + p) * vocab + (i % vocab)],
         ); // (B, vocab): position p's logits of every row
       assertClose(
-        stepper.start().map((r) => r.slice()),
+        readSync(stepper.start()).map((r) => r.slice()),
         splitRows(at(V - 1), B),
         TOL,
         "last visual position",
       );
       for (let t = 0; t < T; t++) {
-        const rows = stepper.next(ids.map((row) => row[t]), V + t);
+        const rows = readSync(stepper.next(ids.map((row) => row[t]), V + t));
         assertClose(rows.map((r) => r.slice()), splitRows(at(V + t), B), TOL, `position ${V + t}`);
       }
       tf.dispose([images]);
@@ -130,7 +131,7 @@ Deno.test({
     await ready();
     const model = buildModel(tinyConfig({ n_layer: 2 }), 11);
     const images = tf.randomNormal([1, 3, 32, 32], 0, 1, "float32", 12) as tf.Tensor4D;
-    const firstLogits = () => KernelStepper.create(model, images, [], 1)!.start()[0].slice();
+    const firstLogits = () => readSync(KernelStepper.create(model, images, [], 1)!.start())[0].slice();
     const before = firstLogits();
     const opt = new Adam(model.variables(), 0.05);
     const grads = model.variables().map((v) => tf.onesLike(v));
