@@ -130,8 +130,9 @@ export class Module {
     return new Map([...this.stateDict()].map(([k, v]) => [k, v.shape]));
   }
 
+  /** Frees this module's parameters and whatever its children hold. */
   dispose(): void {
-    for (const v of this.variables()) v.dispose();
+    for (const e of this.#entries) "child" in e ? e.child.dispose() : e.param.dispose();
   }
 
   #fullName(name: string): string {

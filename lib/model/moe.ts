@@ -18,21 +18,14 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig } from "../config.ts";
-import { experts, moeCombine, moeDispatch, type MoERoute } from "../ops/experts.ts";
+import { type ExpertWeights, sparseMixture } from "../ops/experts.ts";
 import { hash32 } from "../random.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
 import { LayerNorm, Linear } from "./layers.ts";
 import { TwoLayerMLP } from "./mlp.ts";
 import { type ForwardContext, Initialiser, Module, readData } from "./module.ts";
-import {
-  type DispatchPlan,
-  planDispatch,
-  type RouterStats,
-  routerStats,
-  switchBalanceLoss,
-  topKIndices,
-} from "./routing.ts";
+import { type RouterStats, routerStats, switchBalanceLoss } from "./routing.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
 
 /** One expert: Linear(C, 4C) → ReLU → Linear(4C, C) → Dropout (saved as net.0 / net.2). */
@@ -40,18 +33,6 @@ export class Expert extends TwoLayerMLP {
   constructor(nEmbd: number, dropout: number, init: Initialiser) {
     super({ nIn: nEmbd, nHidden: 4 * nEmbd, nOut: nEmbd, activation: "relu", dropout, prefix: "net" }, init);
   }
-}
-
-/** What the router decided for N tokens. */
-export interface Routing {
-  /** (N, E) the logits experts were chosen from (noisy when noise is on). */
-  logits: tf.Tensor2D;
-  /** (N, E) softmax over each token's k chosen logits, exactly 0 elsewhere. Differentiable. */
-  gates: tf.Tensor2D;
-  /** (N·k) chosen expert ids, token-major: chosen[n·k + j]. */
-  chosen: Int32Array;
-  /** The values of `logits`, read back to choose the experts. */
-  logitValues: Float32Array;
 }
 
 export class NoisyTopkRouter extends Module {
@@ -71,23 +52,17 @@ export class NoisyTopkRouter extends Module {
     this.noiseLinear = this.add("noise_linear", new Linear(nEmbd, numExperts, init));
   }
 
-  /** x (N, C) → the routing of each token. */
-  forward(x: tf.Tensor2D, ctx: ForwardContext): Routing {
+  /**
+   * x (N, C) → the logits (N, E) each token's top_k experts are chosen from: noisy while training (the
+   * original's N(0,1)·softplus(noise_linear(x))). The choice and the gates are sparseMixture's.
+   */
+  forward(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     const [N] = x.shape;
-    const E = this.numExperts, k = this.topK;
-    let logits = this.topkrouteLinear.forward(x) as tf.Tensor2D; // (N, E)
-    if (ctx.training || this.noiseInEval) {
-      const scale = tf.softplus(this.noiseLinear.forward(x)); // (N, E)
-      const noise = tf.randomNormal([N, E], 0, 1, "float32", this.noiseSeed(ctx, "noise")); // (N, E)
-      logits = tf.add(logits, tf.mul(noise, scale)) as tf.Tensor2D;
-    }
-    // The choice is made on read-back values; only the softmax below is differentiated.
-    const logitValues = logits.dataSync() as Float32Array;
-    const chosen = topKIndices(logitValues, N, E, k);
-    const offsets = new Float32Array(N * E).fill(-1e9); // 0 on chosen experts, -1e9 elsewhere
-    chosen.forEach((e, i) => (offsets[Math.floor(i / k) * E + e] = 0));
-    const gates = tf.softmax(tf.add(logits, tf.tensor2d(offsets, [N, E]))) as tf.Tensor2D; // (N, E)
-    return { logits, gates, chosen, logitValues };
+    const logits = this.topkrouteLinear.forward(x) as tf.Tensor2D; // (N, E)
+    if (!ctx.training && !this.noiseInEval) return logits;
+    const scale = tf.softplus(this.noiseLinear.forward(x)); // (N, E)
+    const noise = tf.randomNormal([N, this.numExperts], 0, 1, "float32", this.noiseSeed(ctx, "noise")); // (N, E)
+    return tf.add(logits, tf.mul(noise, scale)) as tf.Tensor2D;
   }
 }
 
@@ -103,8 +78,8 @@ export interface MoEOptions {
 export class SparseMoE extends Module {
   readonly router: NoisyTopkRouter;
   readonly experts: Expert[];
-  /** Statistics of the last training forward (null before one). */
-  lastRouterStats: RouterStats | null = null;
+  /** The last training forward's routing, kept for its statistics (read them with readRouterStats). */
+  lastRouting: { logits: tf.Tensor2D; chosen: tf.Tensor2D; kept: tf.Tensor2D } | null = null;
   /** Load-balancing loss of the last training forward when `opts.auxLoss` (taken by auxLoss()). */
   lastAuxLoss: tf.Scalar | null = null;
 
@@ -129,42 +104,53 @@ export class SparseMoE extends Module {
     return f > 0 ? Math.max(1, Math.ceil((f * tokens * this.opts.topK) / this.opts.numExperts)) : Infinity;
   }
 
-  /** Routes x (..., C) and plans the dispatch; records statistics and the aux loss while training. */
-  route(x: tf.Tensor, ctx: ForwardContext): { flat: tf.Tensor2D; routing: Routing; plan: DispatchPlan } {
+  /** x (..., C) → (..., C): each token's top_k experts, weighted by the softmax over their logits. */
+  forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
     const flat = tf.reshape(x, [-1, this.nEmbd]) as tf.Tensor2D; // (N, C)
-    const N = flat.shape[0];
-    const routing = this.router.forward(flat, ctx);
-    const plan = planDispatch(routing.chosen, N, this.opts.numExperts, this.opts.topK, this.capacity(N));
+    const logits = this.router.forward(flat, ctx); // (N, E)
+    const { out, chosen, kept } = sparseMixture(flat, logits, this.expertWeights(), {
+      topK: this.opts.topK,
+      capacity: this.capacity(flat.shape[0]),
+      noise: this.expertNoise(ctx),
+    });
     this.lastAuxLoss = null;
     if (ctx.training) {
-      this.lastRouterStats = routerStats(routing.logitValues, plan, this.opts.numExperts);
-      if (this.opts.auxLoss) this.lastAuxLoss = switchBalanceLoss(routing.logits, plan);
+      this.keepRouting(logits, chosen, kept);
+      if (this.opts.auxLoss) this.lastAuxLoss = switchBalanceLoss(logits, chosen);
     }
-    return { flat, routing, plan };
+    return tf.reshape(out, x.shape); // (..., C)
   }
 
-  /** x (..., C) → (..., C): dispatch each expert's tokens, run the experts, combine by the gates. */
-  forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
-    const { flat, routing, plan } = this.route(x, ctx);
-    const route: MoERoute = {
-      order: plan.order,
-      rowOfSlot: plan.rowOfSlot,
-      slotExpert: plan.slotExpert,
-      tokens: plan.tokens,
-      choices: plan.topK,
-    };
-    const inputs = moeDispatch(flat, route); // (M, C)
-    const noise = ctx.training && this.dropoutRate > 0
-      ? { rate: this.dropoutRate, seeds: this.experts.map((e) => e.noiseSeed(ctx, "output")) }
-      : null; // each expert's own dropout noise
-    const weights = this.experts.map((e) => ({
+  /** Each expert's parameters, as the mixture op takes them. */
+  private expertWeights(): ExpertWeights[] {
+    return this.experts.map((e) => ({
       w1: e.fc1.weight,
       b1: e.fc1.bias!,
       w2: e.fc2.weight,
       b2: e.fc2.bias!,
     }));
-    const merged = experts(inputs, plan.counts, weights, noise); // (M, C)
-    return tf.reshape(moeCombine(merged, routing.gates, route), x.shape); // (..., C)
+  }
+
+  /** Each expert's own dropout noise while training (none otherwise). */
+  private expertNoise(ctx: ForwardContext): { rate: number; seeds: number[] } | null {
+    if (!ctx.training || this.dropoutRate <= 0) return null;
+    return { rate: this.dropoutRate, seeds: this.experts.map((e) => e.noiseSeed(ctx, "output")) };
+  }
+
+  private keepRouting(logits: tf.Tensor2D, chosen: tf.Tensor2D, kept: tf.Tensor2D): void {
+    this.disposeRouting();
+    const keep = (t: tf.Tensor2D) => tf.keep(tf.clone(t));
+    this.lastRouting = { logits: keep(logits), chosen: keep(chosen), kept: keep(kept) };
+  }
+
+  private disposeRouting(): void {
+    if (this.lastRouting) tf.dispose(Object.values(this.lastRouting));
+    this.lastRouting = null;
+  }
+
+  override dispose(): void {
+    this.disposeRouting();
+    super.dispose();
   }
 
   /**
@@ -172,16 +158,18 @@ export class SparseMoE extends Module {
    * not chosen or dropped by capacity). Costs num_experts dense FFNs; the sparse forward must equal it.
    */
   forwardDense(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
-    const { flat, routing, plan } = this.route(x, ctx);
-    const [N] = flat.shape;
-    const E = this.opts.numExperts;
-    const kept = new Float32Array(N * E);
-    plan.order.forEach((slot) => (kept[(slot % N) * E + plan.slotExpert[slot]] = 1));
-    const weights = tf.mul(routing.gates, tf.tensor2d(kept, [N, E])); // (N, E)
+    const flat = tf.reshape(x, [-1, this.nEmbd]) as tf.Tensor2D; // (N, C)
+    const logits = this.router.forward(flat, ctx); // (N, E)
+    const { chosen, kept } = sparseMixture(flat, logits, this.expertWeights(), {
+      topK: this.opts.topK,
+      capacity: this.capacity(flat.shape[0]),
+      noise: null,
+    });
+    const gates = tf.mul(tf.softmax(tf.add(logits, tf.mul(tf.sub(chosen, 1), 1e9))), kept); // (N, E)
+    const N = flat.shape[0];
     let out: tf.Tensor = tf.zerosLike(flat); // (N, C)
     this.experts.forEach((expert, e) => {
-      const w = tf.slice(weights, [0, e], [N, 1]); // (N, 1)
-      out = tf.add(out, tf.mul(expert.forward(flat, ctx), w));
+      out = tf.add(out, tf.mul(expert.forward(flat, ctx), tf.slice(gates, [0, e], [N, 1])));
     });
     return tf.reshape(out, x.shape);
   }
@@ -266,9 +254,14 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
     return (this.decoder as MoEDecoderLanguageModel).moeLayers;
   }
 
-  /** Router statistics of each layer from the last training forward (empty before one). */
+  /** Router statistics of each layer from the last training forward (empty before one), read synchronously. */
   routerStats(): RouterStats[] {
-    return this.moeLayers.flatMap((m) => (m.lastRouterStats ? [m.lastRouterStats] : []));
+    return this.moeLayers.flatMap((m) => {
+      const r = m.lastRouting;
+      return r
+        ? [routerStats(r.logits.dataSync(), r.chosen.dataSync(), r.kept.dataSync(), m.opts.numExperts)]
+        : [];
+    });
   }
 
   /** The mean over layers of the last training forward's Switch balance loss (aux_loss_coef > 0), or null. */
@@ -279,9 +272,22 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
   }
 }
 
-/** Router statistics of a model's MoE layers ([] for a dense model). */
+/** Router statistics of a model's MoE layers from its last training forward ([] for a dense model). */
 export function routerStatsOf(model: VisionLanguageModel): RouterStats[] {
   return model instanceof VisionMoELanguageModel ? model.routerStats() : [];
+}
+
+/** routerStatsOf(), read asynchronously (any backend: WebGPU reads only so). */
+export async function readRouterStats(model: VisionLanguageModel): Promise<RouterStats[]> {
+  if (!(model instanceof VisionMoELanguageModel)) return [];
+  const out: RouterStats[] = [];
+  for (const m of model.moeLayers) {
+    const r = m.lastRouting;
+    if (!r) continue;
+    const [logits, chosen, kept] = await Promise.all([r.logits.data(), r.chosen.data(), r.kept.data()]);
+    out.push(routerStats(logits, chosen, kept, m.opts.numExperts));
+  }
+  return out;
 }
 
 function checkMoEConfig(c: ModelConfig): void {

@@ -1,12 +1,199 @@
-// seeMoE's sparse mixture, in three ops: dispatch (each expert's rows of the tokens), the experts (each
-// on its own rows), combine (each token's experts' outputs, gate-weighted and summed). The routing plan
-// comes from the model (lib/model/moe.ts planDispatch): a "slot" j·N + n is token n's j-th choice.
+// seeMoE's sparse mixture of experts. sparseMixture() picks each token's top-k experts from its router
+// logits and sums their outputs weighted by a softmax over those k logits. Two routes, the same sums:
+// - on the host (the default): the logits are read back and planned, then three ops run — dispatch (each
+//   expert's rows of the tokens), the experts (each on its own rows), combine (each token's experts'
+//   outputs, gate-weighted and summed); a "slot" j·N + n is token n's j-th choice;
+// - on the device (backends that keep work there, registry.ts deviceOnly): top-k on the device, and every
+//   expert on every token with a gate of exactly 0 where not chosen — nothing read back, num_experts /
+//   top_k times the experts' multiply-adds. Experts' dropout noise is then drawn over all the tokens.
 
 import * as tf from "@tensorflow/tfjs-core";
 import { relu } from "./activations.ts";
 import { dense } from "./dense.ts";
 import { dropout } from "./dropout.ts";
-import { hasKernels, runKernel } from "./registry.ts";
+import { backendExtras, hasKernels, runKernel } from "./registry.ts";
+
+export interface MixtureOptions {
+  topK: number;
+  /** The most (token, choice) pairs one expert takes, in token order (Infinity: no limit); the rest are dropped. */
+  capacity: number;
+  /** Each expert's output dropout: tf.dropout's noise for seeds[e] (null: none). */
+  noise: { rate: number; seeds: number[] } | null;
+}
+
+export interface Mixture {
+  out: tf.Tensor2D; // (N, C)
+  /** (N, E) 1 where a token chose an expert, before any capacity limit; a constant. */
+  chosen: tf.Tensor2D;
+  /** (N, E) 1 where that choice kept its place under the capacity; a constant. */
+  kept: tf.Tensor2D;
+}
+
+/** x (N, C), router logits (N, E), one ExpertWeights per expert → the mixture (N, C) and the routing masks. */
+export function sparseMixture(
+  x: tf.Tensor2D,
+  logits: tf.Tensor2D,
+  weights: ExpertWeights[],
+  o: MixtureOptions,
+): Mixture {
+  return backendExtras().deviceOnly
+    ? deviceMixture(x, logits, weights, o)
+    : hostMixture(x, logits, weights, o);
+}
+
+/** Softmax over each token's chosen logits: -1e9 elsewhere underflows to exactly 0. */
+function chosenGates(logits: tf.Tensor2D, chosen: tf.Tensor2D): tf.Tensor2D {
+  return tf.softmax(tf.add(logits, tf.mul(tf.sub(chosen, 1), 1e9))) as tf.Tensor2D; // (N, E)
+}
+
+function hostMixture(
+  x: tf.Tensor2D,
+  logits: tf.Tensor2D,
+  weights: ExpertWeights[],
+  o: MixtureOptions,
+): Mixture {
+  const [N, E] = logits.shape, k = o.topK;
+  const choices = topKIndices(logits.dataSync(), N, E, k); // read back: the choice is made on the host
+  const plan = planDispatch(choices, N, E, k, o.capacity);
+  const chosen = new Float32Array(N * E), kept = new Float32Array(N * E);
+  choices.forEach((e, i) => (chosen[Math.floor(i / k) * E + e] = 1));
+  plan.order.forEach((slot) => (kept[(slot % N) * E + plan.slotExpert[slot]] = 1));
+  const masks = { chosen: tf.tensor2d(chosen, [N, E]), kept: tf.tensor2d(kept, [N, E]) };
+  const route: MoERoute = {
+    order: plan.order,
+    rowOfSlot: plan.rowOfSlot,
+    slotExpert: plan.slotExpert,
+    tokens: N,
+    choices: k,
+  };
+  const merged = experts(moeDispatch(x, route), plan.counts, weights, o.noise); // (M, C)
+  return { out: moeCombine(merged, chosenGates(logits, masks.chosen), route), ...masks };
+}
+
+function deviceMixture(
+  x: tf.Tensor2D,
+  logits: tf.Tensor2D,
+  weights: ExpertWeights[],
+  o: MixtureOptions,
+): Mixture {
+  const [chosen, kept] = tf.unstack(routingMasks(logits, o.topK, o.capacity)) as tf.Tensor2D[]; // (N, E) each
+  const gates = tf.mul(chosenGates(logits, chosen), kept) as tf.Tensor2D; // (N, E)
+  return { out: everyExpert(x, gates, weights, o.noise), chosen, kept };
+}
+
+/**
+ * (2, N, E): the chosen mask and the kept mask, constants, made on the device. Ties go to the lower
+ * expert index (tf.topk's order, as topKIndices); capacity as planDispatch: tokens fill an expert in
+ * token order, each token's choices in rank order. tfjs has no gradient for TopK or the comparisons, so
+ * both are made inside one op whose gradient is zero (the gates carry the gradient).
+ */
+function routingMasks(logits: tf.Tensor2D, k: number, capacity: number): tf.Tensor3D {
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const x = args[0] as tf.Tensor2D;
+    const [N, E] = x.shape;
+    const { indices } = tf.topk(x, k); // (N, k) int32, each token's choices in rank order
+    const choices = tf.reshape(tf.oneHot(indices, E, 1, 0, "float32"), [N * k, E]); // (N·k, E)
+    let keptChoices = choices;
+    if (Number.isFinite(capacity) && capacity < N * k) {
+      const queue = tf.cumsum(choices, 0); // (N·k, E): each pair's place in its expert's queue, 1-based
+      keptChoices = tf.mul(choices, tf.cast(tf.lessEqual(queue, capacity), "float32"));
+    }
+    const perToken = (t: tf.Tensor) => tf.sum(tf.reshape(t, [N, k, E]), 1); // (N, E)
+    return {
+      value: tf.stack([perToken(choices), perToken(keptChoices)]) as tf.Tensor3D, // (2, N, E)
+      gradFunc: () => tf.zerosLike(x),
+    };
+  }) as (x: tf.Tensor2D) => tf.Tensor3D;
+  return op(logits);
+}
+
+/** Σ_e gates[:, e] · expert_e(x): every expert on every row of x (N, C), in two batched products → (N, C). */
+function everyExpert(
+  x: tf.Tensor2D,
+  gates: tf.Tensor2D,
+  experts: ExpertWeights[],
+  noise: { rate: number; seeds: number[] } | null,
+): tf.Tensor2D {
+  const [N, C] = x.shape;
+  const E = experts.length;
+  const xs = tf.tile(tf.reshape(x, [1, N, C]), [E, 1, 1]) as tf.Tensor3D; // (E, N, C)
+  const w1 = tf.stack(experts.map((e) => e.w1)) as tf.Tensor3D; // (E, C, F)
+  const b1 = tf.stack(experts.map((e) => tf.reshape(e.b1, [1, -1]))); // (E, 1, F)
+  const w2 = tf.stack(experts.map((e) => e.w2)) as tf.Tensor3D; // (E, F, C)
+  const b2 = tf.stack(experts.map((e) => tf.reshape(e.b2, [1, -1]))); // (E, 1, C)
+  const h = tf.relu(tf.add(tf.matMul(xs, w1), b1)) as tf.Tensor3D; // (E, N, F)
+  let y = tf.add(tf.matMul(h, w2), b2) as tf.Tensor3D; // (E, N, C)
+  if (noise) {
+    y = tf.stack(
+      tf.unstack(y).map((ye, e) => dropout(ye, { rate: noise.rate, seed: noise.seeds[e] })),
+    ) as tf.Tensor3D;
+  }
+  const w = tf.reshape(tf.transpose(gates), [E, N, 1]); // (E, N, 1)
+  return tf.sum(tf.mul(y, w), 0) as tf.Tensor2D; // (N, C)
+}
+
+/** Column indices of the k largest values of each row, row-major (rows·k); ties go to the lower index. */
+export function topKIndices(values: ArrayLike<number>, rows: number, cols: number, k: number): Int32Array {
+  const out = new Int32Array(rows * k);
+  const taken = new Uint8Array(cols);
+  for (let r = 0; r < rows; r++) {
+    taken.fill(0);
+    const base = r * cols;
+    for (let j = 0; j < k; j++) {
+      let best = -1;
+      for (let c = 0; c < cols; c++) {
+        if (!taken[c] && (best < 0 || values[base + c] > values[base + best])) best = c;
+      }
+      taken[best] = 1;
+      out[r * k + j] = best;
+    }
+  }
+  return out;
+}
+
+/**
+ * Where every (token, choice) pair goes. A "slot" is one pair: slot s = j·N + n is token n's j-th
+ * chosen expert. Slots are grouped by expert (tokens in order inside a group) into the rows the experts
+ * run on; with a capacity, an expert keeps only its first `capacity` tokens and the rest are dropped
+ * (that expert then adds nothing to the token: its residual stream passes through).
+ */
+export interface DispatchPlan {
+  tokens: number; // N
+  topK: number; // k
+  counts: number[]; // rows each expert runs on
+  routed: number[]; // slots routed to each expert before the capacity limit
+  order: Int32Array; // (M) slot of each expert-input row, grouped by expert
+  rowOfSlot: Int32Array; // (k·N) expert-input row of each slot, -1 if dropped
+  slotExpert: Int32Array; // (k·N) expert of each slot
+  dropped: number; // slots dropped by the capacity limit
+}
+
+export function planDispatch(
+  chosen: Int32Array,
+  tokens: number,
+  numExperts: number,
+  topK: number,
+  capacity = Infinity,
+): DispatchPlan {
+  const groups: number[][] = Array.from({ length: numExperts }, () => []);
+  const routed = new Array(numExperts).fill(0);
+  const slotExpert = new Int32Array(topK * tokens);
+  let dropped = 0;
+  for (let n = 0; n < tokens; n++) {
+    for (let j = 0; j < topK; j++) {
+      const e = chosen[n * topK + j];
+      const slot = j * tokens + n;
+      slotExpert[slot] = e;
+      routed[e] += 1;
+      if (groups[e].length < capacity) groups[e].push(slot);
+      else dropped += 1;
+    }
+  }
+  const order = Int32Array.from(groups.flat());
+  const rowOfSlot = new Int32Array(topK * tokens).fill(-1);
+  order.forEach((slot, row) => (rowOfSlot[slot] = row));
+  return { tokens, topK, counts: groups.map((g) => g.length), routed, order, rowOfSlot, slotExpert, dropped };
+}
 
 /** Where every (token, choice) slot goes. */
 export interface MoERoute {

@@ -136,6 +136,11 @@ export interface DecoderStepDims {
 export interface BackendExtras {
   adamInPlace?: AdamInPlace;
   decoderStep?: DecoderStepKernel;
+  /**
+   * Work stays on the device: reading a tensor back inside a step would drain a GPU's queue (and WebGPU
+   * under Deno reads only asynchronously), so ops that would read (seeMoE's routing) take a device route.
+   */
+  deviceOnly?: boolean;
 }
 
 const extras = new Map<string, BackendExtras>();

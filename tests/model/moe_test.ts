@@ -13,8 +13,8 @@ import {
   SparseMoEBlock,
   VisionMoELanguageModel,
 } from "../../lib/model/moe.ts";
-import { planDispatch, topKIndices } from "../../lib/model/routing.ts";
-import { selectRows } from "../../lib/ops/experts.ts";
+import { routerStats } from "../../lib/model/routing.ts";
+import { planDispatch, selectRows, sparseMixture, topKIndices } from "../../lib/ops/experts.ts";
 import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
 import { generate } from "../../lib/generate.ts";
 import { Adam } from "../../lib/optim.ts";
@@ -36,6 +36,12 @@ const moeOptions = (overrides: Partial<MoEOptions> = {}): MoEOptions => ({
   auxLoss: false,
   ...overrides,
 });
+
+/** Each expert's share of the last training forward's (token, choice) pairs. */
+function shareOf(moe: SparseMoE): number[] {
+  const r = moe.lastRouting!;
+  return routerStats(r.logits.dataSync(), r.chosen.dataSync(), r.kept.dataSync(), moe.opts.numExperts).share;
+}
 
 /** Three images (seeded noise) with three captions: a batch to overfit. */
 function threeImages(imgSize: number) {
@@ -92,28 +98,39 @@ Deno.test("topKIndices and planDispatch: k distinct experts per token, grouped r
   assert.equal(capped.rowOfSlot[2], -1); // token 2's first choice (expert 2) came third: dropped
 });
 
-Deno.test("router: exactly top_k experts per token, gates a softmax over them", () => {
+Deno.test("router + sparseMixture: exactly top_k experts per token, the k largest logits", () => {
   for (const [E, k] of [[4, 2], [5, 3], [8, 1]]) {
     const moe = new SparseMoE(16, 0, moeOptions({ numExperts: E, topK: k }), new Initialiser(3));
     tf.tidy(() => {
       const x = tf.randomNormal([50, 16], 0, 1, "float32", 1) as tf.Tensor2D;
+      const weights = moe.experts.map((e) => ({
+        w1: e.fc1.weight,
+        b1: e.fc1.bias!,
+        w2: e.fc2.weight,
+        b2: e.fc2.bias!,
+      }));
       for (const ctx of [ForwardContext.eval(), new ForwardContext(true, 5, 0)]) {
-        const r = moe.router.forward(x, ctx);
-        const gates = r.gates.arraySync();
-        gates.forEach((row, n) => {
-          const chosen = [...r.chosen.slice(n * k, n * k + k)].sort();
-          assert.equal(new Set(chosen).size, k, `token ${n} has ${k} distinct experts`);
-          const nonZero = row.flatMap((g, e) => (g > 0 ? [e] : []));
-          assert.deepEqual(nonZero, chosen, `token ${n}: gates are non-zero exactly on the chosen experts`);
-          assert(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-5);
-          // chosen logits are the k largest
-          const logits = r.logitValues.slice(n * E, n * E + E);
-          const minChosen = Math.min(...chosen.map((e) => logits[e]));
-          assert(logits.every((l, e) => chosen.includes(e) || l <= minChosen));
+        const logits = moe.router.forward(x, ctx);
+        const { chosen, kept } = sparseMixture(x, logits, weights, {
+          topK: k,
+          capacity: Infinity,
+          noise: null,
+        });
+        const masks = chosen.arraySync(), values = logits.arraySync();
+        assert.deepEqual(kept.arraySync(), masks, "no capacity limit: every choice is kept");
+        masks.forEach((row, n) => {
+          const picked = row.flatMap((m, e) => (m === 1 ? [e] : []));
+          assert.equal(picked.length, k, `token ${n} has ${k} experts`);
+          assert(row.every((m) => m === 0 || m === 1), `token ${n}: a 0/1 mask`);
+          const minChosen = Math.min(...picked.map((e) => values[n][e]));
+          assert(
+            values[n].every((l, e) => picked.includes(e) || l <= minChosen),
+            `token ${n}: the k largest`,
+          );
         });
       }
     });
-    moe.variables().forEach((v) => v.dispose());
+    moe.dispose();
   }
 });
 
@@ -152,9 +169,13 @@ Deno.test("sparse dispatch equals the dense reference (every expert on every tok
       const d = maxAbsDiff(sparse.dataSync(), dense.dataSync());
       assert(d < 1e-5, `${name}: sparse vs dense max |diff| ${d}`);
       if (opts.capacityFactor) {
-        const plan = moe.route(x, ForwardContext.eval()).plan;
-        assert(plan.dropped > 0, "the capacity limit dropped some slots");
-        assert(Math.max(...plan.counts) <= moe.capacity(21));
+        moe.forward(x, new ForwardContext(true, 0, 0)); // keeps the routing masks (dropout is 0)
+        const { chosen, kept } = moe.lastRouting!;
+        assert(
+          tf.sum(chosen).dataSync()[0] > tf.sum(kept).dataSync()[0],
+          "the capacity limit dropped some slots",
+        );
+        assert(Math.max(...tf.sum(kept, 0).dataSync()) <= moe.capacity(21));
       }
     });
     moe.variables().forEach((v) => v.dispose());
@@ -268,7 +289,7 @@ Deno.test("the router's Linears and the chosen experts receive non-zero gradient
     const norm = (v: tf.Variable) => tf.norm(grads[v.name]).dataSync()[0];
     assert(norm(watched.route) > 1e-6, `topkroute_linear gradient norm ${norm(watched.route)}`);
     assert(norm(watched.noise) > 1e-6, `noise_linear gradient norm ${norm(watched.noise)}`);
-    const share = layer.lastRouterStats!.share;
+    const share = shareOf(layer);
     layer.experts.forEach((e, i) => {
       if (share[i] > 0) assert(norm(e.fc1.weight) > 1e-6, `expert ${i} routed tokens but got no gradient`);
       else assert.equal(norm(e.fc1.weight), 0);
@@ -285,7 +306,7 @@ Deno.test("an expert that gets no tokens still gets a (zero) gradient", () => {
     const x = tf.randomNormal([20, 16], 0, 1, "float32", 13);
     const ctx = new ForwardContext(true, 1, 0);
     const { grads } = tf.variableGrads(() => tf.sum(tf.square(moe.forward(x, ctx))), moe.variables());
-    assert.equal(moe.lastRouterStats!.share[3], 0);
+    assert.equal(shareOf(moe)[3], 0);
     for (const v of moe.experts[3].variables()) {
       assert(grads[v.name], "a gradient tensor exists");
       assert.equal(tf.max(tf.abs(grads[v.name])).dataSync()[0], 0);
