@@ -1,53 +1,93 @@
 // Chooses where tensors live and ops run, and registers that backend's fused kernels with the ops of
 // lib/ops (the seam). Model code never asks which backend it is on.
 //
-// Order when nothing is asked for: tfjs-node-gpu, tfjs-node (only if installed in node_modules — they
-// need libtensorflow, which `npm i @tensorflow/tfjs-node-gpu` downloads), then wasm (with OpenBLAS
-// products and the C kernels of lib/blas when they load), then the pure-JS cpu backend.
+// Order when nothing is asked for: tfjs-node-gpu (only if installed in node_modules — it needs
+// libtensorflow, which its install script downloads), WebGPU on a real GPU adapter (probed only where the
+// machine shows a GPU device), tfjs-node, then wasm (with OpenBLAS products and the C kernels of lib/blas
+// when they load), then the pure-JS cpu backend. A software WebGPU adapter (llvmpipe, SwiftShader) is used
+// only when `webgpu` is asked for by name: it checks the GPU path, it does not train fast.
 // Override with `--backend NAME` or the SEEMORE_BACKEND environment variable.
 
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
-import { fileURLToPath } from "node:url";
 import { registerExtras, registerKernels, unregisterKernels } from "./ops/registry.ts";
+import { NODE_PACKAGES, NODE_VERSION, type NodeKind, tfNodeProblem } from "./tfnode/check.ts";
+import { adapterName, type AdapterSummary, gpuDevicePresent, probeAdapter } from "./webgpu/adapter.ts";
 
-export type BackendName = "tensorflow-gpu" | "tensorflow" | "wasm" | "cpu";
-export const BACKENDS = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
+export type BackendName = "tensorflow-gpu" | "tensorflow" | "webgpu" | "wasm" | "cpu";
+export const BACKENDS = ["tensorflow-gpu", "tensorflow", "webgpu", "wasm", "cpu"] as const;
 
 export interface BackendInfo {
   name: string; // what tf.getBackend() reports
   requested: string;
   notes: string[]; // e.g. why a faster backend was not used
+  adapter?: AdapterSummary; // webgpu: the GPU adapter in use
 }
 
-const NODE_PACKAGES: Record<string, string> = {
-  "tensorflow-gpu": "@tensorflow/tfjs-node-gpu",
-  "tensorflow": "@tensorflow/tfjs-node",
-};
-
-/** True when an npm package has been installed next to this project. */
-function installed(pkg: string): boolean {
-  try {
-    Deno.statSync(fileURLToPath(new URL(`../node_modules/${pkg}/package.json`, import.meta.url)));
-    return true;
-  } catch {
+/**
+ * tfjs-node-gpu or tfjs-node, imported only once lib/tfnode/check.ts finds every piece it needs: the
+ * package, libtensorflow and its addon, and for the GPU the CUDA libraries, the driver and a device.
+ * Each failure is one line in `notes` (in auto-selection, a package that is not installed is none).
+ */
+async function tryNode(kind: NodeKind, notes: string[], explicit: boolean): Promise<boolean> {
+  const pkg = NODE_PACKAGES[kind];
+  const problem = tfNodeProblem(kind);
+  if (problem) {
+    if (explicit || !problem.startsWith("npm package")) notes.push(problem);
     return false;
   }
-}
-
-async function tryNode(kind: "tensorflow-gpu" | "tensorflow", notes: string[]): Promise<boolean> {
-  const pkg = NODE_PACKAGES[kind];
-  if (!installed(pkg)) return false;
   try {
     // A computed specifier: Deno must not fetch this package unless the user installed it.
-    await import(["npm:", pkg, "@4.22.0"].join(""));
-    if (await tf.setBackend("tensorflow")) return true;
-    notes.push(`${pkg} loaded but its backend did not start`);
+    await import(["npm:", pkg, "@", NODE_VERSION].join(""));
   } catch (e) {
     notes.push(`${pkg} is installed but could not load: ${(e as Error).message.split("\n")[0]}`);
+    return false;
   }
-  return false;
+  if (!(await tf.setBackend("tensorflow"))) {
+    notes.push(`${pkg} loaded but its backend did not start`);
+    return false;
+  }
+  const usingGpu = (tf.backend() as unknown as { isUsingGpuDevice?: boolean }).isUsingGpuDevice;
+  if (kind === "tensorflow-gpu" && usingGpu === false) {
+    const visible = Deno.env.get("CUDA_VISIBLE_DEVICES");
+    notes.push(
+      `${pkg} started without a GPU: TensorFlow found no usable device` +
+        (visible !== undefined ? ` (CUDA_VISIBLE_DEVICES=${visible})` : " (its log above says why)"),
+    );
+    return false;
+  }
+  return true;
+}
+
+/**
+ * WebGPU through tfjs-backend-webgpu, imported only here. `explicit`: asked for by name, so a software
+ * adapter will do; in auto-selection only a real GPU is worth it.
+ */
+async function tryWebGPU(explicit: boolean, notes: string[]): Promise<AdapterSummary | null> {
+  const probe = await probeAdapter();
+  if (!probe.ok) {
+    notes.push(`webgpu: ${probe.reason}`);
+    return null;
+  }
+  const { adapter } = probe;
+  if (adapter.software && !explicit) {
+    notes.push(`webgpu: ${adapterName(adapter)} is a software adapter; ask for --backend webgpu to use it`);
+    return null;
+  }
+  try {
+    const { startWebGPU } = await import("./webgpu/start.ts");
+    if (await startWebGPU()) {
+      notes.push(
+        `webgpu adapter: ${adapterName(adapter)}${adapter.software ? " (software, runs on the CPU)" : ""}`,
+      );
+      return adapter;
+    }
+    notes.push("webgpu: tfjs-backend-webgpu did not start");
+  } catch (e) {
+    notes.push(`webgpu: tfjs-backend-webgpu could not load: ${(e as Error).message.split("\n")[0]}`);
+  }
+  return null;
 }
 
 async function tryWasm(notes: string[], blas: boolean): Promise<boolean> {
@@ -108,18 +148,21 @@ export async function initBackend(requested?: string, opts: { blas?: boolean } =
     throw new Error(`unknown backend "${want}": choose one of ${BACKENDS.join(", ")} or auto`);
   }
   let ok = false;
-  if (want === "tensorflow-gpu" || want === "tensorflow") {
-    ok = await tryNode(want, notes);
-    if (!ok) {
-      throw new Error(
-        `backend ${want} is not available: ${
-          notes.join("; ") || `npm package ${NODE_PACKAGES[want]} is not installed`
-        }`,
-      );
-    }
+  let adapter: AdapterSummary | null = null;
+  let nodeGpu = false; // tfjs-node-gpu started
+  if (want === "webgpu") {
+    adapter = await tryWebGPU(true, notes);
+    if (!adapter) throw new Error(`backend webgpu is not available: ${notes.join("; ")}`);
+    ok = true;
+  } else if (want === "tensorflow-gpu" || want === "tensorflow") {
+    ok = await tryNode(want, notes, true);
+    if (!ok) throw new Error(`backend ${want} is not available: ${notes.join("; ")}`);
+    nodeGpu = want === "tensorflow-gpu";
   } else if (want === "auto") {
-    ok = (await tryNode("tensorflow-gpu", notes)) || (await tryNode("tensorflow", notes)) ||
-      (await tryWasm(notes, blas)) || (await tf.setBackend("cpu"));
+    ok = nodeGpu = await tryNode("tensorflow-gpu", notes, false);
+    if (!ok && gpuDevicePresent()) ok = (adapter = await tryWebGPU(false, notes)) !== null;
+    ok = ok || (await tryNode("tensorflow", notes, false)) || (await tryWasm(notes, blas)) ||
+      (await tf.setBackend("cpu"));
   } else if (want === "wasm") {
     ok = await tryWasm(notes, blas);
   } else {
@@ -127,5 +170,8 @@ export async function initBackend(requested?: string, opts: { blas?: boolean } =
   }
   if (!ok) throw new Error(`backend ${want} could not be started`);
   await tf.ready();
-  return { name: tf.getBackend(), requested: want, notes };
+  // On a GPU a read-back drains the device's queue (and WebGPU under Deno reads only asynchronously):
+  // the ops then keep their work on the device (seeMoE's router chooses its experts there).
+  if (nodeGpu || adapter) registerExtras(tf.getBackend(), { deviceOnly: true });
+  return { name: tf.getBackend(), requested: want, notes, ...(adapter ? { adapter } : {}) };
 }

@@ -4,13 +4,13 @@
 //   deno task doctor [--json] [--help]
 //
 // One line per backend: wasm + OpenBLAS + oneDNN (the fast CPU path: which files, versions, threads, where
-// the compiled C kernels are cached), plain wasm, cpu, webgpu (an adapter probe only: lib/backend.ts does
-// not run tfjs on WebGPU yet), tensorflow and tensorflow-gpu (tfjs-node, when installed in node_modules).
-// Then the pick, with the median time of a train step of the seeing recipe's model at batch 2.
+// the compiled C kernels are cached), plain wasm, cpu, webgpu (the adapter, and whether it is a software
+// one), tensorflow and tensorflow-gpu (tfjs-node: installed, its libtensorflow, CUDA, the driver, a GPU,
+// and whether it starts). Then the pick, with the median time of a train step of the seeing recipe's model
+// at batch 2.
 
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import { initBackend } from "./backend.ts";
 import { nativeCompiler, nativeLibraryPath } from "./blas/native.ts";
 import { DEFAULT_MODEL, type ModelConfig, RECIPES } from "./config.ts";
@@ -27,6 +27,8 @@ import {
   shellLine,
   type System,
 } from "./setup.ts";
+import { NODE_PACKAGES, NODE_VERSION, type NodeKind, tfNodeProblem } from "./tfnode/check.ts";
+import { adapterName, probeAdapter } from "./webgpu/adapter.ts";
 
 export interface BackendReport {
   name: string;
@@ -43,7 +45,7 @@ export interface DoctorReport {
   pick: { backend: string; path: PathKind | null; train_step_ms: number; timed: string };
 }
 
-const TFJS_VERSION = "4.22.0";
+const TFJS_VERSION = NODE_VERSION;
 
 // ---------------------------------------------------------------------------------------------
 // One check per backend
@@ -127,53 +129,39 @@ async function cpuReport(): Promise<BackendReport> {
   };
 }
 
-/** navigator.gpu and its adapter. Mesa wants XDG_RUNTIME_DIR (it complains on stderr otherwise). */
+/** navigator.gpu and its adapter: a real GPU is train's pick; a software one only when asked for by name. */
 async function webgpuReport(): Promise<BackendReport> {
-  const name = "webgpu";
-  const notUsed = "not used by train yet (lib/backend.ts has no webgpu backend)";
-  if (!("gpu" in navigator) || !navigator.gpu) {
-    return { name, available: false, detail: "this Deno has no navigator.gpu", fix: "Deno 2.x has WebGPU" };
-  }
-  if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) {
-    Deno.env.set("XDG_RUNTIME_DIR", await Deno.makeTempDir({ prefix: "seemore-doctor-" }));
-  }
-  let adapter: GPUAdapter | null = null;
-  try {
-    adapter = await Promise.race([
-      navigator.gpu.requestAdapter(),
-      new Promise<null>((r) => setTimeout(() => r(null), 5000)),
-    ]);
-  } catch (e) {
-    return { name, available: false, detail: `requestAdapter failed: ${(e as Error).message}`, fix: null };
-  }
-  if (!adapter) {
+  const probe = await probeAdapter();
+  if (!probe.ok) {
     const fix = Deno.build.os === "linux"
-      ? "apt-get install mesa-vulkan-drivers (a software adapter, llvmpipe) or your GPU's Vulkan driver"
+      ? "your GPU's Vulkan driver (or apt-get install mesa-vulkan-drivers for a software adapter, llvmpipe)"
       : "a GPU driver with Vulkan, Metal or DirectX 12";
-    return { name, available: false, detail: "navigator.gpu is there but no adapter was found", fix };
+    return { name: "webgpu", available: false, detail: probe.reason, fix };
   }
-  const info = adapter.info;
-  const what = [info.description, info.architecture].filter(Boolean).join(", ") || "(no description)";
-  const software = info.isFallbackAdapter
-    ? "software (a fallback adapter: slower than the CPU path)"
-    : "hardware";
-  return { name, available: true, detail: `adapter ${what}; ${software}; ${notUsed}`, fix: null };
+  const a = probe.adapter;
+  const kind = a.software
+    ? "software: runs on the CPU, slower than the fast CPU path; --backend webgpu uses it, auto does not"
+    : "a real GPU: train picks it unless tfjs-node-gpu is installed";
+  return { name: "webgpu", available: true, detail: `adapter ${adapterName(a)}; ${kind}`, fix: null };
 }
 
-/** tfjs-node(-gpu): installed in node_modules, and does it start? (initBackend loads it.) */
-async function tensorflowReport(kind: "tensorflow" | "tensorflow-gpu"): Promise<BackendReport> {
-  const pkg = kind === "tensorflow" ? "@tensorflow/tfjs-node" : "@tensorflow/tfjs-node-gpu";
-  const install = `deno install --allow-scripts=npm:${pkg}@${TFJS_VERSION} npm:${pkg}@${TFJS_VERSION}` +
-    ` (downloads libtensorflow 2.9.1${kind === "tensorflow-gpu" ? "; needs CUDA 11.2, cuDNN 8.1" : ""})`;
-  const where = fileURLToPath(new URL(`../node_modules/${pkg}/package.json`, import.meta.url));
+/** tfjs-node(-gpu): each piece it needs (lib/tfnode/check.ts), then whether it starts and on what. */
+async function tensorflowReport(kind: NodeKind): Promise<BackendReport> {
+  const pkg = NODE_PACKAGES[kind];
+  const install = kind === "tensorflow-gpu"
+    ? 'deno task setup --gpu (README, "Training on a GPU")'
+    : `deno install --allow-scripts=npm:${pkg}@${NODE_VERSION} npm:${pkg}@${NODE_VERSION}`;
+  const problem = tfNodeProblem(kind);
+  if (problem) return { name: kind, available: false, detail: problem, fix: install };
   try {
-    Deno.statSync(where);
-  } catch {
-    return { name: kind, available: false, detail: `${pkg} is not installed in node_modules`, fix: install };
-  }
-  try {
-    await initBackend(kind);
-    return { name: kind, available: true, detail: `${pkg} ${TFJS_VERSION} loads`, fix: null };
+    const info = await initBackend(kind);
+    const devices = kind === "tensorflow-gpu" ? "on the GPU" : "on the CPU";
+    return {
+      name: kind,
+      available: true,
+      detail: `${pkg} ${NODE_VERSION} starts (${info.name}, ${devices})`,
+      fix: null,
+    };
   } catch (e) {
     return { name: kind, available: false, detail: (e as Error).message.split("\n")[0], fix: install };
   }
@@ -186,7 +174,7 @@ async function tensorflowReport(kind: "tensorflow" | "tensorflow-gpu"): Promise<
  * Median milliseconds of a train step (forward, backward, Adam) of the seeing recipe's model at `batch`:
  * `steps` timed steps after `warmup`, fewer (at least one) once two seconds were spent timing.
  */
-function timeTrainStep(batch = 2, steps = 5, warmup = 2): { ms: number; steps: number } {
+async function timeTrainStep(batch = 2, steps = 5, warmup = 2): Promise<{ ms: number; steps: number }> {
   const config = { ...DEFAULT_MODEL, ...RECIPES.seeing.model, vocab_size: 66 } as ModelConfig;
   const model = buildModel(config, 1);
   const opt = new Adam(model.variables(), 1e-3);
@@ -202,7 +190,7 @@ function timeTrainStep(batch = 2, steps = 5, warmup = 2): { ms: number; steps: n
       opt.params,
     );
     opt.update(opt.params.map((p) => grads[p.name]));
-    value.dataSync();
+    await value.data(); // the step's work done (a GPU's too), read as every backend can
     tf.dispose([value, ...Object.values(grads)]);
     if (i >= warmup) times.push(performance.now() - t0);
   }
@@ -228,7 +216,7 @@ export async function doctor(): Promise<DoctorReport> {
   ];
   const info = await initBackend(); // as train: SEEMORE_BACKEND, else the fastest available
   const fastInUse = info.name === "wasm" && Deno.env.get("SEEMORE_BLAS") !== "0";
-  const t = timeTrainStep();
+  const t = await timeTrainStep();
   return {
     backends,
     pick: {
