@@ -1,15 +1,18 @@
 // `deno task setup`: checks what the fast CPU path and the notebooks need, installs what is missing, and
 // says what it did. Running it again does nothing.
 //
-//   deno task setup [--dry-run] [--only fast,kernel,notebooks] [--help]
+//   deno task setup [--dry-run] [--only fast,kernel,notebooks,gpu] [--gpu] [--help]
 //
-// Three parts, each checked by trying the real thing:
+// Three parts by default, each checked by trying the real thing, and a fourth on request:
 // - fast: OpenBLAS and oneDNN load (lib/blas/ffi.ts, onednn.ts) and our C kernels build with the system's
 //   compiler (lib/blas/native.ts's loader: the real build, then cached on disk).
 // - kernel: Deno's Jupyter kernel is registered, for a deno of this version (`deno jupyter --install`
 //   with Deno.execPath(): the deno that runs setup).
 // - notebooks: Debian's /usr/bin/python3 finds nbconvert, nbclient and jupyter_client
 //   (`deno task notebooks` and the notebook tests execute the notebooks with them).
+// - gpu (--gpu): @tensorflow/tfjs-node-gpu installed with its install script run (it downloads
+//   libtensorflow 2.9.1), then the CUDA 11 / cuDNN 8 libraries, driver and device it needs
+//   (lib/tfnode/check.ts); the WebGPU adapter is reported. CUDA itself is left to the user (README).
 // Packages come from the system's package manager when it runs without a prompt (root, or passwordless
 // `sudo -n`): apt on Debian and Ubuntu. Elsewhere, or when a password would be asked, setup prints what to
 // run. The main jobs (lib/fast_path.ts) run the "fast" part by themselves.
@@ -24,9 +27,21 @@ import {
   type NativeResult,
 } from "./blas/native.ts";
 import { type OnednnProbe, probeOnednn } from "./blas/onednn.ts";
+import {
+  installCommand,
+  NODE_PACKAGES,
+  NODE_VERSION,
+  type NodeStage,
+  PROJECT_ROOT,
+  scriptsRunMarker,
+  tfNodeCheck,
+} from "./tfnode/check.ts";
+import { adapterName, type AdapterProbe, probeAdapter } from "./webgpu/adapter.ts";
 
-export type Part = "fast" | "kernel" | "notebooks";
+export type Part = "fast" | "kernel" | "notebooks" | "gpu";
+/** The parts setup checks by default; "gpu" only when asked (it downloads about 400 MB). */
 export const PARTS: readonly Part[] = ["fast", "kernel", "notebooks"];
+export const ALL_PARTS: readonly Part[] = [...PARTS, "gpu"];
 
 /** Something missing that a package provides. */
 export type Need =
@@ -272,6 +287,8 @@ export interface Plan {
   unsupported: string[];
   /** The command (argv) that registers Deno's Jupyter kernel, or null. */
   kernel: string[] | null;
+  /** Commands (argv) that install tfjs-node-gpu, run in the project folder; empty when not needed. */
+  gpu: string[][];
 }
 
 /** What setup would do for these needs on this system. `deno`: the deno to register as the kernel. */
@@ -283,6 +300,7 @@ export function planSetup(needs: Need[], kernelMissing: boolean, sys: System, de
     manual: [],
     unsupported: [],
     kernel: kernelMissing ? [deno, "jupyter", "--install", "--force"] : null,
+    gpu: [],
   };
   if (needs.length === 0) return plan;
   if (sys.manager === "apt") {
@@ -326,16 +344,35 @@ export function shellLine(argv: string[]): string {
   return argv.map((a) => /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`).join(" ");
 }
 
+/**
+ * The commands that install tfjs-node-gpu from where its install stands: Deno runs a package's install
+ * script only when --allow-scripts names it, and marks it run even when it failed (the download), so a
+ * retry removes the mark first. Later stages (CUDA, driver, device) are not Deno's to install: [].
+ */
+export function planGpu(stage: NodeStage, deno: string): string[][] {
+  const pkg = NODE_PACKAGES["tensorflow-gpu"];
+  const install = [deno, ...installCommand(pkg).split(" ").slice(1)];
+  if (stage === "package") return [[...install, `npm:${pkg}@${NODE_VERSION}`]];
+  if (stage === "script") return [["rm", "-f", scriptsRunMarker(pkg)], install];
+  return [];
+}
+
 // ---------------------------------------------------------------------------------------------
 // Doing it
 
 /** Runs the plan's install commands quietly; returns null on success, else why not (its last lines). */
-export async function runInstall(plan: Plan): Promise<string | null> {
-  for (const argv of plan.install) {
+export function runInstall(plan: Plan): Promise<string | null> {
+  return runQuietly(plan.install);
+}
+
+/** Runs commands one after another (in `cwd`); returns null when all succeed, else why not. */
+async function runQuietly(commands: string[][], cwd?: string): Promise<string | null> {
+  for (const argv of commands) {
     let out: Deno.CommandOutput;
     try {
       out = await new Deno.Command(argv[0], {
         args: argv.slice(1),
+        cwd,
         env: { DEBIAN_FRONTEND: "noninteractive" },
         stdin: "null",
         stdout: "piped",
@@ -346,7 +383,10 @@ export async function runInstall(plan: Plan): Promise<string | null> {
     }
     if (!out.success) {
       const text = new TextDecoder().decode(out.stderr).trim() || new TextDecoder().decode(out.stdout).trim();
-      return `\`${shellLine(argv)}\` failed (exit ${out.code}): ${text.split("\n").slice(-3).join(" | ")}`;
+      // Deno's and apt's own "error:" lines say why; a stack trace after them does not.
+      const errors = text.split("\n").filter((l) => /^(error|E):/.test(l.replace(/\x1b\[[0-9;]*m/g, "")));
+      const why = (errors.length > 0 ? errors : text.split("\n").slice(-3)).join(" | ");
+      return `\`${shellLine(argv)}\` failed (exit ${out.code}): ${why}`;
     }
   }
   return null;
@@ -374,6 +414,18 @@ export interface SetupStatus {
   fast?: FastPathStatus;
   kernel?: KernelStatus;
   notebooks?: Need[];
+  gpu?: GpuStatus;
+}
+
+/** The GPU routes: tfjs-node-gpu's install, and the WebGPU adapter (reported; nothing to install). */
+export interface GpuStatus {
+  stage: NodeStage;
+  problem: string | null;
+  webgpu: AdapterProbe;
+}
+
+async function probeGpu(): Promise<GpuStatus> {
+  return { ...tfNodeCheck("tensorflow-gpu"), webgpu: await probeAdapter() };
 }
 
 /** Checks the asked-for parts. `retry`: ask the libraries and the compiler again (after an install). */
@@ -382,6 +434,7 @@ export async function probe(parts: readonly Part[], retry = false): Promise<Setu
     fast: parts.includes("fast") ? probeFastPath(retry) : undefined,
     kernel: parts.includes("kernel") ? await probeKernel() : undefined,
     notebooks: parts.includes("notebooks") ? await probeNotebookTools() : undefined,
+    gpu: parts.includes("gpu") ? await probeGpu() : undefined,
   };
 }
 
@@ -414,12 +467,33 @@ export function describe(s: SetupStatus): string[] {
         : `notebook execution: ✗ ${PYTHON} lacks ${s.notebooks.join(", ")}`,
     );
   }
+  if (s.gpu) {
+    const g = s.gpu;
+    lines.push(
+      `tfjs-node-gpu: ${
+        g.problem ? `✗ ${g.problem}` : `✓ ${NODE_PACKAGES["tensorflow-gpu"]} ${NODE_VERSION}`
+      }`,
+    );
+    const w = g.webgpu;
+    lines.push(
+      w.ok
+        ? `WebGPU: ✓ ${adapterName(w.adapter)}${w.adapter.software ? " (software: runs on the CPU)" : ""}`
+        : `WebGPU: ✗ ${w.reason}`,
+    );
+  }
   return lines;
 }
 
-/** Whether anything in the status is missing. */
+/** Whether anything in the status is missing (the WebGPU adapter is reported, not required). */
 function complete(s: SetupStatus): boolean {
-  return needsOf(s).length === 0 && (s.fast?.problems.length ?? 0) === 0 && (s.kernel?.ok ?? true);
+  return needsOf(s).length === 0 && (s.fast?.problems.length ?? 0) === 0 && (s.kernel?.ok ?? true) &&
+    (s.gpu?.problem ?? null) === null;
+}
+
+/** What to do about a GPU stage setup cannot install. */
+function gpuAdvice(g: GpuStatus | undefined): string | null {
+  if (!g?.problem || g.stage === "package" || g.stage === "script") return null;
+  return `${g.problem}; setup installs no CUDA or driver: see README, "Training on a GPU"`;
 }
 
 /**
@@ -433,10 +507,14 @@ export async function setup(parts: readonly Part[], dryRun: boolean): Promise<nu
   }
   const before = await probe(parts);
   const plan = planSetup(needsOf(before), before.kernel ? !before.kernel.ok : false, sys, Deno.execPath());
+  if (before.gpu) plan.gpu = planGpu(before.gpu.stage, Deno.execPath());
+  const advice = gpuAdvice(before.gpu);
   if (dryRun) {
     for (const argv of plan.install) console.log(shellLine(argv));
     for (const line of plan.manual) console.log(line);
     if (plan.kernel) console.log(shellLine(plan.kernel));
+    for (const argv of plan.gpu) console.log(shellLine(argv));
+    if (advice) console.error(`setup: ${advice}`);
     for (const line of plan.unsupported) console.error(`setup: ${line}`);
     for (const p of before.fast?.problems ?? []) console.error(`setup: not fixable by a package: ${p}`);
     if (complete(before)) console.error("setup: nothing to do");
@@ -455,7 +533,15 @@ export async function setup(parts: readonly Part[], dryRun: boolean): Promise<nu
     if (err) failures.push(err);
     else console.error(`setup: registered Deno's Jupyter kernel (${shellLine(plan.kernel)})`);
   }
-  const changed = plan.install.length > 0 || plan.kernel !== null;
+  if (plan.gpu.length > 0) {
+    console.error(
+      `setup: installing ${NODE_PACKAGES["tensorflow-gpu"]} ${NODE_VERSION} (its script downloads ` +
+        `libtensorflow 2.9.1, about 400 MB)…`,
+    );
+    const err = await runQuietly(plan.gpu, PROJECT_ROOT);
+    if (err) failures.push(err);
+  }
+  const changed = plan.install.length > 0 || plan.kernel !== null || plan.gpu.length > 0;
   const after = changed ? await probe(parts, true) : before;
   for (const line of describe(after)) console.log(line);
   if (!changed && complete(after)) console.log("nothing to do: all in place");
@@ -472,11 +558,13 @@ export async function setup(parts: readonly Part[], dryRun: boolean): Promise<nu
   }
   for (const line of plan.unsupported) console.error(`setup: ${line}`);
   for (const p of after.fast?.problems ?? []) console.error(`setup: not fixable by a package: ${p}`);
+  const afterAdvice = gpuAdvice(after.gpu);
+  if (afterAdvice) console.error(`setup: ${afterAdvice}`);
   console.error("setup: could not set everything up (see above)");
   return 1;
 }
 
-const USAGE = `deno task setup [--dry-run] [--only fast,kernel,notebooks]
+const USAGE = `deno task setup [--dry-run] [--only fast,kernel,notebooks,gpu] [--gpu]
 
 Checks and, where missing, installs what the fast CPU path (OpenBLAS, oneDNN, a C compiler that builds
 lib/blas/kernels.c) and the notebooks (Deno's Jupyter kernel; nbconvert and nbclient for
@@ -484,7 +572,10 @@ lib/blas/kernels.c) and the notebooks (Deno's Jupyter kernel; nbconvert and nbcl
 the commands. Running it again does nothing. Exit status 1 when something could not be set up.
 
   --dry-run   print the commands it would run, one per line, and run nothing
-  --only P    only these parts (comma-separated): ${PARTS.join(", ")}`;
+  --only P    only these parts (comma-separated): ${ALL_PARTS.join(", ")}
+  --gpu       also the GPU part: installs @tensorflow/tfjs-node-gpu ${NODE_VERSION} with Deno (its script
+              downloads libtensorflow 2.9.1), then checks CUDA 11 / cuDNN 8, the driver and the device
+              it needs, and reports the WebGPU adapter (README, "Training on a GPU")`;
 
 if (import.meta.main) {
   let v;
@@ -495,6 +586,7 @@ if (import.meta.main) {
       options: {
         "dry-run": { type: "boolean" },
         only: { type: "string" },
+        gpu: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
     }));
@@ -507,9 +599,10 @@ if (import.meta.main) {
     Deno.exit(0);
   }
   const parts = (v.only?.split(",").map((p) => p.trim()) ?? [...PARTS]) as Part[];
-  const bad = parts.filter((p) => !PARTS.includes(p));
+  if (v.gpu && !parts.includes("gpu")) parts.push("gpu");
+  const bad = parts.filter((p) => !ALL_PARTS.includes(p));
   if (bad.length > 0 || parts.length === 0) {
-    console.error(`error: --only takes ${PARTS.join(", ")} (comma-separated), got "${v.only}"`);
+    console.error(`error: --only takes ${ALL_PARTS.join(", ")} (comma-separated), got "${v.only}"`);
     Deno.exit(2);
   }
   Deno.exit(await setup(parts, v["dry-run"] ?? false));

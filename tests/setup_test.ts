@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { REFERENCE_STEPS_PER_S, SpeedReport } from "../lib/fast_path.ts";
 import { clock, duration, ProgressBar } from "../lib/progress.ts";
-import { kernelDirs, planSetup, probeFastPath, type System } from "../lib/setup.ts";
+import { kernelDirs, planGpu, planSetup, probeFastPath, shellLine, type System } from "../lib/setup.ts";
+import { tfNodeCheck } from "../lib/tfnode/check.ts";
 import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
 import { hideFromChild, hidingAvailable, realFile } from "./hide.ts";
 
@@ -300,6 +301,40 @@ Deno.test("plan: a Linux without apt-get is told what to install", () => {
   );
   assert.deepEqual(p.install, []);
   assert.match(p.unsupported[0], /no apt-get here: install OpenBLAS \(libopenblas\.so\.0\)/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// The GPU part (--gpu): tfjs-node-gpu's install with Deno; nothing is installed here (--dry-run)
+
+Deno.test("plan: --gpu installs tfjs-node-gpu with its script allowed; a failed script is retried", () => {
+  const allow = "--allow-scripts=npm:@tensorflow/tfjs-node-gpu@4.22.0";
+  assert.deepEqual(planGpu("package", "/x/deno"), [
+    ["/x/deno", "install", allow, "npm:@tensorflow/tfjs-node-gpu@4.22.0"],
+  ]);
+  // Deno marks a package's script as run even when it failed: the mark goes first.
+  assert.deepEqual(planGpu("script", "/x/deno"), [
+    ["rm", "-f", "node_modules/.deno/@tensorflow+tfjs-node-gpu@4.22.0/.scripts-run"],
+    ["/x/deno", "install", allow],
+  ]);
+  for (const stage of ["libraries", "driver", "device", "ready"] as const) {
+    assert.deepEqual(planGpu(stage, "/x/deno"), [], `${stage}: not Deno's to install`);
+  }
+});
+
+Deno.test("setup --gpu --dry-run prints the install commands for where tfjs-node-gpu stands", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", SETUP, "--only", "gpu", "--dry-run"],
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0, dec.decode(out.stderr));
+  const { stage } = tfNodeCheck("tensorflow-gpu");
+  const expected = planGpu(stage, Deno.execPath()).map((argv) => `${shellLine(argv)}\n`).join("");
+  assert.equal(dec.decode(out.stdout), expected, `stage ${stage}`);
+  if (stage === "package") {
+    assert.match(expected, /install --allow-scripts=npm:@tensorflow\/tfjs-node-gpu@4\.22\.0 npm:/);
+  }
 });
 
 // ---------------------------------------------------------------------------------------------
