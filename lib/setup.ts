@@ -373,7 +373,7 @@ async function runQuietly(commands: string[][], cwd?: string): Promise<string | 
       out = await new Deno.Command(argv[0], {
         args: argv.slice(1),
         cwd,
-        env: { DEBIAN_FRONTEND: "noninteractive" },
+        env: { DEBIAN_FRONTEND: "noninteractive", NO_COLOR: "1" },
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
@@ -383,8 +383,8 @@ async function runQuietly(commands: string[][], cwd?: string): Promise<string | 
     }
     if (!out.success) {
       const text = new TextDecoder().decode(out.stderr).trim() || new TextDecoder().decode(out.stdout).trim();
-      // Deno's and apt's own "error:" lines say why; a stack trace after them does not.
-      const errors = text.split("\n").filter((l) => /^(error|E):/.test(l.replace(/\x1b\[[0-9;]*m/g, "")));
+      // Deno's and apt's own "error:" lines (uncoloured: NO_COLOR) say why; a stack trace after them does not.
+      const errors = text.split("\n").filter((l) => /^(error|E):/.test(l));
       const why = (errors.length > 0 ? errors : text.split("\n").slice(-3)).join(" | ");
       return `\`${shellLine(argv)}\` failed (exit ${out.code}): ${why}`;
     }
