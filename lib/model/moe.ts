@@ -18,13 +18,13 @@
 
 import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig } from "../config.ts";
-import { type ExpertWeights, sparseMixture } from "../ops/experts.ts";
+import { type ExpertWeights, mixtureGates, sparseMixture, topKGates } from "../ops/experts.ts";
 import { hash32 } from "../random.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
 import { LayerNorm, Linear } from "./layers.ts";
 import { TwoLayerMLP } from "./mlp.ts";
-import { type ForwardContext, Initialiser, Module, readData } from "./module.ts";
+import { ForwardContext, Initialiser, Module, readData } from "./module.ts";
 import { type RouterStats, routerStats, switchBalanceLoss } from "./routing.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
 
@@ -64,6 +64,15 @@ export class NoisyTopkRouter extends Module {
     const noise = tf.randomNormal([N, this.numExperts], 0, 1, "float32", this.noiseSeed(ctx, "noise")); // (N, E)
     return tf.add(logits, tf.mul(noise, scale)) as tf.Tensor2D;
   }
+
+  /**
+   * What the original's forward returns: gates (N, E), a softmax over each token's top_k logits (0
+   * elsewhere), and the chosen experts (N, top_k). For inspection; the layer hands forward()'s logits to
+   * sparseMixture, which makes the same choice.
+   */
+  route(x: tf.Tensor2D, ctx: ForwardContext): { gates: tf.Tensor2D; indices: tf.Tensor2D } {
+    return tf.tidy(() => topKGates(this.forward(x, ctx), this.topK));
+  }
 }
 
 /** seeMoE's settings beyond the decoder's own (see ModelConfig for their meaning). */
@@ -78,8 +87,10 @@ export interface MoEOptions {
 export class SparseMoE extends Module {
   readonly router: NoisyTopkRouter;
   readonly experts: Expert[];
-  /** The last training forward's routing, kept for its statistics (read them with readRouterStats). */
+  /** The last training (or recorded) forward's routing, kept for its statistics (readRouterStats). */
   lastRouting: { logits: tf.Tensor2D; chosen: tf.Tensor2D; kept: tf.Tensor2D } | null = null;
+  /** Keep the routing of evaluation forwards too (VisionMoELanguageModel.routingGates). */
+  recordRouting = false;
   /** Load-balancing loss of the last training forward when `opts.auxLoss` (taken by auxLoss()). */
   lastAuxLoss: tf.Scalar | null = null;
 
@@ -114,10 +125,8 @@ export class SparseMoE extends Module {
       noise: this.expertNoise(ctx),
     });
     this.lastAuxLoss = null;
-    if (ctx.training) {
-      this.keepRouting(logits, chosen, kept);
-      if (this.opts.auxLoss) this.lastAuxLoss = switchBalanceLoss(logits, chosen);
-    }
+    if (ctx.training || this.recordRouting) this.keepRouting(logits, chosen, kept);
+    if (ctx.training && this.opts.auxLoss) this.lastAuxLoss = switchBalanceLoss(logits, chosen);
     return tf.reshape(out, x.shape); // (..., C)
   }
 
@@ -262,6 +271,28 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
         ? [routerStats(r.logits.dataSync(), r.chosen.dataSync(), r.kept.dataSync(), m.opts.numExperts)]
         : [];
     });
+  }
+
+  /**
+   * The gates every MoE layer gives each token in one evaluation forward of (images, idx):
+   * gates[layer][token][expert], tokens in sequence order (visual tokens, then the text), rows of all
+   * images one after another; 0 for experts not chosen. Read asynchronously (any backend).
+   */
+  async routingGates(images: tf.Tensor4D, idx: tf.Tensor2D): Promise<number[][][]> {
+    const layers = this.moeLayers;
+    layers.forEach((m) => (m.recordRouting = true));
+    try {
+      tf.tidy(() => void this.forward(images, idx, ForwardContext.eval()));
+    } finally {
+      layers.forEach((m) => (m.recordRouting = false));
+    }
+    return await Promise.all(layers.map(async (m) => {
+      const { logits, chosen, kept } = m.lastRouting!;
+      const gates = tf.tidy(() => mixtureGates(logits, chosen, kept));
+      const rows = await gates.array() as number[][];
+      gates.dispose();
+      return rows;
+    }));
   }
 
   /** The mean over layers of the last training forward's Switch balance loss (aux_loss_coef > 0), or null. */

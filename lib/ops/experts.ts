@@ -46,6 +46,29 @@ function chosenGates(logits: tf.Tensor2D, chosen: tf.Tensor2D): tf.Tensor2D {
   return tf.softmax(tf.add(logits, tf.mul(tf.sub(chosen, 1), 1e9))) as tf.Tensor2D; // (N, E)
 }
 
+/**
+ * tf.oneHot as float32. Not tf.oneHot's dtype argument: tfjs-backend-wasm 4.22 ignores it and writes
+ * int32 bits under a float32 label (1 reads as 1.4e-45).
+ */
+function oneHotFloat(indices: tf.Tensor, depth: number): tf.Tensor {
+  return tf.cast(tf.oneHot(indices as tf.Tensor1D, depth), "float32");
+}
+
+/** The gates a mixture used, from its logits and masks (N, E): 0 where not chosen or dropped. */
+export function mixtureGates(logits: tf.Tensor2D, chosen: tf.Tensor2D, kept: tf.Tensor2D): tf.Tensor2D {
+  return tf.mul(chosenGates(logits, chosen), kept) as tf.Tensor2D; // (N, E)
+}
+
+/** The original router's output: gates (N, E), a softmax over each token's top k logits, and those k (N, k). */
+export function topKGates(logits: tf.Tensor2D, k: number): { gates: tf.Tensor2D; indices: tf.Tensor2D } {
+  return tf.tidy(() => {
+    const [N, E] = logits.shape;
+    const { indices } = tf.topk(logits, k); // (N, k) int32, ties to the lower index
+    const chosen = tf.sum(tf.reshape(oneHotFloat(indices, E), [N, k, E]), 1); // (N, E)
+    return { gates: chosenGates(logits, chosen as tf.Tensor2D), indices: indices as tf.Tensor2D };
+  });
+}
+
 function hostMixture(
   x: tf.Tensor2D,
   logits: tf.Tensor2D,
@@ -77,7 +100,7 @@ function deviceMixture(
   o: MixtureOptions,
 ): Mixture {
   const [chosen, kept] = tf.unstack(routingMasks(logits, o.topK, o.capacity)) as tf.Tensor2D[]; // (N, E) each
-  const gates = tf.mul(chosenGates(logits, chosen), kept) as tf.Tensor2D; // (N, E)
+  const gates = mixtureGates(logits, chosen, kept); // (N, E)
   return { out: everyExpert(x, gates, weights, o.noise), chosen, kept };
 }
 
@@ -92,7 +115,7 @@ function routingMasks(logits: tf.Tensor2D, k: number, capacity: number): tf.Tens
     const x = args[0] as tf.Tensor2D;
     const [N, E] = x.shape;
     const { indices } = tf.topk(x, k); // (N, k) int32, each token's choices in rank order
-    const choices = tf.reshape(tf.oneHot(indices, E, 1, 0, "float32"), [N * k, E]); // (N·k, E)
+    const choices = tf.reshape(oneHotFloat(indices, E), [N * k, E]); // (N·k, E)
     let keptChoices = choices;
     if (Number.isFinite(capacity) && capacity < N * k) {
       const queue = tf.cumsum(choices, 0); // (N·k, E): each pair's place in its expert's queue, 1-based

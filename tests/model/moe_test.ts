@@ -134,6 +134,51 @@ Deno.test("router + sparseMixture: exactly top_k experts per token, the k larges
   }
 });
 
+Deno.test("router.route gives the original's pair: gates (softmax over the top k, 0 elsewhere) and indices", () => {
+  const moe = new SparseMoE(16, 0, moeOptions({ numExperts: 5, topK: 2 }), new Initialiser(4));
+  tf.tidy(() => {
+    const x = tf.randomNormal([30, 16], 0, 1, "float32", 2) as tf.Tensor2D;
+    const { gates, indices } = moe.router.route(x, ForwardContext.eval());
+    assert.deepEqual(gates.shape, [30, 5]);
+    assert.deepEqual(indices.shape, [30, 2]);
+    const logits = moe.router.forward(x, ForwardContext.eval()).arraySync();
+    const g = gates.arraySync(), ids = indices.arraySync();
+    g.forEach((row, n) => {
+      assert.deepEqual(row.flatMap((v, e) => (v > 0 ? [e] : [])), [...ids[n]].sort(), `token ${n}`);
+      assert(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-6, `token ${n}: gates sum to 1`);
+      const [a, b] = ids[n]; // gates[a] / gates[b] = exp(logit a − logit b)
+      assert(
+        Math.abs(Math.log(row[a] / row[b]) - (logits[n][a] - logits[n][b])) < 1e-4,
+        `token ${n}: softmax`,
+      );
+    });
+  });
+  moe.dispose();
+});
+
+Deno.test("routingGates: every layer's gates for one evaluation pass, no tensors left, no routing kept after", async () => {
+  const model = buildModel(moeConfig({ n_layer: 2 }), 3) as VisionMoELanguageModel;
+  const batch = threeImages(model.config.img_size);
+  tf.tidy(() => void model.forward(batch.images, batch.idx, ForwardContext.eval())); // the model's lazy constants
+  const before = tf.memory().numTensors;
+  const gates = await model.routingGates(batch.images, batch.idx);
+  const [B, T] = batch.idx.shape, rows = B * (model.numVisualTokens + T);
+  assert.equal(gates.length, 2);
+  for (const layer of gates) {
+    assert.equal(layer.length, rows);
+    layer.forEach((row, n) => {
+      assert.equal(row.filter((v) => v > 0).length, 2, `token ${n}: top 2 of 4`);
+      assert(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-5);
+    });
+  }
+  // The recorded routing is kept (2 layers × logits, chosen, kept) and nothing else.
+  assert.equal(tf.memory().numTensors, before + 6);
+  tf.tidy(() => void model.forward(batch.images, batch.idx, ForwardContext.eval()));
+  assert.equal(tf.memory().numTensors, before + 6, "an evaluation forward keeps no new routing");
+  tf.dispose(batch);
+  model.dispose();
+});
+
 Deno.test("selectRows: picks rows (zero rows for -1); its gradient puts each row's gradient back", () => {
   tf.tidy(() => {
     const x = tf.randomNormal([6, 3], 0, 1, "float32", 2) as tf.Tensor2D;

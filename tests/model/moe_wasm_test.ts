@@ -69,3 +69,36 @@ Deno.test("one seeMoE training step on wasm: same loss and gradients as cpu, the
   tf.dispose(batch);
   model.dispose();
 });
+
+Deno.test("router.route and routingGates on wasm equal cpu's (tfjs-backend-wasm's oneHot ignores its dtype)", async () => {
+  const config = tinyConfig({ model_type: "seemoe", num_experts: 4, top_k: 2 });
+  const run = async (backend: string) => {
+    await initBackend(backend);
+    const model = new VisionMoELanguageModel(config, 5);
+    const x = tf.randomNormal([12, config.n_embd], 0, 1, "float32", 6) as tf.Tensor2D;
+    const { gates, indices } = model.moeLayers[0].router.route(x, ForwardContext.eval());
+    const images = tf.randomNormal(
+      [1, 3, config.img_size, config.img_size],
+      0,
+      1,
+      "float32",
+      7,
+    ) as tf.Tensor4D;
+    const idx = tf.tensor2d([[13, 1, 50]], undefined, "int32");
+    const out = {
+      gates: readData(gates),
+      indices: [...indices.dataSync()],
+      layers: await model.routingGates(images, idx),
+    };
+    tf.dispose([x, gates, indices, images, idx]);
+    model.dispose();
+    return out;
+  };
+  const cpu = await run("cpu");
+  const wasm = await run("wasm");
+  assert.deepEqual(wasm.indices, cpu.indices);
+  assert(maxAbsDiff(wasm.gates, cpu.gates) < 1e-6, `gates differ by ${maxAbsDiff(wasm.gates, cpu.gates)}`);
+  assert.equal(cpu.gates.filter((g) => g > 0).length, 24, "top 2 of 4 for 12 tokens");
+  const flat = (l: number[][][]) => l.flat(2);
+  assert(maxAbsDiff(flat(wasm.layers), flat(cpu.layers)) < 1e-5);
+});
