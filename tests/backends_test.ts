@@ -16,7 +16,7 @@ import type { ModelConfig } from "../lib/config.ts";
 import { ForwardContext, type StateDict } from "../lib/model/module.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
-import { assertRelClose, normOfDiff, tinyConfig } from "./helpers.ts";
+import { assertRelClose, normOfDiff, tinyConfig, tinySeeingConfig } from "./helpers.ts";
 import { captionLoss } from "../lib/objective.ts";
 
 const RTOL = 1e-5;
@@ -32,15 +32,7 @@ interface Run {
 const CONFIGS = {
   cls: tinyConfig(), // the ViT's last block computes the CLS row alone
   patches: tinyConfig({ visual_tokens: "patches" }),
-  seeing: tinyConfig({
-    visual_tokens: "patches",
-    patch_stem: "conv",
-    patch_size: 8,
-    first_token_from_image: true,
-    residual: "pre_norm",
-    attention_scale: "head",
-    image_words: ["red", "star", "at"],
-  }),
+  seeing: tinySeeingConfig(),
 };
 
 function runOn(config: ModelConfig, state: StateDict | null): { run: Run; state: StateDict } {

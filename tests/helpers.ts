@@ -72,6 +72,20 @@ export function tinyConfig(overrides: Partial<import("../lib/config.ts").ModelCo
   } as import("../lib/config.ts").ModelConfig;
 }
 
+/** tinyConfig with every switch of the seeing recipe's model: patch tokens, conv stem, word loss, pre-norm. */
+export function tinySeeingConfig(overrides: Partial<import("../lib/config.ts").ModelConfig> = {}) {
+  return tinyConfig({
+    visual_tokens: "patches",
+    patch_stem: "conv",
+    patch_size: 8,
+    first_token_from_image: true,
+    residual: "pre_norm",
+    attention_scale: "head",
+    image_words: ["red", "star", "at"],
+    ...overrides,
+  });
+}
+
 /** `n` generated shape scenes as an in-memory dataset (images resized to `imgSize`). */
 export async function shapesDataset(n: number, imgSize = 32, seed = 1) {
   const { makeRows } = await import("../lib/data/shapes.ts");

@@ -22,7 +22,7 @@ import { stepBatch, stepOnDevice, train } from "../lib/train.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { probeAdapter } from "../lib/webgpu/adapter.ts";
 import { gpuBufferStats } from "../lib/webgpu/start.ts";
-import { assertClose, shapesDataset, tinyConfig } from "./helpers.ts";
+import { assertClose, shapesDataset, tinyConfig, tinySeeingConfig } from "./helpers.ts";
 
 const probe = await probeAdapter();
 if (!probe.ok) {
@@ -36,17 +36,9 @@ const ignore = !probe.ok;
 /** Both models, with every recipe switch on somewhere. */
 const CONFIGS: Record<string, ModelConfig> = {
   "seemore original": tinyConfig(),
-  "seemore seeing": tinyConfig({
-    visual_tokens: "patches",
-    patch_stem: "conv",
-    patch_size: 8,
-    first_token_from_image: true,
-    residual: "pre_norm",
-    attention_scale: "head",
-    image_words: ["red", "star", "at"],
-  }),
+  "seemore seeing": tinySeeingConfig(),
   // Expert dropout 0: the device-routed mixture draws the experts' noise over all tokens, the sparse
-  // cpu path over each expert's own rows (lib/webgpu/moe.ts); router noise is on (training).
+  // cpu path over each expert's own rows (lib/ops/experts.ts); router noise is on (training).
   "seemoe": tinyConfig({ model_type: "seemoe", num_experts: 4, top_k: 2, dropout: 0, aux_loss_coef: 0.01 }),
   "seemoe capacity, patches": tinyConfig({
     model_type: "seemoe",
