@@ -152,7 +152,10 @@ async function tensorflowReport(kind: NodeKind): Promise<BackendReport> {
     ? 'deno task setup --gpu (README, "Training on a GPU")'
     : `deno install --allow-scripts=npm:${pkg}@${NODE_VERSION} npm:${pkg}@${NODE_VERSION}`;
   const problem = tfNodeProblem(kind);
-  if (problem) return { name: kind, available: false, detail: problem, fix: install };
+  // The problem line names the command when running it is all there is to do.
+  if (problem) {
+    return { name: kind, available: false, detail: problem, fix: problem.includes(install) ? null : install };
+  }
   try {
     const info = await initBackend(kind);
     const devices = kind === "tensorflow-gpu" ? "on the GPU" : "on the CPU";
