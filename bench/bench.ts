@@ -1,7 +1,8 @@
 // Speed and memory of one configuration (the original's, unless flags say otherwise):
 //   deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
 //                   [--steps N] [--threads N] [--profile] [--layers] [--json]
-//   deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
+//   deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2]
+//                   [--torch-device auto|cpu|cuda] [...the flags above]
 //
 // Train step (forward, backward, Adam) and forward (eval mode): medians of --steps timed runs after
 // warm-up, each until its result is on the host (read asynchronously, which every backend supports:
@@ -17,7 +18,8 @@
 // the same load, which the medians of a busy machine do not). Torch's thread counts (--torch-threads)
 // are first probed on the train step; the original is then timed at every count within 30% of the
 // best, and each figure is compared with its best count. Without torch it says how to install it and
-// reports our figures alone.
+// reports our figures alone. --torch-device: where the original runs; auto is its own choice (CUDA when
+// torch sees a GPU), and on CUDA the thread counts are not probed.
 
 import * as tf from "@tensorflow/tfjs";
 import { parseArgs } from "node:util";
@@ -33,15 +35,19 @@ import { ForwardContext } from "../lib/model/module.ts";
 import { captionLoss } from "../lib/objective.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
-import { OriginalProcess } from "./original.ts";
+import { OriginalProcess, TORCH_DEVICES, type TorchDevice } from "./original.ts";
 import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
 
 const USAGE = `deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
                 [--steps N] [--threads N] [--profile] [--layers] [--json]
-deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2] [...the flags above]
+deno task bench --compare-original [--rounds 7] [--repeat 2] [--torch-threads 1,2]
+                [--torch-device auto|cpu|cuda] [...the flags above]
 
 Times our train step, forward pass and 40-token generation on the original's configuration (or --size tiny),
-and reports the peak RSS; --compare-original runs the original PyTorch model beside it, round by round.
+and reports the peak RSS; --compare-original runs the original PyTorch model beside it, round by round, on
+the same batch shapes (--batch, --size). --torch-device: where the original runs (auto: CUDA when torch sees
+a GPU, else the CPU). On a GPU machine, ours on the GPU against the original on the same GPU:
+  deno task bench --backend webgpu --batch 128 --compare-original --json
 See bench/README.md.`;
 
 export const GENERATE_TOKENS = 40;
@@ -345,7 +351,14 @@ export async function bench(opts: BenchOptions & { profile?: boolean } = {}): Pr
 export interface OriginalFigures {
   torch: string;
   default_threads: number;
-  /** Train-step times of the thread-count probe, by thread count. */
+  /** Where torch ran (--torch-device; auto is the original's own choice: cuda when torch sees a GPU). */
+  device: "cpu" | "cuda";
+  /** torch.cuda.get_device_name() on CUDA, else null. */
+  gpu: string | null;
+  /** The batch the original timed, as its process reports it (checked to be ours). */
+  batch_size: number;
+  caption_length: number;
+  /** Train-step times of the thread-count probe, by thread count (empty on CUDA: not probed). */
   thread_probe_ms: Record<string, number[]>;
   /** Thread counts timed in the rounds (those within 30% of the probe's best). */
   threads_timed: number[];
@@ -360,6 +373,8 @@ export interface OriginalFigures {
   /** Every round's figure (ms) at every timed thread count. */
   by_threads_rounds: Record<string, { train: number[]; forward: number[]; generate: number[] }>;
   peak_rss_mib: number;
+  /** torch.cuda.max_memory_allocated in MiB on CUDA, else null. */
+  peak_cuda_mib: number | null;
 }
 
 export interface CompareResult {
@@ -385,6 +400,43 @@ export interface CompareResult {
   };
 }
 
+/**
+ * Probes torch's thread counts on the train step and returns the probe's times and the counts within 30%
+ * of the best (a count far slower than the best is dropped early: under load, torch's OpenMP threads spin
+ * and one step can take 30 s).
+ */
+async function probeThreads(
+  orig: OriginalProcess,
+  threads: number[],
+  log: (s: string) => void,
+): Promise<{ probe: Map<number, number[]>; timed: number[] }> {
+  const probe = new Map<number, number[]>(threads.map((t) => [t, []]));
+  let fastest = Infinity;
+  for (const t of threads) {
+    await orig.ask(`threads ${t}`);
+    const warm = (await orig.ask("train")).ms; // warm-up at this count
+    // A count already twice as slow as the best is not worth a second step.
+    const ms = warm > 2 * fastest ? warm : (await orig.ask("train")).ms;
+    probe.get(t)!.push(ms);
+    fastest = Math.min(fastest, ms);
+    log(`torch ${t} thread(s): train step ${ms.toFixed(0)} ms`);
+  }
+  const [probeBest] = best(probe);
+  return { probe, timed: threads.filter((t) => median(probe.get(t)!) <= 1.3 * probeBest) };
+}
+
+/** On CUDA torch's CPU threads only launch kernels: its default count, no probe, two warm-up steps. */
+async function warmUpOnGpu(
+  orig: OriginalProcess,
+  threads: number,
+  log: (s: string) => void,
+): Promise<{ probe: Map<number, number[]>; timed: number[] }> {
+  log(`torch on cuda: thread counts not probed, ${threads} thread(s)`);
+  await orig.ask("train");
+  await orig.ask("train");
+  return { probe: new Map(), timed: [threads] };
+}
+
 /** Best (lowest) median over thread counts: [median, threads]. */
 function best(byThreads: Map<number, number[]>): [number, number] {
   let out: [number, number] = [Infinity, 0];
@@ -397,6 +449,7 @@ export async function compareOriginal(
     rounds?: number;
     repeat?: number;
     torchThreads?: number[];
+    torchDevice?: TorchDevice;
     profile?: boolean;
     log?: (s: string) => void;
   },
@@ -406,7 +459,13 @@ export async function compareOriginal(
   const repeat = opts.repeat ?? 2;
   const threads = opts.torchThreads ?? [1, 2];
   const p = await prepare(opts);
-  const started = await OriginalProcess.start({ model: p.config.model_type, size: p.size });
+  const started = await OriginalProcess.start({
+    model: p.config.model_type,
+    size: p.size,
+    batch: p.batch,
+    caption: p.caption,
+    device: opts.torchDevice,
+  });
   const train: number[] = [], forward: number[] = [], gen: { ms: number; tokens: number }[] = [];
   if (!started.ok) {
     log(`original not timed: ${started.reason}`);
@@ -422,21 +481,15 @@ export async function compareOriginal(
   }
   const orig = started.process;
   try {
-    // Probe torch's thread counts on the train step (a count far slower than the best is dropped early:
-    // under load, torch's OpenMP threads spin and one step can take 30 s).
-    const probe = new Map<number, number[]>(threads.map((t) => [t, []]));
-    let fastest = Infinity;
-    for (const t of threads) {
-      await orig.ask(`threads ${t}`);
-      const warm = (await orig.ask("train")).ms; // warm-up at this count
-      // A count already twice as slow as the best is not worth a second step.
-      const ms = warm > 2 * fastest ? warm : (await orig.ask("train")).ms;
-      probe.get(t)!.push(ms);
-      fastest = Math.min(fastest, ms);
-      log(`torch ${t} thread(s): train step ${ms.toFixed(0)} ms`);
+    if (started.batch !== p.batch || started.caption !== p.caption) {
+      throw new Error(
+        `bench/bench.ts: the original times batch ${started.batch}, caption ${started.caption}; ` +
+          `ours batch ${p.batch}, caption ${p.caption}`,
+      );
     }
-    const [probeBest] = best(probe);
-    const timed = threads.filter((t) => median(probe.get(t)!) <= 1.3 * probeBest);
+    const { probe, timed } = started.device === "cpu"
+      ? await probeThreads(orig, threads, log)
+      : await warmUpOnGpu(orig, started.defaultThreads, log);
     for (const t of timed) {
       await orig.ask(`threads ${t}`);
       await orig.ask("forward"); // warm-up
@@ -475,13 +528,18 @@ export async function compareOriginal(
     }
     const ours = resultOf(p, train, forward, gen);
     if (opts.profile) ours.profile = await profileKernels(() => p.ours.train());
-    const rss = (await orig.ask("rss")).peak_rss_mib;
+    const memory = await orig.ask("rss");
+    const rss = memory.peak_rss_mib;
     const [trainMs, trainT] = best(oTrain),
       [forwardMs, forwardT] = best(oForward),
       [genMs, genT] = best(oGen);
     const original: OriginalFigures = {
       torch: started.torch,
       default_threads: started.defaultThreads,
+      device: started.device,
+      gpu: started.gpu,
+      batch_size: started.batch,
+      caption_length: started.caption,
       thread_probe_ms: Object.fromEntries([...probe].map(([t, xs]) => [String(t), xs])),
       threads_timed: timed,
       train_step_ms: trainMs,
@@ -501,6 +559,7 @@ export async function compareOriginal(
         generate: oGen.get(t)!,
       }])),
       peak_rss_mib: rss,
+      peak_cuda_mib: memory.peak_cuda_mib ?? null,
     };
     const paired = (mine: number[], other: number[]) => median(mine.map((x, i) => x / other[i]));
     const genOurs = gen.map((g) => g.ms);
@@ -568,30 +627,36 @@ function printCompare(c: CompareResult): void {
     return;
   }
   const g = c.original;
+  const onGpu = g.device === "cuda";
+  const probe = Object.entries(g.thread_probe_ms)
+    .map(([t, xs]) => `${t}: ${xs.map((x) => x.toFixed(0)).join(", ")}`).join("; ");
   console.log(
-    `original: PyTorch ${g.torch} (default ${g.default_threads} thread(s)); thread probe (train step ms): ${
-      Object.entries(g.thread_probe_ms).map(([t, xs]) => `${t}: ${xs.map((x) => x.toFixed(0)).join(", ")}`)
-        .join(
-          "; ",
-        )
-    }; timed at ${g.threads_timed.join(" and ")} thread(s)`,
+    `original: PyTorch ${g.torch} on ${onGpu ? `cuda (${g.gpu})` : "the CPU"}, batch ${g.batch_size}, ` +
+      `caption ${g.caption_length} characters; ` +
+      (onGpu
+        ? `${g.default_threads} thread(s), not probed`
+        : `default ${g.default_threads} thread(s); thread probe (train step ms): ${probe}; ` +
+          `timed at ${g.threads_timed.join(" and ")} thread(s)`),
   );
+  const at = (threads: number) => onGpu ? "cuda" : `${threads}t`;
   console.log(
     `${c.rounds} alternating rounds, each figure the best of ${c.repeat} runs; medians, and ours/original as ` +
-      `the median of the rounds' ratios; original at its best thread count per figure\n`,
+      `the median of the rounds' ratios; original ${
+        onGpu ? "on cuda" : "at its best thread count per figure"
+      }\n`,
   );
   const rows: [string, string, string, string, string][] = [
     [
       "train step (ms)",
       o.train_step_ms.toFixed(0),
-      `${g.train_step_ms.toFixed(0)} (${g.train_step_threads}t)`,
+      `${g.train_step_ms.toFixed(0)} (${at(g.train_step_threads)})`,
       c.ratio.train_step.toFixed(2),
       "≤ 0.50",
     ],
     [
       "forward (ms)",
       o.forward_ms.toFixed(0),
-      `${g.forward_ms.toFixed(0)} (${g.forward_threads}t)`,
+      `${g.forward_ms.toFixed(0)} (${at(g.forward_threads)})`,
       c.ratio.forward.toFixed(2),
       "≤ 0.50",
     ],
@@ -600,7 +665,7 @@ function printCompare(c: CompareResult): void {
       `${o.generate_ms.toFixed(0)}${
         o.generate_tokens < GENERATE_TOKENS ? ` [${o.generate_tokens} tok]` : ""
       }`,
-      `${g.generate_ms.toFixed(0)} (${g.generate_threads}t)`,
+      `${g.generate_ms.toFixed(0)} (${at(g.generate_threads)})`,
       `${c.ratio.generate.toFixed(3)} (${c.ratio.generate_speedup.toFixed(1)}x faster)`,
       "≤ 0.10",
     ],
@@ -615,6 +680,11 @@ function printCompare(c: CompareResult): void {
   const head: [string, string, string, string, string] = ["", "ours", "original", "ours/original", "target"];
   const widths = [24, 18, 14, 26, 10];
   for (const row of [head, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i])).join(""));
+  if (g.peak_cuda_mib !== null) {
+    console.log(
+      `the original's peak CUDA memory (torch.cuda.max_memory_allocated): ${g.peak_cuda_mib.toFixed(0)} MiB`,
+    );
+  }
   if (c.ratio_of_medians) {
     const m = c.ratio_of_medians;
     console.log(
@@ -640,6 +710,14 @@ function parseThreads(s: string): number[] {
   return list;
 }
 
+function torchDevice(s: string | undefined): TorchDevice | undefined {
+  if (s === undefined) return undefined;
+  if (!(TORCH_DEVICES as readonly string[]).includes(s)) {
+    throw new Error(`--torch-device must be auto, cpu or cuda, got "${s}"`);
+  }
+  return s as TorchDevice;
+}
+
 function positive(name: string, s: string | undefined): number | undefined {
   if (s === undefined) return undefined;
   const n = Number(s);
@@ -659,6 +737,7 @@ if (import.meta.main) {
       rounds: { type: "string" },
       threads: { type: "string" },
       "torch-threads": { type: "string" },
+      "torch-device": { type: "string" },
       repeat: { type: "string" },
       "compare-original": { type: "boolean" },
       profile: { type: "boolean" },
@@ -671,6 +750,7 @@ if (import.meta.main) {
     console.log(USAGE);
     Deno.exit(0);
   }
+  const torchDev = torchDevice(v["torch-device"]); // a bad value fails before anything starts
   await startBackend(v.backend); // sets the fast path up first, or says what to run (lib/fast_path.ts)
   const opts = {
     backend: v.backend,
@@ -688,6 +768,7 @@ if (import.meta.main) {
       rounds: positive("rounds", v.rounds),
       repeat: positive("repeat", v.repeat),
       torchThreads: v["torch-threads"] ? parseThreads(v["torch-threads"]) : undefined,
+      torchDevice: torchDev,
       log: v.json ? undefined : (s) => console.error(s),
     });
     if (v.json) console.log(JSON.stringify(c));

@@ -1,9 +1,9 @@
 // The original PyTorch model in a child process (bench/original_step.py --serve), driven one command
 // at a time so that its timings can alternate with ours and the two never run at once.
 //
-//   const orig = await OriginalProcess.start({ model: "seemore", size: "original" });
+//   const orig = await OriginalProcess.start({ model: "seemore", size: "original", batch: 16, caption: 49 });
 //   if (orig.ok) { const { ms } = await orig.process.ask("train"); await orig.process.close(); }
-//   else console.log(orig.reason); // e.g. how to install torch
+//   else console.log(orig.reason); // e.g. how to install torch, or that torch sees no CUDA GPU
 
 import { fileURLToPath } from "node:url";
 
@@ -12,14 +12,33 @@ export const TORCH_INSTALL_HINT =
 
 const SCRIPT = fileURLToPath(new URL("./original_step.py", import.meta.url));
 
+export type TorchDevice = "auto" | "cpu" | "cuda";
+export const TORCH_DEVICES: readonly TorchDevice[] = ["auto", "cpu", "cuda"];
+
 export interface OriginalOptions {
   model: string;
   size: string;
+  /** The batch the original times: batch images, captions of `caption` characters (as ours). */
+  batch: number;
+  caption: number;
+  /** auto: the original's own choice (cuda when torch sees a GPU); default auto. */
+  device?: TorchDevice;
   python?: string; // default $SEEMORE_PYTHON or /usr/bin/python3 (Debian's, which has python3-torch)
   reference?: string; // folder holding seemore.py / seeMoE.py / input.txt
 }
 
-export type StartResult = { ok: true; process: OriginalProcess; torch: string; defaultThreads: number } | {
+/** What the child says once it is ready: its torch, device and the batch shapes it times. */
+export interface OriginalReady {
+  torch: string;
+  defaultThreads: number;
+  device: "cpu" | "cuda";
+  /** torch.cuda.get_device_name() on CUDA, else null. */
+  gpu: string | null;
+  batch: number;
+  caption: number;
+}
+
+export type StartResult = ({ ok: true; process: OriginalProcess } & OriginalReady) | {
   ok: false;
   reason: string;
 };
@@ -40,6 +59,8 @@ export class OriginalProcess {
   static async start(opts: OriginalOptions): Promise<StartResult> {
     const python = opts.python ?? Deno.env.get("SEEMORE_PYTHON") ?? "/usr/bin/python3";
     const args = [SCRIPT, "--serve", "--model", opts.model, "--size", opts.size];
+    args.push("--batch", String(opts.batch), "--caption", String(opts.caption));
+    args.push("--device", opts.device ?? "auto");
     if (opts.reference) args.push("--reference", opts.reference);
     let child: Deno.ChildProcess;
     try {
@@ -63,7 +84,16 @@ export class OriginalProcess {
       await proc.close();
       return { ok: false, reason: String(msg.error ?? first) };
     }
-    return { ok: true, process: proc, torch: msg.torch, defaultThreads: msg.default_threads };
+    return {
+      ok: true,
+      process: proc,
+      torch: msg.torch,
+      defaultThreads: msg.default_threads,
+      device: msg.device,
+      gpu: msg.gpu ?? null,
+      batch: msg.batch,
+      caption: msg.caption,
+    };
   }
 
   /** Sends one command and returns its JSON answer. */
