@@ -5,7 +5,8 @@
 //   routingChart       seeMoE: the router's gate weights for each token of one batch
 //   attentionChart     attention weights (queries × keys), e.g. a caption attending to its image token(s)
 //   patchGridChart     an input image cut into its ViT patches (optionally shaded by a weight per patch)
-//   captionsChart      a few images with the model's caption (title) and the truth (subtitle)
+//   captionsChart      a few images with the model's caption (title, marked ✓ or ✗) and the truth (subtitle)
+//   attributeChart     shapes captions: exact match and per-attribute accuracy of several runs, grouped bars
 //
 // A spec is plain JSON. toSvg() renders it headlessly with vega (no browser, no canvas); svgToPng() turns
 // the SVG into a PNG with resvg; writeChart() writes both next to each other; chartBundle() makes the one
@@ -477,9 +478,19 @@ export interface CaptionedImage {
   image: Float32Array; // (3, S, S) normalised
   caption: string; // the model's
   truth?: string;
+  /** Whether the caption is right (default: it equals the truth, when a truth is given). */
+  correct?: boolean;
 }
 
-/** A gallery: each image titled with the model's caption (green when it equals the truth, red otherwise). */
+/** Right (true), wrong (false) or unknown (null: no truth and no verdict given). */
+function verdict(item: CaptionedImage): boolean | null {
+  return item.correct ?? (item.truth === undefined ? null : item.caption === item.truth);
+}
+
+/**
+ * A gallery: each image titled with the model's caption, marked ✓ (green) when right and ✗ (red) when
+ * wrong, the truth below it.
+ */
 export async function captionsChart(
   items: readonly CaptionedImage[],
   opts: { imgSize: number; columns?: number; scale?: number; title?: string },
@@ -488,10 +499,11 @@ export async function captionsChart(
   const scale = opts.scale ?? 2;
   const px = opts.imgSize * scale;
   const panels = await Promise.all(items.map(async (item) => {
-    const right = item.truth === undefined ? null : item.caption === item.truth;
+    const right = verdict(item);
+    const mark = right === null ? "" : right ? "✓ " : "✗ ";
     return {
       title: {
-        text: item.caption || "(empty)",
+        text: mark + (item.caption || "(empty)"),
         ...(item.truth !== undefined ? { subtitle: `truth: ${item.truth}` } : {}),
         color: right === null ? "black" : right ? "#2e7d32" : "#c62828",
         fontSize: 11,
@@ -503,12 +515,12 @@ export async function captionsChart(
       ...imageLayer(await imageDataUrl(item.image, opts.imgSize, scale), opts.imgSize, px),
     };
   }));
-  const exact = items.filter((i) => i.truth !== undefined && i.caption === i.truth).length;
-  const withTruth = items.filter((i) => i.truth !== undefined).length;
+  const judged = items.map(verdict).filter((v) => v !== null);
+  const right = judged.filter((v) => v).length;
   return {
     $schema: VEGA_LITE_SCHEMA,
     description: `captions for ${items.length} images` +
-      (withTruth ? ` (${exact} of ${withTruth} exactly right)` : "") +
+      (judged.length ? ` (${right} of ${judged.length} right)` : "") +
       ": " + items.map((i) => JSON.stringify(i.caption)).join(", "),
     title: opts.title ?? "Captions",
     columns: opts.columns ?? 3,
@@ -518,6 +530,107 @@ export async function captionsChart(
     bounds: "flush",
     spacing: { column: 24, row: 52 },
     config: { view: { stroke: null } },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Caption scores on the shapes grammar.
+
+/** One captioner's scores: exact match and the accuracy of each attribute (null: no truth states it). */
+export interface AttributeScores {
+  name: string;
+  exact_match: number;
+  attributes?: {
+    colour: number | null;
+    shape: number | null;
+    size: number | null;
+    position: number | null;
+  };
+  /** The bars' colour (default: vega's category palette, in order). */
+  color?: string;
+}
+
+/** The bars of attributeChart, in order. */
+export const SCORE_BARS = ["exact", "colour", "shape", "size", "position"] as const;
+
+const PALETTE = ["#1e88e5", "#9e9e9e", "#fb8c00", "#43a047", "#8e24aa", "#e53935", "#00acc1", "#6d4c41"];
+
+/**
+ * Grouped bars of exact match and per-attribute accuracy (0–1), one colour per run: e.g. a model next to
+ * the blind baseline (`groupBy: "attribute"`, the default), or a series of runs each adding one change
+ * (`groupBy: "run"`: one group per run, in the order given, one colour per score).
+ */
+export function attributeChart(
+  runs: readonly AttributeScores[],
+  opts: {
+    title?: string;
+    subtitle?: string;
+    groupBy?: "attribute" | "run";
+    width?: number;
+    height?: number;
+  } = {},
+): Spec {
+  const chart = "attributeChart";
+  if (runs.length === 0) throw new Error(`${chart}: no runs to draw`);
+  const names = runs.map((r) => r.name);
+  if (new Set(names).size !== names.length) throw new Error(`${chart}: two runs share a name`);
+  const values: { run: string; score: string; accuracy: number }[] = [];
+  runs.forEach((r, i) => {
+    const scores: Record<string, number | null | undefined> = { exact: r.exact_match, ...r.attributes };
+    for (const score of SCORE_BARS) {
+      const v = scores[score];
+      if (v === null || v === undefined) continue;
+      const where = `run ${i + 1} ("${r.name}"), ${score === "exact" ? "exact_match" : score}`;
+      const accuracy = checkFinite(chart, v, where);
+      if (accuracy < 0 || accuracy > 1) throw new Error(`${chart}: ${where} must lie in [0, 1], got ${v}`);
+      values.push({ run: r.name, score, accuracy });
+    }
+  });
+  const byRun = opts.groupBy === "run";
+  const scores = SCORE_BARS.filter((s) => values.some((v) => v.score === s));
+  const colours = byRun
+    ? scores.map((_, i) => PALETTE[(i + 2) % PALETTE.length])
+    : runs.map((r, i) => r.color ?? PALETTE[i % PALETTE.length]);
+  const group = { field: byRun ? "run" : "score", type: "nominal", sort: byRun ? names : scores };
+  const within = { field: byRun ? "score" : "run", type: "nominal", sort: byRun ? scores : names };
+  const pct = (v: number) => `${(100 * v).toFixed(1)} %`;
+  const description = "exact match and attribute accuracy: " + runs.map((r) =>
+    `${r.name}: ` +
+    values.filter((v) => v.run === r.name).map((v) => `${v.score} ${pct(v.accuracy)}`).join(", ")
+  ).join("; ");
+  const encoding = {
+    x: { ...group, title: null, axis: { labelAngle: 0, labelLimit: 160 } },
+    xOffset: within,
+    y: {
+      field: "accuracy",
+      type: "quantitative",
+      title: "share right",
+      scale: { domain: [0, 1] },
+      axis: { format: ".0%" },
+    },
+    color: { ...within, title: null, scale: { domain: within.sort, range: colours } },
+  };
+  const groups = byRun ? runs.length : scores.length;
+  const perGroup = byRun ? scores.length : runs.length;
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description,
+    title: opts.subtitle ? { text: opts.title ?? "Caption scores", subtitle: opts.subtitle } : opts.title ??
+      "Caption scores",
+    width: opts.width ?? Math.max(360, groups * (perGroup * 18 + 24)),
+    height: opts.height ?? 220,
+    data: { values },
+    encoding,
+    layer: [
+      { mark: { type: "bar", tooltip: true } },
+      {
+        mark: { type: "text", dy: -4, fontSize: 8, baseline: "bottom" },
+        encoding: {
+          text: { field: "accuracy", type: "quantitative", format: ".0%" },
+          color: { value: "#333" },
+        },
+      },
+    ],
   };
 }
 
