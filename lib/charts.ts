@@ -3,6 +3,7 @@
 //   lossChart          train / validation loss against step
 //   expertUsageChart   seeMoE: share of routed tokens per expert, a layer × expert heat-map (one panel per snapshot)
 //   routingChart       seeMoE: the router's gate weights for each token of one batch
+//   routingMapChart    seeMoE: each layer's strongest expert for each token of one sequence (layers × tokens)
 //   attentionChart     attention weights (queries × keys), e.g. a caption attending to its image token(s)
 //   patchGridChart     an input image cut into its ViT patches (optionally shaded by a weight per patch)
 //   captionsChart      a few images with the model's caption (title, marked ✓ or ✗) and the truth (subtitle)
@@ -302,6 +303,85 @@ export function routingChart(
       domain: [0, 1],
       indexed: true,
     }),
+  };
+}
+
+/**
+ * How one sequence is routed through every MoE layer: gates[layer][token][expert] (0 for experts not chosen).
+ * One row per layer, one column per token; a cell is coloured by the expert with the largest gate and labelled
+ * with its number, paler the less of the token that expert takes (top-k shares each token).
+ */
+export function routingMapChart(
+  gates: readonly (readonly (readonly number[])[])[],
+  tokens: readonly string[],
+  opts: { title?: string; subtitle?: string; cellSize?: number } = {},
+): Spec {
+  const chart = "routingMapChart";
+  const experts = gates[0]?.[0]?.length ?? 0;
+  if (gates.length === 0 || experts === 0) throw new Error(`${chart}: gates is empty`);
+  gates.forEach((layer, l) => checkMatrix(chart, `layer ${l} gates`, layer, tokens.length, experts));
+  const columns = indexedLabels(tokens);
+  const values: { x: string; y: string; expert: string; gate: number; chosen: string }[] = [];
+  const busiest: string[] = [];
+  gates.forEach((layer, l) => {
+    const tally = new Array<number>(experts).fill(0);
+    layer.forEach((row, t) => {
+      const top = row.indexOf(Math.max(...row));
+      tally[top] += 1;
+      const chosen = row.map((g, e) => [e, g]).filter(([, g]) => g > 0).sort((a, b) => b[1] - a[1]);
+      values.push({
+        x: columns[t],
+        y: `layer ${l}`,
+        expert: String(top),
+        gate: row[top],
+        chosen: chosen.map(([e, g]) => `${e}: ${g.toFixed(2)}`).join(", "),
+      });
+    });
+    const most = tally.indexOf(Math.max(...tally));
+    busiest.push(`layer ${l}: expert ${most} (${tally[most]} of ${tokens.length})`);
+  });
+  const size = opts.cellSize ?? 14;
+  const x = {
+    field: "x",
+    type: "ordinal",
+    sort: null,
+    title: "token",
+    axis: { labelAngle: 0, labelExpr: SHOW_LABEL, labelFontSize: 9 },
+  };
+  const y = { field: "y", type: "ordinal", sort: null, title: null };
+  const title = opts.title ?? "Strongest expert for each token, per layer";
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description: `routing of ${tokens.length} tokens through ${gates.length} layers of ${experts} experts; ` +
+      `most frequent strongest expert per layer: ${busiest.join("; ")}`,
+    title: opts.subtitle ? { text: title, subtitle: opts.subtitle } : title,
+    data: { values },
+    width: tokens.length * size,
+    height: gates.length * size * 1.6,
+    encoding: { x, y },
+    layer: [
+      {
+        mark: { type: "rect", tooltip: { content: "data" } },
+        encoding: {
+          color: {
+            field: "expert",
+            type: "nominal",
+            title: "expert",
+            scale: { domain: Array.from({ length: experts }, (_, e) => String(e)), scheme: "category10" },
+          },
+          opacity: {
+            field: "gate",
+            type: "quantitative",
+            scale: { domain: [0, 1], range: [0.2, 1] },
+            legend: null, // the gate itself is in the tooltip
+          },
+        },
+      },
+      {
+        mark: { type: "text", fontSize: 8, color: "black" },
+        encoding: { text: { field: "expert", type: "nominal" } },
+      },
+    ],
   };
 }
 

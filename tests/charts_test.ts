@@ -14,6 +14,7 @@ import {
   lossChart,
   patchGridChart,
   routingChart,
+  routingMapChart,
   type Spec,
   svgToPng,
   toSvg,
@@ -169,6 +170,39 @@ Deno.test("routingChart draws an expert that was not chosen in white", async () 
   const svg = await toSvg(routingChart([[1, 0]], ["a"]));
   const fills = svg.match(/fill="rgb\([^)]*\)"/g);
   assert.deepEqual(fills, ['fill="rgb(191, 54, 12)"', 'fill="rgb(255, 255, 255)"']);
+});
+
+Deno.test("routingMapChart: per layer and token, the expert with the largest gate, its gate and every choice", async () => {
+  const gates = [
+    [[0.7, 0.3, 0], [0, 0.4, 0.6]], // layer 0: tokens "a", " "
+    [[0, 0, 1], [0.5, 0.5, 0]], // layer 1 (ties, here and in the tally, go to the lower expert)
+  ];
+  const spec = routingMapChart(gates, ["a", " "]);
+  assert.deepEqual(values(spec), [
+    { x: "0|a", y: "layer 0", expert: "0", gate: 0.7, chosen: "0: 0.70, 1: 0.30" },
+    { x: "1|␣", y: "layer 0", expert: "2", gate: 0.6, chosen: "2: 0.60, 1: 0.40" },
+    { x: "0|a", y: "layer 1", expert: "2", gate: 1, chosen: "2: 1.00" },
+    { x: "1|␣", y: "layer 1", expert: "0", gate: 0.5, chosen: "0: 0.50, 1: 0.50" },
+  ]);
+  assert.ok(
+    spec.description.includes("layer 0: expert 0 (1 of 2); layer 1: expert 0 (1 of 2)"),
+    spec.description,
+  );
+  // deno-lint-ignore no-explicit-any
+  assert.deepEqual((spec.layer as any)[0].encoding.color.scale.domain, ["0", "1", "2"]);
+  const svg = await toSvg(spec);
+  assert.equal(svg.match(/aria-roledescription="rect mark"/g)?.length, 4, "one cell per layer and token");
+  const labels = svg.match(/aria-roledescription="text mark"[^>]*>(\d)<\/text>/g)?.map((t) => t.at(-8));
+  assert.deepEqual(labels, ["0", "2", "2", "0"], "each cell names its expert");
+});
+
+Deno.test("routingMapChart refuses empty or ragged gates, naming the layer", () => {
+  throwsIncluding(() => routingMapChart([], []), "routingMapChart: gates is empty");
+  throwsIncluding(
+    () => routingMapChart([[[1, 0]], [[1, 0], [0, 1]]], ["a"]),
+    "layer 1 gates has 2 rows, expected 1",
+  );
+  throwsIncluding(() => routingMapChart([[[1, NaN]]], ["a"]), "layer 0 gates row 1, column 2");
 });
 
 Deno.test("imageBytes undoes the model's normalisation exactly", () => {
