@@ -302,6 +302,19 @@ Deno.test("markdownCode finds a markdown cell's ts block; swapDeclaration replac
 // The notebooks, executed by the real kernel.
 
 const missing = await missingTools();
+const name = (path: string) => path.split("/").at(-1)!;
+/** Charts each notebook writes beyond the loss, captions and attributes every one writes. */
+const EXTRA_CHARTS: Record<string, string[]> = {
+  "seemore_concise.ipynb": [],
+  "seemore_from_scratch.ipynb": [
+    "attention.svg",
+    "blind.svg",
+    "ladder.svg",
+    "seeing_loss.svg",
+    "seeing_captions.svg",
+  ],
+  "seemoe_from_scratch.ipynb": ["expert_usage.svg", "routing.svg", "routing_map.svg", "routing_trained.svg"],
+};
 const required = Deno.env.get("SEEMORE_REQUIRE_NOTEBOOKS") === "1";
 if (missing && !required) console.warn(`notebook execution tests skipped: ${missing}`);
 
@@ -326,14 +339,24 @@ Deno.test({
       assert.deepEqual(summary.smoke, true, `${nb}: summary.json says smoke ${summary.smoke}`);
       assert(summary.steps > 0 && Number.isFinite(summary.final.train_loss), `${nb}: no finite final loss`);
       assert(summary.captions.length > 0, `${nb}: no captions`);
-      for (const file of ["loss.svg", "loss.png", "captions.svg"]) {
+      assert(Number.isFinite(summary.test.exact_match), `${nb}: no held-out test score`);
+      assert(Number.isFinite(summary.blind.attributes.colour), `${nb}: no blind baseline`);
+      const files = [
+        "loss.svg",
+        "loss.png",
+        "captions.svg",
+        "attributes.svg",
+        ...(EXTRA_CHARTS[name(nb)] ?? []),
+      ];
+      for (const file of files) {
         const bytes = await Deno.readFile(join(r.outDir, file));
         if (file.endsWith(".svg")) {
-          assert.ok(
-            new TextDecoder().decode(bytes.slice(0, 200)).includes("<svg"),
-            `missing ${JSON.stringify("<svg")}`,
-          );
+          assert.ok(new TextDecoder().decode(bytes.slice(0, 200)).includes("<svg"), `${file} is not an SVG`);
         } else assert.deepEqual([...bytes.slice(1, 4)], [0x50, 0x4e, 0x47], `${file} is not a PNG`);
+      }
+      if (nb.endsWith("seemore_concise.ipynb")) {
+        assert.equal(summary.recipe, "seeing", "the concise notebook trains the seeing recipe by default");
+        assert.deepEqual(summary.projector.slice(0, 1), ["decoder.image_projection.net.0.weight"]);
       }
       if (nb.endsWith("seemore_from_scratch.ipynb")) {
         const labels = summary.shape_checks.map((c: { label: string }) => c.label);
@@ -349,11 +372,17 @@ Deno.test({
         ) {
           assert(labels.includes(label), `seemore_from_scratch: shape check "${label}" did not run`);
         }
-        await Deno.stat(join(r.outDir, "attention.svg"));
+        assert(summary.distinct_test_captions >= 1, "seemore_from_scratch: no count of distinct captions");
+        assert(
+          Number.isFinite(summary.seeing.test.exact_match),
+          "seemore_from_scratch: the seeing model's score",
+        );
+        assert(summary.seeing.captions.length > 0, "seemore_from_scratch: the seeing model's captions");
       }
       if (nb.endsWith("seemoe_from_scratch.ipynb")) {
-        await Deno.stat(join(r.outDir, "expert_usage.svg"));
-        await Deno.stat(join(r.outDir, "routing.svg"));
+        assert.equal(summary.init, "pytorch", "seeMoE trains with PyTorch's default initialisation");
+        const { tokens, strongest } = summary.routed;
+        assert(strongest.length >= 1 && strongest.every((l: number[]) => l.length === tokens.length));
       }
     }
     await Deno.remove(outRoot, { recursive: true });
