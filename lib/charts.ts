@@ -679,7 +679,12 @@ export function attributeChart(
     values.filter((v) => v.run === r.name).map((v) => `${v.score} ${pct(v.accuracy)}`).join(", ")
   ).join("; ");
   const encoding = {
-    x: { ...group, title: null, axis: { labelAngle: 0, labelLimit: 160 } },
+    // Run names are long: slanted, never cut (vega's headless text measure over-estimates widths).
+    x: {
+      ...group,
+      title: null,
+      axis: byRun ? { labelAngle: -20, labelAlign: "right", labelLimit: 0 } : { labelAngle: 0 },
+    },
     xOffset: within,
     y: {
       field: "accuracy",
