@@ -238,7 +238,13 @@ export function settingsMarkdown(settings: Record<string, unknown>, title = "Hyp
     const original = same ? "same" : `**${shown(spec.default)}**`;
     return `| \`${key}\` | ${cell(shown(value))} | ${cell(original)} | ${cell(spec.help)} |`;
   });
-  return [`**${title}**`, "", "| key | value | original recipe | what it does |", "|:--|:--|:--|:--|", ...rows]
+  return [
+    `**${title}**`,
+    "",
+    "| key | value | original recipe | what it does |",
+    "|:--|:--|:--|:--|",
+    ...rows,
+  ]
     .join("\n") + "\n";
 }
 

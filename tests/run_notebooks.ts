@@ -169,7 +169,10 @@ export function swapDeclaration(nb: Notebook, name: string, code: string, file: 
     throw new Error(`${file}: ${holders.length} code cells declare "${name}" at top level, expected one`);
   }
   const { i, old } = holders[0];
-  const cells = nb.cells.map((c, j) => (j === i ? { ...c, source: cellText(c).replace(old, () => code) } : c));
+  const cells = nb.cells.map((
+    c,
+    j,
+  ) => (j === i ? { ...c, source: cellText(c).replace(old, () => code) } : c));
   return { ...nb, cells };
 }
 
