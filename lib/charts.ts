@@ -626,7 +626,7 @@ export interface AttributeScores {
     size: number | null;
     position: number | null;
   };
-  /** The bars' colour (default: vega's category palette, in order). */
+  /** The bars' colour (default: the next colour of a fixed palette, blue first, then grey). */
   color?: string;
 }
 

@@ -5,7 +5,7 @@
 //   showChart(spec)          the same, shown at once (for use inside loops and callbacks)
 //   LiveChart                a chart redrawn in place (one display_id) as data arrives, at most every few seconds
 //   checkShape(...)          the original notebooks' shape checks: prints the shape, throws on a mismatch
-//   settingsTable(...)       hyper-parameters as a markdown table, each with the original's value and its help
+//   settingsTable(...)       settings as a markdown table: value, the original recipe's where it differs, help
 //   writeJson(path, value)   a result file a notebook leaves behind (what the notebook tests read)
 //
 // Nothing here needs the kernel except the display calls, which take an injectable display function so
@@ -222,10 +222,9 @@ function shown(value: unknown): string {
 }
 
 /**
- * Markdown: one row per setting of `config.ts`'s tables present in `settings` (model and training keys,
- * in their declared order): the value, the default where it differs (in bold; the defaults are the `original`
- * recipe), and the key's help.
- * Keys the tables do not declare are refused, so a typo cannot pass unnoticed.
+ * Markdown: one row per key of `config.ts`'s tables present in `settings` (model keys, then training keys, in
+ * their declared order): the value, the default in bold where it differs (the defaults are the `original`
+ * recipe), and the key's help. Keys the tables do not declare are refused, so a typo cannot pass unnoticed.
  */
 export function settingsMarkdown(settings: Record<string, unknown>, title = "Hyper-parameters"): string {
   const specs = { ...MODEL_KEYS, ...TRAIN_KEYS } as Record<string, KeySpec<unknown>>;
