@@ -3,9 +3,11 @@
 //   lossChart          train / validation loss against step
 //   expertUsageChart   seeMoE: share of routed tokens per expert, a layer × expert heat-map (one panel per snapshot)
 //   routingChart       seeMoE: the router's gate weights for each token of one batch
+//   routingMapChart    seeMoE: each layer's strongest expert for each token of one sequence (layers × tokens)
 //   attentionChart     attention weights (queries × keys), e.g. a caption attending to its image token(s)
 //   patchGridChart     an input image cut into its ViT patches (optionally shaded by a weight per patch)
-//   captionsChart      a few images with the model's caption (title) and the truth (subtitle)
+//   captionsChart      a few images with the model's caption (title, marked ✓ or ✗) and the truth (subtitle)
+//   attributeChart     shapes captions: exact match and per-attribute accuracy of several runs, grouped bars
 //
 // A spec is plain JSON. toSvg() renders it headlessly with vega (no browser, no canvas); svgToPng() turns
 // the SVG into a PNG with resvg; writeChart() writes both next to each other; chartBundle() makes the one
@@ -305,6 +307,85 @@ export function routingChart(
 }
 
 /**
+ * How one sequence is routed through every MoE layer: gates[layer][token][expert] (0 for experts not chosen).
+ * One row per layer, one column per token; a cell is coloured by the expert with the largest gate and labelled
+ * with its number, paler the less of the token that expert takes (top-k shares each token).
+ */
+export function routingMapChart(
+  gates: readonly (readonly (readonly number[])[])[],
+  tokens: readonly string[],
+  opts: { title?: string; subtitle?: string; cellSize?: number } = {},
+): Spec {
+  const chart = "routingMapChart";
+  const experts = gates[0]?.[0]?.length ?? 0;
+  if (gates.length === 0 || experts === 0) throw new Error(`${chart}: gates is empty`);
+  gates.forEach((layer, l) => checkMatrix(chart, `layer ${l} gates`, layer, tokens.length, experts));
+  const columns = indexedLabels(tokens);
+  const values: { x: string; y: string; expert: string; gate: number; chosen: string }[] = [];
+  const busiest: string[] = [];
+  gates.forEach((layer, l) => {
+    const tally = new Array<number>(experts).fill(0);
+    layer.forEach((row, t) => {
+      const top = row.indexOf(Math.max(...row));
+      tally[top] += 1;
+      const chosen = row.map((g, e) => [e, g]).filter(([, g]) => g > 0).sort((a, b) => b[1] - a[1]);
+      values.push({
+        x: columns[t],
+        y: `layer ${l}`,
+        expert: String(top),
+        gate: row[top],
+        chosen: chosen.map(([e, g]) => `${e}: ${g.toFixed(2)}`).join(", "),
+      });
+    });
+    const most = tally.indexOf(Math.max(...tally));
+    busiest.push(`layer ${l}: expert ${most} (${tally[most]} of ${tokens.length})`);
+  });
+  const size = opts.cellSize ?? 14;
+  const x = {
+    field: "x",
+    type: "ordinal",
+    sort: null,
+    title: "token",
+    axis: { labelAngle: 0, labelExpr: SHOW_LABEL, labelFontSize: 9 },
+  };
+  const y = { field: "y", type: "ordinal", sort: null, title: null };
+  const title = opts.title ?? "Strongest expert for each token, per layer";
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description: `routing of ${tokens.length} tokens through ${gates.length} layers of ${experts} experts; ` +
+      `most frequent strongest expert per layer: ${busiest.join("; ")}`,
+    title: opts.subtitle ? { text: title, subtitle: opts.subtitle } : title,
+    data: { values },
+    width: tokens.length * size,
+    height: gates.length * size * 1.6,
+    encoding: { x, y },
+    layer: [
+      {
+        mark: { type: "rect", tooltip: { content: "data" } },
+        encoding: {
+          color: {
+            field: "expert",
+            type: "nominal",
+            title: "expert",
+            scale: { domain: Array.from({ length: experts }, (_, e) => String(e)), scheme: "category10" },
+          },
+          opacity: {
+            field: "gate",
+            type: "quantitative",
+            scale: { domain: [0, 1], range: [0.2, 1] },
+            legend: null, // the gate itself is in the tooltip
+          },
+        },
+      },
+      {
+        mark: { type: "text", fontSize: 8, color: "black" },
+        encoding: { text: { field: "expert", type: "nominal" } },
+      },
+    ],
+  };
+}
+
+/**
  * Attention weights (queries × keys), e.g. averaged over heads. Labels name each position; the same label
  * may appear more than once (characters repeat).
  */
@@ -477,9 +558,19 @@ export interface CaptionedImage {
   image: Float32Array; // (3, S, S) normalised
   caption: string; // the model's
   truth?: string;
+  /** Whether the caption is right (default: it equals the truth, when a truth is given). */
+  correct?: boolean;
 }
 
-/** A gallery: each image titled with the model's caption (green when it equals the truth, red otherwise). */
+/** Right (true), wrong (false) or unknown (null: no truth and no verdict given). */
+function verdict(item: CaptionedImage): boolean | null {
+  return item.correct ?? (item.truth === undefined ? null : item.caption === item.truth);
+}
+
+/**
+ * A gallery: each image titled with the model's caption, marked ✓ (green) when right and ✗ (red) when
+ * wrong, the truth below it.
+ */
 export async function captionsChart(
   items: readonly CaptionedImage[],
   opts: { imgSize: number; columns?: number; scale?: number; title?: string },
@@ -488,10 +579,11 @@ export async function captionsChart(
   const scale = opts.scale ?? 2;
   const px = opts.imgSize * scale;
   const panels = await Promise.all(items.map(async (item) => {
-    const right = item.truth === undefined ? null : item.caption === item.truth;
+    const right = verdict(item);
+    const mark = right === null ? "" : right ? "✓ " : "✗ ";
     return {
       title: {
-        text: item.caption || "(empty)",
+        text: mark + (item.caption || "(empty)"),
         ...(item.truth !== undefined ? { subtitle: `truth: ${item.truth}` } : {}),
         color: right === null ? "black" : right ? "#2e7d32" : "#c62828",
         fontSize: 11,
@@ -503,12 +595,12 @@ export async function captionsChart(
       ...imageLayer(await imageDataUrl(item.image, opts.imgSize, scale), opts.imgSize, px),
     };
   }));
-  const exact = items.filter((i) => i.truth !== undefined && i.caption === i.truth).length;
-  const withTruth = items.filter((i) => i.truth !== undefined).length;
+  const judged = items.map(verdict).filter((v) => v !== null);
+  const right = judged.filter((v) => v).length;
   return {
     $schema: VEGA_LITE_SCHEMA,
     description: `captions for ${items.length} images` +
-      (withTruth ? ` (${exact} of ${withTruth} exactly right)` : "") +
+      (judged.length ? ` (${right} of ${judged.length} right)` : "") +
       ": " + items.map((i) => JSON.stringify(i.caption)).join(", "),
     title: opts.title ?? "Captions",
     columns: opts.columns ?? 3,
@@ -518,6 +610,112 @@ export async function captionsChart(
     bounds: "flush",
     spacing: { column: 24, row: 52 },
     config: { view: { stroke: null } },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Caption scores on the shapes grammar.
+
+/** One captioner's scores: exact match and the accuracy of each attribute (null: no truth states it). */
+export interface AttributeScores {
+  name: string;
+  exact_match: number;
+  attributes?: {
+    colour: number | null;
+    shape: number | null;
+    size: number | null;
+    position: number | null;
+  };
+  /** The bars' colour (default: the next colour of a fixed palette, blue first, then grey). */
+  color?: string;
+}
+
+/** The bars of attributeChart, in order. */
+export const SCORE_BARS = ["exact", "colour", "shape", "size", "position"] as const;
+
+const PALETTE = ["#1e88e5", "#9e9e9e", "#fb8c00", "#43a047", "#8e24aa", "#e53935", "#00acc1", "#6d4c41"];
+
+/**
+ * Grouped bars of exact match and per-attribute accuracy (0–1), one colour per run: e.g. a model next to
+ * the blind baseline (`groupBy: "attribute"`, the default), or a series of runs each adding one change
+ * (`groupBy: "run"`: one group per run, in the order given, one colour per score).
+ */
+export function attributeChart(
+  runs: readonly AttributeScores[],
+  opts: {
+    title?: string;
+    subtitle?: string;
+    groupBy?: "attribute" | "run";
+    width?: number;
+    height?: number;
+  } = {},
+): Spec {
+  const chart = "attributeChart";
+  if (runs.length === 0) throw new Error(`${chart}: no runs to draw`);
+  const names = runs.map((r) => r.name);
+  if (new Set(names).size !== names.length) throw new Error(`${chart}: two runs share a name`);
+  const values: { run: string; score: string; accuracy: number }[] = [];
+  runs.forEach((r, i) => {
+    const scores: Record<string, number | null | undefined> = { exact: r.exact_match, ...r.attributes };
+    for (const score of SCORE_BARS) {
+      const v = scores[score];
+      if (v === null || v === undefined) continue;
+      const where = `run ${i + 1} ("${r.name}"), ${score === "exact" ? "exact_match" : score}`;
+      const accuracy = checkFinite(chart, v, where);
+      if (accuracy < 0 || accuracy > 1) throw new Error(`${chart}: ${where} must lie in [0, 1], got ${v}`);
+      values.push({ run: r.name, score, accuracy });
+    }
+  });
+  const byRun = opts.groupBy === "run";
+  const scores = SCORE_BARS.filter((s) => values.some((v) => v.score === s));
+  const colours = byRun
+    ? scores.map((_, i) => PALETTE[(i + 2) % PALETTE.length])
+    : runs.map((r, i) => r.color ?? PALETTE[i % PALETTE.length]);
+  const group = { field: byRun ? "run" : "score", type: "nominal", sort: byRun ? names : scores };
+  const within = { field: byRun ? "score" : "run", type: "nominal", sort: byRun ? scores : names };
+  const pct = (v: number) => `${(100 * v).toFixed(1)} %`;
+  const description = "exact match and attribute accuracy: " + runs.map((r) =>
+    `${r.name}: ` +
+    values.filter((v) => v.run === r.name).map((v) => `${v.score} ${pct(v.accuracy)}`).join(", ")
+  ).join("; ");
+  const encoding = {
+    // Run names are long: slanted, never cut (vega's headless text measure over-estimates widths).
+    x: {
+      ...group,
+      title: null,
+      axis: byRun ? { labelAngle: -20, labelAlign: "right", labelLimit: 0 } : { labelAngle: 0 },
+    },
+    xOffset: within,
+    y: {
+      field: "accuracy",
+      type: "quantitative",
+      title: "share right",
+      scale: { domain: [0, 1] },
+      axis: { format: ".0%" },
+    },
+    color: { ...within, title: null, scale: { domain: within.sort, range: colours } },
+  };
+  const groups = byRun ? runs.length : scores.length;
+  const perGroup = byRun ? scores.length : runs.length;
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description,
+    title: opts.subtitle ? { text: opts.title ?? "Caption scores", subtitle: opts.subtitle } : opts.title ??
+      "Caption scores",
+    width: opts.width ?? Math.max(360, groups * (perGroup * 18 + 24)),
+    height: opts.height ?? 220,
+    data: { values },
+    encoding,
+    layer: [
+      { mark: { type: "bar", tooltip: true } },
+      {
+        mark: { type: "text", dy: -4, fontSize: 8, baseline: "bottom" },
+        encoding: {
+          text: { field: "accuracy", type: "quantitative", format: ".0%" },
+          color: { value: "#333" },
+        },
+      },
+    ],
   };
 }
 

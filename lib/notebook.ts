@@ -5,6 +5,7 @@
 //   showChart(spec)          the same, shown at once (for use inside loops and callbacks)
 //   LiveChart                a chart redrawn in place (one display_id) as data arrives, at most every few seconds
 //   checkShape(...)          the original notebooks' shape checks: prints the shape, throws on a mismatch
+//   settingsTable(...)       settings as a markdown table: value, the original recipe's where it differs, help
 //   writeJson(path, value)   a result file a notebook leaves behind (what the notebook tests read)
 //
 // Nothing here needs the kernel except the display calls, which take an injectable display function so
@@ -13,6 +14,7 @@
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chartBundle, type Spec } from "./charts.ts";
+import { type KeySpec, MODEL_KEYS, TRAIN_KEYS } from "./config.ts";
 
 /** Repository root (this file lives in lib/). */
 export const REPO_ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -211,6 +213,44 @@ export function checkShape(label: string, actual: readonly number[], expected: r
   const line = `${label}: [${actual.join(", ")}] ✓`;
   console.log(line);
   return line;
+}
+
+/** A setting's value as the table shows it. */
+function shown(value: unknown): string {
+  if (Array.isArray(value)) return value.length > 6 ? `${value.length} words` : JSON.stringify(value);
+  return typeof value === "string" ? `"${value}"` : String(value);
+}
+
+/**
+ * Markdown: one row per key of `config.ts`'s tables present in `settings` (model keys, then training keys, in
+ * their declared order): the value, the default in bold where it differs (the defaults are the `original`
+ * recipe), and the key's help. Keys the tables do not declare are refused, so a typo cannot pass unnoticed.
+ */
+export function settingsMarkdown(settings: Record<string, unknown>, title = "Hyper-parameters"): string {
+  const specs = { ...MODEL_KEYS, ...TRAIN_KEYS } as Record<string, KeySpec<unknown>>;
+  const unknown = Object.keys(settings).filter((k) => !(k in specs) && k !== "vocab_size");
+  if (unknown.length) throw new Error(`settingsMarkdown: not a config key: ${unknown.join(", ")}`);
+  const cell = (text: string) => text.replaceAll("|", "\\|").replaceAll("<", "&lt;");
+  const rows = Object.entries(specs).filter(([key]) => key in settings).map(([key, spec]) => {
+    const value = settings[key];
+    const same = JSON.stringify(value) === JSON.stringify(spec.default);
+    const original = same ? "same" : `**${shown(spec.default)}**`;
+    return `| \`${key}\` | ${cell(shown(value))} | ${cell(original)} | ${cell(spec.help)} |`;
+  });
+  return [
+    `**${title}**`,
+    "",
+    "| key | value | original recipe | what it does |",
+    "|:--|:--|:--|:--|",
+    ...rows,
+  ]
+    .join("\n") + "\n";
+}
+
+/** A cell ending with `settingsTable({...config, ...trainConfig})` shows the settings as a table. */
+export function settingsTable(settings: Record<string, unknown>, title?: string): Displayable {
+  const md = settingsMarkdown(settings, title);
+  return displayable(() => ({ "text/markdown": md, "text/plain": md }));
 }
 
 /** Writes JSON (temp name, then renamed), making the folder if needed. */

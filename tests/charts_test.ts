@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
   attentionChart,
+  attributeChart,
   captionsChart,
   chartBundle,
   expertUsageChart,
@@ -13,6 +14,7 @@ import {
   lossChart,
   patchGridChart,
   routingChart,
+  routingMapChart,
   type Spec,
   svgToPng,
   toSvg,
@@ -170,6 +172,39 @@ Deno.test("routingChart draws an expert that was not chosen in white", async () 
   assert.deepEqual(fills, ['fill="rgb(191, 54, 12)"', 'fill="rgb(255, 255, 255)"']);
 });
 
+Deno.test("routingMapChart: per layer and token, the expert with the largest gate, its gate and every choice", async () => {
+  const gates = [
+    [[0.7, 0.3, 0], [0, 0.4, 0.6]], // layer 0: tokens "a", " "
+    [[0, 0, 1], [0.5, 0.5, 0]], // layer 1 (ties, here and in the tally, go to the lower expert)
+  ];
+  const spec = routingMapChart(gates, ["a", " "]);
+  assert.deepEqual(values(spec), [
+    { x: "0|a", y: "layer 0", expert: "0", gate: 0.7, chosen: "0: 0.70, 1: 0.30" },
+    { x: "1|␣", y: "layer 0", expert: "2", gate: 0.6, chosen: "2: 0.60, 1: 0.40" },
+    { x: "0|a", y: "layer 1", expert: "2", gate: 1, chosen: "2: 1.00" },
+    { x: "1|␣", y: "layer 1", expert: "0", gate: 0.5, chosen: "0: 0.50, 1: 0.50" },
+  ]);
+  assert.ok(
+    spec.description.includes("layer 0: expert 0 (1 of 2); layer 1: expert 0 (1 of 2)"),
+    spec.description,
+  );
+  // deno-lint-ignore no-explicit-any
+  assert.deepEqual((spec.layer as any)[0].encoding.color.scale.domain, ["0", "1", "2"]);
+  const svg = await toSvg(spec);
+  assert.equal(svg.match(/aria-roledescription="rect mark"/g)?.length, 4, "one cell per layer and token");
+  const labels = svg.match(/aria-roledescription="text mark"[^>]*>(\d)<\/text>/g)?.map((t) => t.at(-8));
+  assert.deepEqual(labels, ["0", "2", "2", "0"], "each cell names its expert");
+});
+
+Deno.test("routingMapChart refuses empty or ragged gates, naming the layer", () => {
+  throwsIncluding(() => routingMapChart([], []), "routingMapChart: gates is empty");
+  throwsIncluding(
+    () => routingMapChart([[[1, 0]], [[1, 0], [0, 1]]], ["a"]),
+    "layer 1 gates has 2 rows, expected 1",
+  );
+  throwsIncluding(() => routingMapChart([[[1, NaN]]], ["a"]), "layer 0 gates row 1, column 2");
+});
+
 Deno.test("imageBytes undoes the model's normalisation exactly", () => {
   const S = 8;
   const bytes = imageBytes(gradientImage(S), S);
@@ -219,6 +254,7 @@ Deno.test("every chart kind compiles and renders to SVG", async () => {
       [{ image, caption: "a red thing.", truth: "a red thing." }, { image, caption: "b" }],
       { imgSize: 32 },
     ),
+    attributeChart([{ name: "a", exact_match: 0.5, attributes: SEEING }], { subtitle: "test split" }),
   ];
   for (const spec of specs) {
     const svg = await toSvg(spec);
@@ -227,17 +263,96 @@ Deno.test("every chart kind compiles and renders to SVG", async () => {
   }
 });
 
-Deno.test("captionsChart colours a caption by whether it equals the truth", async () => {
+Deno.test("captionsChart marks a caption ✓ (green) or ✗ (red) by whether it equals the truth", async () => {
   const image = gradientImage(16);
   const spec = await captionsChart([
     { image, caption: "right", truth: "right" },
     { image, caption: "wrong", truth: "other" },
+    { image, caption: "no truth" },
   ], { imgSize: 16 });
   // deno-lint-ignore no-explicit-any
-  const colours = (spec.concat as any[]).map((p) => p.title.color);
-  assert.deepEqual(colours, ["#2e7d32", "#c62828"]);
-  assert.ok(spec.description.includes("1 of 2 exactly right"));
+  const titles = (spec.concat as any[]).map((p) => [p.title.text, p.title.color]);
+  assert.deepEqual(titles, [["✓ right", "#2e7d32"], ["✗ wrong", "#c62828"], ["no truth", "black"]]);
+  assert.ok(spec.description.includes("1 of 2 right"), spec.description);
   await assert.rejects(() => captionsChart([], { imgSize: 16 }), /no images/);
+});
+
+Deno.test("captionsChart: a `correct` flag overrides the comparison with the truth", async () => {
+  const image = gradientImage(16);
+  const spec = await captionsChart([
+    { image, caption: "a red star.", truth: "a red star", correct: true }, // e.g. judged by its attributes
+    { image, caption: "same", truth: "same", correct: false },
+    { image, caption: "judged without a truth", correct: true },
+  ], { imgSize: 16 });
+  // deno-lint-ignore no-explicit-any
+  const titles = (spec.concat as any[]).map((p) => p.title.text);
+  assert.deepEqual(titles, ["✓ a red star.", "✗ same", "✓ judged without a truth"]);
+  assert.ok(spec.description.includes("2 of 3 right"), spec.description);
+  const svg = await toSvg(spec);
+  assert.ok(svg.includes("✓ a red star.") && svg.includes("✗ same"));
+});
+
+const SEEING = { colour: 0.98, shape: 0.96, size: 1, position: 1 };
+const BLIND = { colour: 0.148, shape: 0.182, size: 0.506, position: 0.188 };
+
+Deno.test("attributeChart: one bar per run and score, in order, missing attributes left out", async () => {
+  const spec = attributeChart([
+    { name: "seeing", exact_match: 0.956, attributes: SEEING },
+    { name: "blind baseline", exact_match: 0, attributes: BLIND, color: "#999999" },
+    { name: "no attributes", exact_match: 0.5 },
+  ]);
+  assert.deepEqual(
+    values(spec).filter((v) => v.run === "blind baseline"),
+    [
+      { run: "blind baseline", score: "exact", accuracy: 0 },
+      { run: "blind baseline", score: "colour", accuracy: 0.148 },
+      { run: "blind baseline", score: "shape", accuracy: 0.182 },
+      { run: "blind baseline", score: "size", accuracy: 0.506 },
+      { run: "blind baseline", score: "position", accuracy: 0.188 },
+    ],
+  );
+  assert.deepEqual(values(spec).filter((v) => v.run === "no attributes").map((v) => v.score), ["exact"]);
+  // deno-lint-ignore no-explicit-any
+  const enc = spec.encoding as any;
+  assert.deepEqual([enc.x.field, enc.xOffset.field], ["score", "run"]);
+  assert.deepEqual(enc.x.sort, ["exact", "colour", "shape", "size", "position"]);
+  assert.deepEqual(enc.color.scale.domain, ["seeing", "blind baseline", "no attributes"]);
+  assert.equal(enc.color.scale.range[1], "#999999");
+  assert.ok(
+    spec.description.includes("seeing: exact 95.6 %, colour 98.0 %") &&
+      spec.description.includes("blind baseline: exact 0.0 %"),
+    spec.description,
+  );
+  const svg = await toSvg(spec);
+  assert.equal(svg.match(/<path[^>]*aria-roledescription="bar"/g)?.length, 11, "one bar per value");
+});
+
+Deno.test("attributeChart grouped by run: one group per run in the order given, one colour per score", () => {
+  const runs = ["original", "+ patch tokens", "+ conv stem"].map((name, i) => ({
+    name,
+    exact_match: i / 4,
+    attributes: SEEING,
+  }));
+  // deno-lint-ignore no-explicit-any
+  const enc = attributeChart(runs, { groupBy: "run" }).encoding as any;
+  assert.deepEqual([enc.x.field, enc.xOffset.field, enc.color.field], ["run", "score", "score"]);
+  assert.deepEqual(enc.x.sort, ["original", "+ patch tokens", "+ conv stem"]);
+});
+
+Deno.test("attributeChart refuses no runs, repeated names and scores outside [0, 1], naming run and field", () => {
+  throwsIncluding(() => attributeChart([]), "attributeChart: no runs");
+  throwsIncluding(
+    () => attributeChart([{ name: "a", exact_match: 0 }, { name: "a", exact_match: 1 }]),
+    "two runs share a name",
+  );
+  throwsIncluding(
+    () => attributeChart([{ name: "ok", exact_match: 0 }, { name: "bad", exact_match: 96 }]),
+    'run 2 ("bad"), exact_match must lie in [0, 1], got 96',
+  );
+  throwsIncluding(
+    () => attributeChart([{ name: "x", exact_match: 0, attributes: { ...SEEING, shape: NaN } }]),
+    'attributeChart: run 1 ("x"), shape must be a finite number',
+  );
 });
 
 Deno.test("svgToPng gives a PNG twice the SVG's size", async () => {

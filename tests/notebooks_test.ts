@@ -16,16 +16,22 @@ import {
   type DisplayOptions,
   kernelDisplay,
   LiveChart,
+  settingsMarkdown,
   shapeChecks,
   sourceMarkdown,
   writeJson,
 } from "../lib/notebook.ts";
+import { DEFAULT_MODEL, DEFAULT_TRAIN } from "../lib/config.ts";
 import {
   defaultNotebooks,
+  markdownCode,
   missingTools,
+  type Notebook,
   notebookModule,
   runNotebook,
+  swapDeclaration,
   typeCheckNotebook,
+  variantDir,
 } from "./run_notebooks.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -103,6 +109,23 @@ Deno.test("checkShape passes equal shapes, records them, and throws on a mismatc
     "ViT: shape [4, 1, 512], expected [4, 512]",
   );
   assert.deepEqual(shapeChecks.length, before + 1);
+});
+
+Deno.test("settingsMarkdown: config.ts's keys in order, the default in bold where a value differs, the help", () => {
+  const md = settingsMarkdown({ max_iters: 4800, ...DEFAULT_MODEL, residual: "pre_norm", pad_loss: "first" });
+  const lines = md.split("\n");
+  const row = (key: string) => lines.find((l) => l.startsWith(`| \`${key}\` |`));
+  assert.equal(row("residual")?.split(" | ").slice(1, 3).join(" | "), '"pre_norm" | **"original"**');
+  assert.equal(row("max_iters"), "| `max_iters` | 4800 | **100** | optimizer steps in all |");
+  assert.ok(row("n_embd")?.startsWith("| `n_embd` | 128 | same | decoder width"));
+  assert.ok(row("pad_loss")?.includes("&lt;pad> targets"), "a < would start an HTML tag in markdown");
+  assert.ok(row("residual")?.includes("x = ln2(x + attn(ln1 x))"));
+  // Model keys first, then training keys, each in config.ts's order; keys not given are left out.
+  const keys = lines.filter((l) => l.startsWith("| `")).map((l) => l.split("`")[1]);
+  assert.deepEqual(keys.slice(0, 2), ["model_type", "n_embd"]);
+  assert.deepEqual(keys.slice(-2), ["max_iters", "pad_loss"]);
+  assert.ok(!keys.includes("learning_rate"));
+  throwsIncluding(() => settingsMarkdown({ ...DEFAULT_TRAIN, n_layers: 4 }), "not a config key: n_layers");
 });
 
 Deno.test("outside the Jupyter kernel, showing a chart is a clear error", () => {
@@ -238,10 +261,60 @@ Deno.test("typeCheckNotebook reports a type error in a code cell", async () => {
   await Deno.remove(dir, { recursive: true });
 });
 
+const code = (source: string) => ({
+  cell_type: "code",
+  source,
+  outputs: [],
+  execution_count: null,
+  metadata: {},
+});
+const markdown = (source: string) => ({ cell_type: "markdown", source, metadata: {} });
+
+Deno.test("markdownCode finds a markdown cell's ts block; swapDeclaration replaces one declaration in one cell", () => {
+  const nb: Notebook = {
+    cells: [
+      code("const a = 1;\n\nfunction make(x: number): number {\n  return x;\n}\n\nconst b = make(a);"),
+      markdown(
+        "### A hack\n\nTry this:\n\n```ts\nfunction make(x: number): number {\n  return 2 * x;\n}\n```\n",
+      ),
+      code("console.log(b);"),
+    ],
+  };
+  const hack = markdownCode(nb, "A hack", "nb.ipynb");
+  assert.equal(hack, "function make(x: number): number {\n  return 2 * x;\n}");
+  const swapped = swapDeclaration(nb, "make", hack, "nb.ipynb");
+  assert.equal(
+    swapped.cells[0].source,
+    "const a = 1;\n\nfunction make(x: number): number {\n  return 2 * x;\n}\n\nconst b = make(a);",
+  );
+  assert.deepEqual(swapped.cells.slice(1), nb.cells.slice(1));
+  assert.notEqual(nb.cells[0].source, swapped.cells[0].source, "the original is left as it was");
+  throwsIncluding(
+    () => markdownCode(nb, "No such heading", "nb.ipynb"),
+    'nb.ipynb: no markdown cell mentions "No such heading"',
+  );
+  throwsIncluding(() => swapDeclaration(nb, "missing", hack, "nb.ipynb"), '0 code cells declare "missing"');
+  const twice: Notebook = { cells: [nb.cells[0], nb.cells[0]] };
+  throwsIncluding(() => swapDeclaration(twice, "make", hack, "nb.ipynb"), '2 code cells declare "make"');
+});
+
 // ---------------------------------------------------------------------------------------------
 // The notebooks, executed by the real kernel.
 
 const missing = await missingTools();
+const name = (path: string) => path.split("/").at(-1)!;
+/** Charts each notebook writes beyond the loss, captions and attributes every one writes. */
+const EXTRA_CHARTS: Record<string, string[]> = {
+  "seemore_concise.ipynb": [],
+  "seemore_from_scratch.ipynb": [
+    "attention.svg",
+    "blind.svg",
+    "ladder.svg",
+    "seeing_loss.svg",
+    "seeing_captions.svg",
+  ],
+  "seemoe_from_scratch.ipynb": ["expert_usage.svg", "routing.svg", "routing_map.svg", "routing_trained.svg"],
+};
 const required = Deno.env.get("SEEMORE_REQUIRE_NOTEBOOKS") === "1";
 if (missing && !required) console.warn(`notebook execution tests skipped: ${missing}`);
 
@@ -266,14 +339,24 @@ Deno.test({
       assert.deepEqual(summary.smoke, true, `${nb}: summary.json says smoke ${summary.smoke}`);
       assert(summary.steps > 0 && Number.isFinite(summary.final.train_loss), `${nb}: no finite final loss`);
       assert(summary.captions.length > 0, `${nb}: no captions`);
-      for (const file of ["loss.svg", "loss.png", "captions.svg"]) {
+      assert(Number.isFinite(summary.test.exact_match), `${nb}: no held-out test score`);
+      assert(Number.isFinite(summary.blind.attributes.colour), `${nb}: no blind baseline`);
+      const files = [
+        "loss.svg",
+        "loss.png",
+        "captions.svg",
+        "attributes.svg",
+        ...(EXTRA_CHARTS[name(nb)] ?? []),
+      ];
+      for (const file of files) {
         const bytes = await Deno.readFile(join(r.outDir, file));
         if (file.endsWith(".svg")) {
-          assert.ok(
-            new TextDecoder().decode(bytes.slice(0, 200)).includes("<svg"),
-            `missing ${JSON.stringify("<svg")}`,
-          );
+          assert.ok(new TextDecoder().decode(bytes.slice(0, 200)).includes("<svg"), `${file} is not an SVG`);
         } else assert.deepEqual([...bytes.slice(1, 4)], [0x50, 0x4e, 0x47], `${file} is not a PNG`);
+      }
+      if (nb.endsWith("seemore_concise.ipynb")) {
+        assert.equal(summary.recipe, "seeing", "the concise notebook trains the seeing recipe by default");
+        assert.deepEqual(summary.projector.slice(0, 1), ["decoder.image_projection.net.0.weight"]);
       }
       if (nb.endsWith("seemore_from_scratch.ipynb")) {
         const labels = summary.shape_checks.map((c: { label: string }) => c.label);
@@ -289,14 +372,51 @@ Deno.test({
         ) {
           assert(labels.includes(label), `seemore_from_scratch: shape check "${label}" did not run`);
         }
-        await Deno.stat(join(r.outDir, "attention.svg"));
+        assert(summary.distinct_test_captions >= 1, "seemore_from_scratch: no count of distinct captions");
+        assert(
+          Number.isFinite(summary.seeing.test.exact_match),
+          "seemore_from_scratch: the seeing model's score",
+        );
+        assert(summary.seeing.captions.length > 0, "seemore_from_scratch: the seeing model's captions");
       }
       if (nb.endsWith("seemoe_from_scratch.ipynb")) {
-        await Deno.stat(join(r.outDir, "expert_usage.svg"));
-        await Deno.stat(join(r.outDir, "routing.svg"));
+        assert.equal(summary.init, "pytorch", "seeMoE trains with PyTorch's default initialisation");
+        const { tokens, strongest } = summary.routed;
+        assert(strongest.length >= 1 && strongest.every((l: number[]) => l.length === tokens.length));
       }
     }
     await Deno.remove(outRoot, { recursive: true });
+  },
+});
+
+const CONCISE = defaultNotebooks().find((p) => p.endsWith("seemore_concise.ipynb"))!;
+const HACK = "A hack to try: a one-layer projector";
+
+Deno.test({
+  name: "the concise notebook's one-layer projector hack runs: its code block swapped in for makeProjector",
+  ignore: missing !== null && !required,
+  sanitizeResources: false,
+  async fn() {
+    if (missing) throw new Error(missing);
+    const nb = JSON.parse(await Deno.readTextFile(CONCISE)) as Notebook;
+    const variant = swapDeclaration(nb, "makeProjector", markdownCode(nb, HACK, CONCISE), CONCISE);
+    const dir = await variantDir();
+    try {
+      const file = join(dir, "seemore_concise_linear_projector.ipynb");
+      await Deno.writeTextFile(file, JSON.stringify(variant, null, 1));
+      const checked = await typeCheckNotebook(file);
+      assert.ok(checked.ok, checked.log);
+      const r = await runNotebook(file, { smoke: true, outRoot: join(dir, "out"), timeoutSeconds: 600 });
+      assert.ok(r.ok, `the hacked notebook failed:\n${r.log}`);
+      const summary = JSON.parse(await Deno.readTextFile(join(r.outDir, "summary.json")));
+      assert.deepEqual(summary.projector, [
+        "decoder.image_projection.proj.weight",
+        "decoder.image_projection.proj.bias",
+      ]);
+      assert.ok(Number.isFinite(summary.test.exact_match), "no test score");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });
 

@@ -18,6 +18,7 @@
 import { parseArgs } from "node:util";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { declarationSource } from "../lib/notebook.ts";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 export const PYTHON = "/usr/bin/python3";
@@ -130,6 +131,58 @@ export async function typeCheckNotebook(path: string): Promise<{ ok: boolean; lo
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** A notebook as nbformat JSON: the parts these helpers read and change. */
+export interface Notebook {
+  cells: { cell_type: string; source: string | string[]; [key: string]: unknown }[];
+  [key: string]: unknown;
+}
+
+const cellText = (cell: Notebook["cells"][number]) => [cell.source].flat().join("");
+
+/** The first ```ts block of the first markdown cell whose text contains `marker`. */
+export function markdownCode(nb: Notebook, marker: string, file: string): string {
+  const cell = nb.cells.find((c) => c.cell_type === "markdown" && cellText(c).includes(marker));
+  if (!cell) throw new Error(`${file}: no markdown cell mentions ${JSON.stringify(marker)}`);
+  const block = cellText(cell).match(/```ts\n([\s\S]*?)\n```/);
+  if (!block) {
+    throw new Error(`${file}: the markdown cell with ${JSON.stringify(marker)} has no \`\`\`ts block`);
+  }
+  return block[1];
+}
+
+/**
+ * A copy of `nb` in which the top-level declaration `name` (with the comment above it) is replaced by `code`:
+ * what a reader does who pastes a markdown cell's code over a definition. Exactly one code cell must declare it.
+ */
+export function swapDeclaration(nb: Notebook, name: string, code: string, file: string): Notebook {
+  const holders = nb.cells.flatMap((c, i) => {
+    if (c.cell_type !== "code") return [];
+    try {
+      return [{ i, old: declarationSource(cellText(c), name) }];
+    } catch {
+      return [];
+    }
+  });
+  if (holders.length !== 1) {
+    throw new Error(`${file}: ${holders.length} code cells declare "${name}" at top level, expected one`);
+  }
+  const { i, old } = holders[0];
+  const cells = nb.cells.map((
+    c,
+    j,
+  ) => (j === i ? { ...c, source: cellText(c).replace(old, () => code) } : c));
+  return { ...nb, cells };
+}
+
+/**
+ * A folder for notebook variants, directly under the repository root: the kernel runs a notebook in its own
+ * folder, and there `../lib/` and `../data/` resolve as they do from notebooks/ (and deno.json is found).
+ * Remove it when done (`.notebook-variant-*` is git-ignored in case a run is killed first).
+ */
+export async function variantDir(): Promise<string> {
+  return await Deno.makeTempDir({ dir: ROOT, prefix: ".notebook-variant-" });
 }
 
 /** The notebooks to run by default: notebooks/*.ipynb, sorted. */
