@@ -125,6 +125,22 @@ export class Module {
     }
   }
 
+  /**
+   * Rewrites the parameters one at a time, in state_dict order: `edit` gets one parameter's state_dict
+   * entries (full names, PyTorch layouts) and returns what the parameter takes back (undefined: unchanged).
+   */
+  editState(edit: (entries: StateDict) => StateDict | undefined): void {
+    for (const e of this.#entries) {
+      if ("child" in e) {
+        e.child.editState(edit);
+        continue;
+      }
+      const key = this.#fullName(e.name);
+      const entries = edit(new Map(e.layout.save(key, readData(e.param), e.param.shape)));
+      if (entries) assign(e.param, e.layout.load(key, entries, e.param.shape));
+    }
+  }
+
   /** The names and shapes this module's state_dict has. */
   expectedShapes(): Map<string, number[]> {
     return new Map([...this.stateDict()].map(([k, v]) => [k, v.shape]));

@@ -13,18 +13,17 @@
 //   (`aux_loss_coef`), an optional expert capacity (`capacity_factor`).
 //
 // The original's main applies kaiming_normal_ to every nn.Linear weight after building the model;
-// `VisionMoELanguageModel` does the same by default. That init is why the original's MoE barely learns
-// (README, "seeMoE").
+// `VisionMoELanguageModel` does the same by default (lib/model/init.ts).
 
 import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig } from "../config.ts";
 import { type ExpertWeights, mixtureGates, sparseMixture, topKGates } from "../ops/experts.ts";
-import { hash32 } from "../random.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
 import { LayerNorm, Linear } from "./layers.ts";
 import { TwoLayerMLP } from "./mlp.ts";
-import { ForwardContext, Initialiser, Module, readData } from "./module.ts";
+import { kaimingInitLinears } from "./init.ts";
+import { ForwardContext, Initialiser, Module } from "./module.ts";
 import { type RouterStats, routerStats, switchBalanceLoss } from "./routing.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
 
@@ -331,23 +330,4 @@ function checkMoEConfig(c: ModelConfig): void {
   }
   if (!(c.aux_loss_coef >= 0)) bad("aux_loss_coef", "≥ 0");
   if (!(c.capacity_factor >= 0)) bad("capacity_factor", "≥ 0 (0 = no limit)");
-}
-
-/**
- * The original's `model.apply(kaiming_init_weights)`: every nn.Linear weight (attention heads, projections,
- * MLPs, experts, routers, lm_head) is redrawn from N(0, 2 / fan_in); biases, LayerNorms, the embedding
- * tables, cls_token, pos_embedding and the patch conv keep their initialisation.
- */
-export function kaimingInitLinears(model: VisionLanguageModel, seed: number): void {
-  const init = new Initialiser(hash32(seed, 0x6b61696d, 0x6e67));
-  const state = model.stateDict();
-  for (const [name, t] of state) {
-    const isLinearWeight = t.shape.length === 2 && name.endsWith(".weight") &&
-      !name.includes("embedding_table");
-    if (!isLinearWeight) continue;
-    const sample = init.normal(t.shape, Math.sqrt(2 / t.shape[1])); // PyTorch layout [out, in]: fan_in = in
-    state.set(name, { shape: t.shape, data: readData(sample) });
-    sample.dispose();
-  }
-  model.loadStateDict(state);
 }

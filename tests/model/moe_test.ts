@@ -6,13 +6,8 @@ import assert from "node:assert/strict";
 import { DEFAULT_MODEL, type ModelConfig, PAD } from "../../lib/config.ts";
 import { buildModel } from "../../lib/model/factory.ts";
 import { loadModel, saveModel } from "../../lib/model_files.ts";
-import {
-  kaimingInitLinears,
-  type MoEOptions,
-  SparseMoE,
-  SparseMoEBlock,
-  VisionMoELanguageModel,
-} from "../../lib/model/moe.ts";
+import { kaimingInitLinears } from "../../lib/model/init.ts";
+import { type MoEOptions, SparseMoE, SparseMoEBlock, VisionMoELanguageModel } from "../../lib/model/moe.ts";
 import { routerStats } from "../../lib/model/routing.ts";
 import { planDispatch, selectRows, sparseMixture, topKIndices } from "../../lib/ops/experts.ts";
 import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
