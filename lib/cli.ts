@@ -8,8 +8,11 @@ import {
   DEFAULT_MODEL,
   DEFAULT_RECIPE,
   DEFAULT_TRAIN,
+  type KeySpec,
+  MODEL_KEYS,
   type ModelConfig,
   RECIPES,
+  TRAIN_KEYS,
   type TrainConfig,
 } from "./config.ts";
 import { ImageCaptionDataset } from "./data/batches.ts";
@@ -329,8 +332,10 @@ function trainDefault(key: string): string {
   const base = { ...DEFAULT_MODEL, ...DEFAULT_TRAIN } as Record<string, unknown>;
   const recipe = RECIPES[DEFAULT_RECIPE];
   const seeing = { ...base, ...recipe.model, ...recipe.train } as Record<string, unknown>;
+  const spec = ({ ...MODEL_KEYS, ...TRAIN_KEYS } as Record<string, KeySpec<unknown>>)[key];
+  const show = (v: unknown) => v === undefined ? spec.defaultText ?? "none" : String(v);
   const same = JSON.stringify(seeing[key]) === JSON.stringify(base[key]);
-  return same ? String(base[key]) : `${seeing[key]}; --recipe original: ${base[key]}`;
+  return same ? show(base[key]) : `${show(seeing[key])}; --recipe original: ${show(base[key])}`;
 }
 
 const COMMANDS: Record<string, [Command, (flags: ParsedFlags) => Promise<void>]> = {

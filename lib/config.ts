@@ -5,6 +5,8 @@
 import { PAD, Tokenizer } from "./tokenizer.ts";
 
 export type ModelType = "seemore" | "seemoe";
+/** How Linear weights start: PyTorch's default, or redrawn Kaiming-normal (lib/model/init.ts). */
+export type Init = "pytorch" | "kaiming";
 
 /** Architecture: what a checkpoint's config.json stores (plus `vocab`). */
 export interface ModelConfig {
@@ -32,6 +34,13 @@ export interface ModelConfig {
   residual: "original" | "pre_norm";
   patch_stem: "linear" | "conv";
   image_words: string[];
+  /** Absent: the original's choice for the model type (initOf). */
+  init?: Init;
+}
+
+/** The init a config asks for: its `init`, else the original's (seemore PyTorch's default, seeMoE Kaiming). */
+export function initOf(config: Pick<ModelConfig, "model_type" | "init">): Init {
+  return config.init ?? (config.model_type === "seemoe" ? "kaiming" : "pytorch");
 }
 
 /** Optimisation: not part of a checkpoint's architecture. */
@@ -57,7 +66,10 @@ export type Group = "data" | "model" | "recipe" | "seemoe" | "training" | "sampl
 
 /** One key: its default (the original's behaviour), how it is checked, its flag and its help. */
 export interface KeySpec<T> {
+  /** undefined: the key may be absent, and its meaning is worked out (`defaultText` says how). */
   default: T;
+  /** --help's words for a default that is undefined. */
+  defaultText?: string;
   help: string;
   group: Group;
   /** The command-line flag, without "--" (none: the key is set from the data or by a recipe only). */
@@ -72,7 +84,7 @@ export interface KeySpec<T> {
   belowMax?: boolean;
 }
 
-type Specs<C> = { [K in keyof C]-?: KeySpec<C[K]> };
+type Specs<C> = { [K in keyof C]-?: KeySpec<C[K] | (undefined extends C[K] ? undefined : never)> };
 
 const SIZE = { integer: true, min: 1, max: 65_536 } as const; // widths, counts: far past anything trainable here
 const RATE = { min: 0, max: 1, belowMax: true } as const;
@@ -159,6 +171,15 @@ export const MODEL_KEYS: Specs<Omit<ModelConfig, "vocab_size">> = {
     default: false,
     group: "seemoe",
     help: "router noise in evaluation and generation too, as the original (default: only while training)",
+  },
+  init: {
+    default: undefined,
+    defaultText: "the model's: seemore pytorch, seemoe kaiming",
+    choices: ["pytorch", "kaiming"],
+    flag: "init",
+    group: "model",
+    help: "Linear weights start as PyTorch's default, or all redrawn from N(0, 2/fan_in) as the " +
+      "original seeMoE's main does",
   },
   visual_tokens: {
     default: "cls",
@@ -323,6 +344,7 @@ export function checkValue(
     throw new Error(`${where}: "${key}" must be ${what}, not ${JSON.stringify(value)}`);
   };
   const d = spec.default;
+  if (value === undefined && d === undefined) return undefined; // absent, and may be
   if (typeof d === "boolean") {
     if (fromText && (value === "true" || value === "false")) return value === "true";
     return typeof value === "boolean" ? value : fail("true or false");
@@ -465,8 +487,8 @@ export function configProblem(c: ModelConfig): string | undefined {
  *   learns caption statistics only: every image gets the same caption (README, "A model that sees").
  * - "seeing": the CLI's default. A smaller ViT over 64×64 images, a small convolutional stem in front of
  *   16×16 patches, every patch token passed to the decoder, the usual pre-norm blocks with head-size
- *   attention scaling, the first character predicted from the image; trained with word noising, a word loss
- *   on grey copies of the images and a cosine learning-rate decay. It captions colour–shape pairs it never
+ *   attention scaling, the first character predicted from the image, PyTorch's default init for seeMoE too;
+ *   trained with word noising, a word loss on grey copies of the images and a cosine learning-rate decay. It captions colour–shape pairs it never
  *   saw in training (README, "A model that sees").
  */
 export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Partial<TrainConfig> }> = {
@@ -482,6 +504,7 @@ export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Parti
       first_token_from_image: true,
       attention_scale: "head",
       residual: "pre_norm",
+      init: "pytorch", // seeMoE too: with the original's Kaiming init it barely learns (README, "seeMoE")
     },
     train: {
       max_iters: 4800,

@@ -153,7 +153,7 @@ export function usage(command: Command, defaults: (key: string) => string = () =
       add(
         spec.group,
         `--${flag}${value ? ` ${value}` : ""}`,
-        `${spec.help} (default ${defaults(key) || String(spec.default)})`,
+        `${spec.help} (default ${defaults(key) || (spec.defaultText ?? String(spec.default))})`,
       );
     }
   }

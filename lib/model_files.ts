@@ -3,17 +3,17 @@
 // value, so a PyTorch user can write this file by hand) and model.safetensors (the original's state_dict).
 
 import { checkTensors, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
-import { type ModelConfig, type ModelType, parseConfig } from "./config.ts";
+import { initOf, type ModelConfig, type ModelType, parseConfig } from "./config.ts";
 import { buildModel } from "./model/factory.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 
-/** The config.json we write for a model. */
+/** The config.json we write for a model (`init` written out: how its weights started). */
 export function configJson(
   model: ModelConfig,
   vocab: string[],
   extra: Record<string, unknown> = {},
 ): Record<string, unknown> {
-  return { ...model, vocab, ...extra };
+  return { ...model, init: initOf(model), vocab, ...extra };
 }
 
 /**

@@ -12,8 +12,8 @@
 // - Beyond the original: router statistics per layer, an optional Switch-Transformer load-balancing loss
 //   (`aux_loss_coef`), an optional expert capacity (`capacity_factor`).
 //
-// The original's main applies kaiming_normal_ to every nn.Linear weight after building the model;
-// `VisionMoELanguageModel` does the same by default (lib/model/init.ts).
+// The original's main applies kaiming_normal_ to every nn.Linear weight after building the model; a seeMoE
+// config without `init` does the same (initOf; lib/model/init.ts).
 
 import * as tf from "@tensorflow/tfjs";
 import type { ModelConfig } from "../config.ts";
@@ -22,7 +22,6 @@ import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
 import { LayerNorm, Linear } from "./layers.ts";
 import { TwoLayerMLP } from "./mlp.ts";
-import { kaimingInitLinears } from "./init.ts";
 import { ForwardContext, Initialiser, Module } from "./module.ts";
 import { type RouterStats, routerStats, switchBalanceLoss } from "./routing.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
@@ -227,18 +226,14 @@ export class MoEDecoderLanguageModel extends DecoderLanguageModel {
   }
 }
 
-/** Options that are not part of a checkpoint's config. */
-export interface VisionMoEOptions {
-  /** Kaiming-normal Linear weights, as the original's main applies (default true). */
-  kaiming?: boolean;
-}
-
-/** seeMoE: the ViT (with the ReLU MLP in its blocks) → projector → MoE decoder. */
+/**
+ * seeMoE: the ViT (with the ReLU MLP in its blocks) → projector → MoE decoder. Its Linear weights start
+ * Kaiming-normal unless the config's `init` is "pytorch" (initOf).
+ */
 export class VisionMoELanguageModel extends VisionLanguageModel {
-  constructor(config: ModelConfig, seed = 0, opts: VisionMoEOptions = {}) {
+  constructor(config: ModelConfig, seed = 0) {
     checkMoEConfig(config);
     super(config, seed);
-    if (opts.kaiming ?? true) kaimingInitLinears(this, seed);
   }
 
   /** seeMoE's ViT blocks use the original's `MLP` (ReLU, dropout; saved as ffn.net.0 / .2). */

@@ -5,12 +5,14 @@
 // freely between this code and the PyTorch original. The training objective is in lib/objective.ts.
 
 import * as tf from "@tensorflow/tfjs";
-import type { ModelConfig } from "../config.ts";
+import { initOf, type ModelConfig } from "../config.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
+import { kaimingInitLinears } from "./init.ts";
 import { Linear } from "./layers.ts";
 import { type ForwardContext, Initialiser, Module } from "./module.ts";
 import { ViT } from "./vit.ts";
 
+/** Linear weights start as the config's `init` says (initOf: absent, PyTorch's default for seemore). */
 export class VisionLanguageModel extends Module {
   readonly visionEncoder: ViT;
   readonly decoder: DecoderLanguageModel;
@@ -30,6 +32,7 @@ export class VisionLanguageModel extends Module {
     this.wordHead = words.length > 0
       ? this.add("word_head", new Linear(c.image_embed_dim, words.length, init))
       : null;
+    if (initOf(c) === "kaiming") kaimingInitLinears(this, seed); // after every part is built (seeMoE's too)
   }
 
   /** seemore's ViT blocks use the GELU feed-forward; seeMoE overrides this. */

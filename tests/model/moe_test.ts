@@ -230,9 +230,8 @@ const REFERENCE_KEYS = new URL("../fixtures/reference/state_dict_keys.json", imp
 
 Deno.test("seemoe: parameter names and shapes are the original's state_dict (default config)", async () => {
   const ref = JSON.parse(await Deno.readTextFile(REFERENCE_KEYS));
-  const model = new VisionMoELanguageModel({ ...DEFAULT_MODEL, model_type: "seemoe", vocab_size: 66 }, 0, {
-    kaiming: false,
-  });
+  const config: ModelConfig = { ...DEFAULT_MODEL, model_type: "seemoe", vocab_size: 66, init: "pytorch" };
+  const model = new VisionMoELanguageModel(config, 0);
   try {
     const ours = Object.fromEntries(model.expectedShapes());
     assert.deepEqual(Object.keys(ours).sort(), Object.keys(ref.seemoe).sort());
@@ -390,8 +389,8 @@ Deno.test("router statistics in training; Switch aux loss adds coef × mean bala
 });
 
 Deno.test("Kaiming init: Linear weights ~ N(0, 2/fan_in), everything else untouched", () => {
-  const config = moeConfig({ n_embd: 64, image_embed_dim: 64 });
-  const model = new VisionMoELanguageModel(config, 3, { kaiming: false });
+  const config = moeConfig({ n_embd: 64, image_embed_dim: 64, init: "pytorch" });
+  const model = new VisionMoELanguageModel(config, 3);
   const before = model.stateDict();
   kaimingInitLinears(model, 3);
   const after = model.stateDict();
