@@ -224,6 +224,9 @@ Deno.test("bad inputs fail clearly and write nothing", async () => {
   const stem = await cli("train", "--patch-stem", "hmlp");
   assert.equal(stem.code, 2);
   assert.match(stem.err, /--patch-stem must be one of "linear", "conv"/);
+  const init = await cli("train", "--init", "bogus");
+  assert.equal(init.code, 2);
+  assert.match(init.err, /--init must be one of "pytorch", "kaiming", not "bogus"/);
   const decay = await cli("train", "--decay-lr", "yes");
   assert.equal(decay.code, 2);
   assert.match(decay.err, /--decay-lr must be true or false/);

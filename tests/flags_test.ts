@@ -26,6 +26,13 @@ Deno.test("each config key with a flag parses into its scope, checked against it
     /--dropout must be a number from 0 to 1 \(excluded\)/,
   );
   assert.throws(() => parseFlags(["--residual", "post"], COMMAND), UsageError);
+  assert.deepEqual(parseFlags(["--init", "kaiming"], COMMAND).model, { init: "kaiming" });
+  assert.deepEqual(parseFlags(["--init=pytorch"], COMMAND).model, { init: "pytorch" });
+  assert.throws(
+    () => parseFlags(["--init", "bogus"], COMMAND),
+    (e: Error) =>
+      e instanceof UsageError && e.message === `--init must be one of "pytorch", "kaiming", not "bogus"`,
+  );
   assert.throws(() => parseFlags(["--nope"], COMMAND), /Unknown option '--nope'.*--help lists them/);
 });
 
@@ -54,7 +61,8 @@ Deno.test("--help lists every flag, grouped, with its default", () => {
       l.trimStart().startsWith(`--${flag} `) || l.trim() === `--${flag}`
     );
     assert.ok(line, `--${flag} listed`);
-    assert.ok(line!.includes(spec.help) && line!.includes(`(default ${String(spec.default)})`), line);
+    const shown = spec.default === undefined ? spec.defaultText : String(spec.default);
+    assert.ok(shown && line!.includes(spec.help) && line!.includes(`(default ${shown})`), line);
   }
   for (const title of ["data:", "model:", "seeMoE (--model seemoe):", "training:"]) {
     assert.ok(text.includes(title), title);
