@@ -1,9 +1,9 @@
 // Writes the synthetic shapes data set (train.csv, val.csv, test.csv) and prints blind baselines.
 //
 //   deno run -A lib/data/make_shapes.ts --out data/shapes --seed 1337 --level 1 \
-//     --train 5000 --val 300 --test 500 [--extra-colours N] [--extra-shapes N]
+//     --train 5000 --val 300 --test 500 --extra-colours 6 --extra-shapes 4
 //
-// --extra-colours / --extra-shapes add that many of shapes.ts's EXTRA_COLOURS / EXTRA_SHAPES to the
+// Those are the defaults (`deno task shapes`), which made the bundled data. --extra-colours / --extra-shapes add that many of shapes.ts's EXTRA_COLOURS / EXTRA_SHAPES to the
 // training scenes only (val and test keep the six colours and six shapes): each held-out shape is then
 // seen with more colours in training.
 //
@@ -22,8 +22,8 @@ const DEFAULTS = {
   train: 5000,
   val: 300,
   test: 500,
-  "extra-colours": 0,
-  "extra-shapes": 0,
+  "extra-colours": 6,
+  "extra-shapes": 4,
 };
 
 function toInteger(name: string, value: unknown): number {

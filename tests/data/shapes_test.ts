@@ -37,8 +37,11 @@ import { parseOptions } from "../../lib/data/make_shapes.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
 
 const DATA_DIR = new URL("../../data/shapes/", import.meta.url).pathname;
-// The command in data/shapes/README.md that made the bundled files.
-const BUNDLED = { seed: 1337, level: 1 as Level, train: 5000, val: 300, test: 500 };
+// The command in data/shapes/README.md that made the bundled files (also make_shapes's defaults).
+const README_COMMAND = (await Deno.readTextFile(join(DATA_DIR, "README.md")))
+  .match(/^deno run -A lib\/data\/make_shapes\.ts (.*)$/m)![1];
+const BUNDLED = parseOptions(README_COMMAND.split(" "));
+const BUNDLED_EXTRAS = { colours: BUNDLED.extraColours!, shapes: BUNDLED.extraShapes! };
 const LEVELS: Level[] = [1, 2, 3];
 
 function readCsv(split: Split): pl.DataFrame {
@@ -82,10 +85,21 @@ Deno.test("the first rows of a split do not depend on how many rows are asked fo
 });
 
 Deno.test("the bundled CSVs start with the rows their documented command makes", async () => {
+  // README's command names every option (none left to the defaults), and the defaults are that command
+  const named = README_COMMAND.match(/--[a-z-]+/g)!.sort();
+  const flags = ["out", "seed", "level", "train", "val", "test", "extra-colours", "extra-shapes"];
+  assert.deepEqual(named, flags.map((f) => `--${f}`).sort(), README_COMMAND);
+  assert.deepEqual(parseOptions([]), BUNDLED, "`deno task shapes` (the defaults) runs README's command");
   for (const split of ["train", "val", "test"] as const) {
     const text = await Deno.readTextFile(join(DATA_DIR, `${split}.csv`));
-    const expected = rowsToCsv(makeRows(BUNDLED.seed, BUNDLED.level, split, 25));
+    const rows = makeRows(BUNDLED.seed, BUNDLED.level, split, 25, BUNDLED_EXTRAS);
+    const expected = rowsToCsv(rows);
     assert.equal(text.slice(0, expected.length), expected, split);
+    // the rows compared include training scenes drawn from the extra colours and shapes
+    const extra = rows.some((r) =>
+      [...EXTRA_COLOURS, ...EXTRA_SHAPES].some((w) => r.caption.includes(` ${w} `))
+    );
+    assert.equal(extra, split === "train", split);
   }
 });
 
@@ -338,18 +352,26 @@ Deno.test("bundled CSVs: schema, sizes, captions in the grammar", async () => {
   assert.ok(bytes < 15e6, `${bytes} bytes`);
 });
 
-Deno.test("bundled CSVs: no test colour-shape pair occurs in train; val is in-distribution", () => {
+Deno.test("bundled CSVs: no test pair occurs in train; val and test hold only the base colours and shapes", () => {
   const pairsOf = (split: Split) =>
     (readCsv(split).getColumn("caption").toArray() as string[]).map((c) =>
       parseCaption(c)!.objects.map((o) => pairKey(o.colour, o.shape))
     );
   const trainPairs = new Set(pairsOf("train").flat());
-  assert.equal(trainPairs.size, 30); // 6 colours x 6 shapes, less the 6 held out
+  const basePairs = [...trainPairs].filter((p) =>
+    COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s)))
+  );
+  assert.equal(basePairs.length, 30); // 6 colours x 6 shapes, less the 6 held out
+  // with the training-only extras: 12 colours x 10 shapes, less the 6 held out
+  assert.equal(trainPairs.size, (6 + BUNDLED_EXTRAS.colours) * (6 + BUNDLED_EXTRAS.shapes) - 6);
   for (const pairs of pairsOf("test")) {
     assert.ok(pairs.some((p) => !trainPairs.has(p)), `test holds only seen pairs: ${pairs}`);
   }
   for (const pairs of pairsOf("val")) {
-    for (const p of pairs) assert.ok(trainPairs.has(p), `val pair not in train: ${p}`);
+    for (const p of pairs) assert.ok(basePairs.includes(p), `val pair not a seen base pair: ${p}`);
+  }
+  for (const pairs of pairsOf("test")) {
+    for (const p of pairs) assert.ok(COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s))), p);
   }
 });
 
@@ -364,10 +386,10 @@ Deno.test("make_shapes: options are checked with clear errors", () => {
     train: 10,
     val: 300,
     test: 500,
-    extraColours: 0,
-    extraShapes: 0,
+    extraColours: 6,
+    extraShapes: 4,
   });
-  assert.equal(parseOptions(["--extra-colours", "6", "--extra-shapes", "4"]).extraShapes, 4);
+  assert.equal(parseOptions(["--extra-colours", "0", "--extra-shapes", "2"]).extraShapes, 2);
   assert.throws(() => parseOptions(["--seed", "abc"]), /--seed must be a whole number/);
   assert.throws(() => parseOptions(["--bogus", "1"]), /make_shapes: .*bogus/);
   assert.throws(
