@@ -20,7 +20,9 @@ async function run(args: string[]): Promise<string> {
 }
 
 const data = await Deno.makeTempDir();
-for (const [split, csv] of Object.entries(makeSplits({ seed: 5, level: 1, train: 60, val: 6, test: 8 }))) {
+// Like the bundled data: training scenes also show the extra colours and shapes.
+const splits = makeSplits({ seed: 5, level: 1, train: 60, val: 6, test: 8, extraColours: 6, extraShapes: 4 });
+for (const [split, csv] of Object.entries(splits)) {
   await Deno.writeTextFile(`${data}/${split}.csv`, csv);
 }
 

@@ -1,4 +1,5 @@
-// A ViT that classifies shape alone (six classes), on the bundled shapes data: how fast its image encoder
+// A ViT that classifies shape alone (ALL_SHAPES: the six base shapes and the four training-only extras), on
+// the bundled shapes data: how fast its image encoder
 // learns shape with the original's one-matmul patch embedding ("linear") or the convolutional stem
 // ("conv"), and whether shape learned on its own carries over to the test split's held-out colour–shape
 // pairs (README, "A model that sees").
@@ -18,7 +19,7 @@ import { initBackend } from "../../lib/backend.ts";
 import { DEFAULT_MODEL, type ModelConfig, RECIPES } from "../../lib/config.ts";
 import { ImageCaptionDataset } from "../../lib/data/batches.ts";
 import { readImageCaptionCsv } from "../../lib/data/csv.ts";
-import { parseCaption, SHAPES } from "../../lib/data/shapes.ts";
+import { ALL_SHAPES, parseCaption } from "../../lib/data/shapes.ts";
 import { Linear } from "../../lib/model/layers.ts";
 import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
 import { VisionLanguageModel } from "../../lib/model/vision_language_model.ts";
@@ -53,7 +54,7 @@ const config: ModelConfig = {
   vocab_size: 66,
 };
 
-/** A split's images and the index in SHAPES of each caption's shape. */
+/** A split's images and the index in ALL_SHAPES of each caption's shape. */
 async function load(split: string): Promise<{ data: ImageCaptionDataset; labels: number[] }> {
   const file = `${v.data}/${split}.csv`;
   const table = readImageCaptionCsv(file);
@@ -67,15 +68,19 @@ async function load(split: string): Promise<{ data: ImageCaptionDataset; labels:
     if (!attrs || attrs.objects.length !== 1) {
       throw new Error(`${file}, row ${i + 1}: not a one-shape caption`);
     }
-    return SHAPES.indexOf(attrs.objects[0].shape);
+    const label = ALL_SHAPES.indexOf(attrs.objects[0].shape);
+    if (label < 0) {
+      throw new Error(`${file}, row ${i + 1}: shape "${attrs.objects[0].shape}" is not in ALL_SHAPES`);
+    }
+    return label;
   });
   return { data, labels };
 }
 const [train, val, test] = [await load("train"), await load("val"), await load("test")];
 
-// Only the model's image encoder is used; the head maps its CLS feature to the six shapes.
+// Only the model's image encoder is used; the head maps its CLS feature to the shapes of ALL_SHAPES.
 const vit = new VisionLanguageModel(config, seed).visionEncoder;
-const head = new Linear(config.image_embed_dim, SHAPES.length, new Initialiser(seed + 1));
+const head = new Linear(config.image_embed_dim, ALL_SHAPES.length, new Initialiser(seed + 1));
 const params = [...vit.variables(), ...head.variables()];
 const opt = new Adam(params, Number(v.lr));
 
@@ -86,11 +91,11 @@ function imagesOf(data: ImageCaptionDataset, rows: number[]): tf.Tensor4D {
   return tf.tensor4d(pixels, [rows.length, 3, S, S]);
 }
 
-/** (B, 3, S, S) → shape logits (B, 6) from the ViT's CLS output. */
+/** (B, 3, S, S) → shape logits (B, ALL_SHAPES.length) from the ViT's CLS output. */
 function logits(images: tf.Tensor4D, ctx: ForwardContext): tf.Tensor2D {
   const feats = vit.forward(images, ctx); // (B, V, D)
   const [B, , D] = feats.shape;
-  return head.forward(tf.reshape(tf.slice(feats, [0, 0, 0], [B, 1, D]), [B, D])) as tf.Tensor2D; // (B, 6)
+  return head.forward(tf.reshape(tf.slice(feats, [0, 0, 0], [B, 1, D]), [B, D])) as tf.Tensor2D; // (B, 10)
 }
 
 function accuracy({ data, labels }: { data: ImageCaptionDataset; labels: number[] }): number {
@@ -114,7 +119,7 @@ const t0 = performance.now();
 for (let step = 1; step <= steps; step++) {
   const rows = Array.from({ length: batchSize }, () => Math.floor(rand() * train.data.length));
   const images = imagesOf(train.data, rows);
-  const onehot = tf.oneHot(tf.tensor1d(rows.map((r) => train.labels[r]), "int32"), SHAPES.length);
+  const onehot = tf.oneHot(tf.tensor1d(rows.map((r) => train.labels[r]), "int32"), ALL_SHAPES.length);
   const ctx = new ForwardContext(true, seed, step);
   const { value, grads } = tf.variableGrads(
     () => tf.losses.softmaxCrossEntropy(onehot, logits(images, ctx)) as tf.Scalar,

@@ -4,7 +4,9 @@
 // small grammar ("a small red circle at the left."), drawn as SVG and rasterised with resvg to a
 // 96×96 PNG. Everything is driven by a seeded generator, so the same seed gives the same bytes.
 // A fixed set of colour–shape pairs is held out of train/val and used only in test, so a test
-// score measures whether the model composes what it sees rather than recalls captions.
+// score measures whether the model composes what it sees rather than recalls captions. Training scenes
+// may also draw from extra colours and shapes (`extraColours`, `extraShapes`) that val and test never
+// show: more partners per shape and per colour in training, the same held-out test.
 //
 // The grammar (all lowercase, only letters, space, ',' and '.'):
 //   thing  := "a " size " " colour " " shape
@@ -23,12 +25,18 @@ import { mulberry32 } from "../random.ts";
 
 export const SHAPES = ["circle", "square", "triangle", "diamond", "star", "cross"] as const;
 export const COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"] as const;
+/** Colours and shapes only training scenes may hold (the first `extraColours` / `extraShapes` of each). */
+export const EXTRA_COLOURS = ["pink", "white", "cyan", "brown", "lime", "teal"] as const;
+export const EXTRA_SHAPES = ["heart", "ring", "arrow", "moon"] as const;
+/** Every colour a caption may name, in mention order (the base colours first). */
+export const ALL_COLOURS = [...COLOURS, ...EXTRA_COLOURS] as const;
+export const ALL_SHAPES = [...SHAPES, ...EXTRA_SHAPES] as const;
 export const SIZES = ["small", "large"] as const;
 export const POSITIONS = ["left", "right", "top", "bottom", "centre"] as const;
 export const RELATIONS = ["above", "below", "left of", "right of"] as const;
 
-export type Shape = typeof SHAPES[number];
-export type Colour = typeof COLOURS[number];
+export type Shape = typeof ALL_SHAPES[number];
+export type Colour = typeof ALL_COLOURS[number];
 export type Size = typeof SIZES[number];
 export type Position = typeof POSITIONS[number];
 export type Relation = typeof RELATIONS[number];
@@ -73,7 +81,45 @@ export const COLOUR_HEX: Record<Colour, string> = {
   green: "#43a047",
   blue: "#1e88e5",
   purple: "#a03cc8",
+  pink: "#f48fb1",
+  white: "#eeeeee",
+  cyan: "#26c6da",
+  brown: "#8d6e63",
+  lime: "#c0ca33",
+  teal: "#00897b",
 };
+
+/** What the objects of a split are drawn from: the base lists, plus extras in training. */
+export interface Palette {
+  colours: readonly Colour[];
+  shapes: readonly Shape[];
+}
+
+export const BASE_PALETTE: Palette = { colours: COLOURS, shapes: SHAPES };
+
+/** Extra colours and shapes for training scenes (0 and 0: the base palette). */
+export interface Extras {
+  colours: number;
+  shapes: number;
+}
+
+/** The palette of a split: val and test always use the base lists; train adds the first `extras`. */
+export function paletteOf(split: Split, extras: Extras = { colours: 0, shapes: 0 }): Palette {
+  if (
+    !Number.isInteger(extras.colours) || extras.colours < 0 || extras.colours > EXTRA_COLOURS.length ||
+    !Number.isInteger(extras.shapes) || extras.shapes < 0 || extras.shapes > EXTRA_SHAPES.length
+  ) {
+    throw new Error(
+      `shapes: extra colours must be 0..${EXTRA_COLOURS.length} and extra shapes 0..${EXTRA_SHAPES.length}, ` +
+        `got ${extras.colours} and ${extras.shapes}`,
+    );
+  }
+  if (split !== "train") return BASE_PALETTE;
+  return {
+    colours: [...COLOURS, ...EXTRA_COLOURS.slice(0, extras.colours)],
+    shapes: [...SHAPES, ...EXTRA_SHAPES.slice(0, extras.shapes)],
+  };
+}
 
 /**
  * Colour–shape pairs never shown in train or val; every test scene holds at least one.
@@ -139,14 +185,14 @@ const POSITION_CENTRE: Record<Position, [number, number]> = {
   centre: [48, 48],
 };
 
-function sampleThing(rng: Rng): Thing {
-  return { size: pick(rng, SIZES), colour: pick(rng, COLOURS), shape: pick(rng, SHAPES) };
+function sampleThing(rng: Rng, palette: Palette): Thing {
+  return { size: pick(rng, SIZES), colour: pick(rng, palette.colours), shape: pick(rng, palette.shapes) };
 }
 
 /** Things for one scene: distinct colours; train/val avoid held-out pairs, test needs one. */
-function sampleThings(rng: Rng, count: number, split: Split): Thing[] {
+function sampleThings(rng: Rng, count: number, split: Split, palette: Palette): Thing[] {
   for (;;) {
-    const things = Array.from({ length: count }, () => sampleThing(rng));
+    const things = Array.from({ length: count }, () => sampleThing(rng, palette));
     const colours = new Set(things.map((t) => t.colour));
     if (colours.size !== count) continue;
     const heldOut = things.some(isHeldOut);
@@ -165,14 +211,14 @@ function place(rng: Rng, thing: Thing, x: number, y: number): PlacedThing {
 /** What a sampler returns: the caption's attributes plus the drawn objects. */
 type Sampled = SceneAttrs & { placed: PlacedThing[] };
 
-/** Order of mention in a pair: large before small, then by the colour's place in COLOURS. */
+/** Order of mention in a pair: large before small, then by the colour's place in ALL_COLOURS. */
 function mentionOrder(a: Thing, b: Thing): number {
   const bySize = SIZES.indexOf(b.size) - SIZES.indexOf(a.size);
-  return bySize !== 0 ? bySize : COLOURS.indexOf(a.colour) - COLOURS.indexOf(b.colour);
+  return bySize !== 0 ? bySize : ALL_COLOURS.indexOf(a.colour) - ALL_COLOURS.indexOf(b.colour);
 }
 
-function sampleSingle(rng: Rng, split: Split): Sampled {
-  const [thing] = sampleThings(rng, 1, split);
+function sampleSingle(rng: Rng, split: Split, palette: Palette): Sampled {
+  const [thing] = sampleThings(rng, 1, split, palette);
   const position = pick(rng, POSITIONS);
   const [cx, cy] = POSITION_CENTRE[position];
   const placed = place(rng, thing, cx + uniform(rng, -4, 4), cy + uniform(rng, -4, 4));
@@ -183,8 +229,8 @@ function sampleSingle(rng: Rng, split: Split): Sampled {
  * Two objects, one clearly beside or above the other: centres 48 px apart along the relation's
  * axis, at most 6 px apart across it, so their boxes never overlap.
  */
-function samplePair(rng: Rng, split: Split): Sampled {
-  const [a, b] = sampleThings(rng, 2, split).sort(mentionOrder);
+function samplePair(rng: Rng, split: Split, palette: Palette): Sampled {
+  const [a, b] = sampleThings(rng, 2, split, palette).sort(mentionOrder);
   const relation = pick(rng, RELATIONS);
   const line = 48 + uniform(rng, -16, 16); // the shared column (or row)
   const near = 24 + uniform(rng, -3, 3); // the centre nearer the top (or left)
@@ -200,21 +246,24 @@ function samplePair(rng: Rng, split: Split): Sampled {
 }
 
 /** Three objects in a row at x = 16, 48, 80, named left to right. */
-function sampleRow(rng: Rng, split: Split): Sampled {
-  const things = sampleThings(rng, 3, split);
+function sampleRow(rng: Rng, split: Split, palette: Palette): Sampled {
+  const things = sampleThings(rng, 3, split, palette);
   const row = 48 + uniform(rng, -14, 14);
   const placed = things.map((t, i) => place(rng, t, 16 + 32 * i, row + uniform(rng, -3, 3)));
   return { objects: things, placed };
 }
 
-/** Sample one scene of a difficulty level for a split (test scenes hold a held-out pair). */
-export function sampleScene(rng: Rng, level: Level, split: Split): Scene {
+/**
+ * Sample one scene of a difficulty level for a split (test scenes hold a held-out pair), its objects
+ * drawn from `palette` (default: the split's base palette).
+ */
+export function sampleScene(rng: Rng, level: Level, split: Split, palette = paletteOf(split)): Scene {
   const count = level === 1 ? 1 : level === 2 ? 2 : 1 + Math.floor(rng() * 3);
   const sampled = count === 1
-    ? sampleSingle(rng, split)
+    ? sampleSingle(rng, split, palette)
     : count === 2
-    ? samplePair(rng, split)
-    : sampleRow(rng, split);
+    ? samplePair(rng, split, palette)
+    : sampleRow(rng, split, palette);
   const { placed, ...attrs } = sampled;
   const grey = 40 + Math.floor(rng() * 13); // a plain dark-grey canvas, 40..52
   return { attrs, placed, background: `rgb(${grey},${grey},${grey})` };
@@ -271,6 +320,37 @@ export function drawThing(t: PlacedThing): string {
         [x - w, y - w],
       ], fill);
     }
+    case "heart": { // the classic parametric heart, scaled into the box
+      const points: Array<[number, number]> = [];
+      for (let i = 0; i < 24; i++) {
+        const t = (i * 2 * Math.PI) / 24;
+        const hx = 16 * Math.sin(t) ** 3;
+        const hy = 13 * Math.cos(t) - 5 * Math.cos(2 * t) - 2 * Math.cos(3 * t) - Math.cos(4 * t);
+        points.push([x + (r * hx) / 17, y - (r * (hy + 2.5)) / 15]);
+      }
+      return polygon(points, fill);
+    }
+    case "ring": { // a circle's outline, 0.4 r wide, inside the box
+      const w = round1(0.4 * r);
+      return `<circle cx="${x}" cy="${y}" r="${round1(r - w / 2)}" fill="none" stroke="${fill}" ` +
+        `stroke-width="${w}"/>`;
+    }
+    case "arrow": // pointing up
+      return polygon([
+        [x, y - r],
+        [x + r, y],
+        [x + 0.4 * r, y],
+        [x + 0.4 * r, y + r],
+        [x - 0.4 * r, y + r],
+        [x - 0.4 * r, y],
+        [x - r, y],
+      ], fill);
+    case "moon": { // a crescent: the left half-disc less a shallower arc, horns to the right
+      const [top, bottom] = [round1(y - r), round1(y + r)];
+      return `<path d="M${x},${top} A${r},${r} 0 0 0 ${x},${bottom} A${round1(1.25 * r)},${
+        round1(1.25 * r)
+      } 0 0 1 ${x},${top} Z" fill="${fill}"/>`;
+    }
   }
 }
 
@@ -321,7 +401,7 @@ export function captionOf(attrs: SceneAttrs): string {
   }
 }
 
-const THING_RE = `a (${SIZES.join("|")}) (${COLOURS.join("|")}) (${SHAPES.join("|")})`;
+const THING_RE = `a (${SIZES.join("|")}) (${ALL_COLOURS.join("|")}) (${ALL_SHAPES.join("|")})`;
 const SINGLE_RE = new RegExp(`^${THING_RE} (${Object.values(POSITION_PHRASE).join("|")})\\.$`);
 const PAIR_RE = new RegExp(`^${THING_RE} (${RELATIONS.join("|")}) ${THING_RE}\\.$`);
 const ROW_RE = new RegExp(`^${THING_RE}, ${THING_RE} and ${THING_RE}\\.$`);
@@ -359,17 +439,28 @@ export interface ShapesOptions {
   train: number;
   val: number;
   test: number;
+  /** Extra colours / shapes in training scenes only (default 0: the base palette everywhere). */
+  extraColours?: number;
+  extraShapes?: number;
 }
 
 /**
  * `n` rows of one split. Each split draws from its own stream of the seed, so the first k rows of a
- * split do not depend on how many rows it (or any other split) has.
+ * split do not depend on how many rows it (or any other split) has. `extras` widen the training palette
+ * only (paletteOf); val and test rows do not depend on them.
  */
-export function makeRows(seed: number, level: Level, split: Split, n: number): ShapesRow[] {
+export function makeRows(
+  seed: number,
+  level: Level,
+  split: Split,
+  n: number,
+  extras: Extras = { colours: 0, shapes: 0 },
+): ShapesRow[] {
   const rng = createRng(seed, `level${level}:${split}`);
+  const palette = paletteOf(split, extras);
   const rows: ShapesRow[] = [];
   for (let i = 0; i < n; i++) {
-    const scene = sampleScene(rng, level, split);
+    const scene = sampleScene(rng, level, split, palette);
     const png = renderScene(scene);
     rows.push({ image: Buffer.from(png).toString("base64"), caption: captionOf(scene.attrs) });
   }
@@ -397,13 +488,18 @@ function checkOptions(o: ShapesOptions): void {
       throw new Error(`shapes: --${split} must be a whole number >= 0, got ${n}`);
     }
   }
+  paletteOf("train", extrasOf(o)); // checks the extras
+}
+
+function extrasOf(o: ShapesOptions): Extras {
+  return { colours: o.extraColours ?? 0, shapes: o.extraShapes ?? 0 };
 }
 
 /** CSV text of all three splits. */
 export function makeSplits(o: ShapesOptions): Record<Split, string> {
   checkOptions(o);
   return {
-    train: rowsToCsv(makeRows(o.seed, o.level, "train", o.train)),
+    train: rowsToCsv(makeRows(o.seed, o.level, "train", o.train, extrasOf(o))),
     val: rowsToCsv(makeRows(o.seed, o.level, "val", o.val)),
     test: rowsToCsv(makeRows(o.seed, o.level, "test", o.test)),
   };

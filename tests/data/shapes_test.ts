@@ -7,29 +7,41 @@ import { join } from "node:path";
 import pl from "nodejs-polars";
 import sharp from "sharp";
 import {
+  ALL_COLOURS,
+  ALL_SHAPES,
   captionOf,
   COLOUR_HEX,
   COLOURS,
   createRng,
   CSV_HEADER,
   csvField,
+  drawThing,
+  EXTRA_COLOURS,
+  EXTRA_SHAPES,
   isHeldOut,
   type Level,
   makeRows,
   makeSplits,
+  paletteOf,
   parseCaption,
   type PlacedThing,
   renderScene,
   rowsToCsv,
   sampleScene,
   type Scene,
+  SHAPES,
   type Split,
+  svgToPng,
 } from "../../lib/data/shapes.ts";
 import { parseOptions } from "../../lib/data/make_shapes.ts";
+import { Tokenizer } from "../../lib/tokenizer.ts";
 
 const DATA_DIR = new URL("../../data/shapes/", import.meta.url).pathname;
-// The command in data/shapes/README.md that made the bundled files.
-const BUNDLED = { seed: 1337, level: 1 as Level, train: 5000, val: 300, test: 500 };
+// The command in data/shapes/README.md that made the bundled files (also make_shapes's defaults).
+const README_COMMAND = (await Deno.readTextFile(join(DATA_DIR, "README.md")))
+  .match(/^deno run -A lib\/data\/make_shapes\.ts (.*)$/m)![1];
+const BUNDLED = parseOptions(README_COMMAND.split(" "));
+const BUNDLED_EXTRAS = { colours: BUNDLED.extraColours!, shapes: BUNDLED.extraShapes! };
 const LEVELS: Level[] = [1, 2, 3];
 
 function readCsv(split: Split): pl.DataFrame {
@@ -73,21 +85,36 @@ Deno.test("the first rows of a split do not depend on how many rows are asked fo
 });
 
 Deno.test("the bundled CSVs start with the rows their documented command makes", async () => {
+  // README's command names every option (none left to the defaults), and the defaults are that command
+  const named = README_COMMAND.match(/--[a-z-]+/g)!.sort();
+  const flags = ["out", "seed", "level", "train", "val", "test", "extra-colours", "extra-shapes"];
+  assert.deepEqual(named, flags.map((f) => `--${f}`).sort(), README_COMMAND);
+  assert.deepEqual(parseOptions([]), BUNDLED, "`deno task shapes` (the defaults) runs README's command");
   for (const split of ["train", "val", "test"] as const) {
     const text = await Deno.readTextFile(join(DATA_DIR, `${split}.csv`));
-    const expected = rowsToCsv(makeRows(BUNDLED.seed, BUNDLED.level, split, 25));
+    const rows = makeRows(BUNDLED.seed, BUNDLED.level, split, 25, BUNDLED_EXTRAS);
+    const expected = rowsToCsv(rows);
     assert.equal(text.slice(0, expected.length), expected, split);
+    // the rows compared include training scenes drawn from the extra colours and shapes
+    const extra = rows.some((r) =>
+      [...EXTRA_COLOURS, ...EXTRA_SHAPES].some((w) => r.caption.includes(` ${w} `))
+    );
+    assert.equal(extra, split === "train", split);
   }
 });
 
 Deno.test("every caption parses back to its scene, in the vocabulary, for each level", () => {
+  const original = Tokenizer.original(); // what `train` uses when every caption fits it
+  const wide = paletteOf("train", { colours: EXTRA_COLOURS.length, shapes: EXTRA_SHAPES.length });
+  for (const word of [...ALL_COLOURS, ...ALL_SHAPES]) assert.match(word, /^[a-z]+$/);
   for (const level of LEVELS) {
-    for (const split of ["train", "test"] as const) {
-      const rng = createRng(11, `parse-${level}-${split}`);
+    for (const [split, palette] of [["train", undefined], ["test", undefined], ["train", wide]] as const) {
+      const rng = createRng(11, `parse-${level}-${split}-${palette ? "wide" : "base"}`);
       for (let i = 0; i < 300; i++) {
-        const scene = sampleScene(rng, level, split);
+        const scene = sampleScene(rng, level, split, palette);
         const caption = captionOf(scene.attrs);
         assert.match(caption, /^[a-z ,]+\.$/);
+        assert.doesNotThrow(() => original.encode(caption), caption);
         assert.deepEqual(parseCaption(caption), scene.attrs, caption);
         if (level === 1) assert.ok(caption.length < 60, caption);
       }
@@ -105,7 +132,7 @@ Deno.test("parseCaption rejects text outside the grammar", () => {
       "",
       "a small red circle at the left",
       "a tiny red circle at the left.",
-      "a small pink circle at the left.",
+      "a small mauve circle at the left.",
       "A small red circle at the left.",
       "a small red circle in the left.",
       "a small red circle above.",
@@ -164,7 +191,7 @@ function checkGeometry(scene: Scene): void {
     assert.ok(ok, `relation: ${what}`);
     // named in a fixed order: large first, then by colour
     const first = p.size === "large" && q.size === "small" ||
-      p.size === q.size && COLOURS.indexOf(p.colour) < COLOURS.indexOf(q.colour);
+      p.size === q.size && ALL_COLOURS.indexOf(p.colour) < ALL_COLOURS.indexOf(q.colour);
     assert.ok(first, `order of mention: ${what}`);
   } else {
     const [a, b, c] = placed;
@@ -174,10 +201,76 @@ function checkGeometry(scene: Scene): void {
 }
 
 Deno.test("objects sit where their caption says, apart from each other", () => {
+  const wide = paletteOf("train", { colours: EXTRA_COLOURS.length, shapes: EXTRA_SHAPES.length });
   for (const level of LEVELS) {
     const rng = createRng(12, `geometry-${level}`);
     for (let i = 0; i < 300; i++) checkGeometry(sampleScene(rng, level, i % 2 ? "train" : "test"));
+    for (let i = 0; i < 100; i++) checkGeometry(sampleScene(rng, level, "train", wide));
   }
+});
+
+Deno.test("every shape, extras included, is drawn inside its box (x ± r, y ± r)", async () => {
+  const shapes = [...SHAPES, ...EXTRA_SHAPES];
+  for (const shape of shapes) {
+    for (const r of [7, 15]) {
+      const thing: PlacedThing = {
+        size: r < 10 ? "small" : "large",
+        colour: "white",
+        shape,
+        x: 48,
+        y: 48,
+        r,
+      };
+      const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96">` +
+        `<rect width="96" height="96" fill="rgb(0,0,0)"/>${drawThing(thing)}</svg>`;
+      const { pixel } = await decodePng(svgToPng(svg));
+      let inside = 0;
+      for (let y = 0; y < 96; y++) {
+        for (let x = 0; x < 96; x++) {
+          const lit = pixel(x, y).some((v) => v > 0);
+          // pixel (x, y) covers [x, x + 1) × [y, y + 1): it may be touched only if it meets the box
+          const meets = x + 1 > 48 - r && x < 48 + r && y + 1 > 48 - r && y < 48 + r;
+          assert.ok(!lit || meets, `${shape} r ${r}: pixel (${x}, ${y}) outside the box is drawn`);
+          if (lit) inside++;
+        }
+      }
+      assert.ok(inside > r * r * 0.5, `${shape} r ${r}: only ${inside} pixels drawn`);
+    }
+  }
+});
+
+Deno.test("extra colours and shapes appear in training scenes only; val and test do not depend on them", () => {
+  const extras = { colours: 6, shapes: 4 };
+  for (const level of LEVELS) {
+    for (const split of ["val", "test"] as const) {
+      assert.deepEqual(
+        makeRows(5, level, split, 6, extras),
+        makeRows(5, level, split, 6),
+        `${level} ${split}`,
+      );
+    }
+    const seen = new Set<string>();
+    const rng = createRng(14, `extras-${level}`);
+    for (let i = 0; i < 400; i++) {
+      const { attrs } = sampleScene(rng, level, "train", paletteOf("train", extras));
+      assert.ok(!attrs.objects.some(isHeldOut), captionOf(attrs));
+      assert.deepEqual(parseCaption(captionOf(attrs)), attrs, captionOf(attrs));
+      for (const o of attrs.objects) seen.add(o.colour).add(o.shape);
+    }
+    for (const word of [...EXTRA_COLOURS, ...EXTRA_SHAPES]) {
+      assert.ok(seen.has(word), `level ${level}: ${word}`);
+    }
+  }
+  assert.deepEqual(paletteOf("train", { colours: 2, shapes: 1 }), {
+    colours: [...COLOURS, "pink", "white"],
+    shapes: [...SHAPES, "heart"],
+  });
+  assert.deepEqual(paletteOf("test", extras), paletteOf("test"));
+  assert.throws(() => paletteOf("train", { colours: 7, shapes: 0 }), /extra colours must be 0\.\.6/);
+  assert.throws(
+    () => makeSplits({ seed: 1, level: 1, train: 1, val: 1, test: 1, extraShapes: -1 }),
+    /extra shapes 0\.\.4/,
+  );
 });
 
 Deno.test("held-out colour-shape pairs appear only in test scenes, and every test scene has one", () => {
@@ -259,18 +352,26 @@ Deno.test("bundled CSVs: schema, sizes, captions in the grammar", async () => {
   assert.ok(bytes < 15e6, `${bytes} bytes`);
 });
 
-Deno.test("bundled CSVs: no test colour-shape pair occurs in train; val is in-distribution", () => {
+Deno.test("bundled CSVs: no test pair occurs in train; val and test hold only the base colours and shapes", () => {
   const pairsOf = (split: Split) =>
     (readCsv(split).getColumn("caption").toArray() as string[]).map((c) =>
       parseCaption(c)!.objects.map((o) => pairKey(o.colour, o.shape))
     );
   const trainPairs = new Set(pairsOf("train").flat());
-  assert.equal(trainPairs.size, 30); // 6 colours x 6 shapes, less the 6 held out
+  const basePairs = [...trainPairs].filter((p) =>
+    COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s)))
+  );
+  assert.equal(basePairs.length, 30); // 6 colours x 6 shapes, less the 6 held out
+  // with the training-only extras: 12 colours x 10 shapes, less the 6 held out
+  assert.equal(trainPairs.size, (6 + BUNDLED_EXTRAS.colours) * (6 + BUNDLED_EXTRAS.shapes) - 6);
   for (const pairs of pairsOf("test")) {
     assert.ok(pairs.some((p) => !trainPairs.has(p)), `test holds only seen pairs: ${pairs}`);
   }
   for (const pairs of pairsOf("val")) {
-    for (const p of pairs) assert.ok(trainPairs.has(p), `val pair not in train: ${p}`);
+    for (const p of pairs) assert.ok(basePairs.includes(p), `val pair not a seen base pair: ${p}`);
+  }
+  for (const pairs of pairsOf("test")) {
+    for (const p of pairs) assert.ok(COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s))), p);
   }
 });
 
@@ -285,7 +386,10 @@ Deno.test("make_shapes: options are checked with clear errors", () => {
     train: 10,
     val: 300,
     test: 500,
+    extraColours: 6,
+    extraShapes: 4,
   });
+  assert.equal(parseOptions(["--extra-colours", "0", "--extra-shapes", "2"]).extraShapes, 2);
   assert.throws(() => parseOptions(["--seed", "abc"]), /--seed must be a whole number/);
   assert.throws(() => parseOptions(["--bogus", "1"]), /make_shapes: .*bogus/);
   assert.throws(
@@ -295,14 +399,11 @@ Deno.test("make_shapes: options are checked with clear errors", () => {
   assert.throws(() => makeSplits({ seed: 1, level: 1, train: -1, val: 1, test: 1 }), /--train must be/);
 });
 
-Deno.test("make_shapes: the script writes the three CSVs and nothing else", async () => {
+Deno.test("make_shapes: the script writes the three CSVs (an empty one too) and nothing else", async () => {
   const out = await Deno.makeTempDir();
   try {
     const script = new URL("../../lib/data/make_shapes.ts", import.meta.url).pathname;
-    const args = [
-      "run",
-      "-A",
-      script,
+    const options = [
       "--out",
       out,
       "--seed",
@@ -312,20 +413,36 @@ Deno.test("make_shapes: the script writes the three CSVs and nothing else", asyn
       "--train",
       "4",
       "--val",
-      "2",
+      "0",
       "--test",
       "2",
     ];
-    const result = await new Deno.Command(Deno.execPath(), { args, stdout: "piped", stderr: "piped" })
-      .output();
+    const extras = ["--extra-colours", "2", "--extra-shapes", "1"];
+    const result = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", script, ...options, ...extras],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
     assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
-    const expected = makeSplits({ seed: 9, level: 3, train: 4, val: 2, test: 2 });
+    const expected = makeSplits({
+      seed: 9,
+      level: 3,
+      train: 4,
+      val: 0,
+      test: 2,
+      extraColours: 2,
+      extraShapes: 1,
+    });
     const names = [];
     for await (const entry of Deno.readDir(out)) names.push(entry.name);
     assert.deepEqual(names.sort(), ["test.csv", "train.csv", "val.csv"]);
     for (const split of ["train", "val", "test"] as const) {
       assert.equal(await Deno.readTextFile(join(out, `${split}.csv`)), expected[split]);
     }
+    // An empty split has no blind baseline (null); the others still get theirs.
+    const report = JSON.parse(new TextDecoder().decode(result.stdout));
+    assert.equal(report.blind_val, null);
+    assert.equal(report.blind_test.summary.n, 2, JSON.stringify(report.blind_test));
   } finally {
     await Deno.remove(out, { recursive: true });
   }
