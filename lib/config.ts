@@ -458,6 +458,16 @@ export function parameterCount(c: ModelConfig): number {
   return vit + decoder + words;
 }
 
+/** A config built in code (a notebook, a test) checked as config.json is: each key, then configProblem. */
+export function checkModelConfig(c: ModelConfig, where: string): void {
+  const values = c as unknown as Record<string, unknown>;
+  for (const [key, spec] of Object.entries(MODEL_KEYS) as [string, KeySpec<unknown>][]) {
+    checkValue(key, spec, values[key], where);
+  }
+  const problem = configProblem(c);
+  if (problem) throw new Error(`${where}: ${problem}`);
+}
+
 /** Why a config cannot be built (sizes that do not fit together, or too large), naming the keys; undefined if it can. */
 export function configProblem(c: ModelConfig): string | undefined {
   for (const key of ["n_embd", "image_embed_dim"] as const) {

@@ -22,7 +22,7 @@ import { type Batch, BatchSampler, type ImageCaptionDataset, makeBatch } from ".
 import { WordNoise } from "./data/word_noise.ts";
 import { wordTargets } from "./data/caption_words.ts";
 import { saveModel } from "./model_files.ts";
-import { readRouterStats } from "./model/moe.ts";
+import { VisionMoELanguageModel } from "./model/moe.ts";
 import { ForwardContext } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { captionLoss } from "./objective.ts";
@@ -376,7 +376,7 @@ async function evaluateAt(
   trainSeconds: number,
   metrics: MetricRow[],
 ): Promise<void> {
-  const router = await readRouterStats(run.model);
+  const router = run.model instanceof VisionMoELanguageModel ? await run.model.readRouterStats() : [];
   const val = run.val ? await estimateLoss(run.model, run.val, run.cfg, seeds(run.cfg.seed, step).val) : null;
   const row: MetricRow = {
     step: step + 1,

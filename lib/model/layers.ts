@@ -21,8 +21,6 @@ export function transposedWeight(savedShape?: number[]): ParamLayout {
 
 export interface LinearOptions {
   bias?: boolean;
-  /** Kaiming-normal weights (seeMoE's init) instead of PyTorch's default. */
-  kaiming?: boolean;
   /** How the weight is saved (default: PyTorch's [out, in]). */
   weightLayout?: ParamLayout;
 }
@@ -34,7 +32,7 @@ export class Linear extends Module {
 
   constructor(readonly nIn: number, readonly nOut: number, init: Initialiser, opts: LinearOptions = {}) {
     super();
-    const w = opts.kaiming ? init.kaiming([nIn, nOut]) : init.uniformFanIn([nIn, nOut], nIn);
+    const w = init.uniformFanIn([nIn, nOut], nIn);
     this.weight = this.addParameter("weight", w, opts.weightLayout ?? transposedWeight());
     this.bias = opts.bias === false ? null : this.addParameter("bias", init.uniformFanIn([nOut], nIn));
   }

@@ -195,10 +195,6 @@ export class Initialiser {
   normal(shape: number[], std = 1): tf.Tensor {
     return tf.randomNormal(shape, 0, std, "float32", this.next());
   }
-  /** Kaiming-normal for a [in, out] weight (fan-in mode, gain sqrt(2)), as seeMoE's main applies. */
-  kaiming(shape: [number, number]): tf.Tensor {
-    return this.normal(shape, Math.sqrt(2 / shape[0]));
-  }
   zeros(shape: number[]): tf.Tensor {
     return tf.zeros(shape);
   }

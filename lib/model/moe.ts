@@ -16,7 +16,7 @@
 // config without `init` does the same (initOf; lib/model/init.ts).
 
 import * as tf from "@tensorflow/tfjs";
-import type { ModelConfig } from "../config.ts";
+import { checkModelConfig, type ModelConfig } from "../config.ts";
 import { type ExpertWeights, mixtureGates, sparseMixture, topKGates } from "../ops/experts.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
@@ -232,7 +232,7 @@ export class MoEDecoderLanguageModel extends DecoderLanguageModel {
  */
 export class VisionMoELanguageModel extends VisionLanguageModel {
   constructor(config: ModelConfig, seed = 0) {
-    checkMoEConfig(config);
+    checkModelConfig(config, "seemoe config");
     super(config, seed);
   }
 
@@ -267,6 +267,18 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
     });
   }
 
+  /** routerStats(), read asynchronously (any backend: WebGPU reads only so). */
+  async readRouterStats(): Promise<RouterStats[]> {
+    const out: RouterStats[] = [];
+    for (const m of this.moeLayers) {
+      const r = m.lastRouting;
+      if (!r) continue;
+      const [logits, chosen, kept] = await Promise.all([r.logits.data(), r.chosen.data(), r.kept.data()]);
+      out.push(routerStats(logits, chosen, kept, m.opts.numExperts));
+    }
+    return out;
+  }
+
   /**
    * The gates every MoE layer gives each token in one evaluation forward of (images, idx):
    * gates[layer][token][expert], tokens in sequence order (visual tokens, then the text), rows of all
@@ -295,34 +307,4 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
     for (const m of this.moeLayers) m.lastAuxLoss = null;
     return aux.length ? tf.div(tf.addN(aux), aux.length) as tf.Scalar : null;
   }
-}
-
-/** Router statistics of a model's MoE layers from its last training forward ([] for a dense model). */
-export function routerStatsOf(model: VisionLanguageModel): RouterStats[] {
-  return model instanceof VisionMoELanguageModel ? model.routerStats() : [];
-}
-
-/** routerStatsOf(), read asynchronously (any backend: WebGPU reads only so). */
-export async function readRouterStats(model: VisionLanguageModel): Promise<RouterStats[]> {
-  if (!(model instanceof VisionMoELanguageModel)) return [];
-  const out: RouterStats[] = [];
-  for (const m of model.moeLayers) {
-    const r = m.lastRouting;
-    if (!r) continue;
-    const [logits, chosen, kept] = await Promise.all([r.logits.data(), r.chosen.data(), r.kept.data()]);
-    out.push(routerStats(logits, chosen, kept, m.opts.numExperts));
-  }
-  return out;
-}
-
-function checkMoEConfig(c: ModelConfig): void {
-  const bad = (key: string, what: string) => {
-    throw new Error(`seemoe config: "${key}" must be ${what}`);
-  };
-  if (!Number.isInteger(c.num_experts) || c.num_experts < 1) bad("num_experts", "an integer ≥ 1");
-  if (!Number.isInteger(c.top_k) || c.top_k < 1 || c.top_k > c.num_experts) {
-    bad("top_k", `an integer from 1 to num_experts (${c.num_experts}), not ${c.top_k}`);
-  }
-  if (!(c.aux_loss_coef >= 0)) bad("aux_loss_coef", "≥ 0");
-  if (!(c.capacity_factor >= 0)) bad("capacity_factor", "≥ 0 (0 = no limit)");
 }
