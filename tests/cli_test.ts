@@ -8,20 +8,11 @@ import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
 import { generate, type GenerateOptions } from "../lib/generate.ts";
 import { loadModel } from "../lib/model_files.ts";
 import { Tokenizer } from "../lib/tokenizer.ts";
-import { useBackend } from "./helpers.ts";
+import { TINY_CLI_FLAGS, useBackend } from "./helpers.ts";
 
 const CLI = new URL("../lib/cli.ts", import.meta.url).pathname;
 const TINY = [
-  "--n-embd",
-  "32",
-  "--image-embed-dim",
-  "32",
-  "--n-head",
-  "4",
-  "--n-layer",
-  "2",
-  "--num-blks",
-  "1",
+  ...TINY_CLI_FLAGS,
   "--img-size",
   "32",
 ];

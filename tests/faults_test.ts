@@ -7,20 +7,9 @@ import assert from "node:assert/strict";
 import { COMMIT_FILE, readCommitted } from "../lib/checkpoint.ts";
 import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
 import { mulberry32 } from "../lib/random.ts";
+import { TINY_CLI_FLAGS } from "./helpers.ts";
 
 const CLI = new URL("../lib/cli.ts", import.meta.url).pathname;
-const TINY = [
-  "--n-embd",
-  "32",
-  "--image-embed-dim",
-  "32",
-  "--n-head",
-  "4",
-  "--n-layer",
-  "2",
-  "--num-blks",
-  "1",
-];
 const dir = await Deno.makeTempDir();
 const trainCsv = `${dir}/train.csv`;
 const valCsv = `${dir}/val.csv`;
@@ -86,7 +75,16 @@ async function waitFor(
 
 Deno.test("SIGKILL at random moments, also inside saves: each folder loads and resumes, to the uninterrupted run's weights", async () => {
   const STEPS = 60; // more than six children get through (each makes a few steps before its kill)
-  const args = [...DATA, ...TINY, "--steps", `${STEPS}`, "--eval-interval", "5", "--save-interval", "2"];
+  const args = [
+    ...DATA,
+    ...TINY_CLI_FLAGS,
+    "--steps",
+    `${STEPS}`,
+    "--eval-interval",
+    "5",
+    "--save-interval",
+    "2",
+  ];
   const reference = cli("train", ...args, "--out", `${dir}/reference`); // runs alongside the kills
   const run = `${dir}/killed`;
   // SEEMORE_TEST_SLOW_SAVE_MS (a test hook of lib/checkpoint.ts) sleeps between the steps of each save, so
@@ -146,7 +144,17 @@ Deno.test("SIGKILL at random moments, also inside saves: each folder loads and r
 Deno.test("Ctrl-C saves and exits with the line to continue; --resume then finishes", async () => {
   const run = `${dir}/sigint`;
   // No saves on the way (--save-interval 0): the folder can only come from the save that Ctrl-C makes.
-  const child = spawn(["train", ...DATA, ...TINY, "--steps", "100000", "--save-interval", "0", "--out", run]);
+  const child = spawn([
+    "train",
+    ...DATA,
+    ...TINY_CLI_FLAGS,
+    "--steps",
+    "100000",
+    "--save-interval",
+    "0",
+    "--out",
+    run,
+  ]);
   // Wait until training has taken a step (the progress line), then interrupt.
   const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
   let seen = "";
@@ -185,7 +193,7 @@ Deno.test("a NaN loss stops the run: exit status 1, an error naming the step and
   const r = await cli(
     "train",
     ...DATA,
-    ...TINY,
+    ...TINY_CLI_FLAGS,
     "--steps",
     "10",
     "--lr",

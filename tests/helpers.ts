@@ -55,6 +55,20 @@ export function normOfDiff(a: ArrayLike<number>, b?: ArrayLike<number>): number 
   return Math.sqrt(s);
 }
 
+/** `deno task train` flags for a tiny model (fast CLI runs in tests); add `--img-size 32` for small images. */
+export const TINY_CLI_FLAGS = [
+  "--n-embd",
+  "32",
+  "--image-embed-dim",
+  "32",
+  "--n-head",
+  "4",
+  "--n-layer",
+  "2",
+  "--num-blks",
+  "1",
+];
+
 /** A small model config for fast tests (same structure as the original, smaller sizes). */
 export function tinyConfig(overrides: Partial<import("../lib/config.ts").ModelConfig> = {}) {
   return {

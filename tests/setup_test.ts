@@ -12,6 +12,7 @@ import { clock, duration, ProgressBar } from "../lib/progress.ts";
 import { kernelDirs, planGpu, planSetup, probeFastPath, shellLine, type System } from "../lib/setup.ts";
 import { tfNodeCheck } from "../lib/tfnode/check.ts";
 import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
+import { TINY_CLI_FLAGS } from "./helpers.ts";
 import { hideFromChild, hidingAvailable, realFile } from "./hide.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -187,18 +188,6 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     await Deno.writeTextFile(`${dir}/train.csv`, rowsToCsv(makeRows(3, 1, "train", 24)));
     await Deno.writeTextFile(`${dir}/val.csv`, rowsToCsv(makeRows(3, 1, "val", 4)));
-    const tiny = [
-      "--n-embd",
-      "32",
-      "--image-embed-dim",
-      "32",
-      "--n-head",
-      "4",
-      "--n-layer",
-      "2",
-      "--num-blks",
-      "1",
-    ];
     const args = ["run", "-A", CLI, "train", "--data", `${dir}/train.csv`, "--val", `${dir}/val.csv`];
     const r = await runHidden(
       ["openblas", "onednn", "compiler"],
@@ -214,7 +203,7 @@ Deno.test({
         `${dir}/run`,
         "--backend",
         "wasm",
-        ...tiny,
+        ...TINY_CLI_FLAGS,
       ],
       { SEEMORE_NO_SETUP: "1" },
     );
