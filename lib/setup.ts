@@ -567,7 +567,7 @@ export async function setup(parts: readonly Part[], dryRun: boolean): Promise<nu
 const USAGE = `deno task setup [--dry-run] [--only fast,kernel,notebooks,gpu] [--gpu]
 
 Checks and, where missing, installs what the fast CPU path (OpenBLAS, oneDNN, a C compiler that builds
-lib/blas/kernels.c) and the notebooks (Deno's Jupyter kernel; nbconvert and nbclient for
+lib/blas/c/kernels.c) and the notebooks (Deno's Jupyter kernel; nbconvert and nbclient for
 \`deno task notebooks\`) need. Installs with apt-get as root or with passwordless sudo; otherwise prints
 the commands. Running it again does nothing. Exit status 1 when something could not be set up.
 
