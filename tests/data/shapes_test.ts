@@ -1,5 +1,6 @@
 // Tests of the shapes data set: reproducibility, the caption grammar, the geometry behind each
-// caption, the held-out split, the PNGs, and the bundled CSVs in data/shapes/.
+// caption, the held-out split, the PNGs, and the bundled CSVs in data/shapes/ (level 1)
+// and data/shapes2/ (level 2).
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
