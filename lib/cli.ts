@@ -40,15 +40,16 @@ const BACKEND_FLAG = {
 
 const TRAIN: Command = {
   name: "train",
-  summary: "Trains a model on an image–caption CSV (default: the bundled shapes data), then captions the " +
+  summary:
+    "Trains a model on a bundled data set (default: shapes) or an image–caption CSV, then captions the " +
     "validation rows and scores the test split.",
   configFlags: true,
   flags: {
     data: {
       value: "NAME|CSV",
       group: "data",
-      help: "a bundled data set (shapes: one object; shapes2: two objects and a relation), its " +
-        "data/NAME/train.csv, val.csv and test.csv; or a CSV with columns b64string_images, caption",
+      help: "a bundled data set, data/NAME/{train,val,test}.csv: shapes (one object) or shapes2 (two " +
+        "objects and a relation); or a CSV with columns b64string_images, caption",
       default: DEFAULT_DATA,
     },
     val: {
