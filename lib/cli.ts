@@ -1,7 +1,7 @@
 // The command line: `deno task train | eval | generate` (each answers --help with its flags).
 //
 // With no arguments `train` trains on the bundled shapes data (data/shapes) with the seeing recipe and
-// reports held-out accuracy.
+// reports held-out accuracy; `--data shapes2` names another bundled set (lib/data/bundled.ts).
 
 import * as tf from "@tensorflow/tfjs";
 import {
@@ -16,6 +16,7 @@ import {
   type TrainConfig,
 } from "./config.ts";
 import { ImageCaptionDataset } from "./data/batches.ts";
+import { DEFAULT_DATA, resolveEvalData, resolveTrainData } from "./data/bundled.ts";
 import { captionVocabulary } from "./data/caption_words.ts";
 import { type ImageCaptionTable, readImageCaptionCsv } from "./data/csv.ts";
 import { decodeImage } from "./data/images.ts";
@@ -30,7 +31,6 @@ import { expertUsageChart, lossChart, usageFromMetrics, writeChart } from "./cha
 import { Tokenizer } from "./tokenizer.ts";
 import { train, type TrainResult } from "./train.ts";
 
-const BUNDLED = new URL("../data/shapes/", import.meta.url).pathname;
 const BACKEND_FLAG = {
   value: "NAME",
   group: "training" as const,
@@ -40,25 +40,27 @@ const BACKEND_FLAG = {
 
 const TRAIN: Command = {
   name: "train",
-  summary: "Trains a model on an image–caption CSV (default: the bundled shapes data), then captions the " +
+  summary:
+    "Trains a model on a bundled data set (default: shapes) or an image–caption CSV, then captions the " +
     "validation rows and scores the test split.",
   configFlags: true,
   flags: {
     data: {
-      value: "CSV",
+      value: "NAME|CSV",
       group: "data",
-      help: "training data: columns b64string_images, caption",
-      default: "data/shapes/train.csv",
+      help: "a bundled data set, data/NAME/{train,val,test}.csv: shapes (one object) or shapes2 (two " +
+        "objects and a relation); or a CSV with columns b64string_images, caption",
+      default: DEFAULT_DATA,
     },
     val: {
       value: "CSV",
       group: "data",
-      help: "validation data (without it: the last 10 % of --data; bundled: data/shapes/val.csv)",
+      help: "validation data (bundled: its val.csv; for a CSV --data without --val: its last 10 %)",
     },
     test: {
       value: "CSV",
       group: "data",
-      help: "held-out data scored at the end (bundled: data/shapes/test.csv)",
+      help: "held-out data scored at the end (bundled: its test.csv; for a CSV --data: none without --test)",
     },
     blind: {
       group: "data",
@@ -91,7 +93,11 @@ const EVAL: Command = {
   summary: "Captions every row of a CSV with a checkpoint (greedy) and scores the captions.",
   flags: {
     ckpt: { value: "DIR", group: "data", help: "checkpoint folder (config.json + model.safetensors)" },
-    data: { value: "CSV", group: "data", help: "image–caption CSV to score" },
+    data: {
+      value: "NAME|CSV",
+      group: "data",
+      help: "image–caption CSV to score, or a bundled data set (shapes, shapes2): its test.csv",
+    },
     blind: { group: "data", help: "blank the images (a baseline)" },
     backend: BACKEND_FLAG,
     json: { group: "output", help: "print the scores as one JSON line" },
@@ -167,15 +173,11 @@ async function modelFor(flags: ParsedFlags, table: ImageCaptionTable, s: ReturnT
 }
 
 async function cmdTrain(flags: ParsedFlags): Promise<void> {
+  const own = flags.own as Record<string, string | undefined>;
+  const paths = resolveTrainData(own.data, own.val, own.test); // before the backend: bad names fail fast
   const started = await startBackend(flags.own.backend as string | undefined); // sets the fast path up first
   const backend = started.info;
   console.error(`backend: ${backend.name}${backend.notes.length ? ` (${backend.notes.join("; ")})` : ""}`);
-  const bundled = flags.own.data === undefined;
-  const paths = {
-    data: (flags.own.data as string | undefined) ?? `${BUNDLED}train.csv`,
-    val: (flags.own.val as string | undefined) ?? (bundled ? `${BUNDLED}val.csv` : undefined),
-    test: (flags.own.test as string | undefined) ?? (bundled ? `${BUNDLED}test.csv` : undefined),
-  };
   const settings = trainSettings(flags);
   const table = readImageCaptionCsv(paths.data);
   const { model, tokenizer } = await modelFor(flags, table, settings);
@@ -281,10 +283,11 @@ function printScores(e: Evaluation, label: string): void {
 }
 
 async function cmdEval(flags: ParsedFlags): Promise<void> {
-  const { ckpt, data, blind, json } = flags.own as Record<string, string | boolean | undefined>;
-  if (typeof ckpt !== "string" || typeof data !== "string") {
-    throw new UsageError("eval needs --ckpt DIR and --data CSV");
+  const { ckpt, data: name, blind, json } = flags.own as Record<string, string | boolean | undefined>;
+  if (typeof ckpt !== "string" || typeof name !== "string") {
+    throw new UsageError("eval needs --ckpt DIR and --data CSV (or a bundled name: its test split)");
   }
+  const data = resolveEvalData(name);
   await startBackend(flags.own.backend as string | undefined);
   const { model, vocab } = await loadModel(ckpt);
   const tokenizer = new Tokenizer(vocab);

@@ -103,6 +103,14 @@ Deno.test("train → eval → generate on a user's CSV", async () => {
   const scores = JSON.parse(e.out);
   for (const k of ["loss", "exact_match", "char_accuracy", "n"]) assert.equal(typeof scores[k], "number", k);
   assert.equal(scores.n, 4);
+  // level-2 captions: the scores name the attributes of both objects and the relation (no position)
+  await Deno.writeTextFile(`${dir}/pairs.csv`, rowsToCsv(makeRows(3, 2, "test", 3)));
+  const e2 = await cli("eval", "--ckpt", run, "--data", `${dir}/pairs.csv`, "--samples", "1");
+  assert.equal(e2.code, 0, e2.err);
+  assert.match(
+    e2.out,
+    /\n {2}per attribute: colour [\d.]+ % {2}shape [\d.]+ % {2}size [\d.]+ % {2}relation [\d.]+ %\n/,
+  );
 
   const g = await cli(
     "generate",
@@ -209,6 +217,22 @@ Deno.test("bad inputs fail clearly and write nothing", async () => {
   const one = await cli("train", "--data", `${dir}/one.csv`, "--steps", "1", ...TINY);
   assert.equal(one.code, 1);
   assert.match(one.err, /one\.csv.*empty/s);
+  // --data NAME names a bundled data set: an unknown one fails at once, naming it and the bundled ones
+  for (
+    const args of [
+      ["train", "--data", "shapes3", "--out", `${dir}/out-shapes3`],
+      ["eval", "--ckpt", `${dir}/none`, "--data", "shapes3"],
+    ]
+  ) {
+    const r = await cli(...args);
+    assert.equal(r.code, 1, r.err);
+    assert.match(
+      r.err,
+      /--data shapes3: no bundled data set of that name .*bundled: shapes, shapes2/,
+      args[0],
+    );
+    await assert.rejects(Deno.stat(`${dir}/out-shapes3`), Deno.errors.NotFound);
+  }
   const usage = await cli("train", "--steps", "many");
   assert.equal(usage.code, 2);
   assert.match(usage.err, /--steps must be a whole number from 0 to 1000000000, not "many"/);

@@ -3,9 +3,10 @@
 //   deno run -A lib/data/make_shapes.ts --out data/shapes --seed 1337 --level 1 \
 //     --train 5000 --val 300 --test 500 --extra-colours 6 --extra-shapes 4
 //
-// Those are the defaults (`deno task shapes`), which made the bundled data. --extra-colours / --extra-shapes add that many of shapes.ts's EXTRA_COLOURS / EXTRA_SHAPES to the
-// training scenes only (val and test keep the six colours and six shapes): each held-out shape is then
-// seen with more colours in training.
+// Those are the defaults (`deno task shapes`), which made data/shapes; data/shapes2 is the same with
+// --level 2 --out data/shapes2. --extra-colours / --extra-shapes add that many of shapes.ts's
+// EXTRA_COLOURS / EXTRA_SHAPES to the training scenes only (val and test keep the six colours and six
+// shapes): each held-out shape is then seen with more colours in training.
 //
 // All three files are built in memory first, then written to temporary files and renamed, so an
 // error leaves nothing half-written on disk.

@@ -1,5 +1,6 @@
 // Tests of the shapes data set: reproducibility, the caption grammar, the geometry behind each
-// caption, the held-out split, the PNGs, and the bundled CSVs in data/shapes/.
+// caption, the held-out split, the PNGs, and the bundled CSVs in data/shapes/ (level 1)
+// and data/shapes2/ (level 2).
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -36,16 +37,34 @@ import {
 import { parseOptions } from "../../lib/data/make_shapes.ts";
 import { Tokenizer } from "../../lib/tokenizer.ts";
 
-const DATA_DIR = new URL("../../data/shapes/", import.meta.url).pathname;
-// The command in data/shapes/README.md that made the bundled files (also make_shapes's defaults).
-const README_COMMAND = (await Deno.readTextFile(join(DATA_DIR, "README.md")))
-  .match(/^deno run -A lib\/data\/make_shapes\.ts (.*)$/m)![1];
-const BUNDLED = parseOptions(README_COMMAND.split(" "));
-const BUNDLED_EXTRAS = { colours: BUNDLED.extraColours!, shapes: BUNDLED.extraShapes! };
+/** A bundled data set (data/shapes: level 1, data/shapes2: level 2) and the command in its README. */
+interface Bundle {
+  name: string;
+  dir: string;
+  command: string;
+  options: ReturnType<typeof parseOptions>;
+  extras: { colours: number; shapes: number };
+}
+
+async function bundle(name: string): Promise<Bundle> {
+  const dir = new URL(`../../data/${name}/`, import.meta.url).pathname;
+  const command = (await Deno.readTextFile(join(dir, "README.md")))
+    .match(/^deno run -A lib\/data\/make_shapes\.ts (.*)$/m)![1];
+  const options = parseOptions(command.split(" "));
+  return {
+    name,
+    dir,
+    command,
+    options,
+    extras: { colours: options.extraColours!, shapes: options.extraShapes! },
+  };
+}
+
+const BUNDLES = [await bundle("shapes"), await bundle("shapes2")];
 const LEVELS: Level[] = [1, 2, 3];
 
-function readCsv(split: Split): pl.DataFrame {
-  return pl.readCSV(join(DATA_DIR, `${split}.csv`));
+function readCsv(b: Bundle, split: Split): pl.DataFrame {
+  return pl.readCSV(join(b.dir, `${split}.csv`));
 }
 
 function pairKey(colour: string, shape: string): string {
@@ -85,22 +104,27 @@ Deno.test("the first rows of a split do not depend on how many rows are asked fo
 });
 
 Deno.test("the bundled CSVs start with the rows their documented command makes", async () => {
-  // README's command names every option (none left to the defaults), and the defaults are that command
-  const named = README_COMMAND.match(/--[a-z-]+/g)!.sort();
   const flags = ["out", "seed", "level", "train", "val", "test", "extra-colours", "extra-shapes"];
-  assert.deepEqual(named, flags.map((f) => `--${f}`).sort(), README_COMMAND);
-  assert.deepEqual(parseOptions([]), BUNDLED, "`deno task shapes` (the defaults) runs README's command");
-  for (const split of ["train", "val", "test"] as const) {
-    const text = await Deno.readTextFile(join(DATA_DIR, `${split}.csv`));
-    const rows = makeRows(BUNDLED.seed, BUNDLED.level, split, 25, BUNDLED_EXTRAS);
-    const expected = rowsToCsv(rows);
-    assert.equal(text.slice(0, expected.length), expected, split);
-    // the rows compared include training scenes drawn from the extra colours and shapes
-    const extra = rows.some((r) =>
-      [...EXTRA_COLOURS, ...EXTRA_SHAPES].some((w) => r.caption.includes(` ${w} `))
-    );
-    assert.equal(extra, split === "train", split);
+  for (const b of BUNDLES) {
+    // README's command names every option (none left to the defaults)
+    const named = b.command.match(/--[a-z-]+/g)!.sort();
+    assert.deepEqual(named, flags.map((f) => `--${f}`).sort(), b.command);
+    for (const split of ["train", "val", "test"] as const) {
+      const text = await Deno.readTextFile(join(b.dir, `${split}.csv`));
+      const rows = makeRows(b.options.seed, b.options.level, split, 25, b.extras);
+      const expected = rowsToCsv(rows);
+      assert.equal(text.slice(0, expected.length), expected, `${b.name} ${split}`);
+      // the rows compared include training scenes drawn from the extra colours and shapes
+      const extra = rows.some((r) =>
+        [...EXTRA_COLOURS, ...EXTRA_SHAPES].some((w) => r.caption.includes(` ${w} `))
+      );
+      assert.equal(extra, split === "train", `${b.name} ${split}`);
+    }
   }
+  // the defaults (`deno task shapes`) are data/shapes's command; data/shapes2's differs only in level and out
+  const [shapes, shapes2] = BUNDLES;
+  assert.deepEqual(parseOptions([]), shapes.options, "`deno task shapes` runs data/shapes's command");
+  assert.deepEqual(shapes2.options, { ...shapes.options, level: 2, out: "data/shapes2" }, shapes2.command);
 });
 
 Deno.test("every caption parses back to its scene, in the vocabulary, for each level", () => {
@@ -305,11 +329,13 @@ Deno.test("a scene renders to a 96x96 PNG with its colours where it drew them", 
 });
 
 Deno.test("images of the bundled CSVs decode to 96x96", async () => {
-  for (const split of ["train", "test"] as const) {
-    const images = readCsv(split).getColumn("b64string_images").toArray().slice(0, 3) as string[];
-    for (const b64 of images) {
-      const { info } = await decodePng(Buffer.from(b64, "base64"));
-      assert.deepEqual([info.width, info.height], [96, 96]);
+  for (const b of BUNDLES) {
+    for (const split of ["train", "test"] as const) {
+      const images = readCsv(b, split).getColumn("b64string_images").toArray().slice(0, 3) as string[];
+      for (const b64 of images) {
+        const { info } = await decodePng(Buffer.from(b64, "base64"));
+        assert.deepEqual([info.width, info.height], [96, 96], `${b.name} ${split}`);
+      }
     }
   }
 });
@@ -337,42 +363,68 @@ Deno.test("CSV fields are quoted only when needed and read back by a CSV reader"
   }
 });
 
-Deno.test("bundled CSVs: schema, sizes, captions in the grammar", async () => {
-  let bytes = 0;
-  for (const split of ["train", "val", "test"] as const) {
-    bytes += (await Deno.stat(join(DATA_DIR, `${split}.csv`))).size;
-    const df = readCsv(split);
-    assert.deepEqual(df.columns, ["b64string_images", "caption"]);
-    assert.equal(df.height, BUNDLED[split]);
-    for (const caption of df.getColumn("caption").toArray() as string[]) {
-      const attrs = parseCaption(caption);
-      assert.ok(attrs && attrs.objects.length === 1, `${split}: ${caption}`);
+Deno.test("bundled CSVs: schema, sizes, captions in the grammar of their level", async () => {
+  for (const b of BUNDLES) {
+    let bytes = 0;
+    for (const split of ["train", "val", "test"] as const) {
+      bytes += (await Deno.stat(join(b.dir, `${split}.csv`))).size;
+      const df = readCsv(b, split);
+      assert.deepEqual(df.columns, ["b64string_images", "caption"]);
+      assert.equal(df.height, b.options[split], `${b.name} ${split}`);
+      for (const caption of df.getColumn("caption").toArray() as string[]) {
+        const attrs = parseCaption(caption);
+        assert.ok(attrs && attrs.objects.length === b.options.level, `${b.name} ${split}: ${caption}`);
+        if (b.options.level === 2) assert.ok(attrs.relation, `${b.name} ${split}: ${caption}`);
+      }
     }
+    assert.ok(bytes < 15e6, `${b.name}: ${bytes} bytes`);
   }
-  assert.ok(bytes < 15e6, `${bytes} bytes`);
 });
 
 Deno.test("bundled CSVs: no test pair occurs in train; val and test hold only the base colours and shapes", () => {
-  const pairsOf = (split: Split) =>
-    (readCsv(split).getColumn("caption").toArray() as string[]).map((c) =>
-      parseCaption(c)!.objects.map((o) => pairKey(o.colour, o.shape))
+  for (const b of BUNDLES) {
+    const pairsOf = (split: Split) =>
+      (readCsv(b, split).getColumn("caption").toArray() as string[]).map((c) =>
+        parseCaption(c)!.objects.map((o) => pairKey(o.colour, o.shape))
+      );
+    const trainPairs = new Set(pairsOf("train").flat());
+    const basePairs = [...trainPairs].filter((p) =>
+      COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s)))
     );
-  const trainPairs = new Set(pairsOf("train").flat());
-  const basePairs = [...trainPairs].filter((p) =>
-    COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s)))
+    assert.equal(basePairs.length, 30, b.name); // 6 colours x 6 shapes, less the 6 held out
+    // with the training-only extras: 12 colours x 10 shapes, less the 6 held out
+    assert.equal(trainPairs.size, (6 + b.extras.colours) * (6 + b.extras.shapes) - 6, b.name);
+    for (const pairs of pairsOf("test")) {
+      assert.ok(pairs.some((p) => !trainPairs.has(p)), `${b.name}: test holds only seen pairs: ${pairs}`);
+    }
+    for (const pairs of pairsOf("val")) {
+      for (const p of pairs) {
+        assert.ok(basePairs.includes(p), `${b.name}: val pair not a seen base pair: ${p}`);
+      }
+    }
+    for (const pairs of pairsOf("test")) {
+      for (const p of pairs) assert.ok(COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s))), p);
+    }
+  }
+});
+
+Deno.test("bundled CSVs: every test scene holds a held-out pair, no train or val scene holds one", () => {
+  for (const b of BUNDLES) {
+    for (const split of ["train", "val", "test"] as const) {
+      const captions = readCsv(b, split).getColumn("caption").toArray() as string[];
+      for (const caption of captions) {
+        const heldOut = parseCaption(caption)!.objects.filter(isHeldOut).length;
+        assert.ok(split === "test" ? heldOut >= 1 : heldOut === 0, `${b.name} ${split}: ${caption}`);
+      }
+    }
+  }
+  // in level 2, a test scene's other object may be a seen pair: both kinds of test scene are there
+  const test2 = readCsv(BUNDLES[1], "test").getColumn("caption").toArray() as string[];
+  const both = test2.filter((c) => parseCaption(c)!.objects.every(isHeldOut)).length;
+  assert.ok(
+    both > 0 && both < test2.length,
+    `${both} of ${test2.length} test scenes hold two held-out pairs`,
   );
-  assert.equal(basePairs.length, 30); // 6 colours x 6 shapes, less the 6 held out
-  // with the training-only extras: 12 colours x 10 shapes, less the 6 held out
-  assert.equal(trainPairs.size, (6 + BUNDLED_EXTRAS.colours) * (6 + BUNDLED_EXTRAS.shapes) - 6);
-  for (const pairs of pairsOf("test")) {
-    assert.ok(pairs.some((p) => !trainPairs.has(p)), `test holds only seen pairs: ${pairs}`);
-  }
-  for (const pairs of pairsOf("val")) {
-    for (const p of pairs) assert.ok(basePairs.includes(p), `val pair not a seen base pair: ${p}`);
-  }
-  for (const pairs of pairsOf("test")) {
-    for (const p of pairs) assert.ok(COLOURS.some((c) => SHAPES.some((s) => p === pairKey(c, s))), p);
-  }
 });
 
 // ---------------------------------------------------------------------------------------------
