@@ -38,7 +38,7 @@ import * as matmul from "./kernels/matmul.ts";
 import * as memory from "./kernels/memory_ops.ts";
 
 export { activeNative };
-export { adamInPlace, inPlaceUpdateCount } from "./kernels/elementwise.ts";
+export { adamInPlace } from "./kernels/elementwise.ts";
 
 export interface EnableOptions {
   /** Use small C kernels compiled with the system `cc` where they help (default true; JS if no compiler). */
