@@ -106,8 +106,6 @@ const FUSED: Record<string, Kernel> = {
   dropoutGrad: elementwise.dropoutGradKernel,
   im2col3x3s2: elementwise.im2colKernel,
   col2im3x3s2: elementwise.col2imKernel,
-  moeDispatch: experts.moeDispatchKernel,
-  moeDispatchGrad: experts.moeDispatchGradKernel,
   moeCombine: experts.moeCombineKernel,
   moeCombineGrad: experts.moeCombineGradKernel,
 };

@@ -8,7 +8,7 @@
 // - Router noise only while training. The original adds N(0,1)·softplus(noise_linear(x)) in eval and
 //   generation too, so its outputs are random; `router_noise_in_eval: true` restores that.
 // - Each expert runs only on the rows routed to it (the original does that too, with boolean indexing),
-//   through the dispatch → experts → combine ops of lib/ops/experts.ts.
+//   through the experts (each gathering its tokens' rows) and combine ops of lib/ops/experts.ts.
 // - Beyond the original: router statistics per layer, an optional Switch-Transformer load-balancing loss
 //   (`aux_loss_coef`), an optional expert capacity (`capacity_factor`).
 //

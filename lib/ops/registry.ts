@@ -29,8 +29,6 @@ export const KERNELS = {
   expertsGrad: "SeemoreExpertsGrad",
   block: "SeemoreBlock",
   blockGrad: "SeemoreBlockGrad",
-  moeDispatch: "SeemoreMoeDispatch",
-  moeDispatchGrad: "SeemoreMoeDispatchGrad",
   moeCombine: "SeemoreMoeCombine",
   moeCombineGrad: "SeemoreMoeCombineGrad",
 } as const;

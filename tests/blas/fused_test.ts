@@ -108,9 +108,20 @@ Deno.test({
   },
 });
 
+// 9 tokens with 2 choices each (slots 0..17, slot j·9 + n), 17 of the slots (7 was dropped) grouped by
+// expert: counts 5, 0 (expert 1 gets no rows), 9, 3.
+const EXPERT_ROUTE = {
+  order: Int32Array.of(3, 12, 0, 15, 9, 1, 4, 17, 2, 10, 6, 13, 8, 16, 11, 5, 14),
+  rowOfSlot: new Int32Array(18), // not read by the experts
+  slotExpert: new Int32Array(18),
+  tokens: 9,
+  choices: 2,
+};
+const EXPERT_COUNTS = [5, 0, 9, 3];
+
 Deno.test({
   name:
-    `experts (one C kernel) equal each expert's ops on cpu: values, all gradients, dropout, an empty group${NOTE}`,
+    `experts (one C kernel) equal each expert's ops on cpu: each expert's rows gathered, values, all gradients, dropout, an empty group${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
@@ -118,12 +129,12 @@ Deno.test({
     const threads = native.threads();
     native.setThreads(2); // experts spread over both threads
     try {
-      const C = 8, F = 32, counts = [5, 0, 9, 3]; // expert 1 gets no rows
+      const C = 8, F = 32, counts = EXPERT_COUNTS, route = EXPERT_ROUTE;
       const M = counts.reduce((a, b) => a + b, 0);
       for (const training of [false, true]) {
-        // the op: its kernel on wasm, its composite (each expert's own ops) on cpu
+        // the op: its kernel on wasm, its composite (dispatch, then each expert's own ops) on cpu
         const run = () => () => {
-          const x = tensor([M, C], 100, 2) as tf.Tensor2D, r = tensor([M, C], 101);
+          const x = tensor([route.tokens, C], 100, 2) as tf.Tensor2D, r = tensor([M, C], 101);
           const params = counts.map((_, e) => ({
             w1: tensor([C, F], 110 + e) as tf.Tensor2D,
             b1: tensor([F], 120 + e) as tf.Tensor1D,
@@ -140,7 +151,7 @@ Deno.test({
               b2: ws[4 * e + 3] as tf.Tensor1D,
             }));
             const noise = training ? { rate: 0.3, seeds } : null;
-            return tf.sum(tf.mul(experts(xx as tf.Tensor2D, counts, ps, noise), r));
+            return tf.sum(tf.mul(experts(xx as tf.Tensor2D, route, counts, ps, noise), r));
           };
           return tf.grads(f)([x, ...params.flatMap((p) => [p.w1, p.b1, p.w2, p.b2])]);
         };
@@ -156,7 +167,7 @@ Deno.test({
             ),
         );
       }
-      tf.tidy(() => { // the kernel checks each parameter's shape (the C code trusts them)
+      tf.tidy(() => { // the kernel checks each parameter's shape and the rows (the C code trusts them)
         const ok = {
           w1: tf.zeros([C, F]) as tf.Tensor2D,
           b1: tf.zeros([F]) as tf.Tensor1D,
@@ -164,11 +175,16 @@ Deno.test({
           b2: tf.zeros([C]) as tf.Tensor1D,
         };
         const x = tf.zeros([3, C]) as tf.Tensor2D;
+        const three = { ...route, order: Int32Array.of(0, 4, 2), tokens: 3 };
         assert.throws(
-          () => experts(x, [3], [{ ...ok, w2: tf.zeros([F, C + 1]) as tf.Tensor2D }], null),
+          () => experts(x, three, [3], [{ ...ok, w2: tf.zeros([F, C + 1]) as tf.Tensor2D }], null),
           /w2_0 must be float32 \[32,8\]/,
         );
-        assert.equal(experts(x, [3], [ok], null).shape.join(), `3,${C}`);
+        assert.throws(
+          () => experts(x, { ...three, order: Int32Array.of(0, 6, 2) }, [3], [ok], null),
+          /slot 6 outside/,
+        );
+        assert.equal(experts(x, three, [3], [ok], null).shape.join(), `3,${C}`);
       });
     } finally {
       native.setThreads(threads);
@@ -178,7 +194,44 @@ Deno.test({
 
 Deno.test({
   name:
-    `moeDispatch / moeCombine (C) give the routing's sums and their gradients, dropped slots included${NOTE}`,
+    `the experts' gradient recomputes the hidden layer bit for bit: the same gradients as from the forward's own${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready(); // binds the products the kernels call
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const C = 8, F = 32, counts = Int32Array.from(EXPERT_COUNTS), E = counts.length;
+    const route = { rows: EXPERT_ROUTE.order, tokens: EXPERT_ROUTE.tokens, choices: 2 };
+    const M = route.rows.length, N = route.tokens;
+    // The parameters and their gradients as regions of a heap, one after another.
+    const sizes = [C * F, F, F * C, C];
+    const heap = new Uint8Array(4 * (2 * E * sizes.reduce((a, b) => a + b, 0)) + 64);
+    let at = 16;
+    const place = () =>
+      Uint32Array.from({ length: 4 * E }, (_, i) => ((at += 4 * sizes[i % 4]) - 4 * sizes[i % 4]));
+    const offsets = place(), gradOffsets = place();
+    const floats = new Float32Array(heap.buffer);
+    offsets.forEach((o, i) => floats.set(seeded(sizes[i % 4], 200 + i), o / 4));
+    const x = seeded(N * C, 210), dy = seeded(M * C, 211);
+    const keptH = new Float32Array(M * F), y = new Float32Array(M * C), mask = new Uint8Array(M * C);
+    const seeds = EXPERT_COUNTS.map((_, e) => 500 + e);
+    native.experts(heap, offsets, counts, route, { x, h: keptH, y, mask }, { seeds, keep: 0.7 }, { C, F });
+    const gradients = (h: Float32Array | null) => {
+      const dx = new Float32Array(N * C);
+      native.expertsGrad(heap, offsets, gradOffsets, counts, route, { x, h, dy, mask, dx }, 0.7, { C, F });
+      return [dx, ...Array.from(gradOffsets, (o, i) => floats.slice(o / 4, o / 4 + sizes[i % 4]))];
+    };
+    const fromKept = gradients(keptH), recomputed = gradients(null);
+    assertEquals(fromKept.some((g) => g.some((v) => v !== 0)), true, "gradients are not all zero");
+    fromKept.forEach((g, i) => {
+      const same = g.every((v, j) => Object.is(v, recomputed[i][j]));
+      assertEquals(same, true, `gradient ${i} (0: dx, then dw1, db1, dw2, db2 per expert) bit for bit`);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    `moeDispatch / moeCombine give the routing's sums and their gradients, dropped slots included (combine in C)${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
@@ -232,7 +285,6 @@ Deno.test({
       1e-5,
       "combine",
     );
-    assert.throws(() => moeDispatch(x, { ...route, order: Int32Array.of(0, 3, 2, 1, 6) }), /slot 6 outside/);
     assert.throws(
       () => moeCombine(merged, gates, { ...route, slotExpert: Int32Array.of(0, 2, 1, 1, 0, 3) }),
       /expert 3/,

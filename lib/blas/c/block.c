@@ -112,7 +112,7 @@ int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout
   block_dense_input_grad(dproj, T_(BLK_WP), dmerged, R, C, C);
   const uint8_t *mask_att = has_dropout ? heap + o[BLK_MASK_ATT] : NULL;
   rc = seemore_attention_grad(dmerged, T_(BLK_QKV), T_(BLK_PROBS), mask_att, dqkv, d->B, d->T, d->H,
-                              (int32_t)(C / d->H), d->scale, d->keep);
+                              (int32_t)(C / d->H), d->scale, d->causal, d->keep);
   if (rc != 0) return rc;
   block_dense_weight_grad(T_(BLK_A), dqkv, T_(BLK_DWQKV), NULL, R, C, 3 * C);
   block_dense_input_grad(dqkv, T_(BLK_WQKV), da, R, C, 3 * C);
