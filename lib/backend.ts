@@ -119,6 +119,8 @@ async function useBlas(): Promise<string[]> {
   const native = blas.activeNative();
   registerExtras("wasm", {
     adamInPlace: blas.adamInPlace,
+    gradientsEach: blas.leanGradientsInstalled() ? blas.leanGradientsEach : undefined,
+    releaseHostMemory: native ? () => native.releaseHostMemory() : undefined,
     decoderSteps: native?.hasSgemm()
       ? { dense: blas.decoderStepKernel("dense"), moe: blas.decoderStepKernel("moe") }
       : undefined,

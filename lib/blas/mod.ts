@@ -19,6 +19,7 @@ export {
   setKernelThreads,
 } from "./kernels.ts";
 export { type BoundDecoderStep, decoderStepKernel } from "./kernels/decoder.ts";
+export { leanGradientsEach, leanGradientsInstalled } from "./lean_gradients.ts";
 export type { BlockAttrs } from "./kernels/block.ts";
 export {
   BLOCK_PARAMS,

@@ -138,8 +138,22 @@ export interface DecoderStepDims {
   topK: number; // seeMoE: experts per token (0 for seemore)
 }
 
+/**
+ * A backward pass of f (a scalar) that hands each gradient over as soon as it is final: onGradient(i, g)
+ * runs once no later step of the pass reads xs[i] (so it may update xs[i] in place) and owns g.
+ * Variables the loss does not reach are not reported. Returns f's value.
+ */
+export type GradientsEach = (
+  f: () => tf.Scalar,
+  xs: tf.Variable[],
+  onGradient: (i: number, g: tf.Tensor) => void,
+) => tf.Scalar;
+
 export interface BackendExtras {
   adamInPlace?: AdamInPlace;
+  gradientsEach?: GradientsEach;
+  /** Hands host memory that was freed back to the system (start-up's garbage would stay resident). */
+  releaseHostMemory?: () => void;
   decoderSteps?: Partial<Record<DecoderKind, DecoderStepKernel>>;
   /**
    * Work stays on the device: reading a tensor back inside a step would drain a GPU's queue (and WebGPU

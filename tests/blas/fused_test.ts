@@ -1,5 +1,6 @@
 // The fused GELU / layer norm / Adam ops (C kernels on wasm) against the same maths from tfjs ops on
-// the cpu backend: forward values, gradients, and several Adam steps.
+// the cpu backend: forward values, gradients, and several Adam steps; Adam.minimize's gradients applied
+// one by one during the backward pass against all of them at the end, bit for bit.
 
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../../lib/backend.ts";
@@ -9,7 +10,11 @@ import { adamComposite as adamOps, adamStep } from "../../lib/ops/adam.ts";
 import { geluDense } from "../../lib/ops/dense.ts";
 import { experts, moeCombine, moeDispatch } from "../../lib/ops/experts.ts";
 import { layerNorm, layerNormComposite as layerNormOps } from "../../lib/ops/layer_norm.ts";
-import { KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
+import { backendExtras, KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
+import { buildModel } from "../../lib/model/factory.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
+import { captionLoss } from "../../lib/objective.ts";
+import { tinyConfig } from "../helpers.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
 import assert from "node:assert/strict";
@@ -527,4 +532,56 @@ Deno.test("on the cpu backend the fused ops fall back to tfjs ops", async () => 
   } finally {
     await tf.setBackend("wasm");
   }
+});
+
+Deno.test({
+  name:
+    `Adam.minimize on the fast path (each gradient applied when final) = variableGrads + update, bit for bit${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    assertEquals(backendExtras().gradientsEach !== undefined, true, "the backward pass hands gradients over");
+    // seeMoE with a word head the caption loss does not use: its parameters get zero gradients.
+    const config = tinyConfig({
+      model_type: "seemoe",
+      num_experts: 4,
+      top_k: 2,
+      image_words: ["red", "star"],
+    });
+    const images = tf.randomNormal([3, 3, 32, 32], 0, 1, "float32", 5) as tf.Tensor4D;
+    const idx = tf.randomUniform([3, 9], 0, 65, "int32", 6) as tf.Tensor2D;
+    const targets = tf.randomUniform([3, 9], 0, 66, "int32", 7) as tf.Tensor2D;
+    const train = (each: boolean) => {
+      const model = buildModel(config, 3);
+      const opt = new Adam(model.variables(), 1e-2);
+      const losses: number[] = [];
+      for (let step = 0; step < 3; step++) {
+        const f = () => captionLoss(model, images, idx, targets, new ForwardContext(true, 1, step), "first");
+        if (each) {
+          const before = tf.memory().numTensors;
+          const loss = opt.minimize(f);
+          losses.push(loss.dataSync()[0]);
+          loss.dispose();
+          assertEquals(tf.memory().numTensors, before, "tensors left by a step");
+        } else {
+          const { value, grads } = tf.variableGrads(f, opt.params);
+          const all = opt.params.map((p) => grads[p.name] ?? tf.zerosLike(p));
+          assertEquals(all.length > Object.keys(grads).length, true, "a parameter without a gradient");
+          opt.update(all);
+          losses.push(value.dataSync()[0]);
+          tf.dispose([value, ...all]);
+        }
+      }
+      const weights = model.variables().map((v) => v.dataSync().slice() as Float32Array);
+      opt.dispose();
+      model.dispose();
+      return [Float32Array.from(losses), ...weights];
+    };
+    const whole = train(false), each = train(true);
+    whole.forEach((values, i) => {
+      const differing = values.findIndex((v, j) => !Object.is(v, each[i][j]));
+      assertEquals(differing, -1, `${i === 0 ? "losses" : `weight ${i - 1}`}: first differing element`);
+    });
+    tf.dispose([images, idx, targets]);
+  },
 });
