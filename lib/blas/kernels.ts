@@ -119,6 +119,8 @@ const FUSED_WITH_SGEMM: Record<string, Kernel> = {
   expertsGrad: experts.expertsGradKernel,
   block: block.blockKernel,
   blockGrad: block.blockGradKernel,
+  attentionHalf: block.attentionHalfKernel,
+  attentionHalfGrad: block.attentionHalfGradKernel,
 };
 
 let lastResult: EnableResult | null = null;

@@ -111,6 +111,32 @@ export const BLOCK_SAVED: readonly SavedName[] = FORWARD_TENSORS.filter((t) => t
   t.name as SavedName
 );
 
+/**
+ * The block's first half alone (seemore_attention_half and its gradient: seeMoE's blocks, whose second
+ * half is the mixture), on the whole block's offsets (BLOCK_TENSORS): x1 = x + dropout(attention(LN1(x)
+ * Wqkv) Wp + bp), its output in x1's place. It keeps LN1's statistics and the masks only: a, qkv and
+ * merged are scratch, and the gradient computes them again.
+ */
+export const HALF_PARAMS = ["g1", "b1", "wqkv", "wp", "bp"] as const satisfies readonly ParamName[];
+export const HALF_SAVED = ["mean1", "rstd1", "maskAtt", "maskProj"] as const satisfies readonly SavedName[];
+
+/** The BLOCK_TENSORS each pass of the attention half reads or writes (it touches no other). */
+export const HALF_TENSORS: { forward: readonly string[]; backward: readonly string[] } = {
+  forward: ["x", ...HALF_PARAMS, "x1", ...HALF_SAVED, "scratch"],
+  backward: [
+    "x",
+    "g1",
+    "b1",
+    "wqkv",
+    "wp",
+    ...HALF_SAVED,
+    "scratch",
+    "dout",
+    "dx",
+    ...HALF_PARAMS.map((p) => `d${p}`),
+  ],
+};
+
 /** The tensors of seemore_block / seemore_block_grad, in order: offsets[i] is BLOCK_TENSORS[i]'s. */
 export const BLOCK_TENSORS: readonly string[] = [
   ...FORWARD_TENSORS.map((t) => t.name),

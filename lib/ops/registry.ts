@@ -29,6 +29,8 @@ export const KERNELS = {
   expertsGrad: "SeemoreExpertsGrad",
   block: "SeemoreBlock",
   blockGrad: "SeemoreBlockGrad",
+  attentionHalf: "SeemoreAttentionHalf",
+  attentionHalfGrad: "SeemoreAttentionHalfGrad",
   moeCombine: "SeemoreMoeCombine",
   moeCombineGrad: "SeemoreMoeCombineGrad",
 } as const;

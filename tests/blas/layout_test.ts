@@ -11,6 +11,9 @@ import {
   blockShape,
   type DecoderStepDims,
   decoderStepTensors,
+  HALF_PARAMS,
+  HALF_SAVED,
+  HALF_TENSORS,
   layoutHeader,
 } from "../../lib/blas/layout.ts";
 import { buildKey, generatedHeader, readSources } from "../../lib/blas/native.ts";
@@ -46,6 +49,20 @@ Deno.test("the block's tensors: x, the parameters, out, what is saved, the scrat
     json(BLOCK_TENSORS),
     json(["x", ...BLOCK_PARAMS, "out", ...BLOCK_SAVED, "scratch", "dout", "dx", ...grads]),
   );
+});
+
+Deno.test("the attention half: the block's own tensors, its output in x1's place, keeping LN1's statistics and the masks", () => {
+  assertEquals(json(HALF_PARAMS), json(["g1", "b1", "wqkv", "wp", "bp"]));
+  assertEquals(json(HALF_SAVED), json(["mean1", "rstd1", "maskAtt", "maskProj"]));
+  for (const pass of ["forward", "backward"] as const) {
+    for (const name of HALF_TENSORS[pass]) {
+      assertEquals(BLOCK_TENSORS.includes(name), true, `${pass}: ${name} is one of the block's tensors`);
+    }
+  }
+  assertEquals(HALF_TENSORS.forward.includes("x1"), true, "the forward pass writes x1");
+  for (const kept of ["a", "qkv", "probs", "merged"]) {
+    assertEquals(HALF_TENSORS.backward.includes(kept), false, `the gradient does not read ${kept}`);
+  }
 });
 
 Deno.test("the block's shapes and bytes, with and without dropout, forward and backward", () => {
