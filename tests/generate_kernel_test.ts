@@ -7,7 +7,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
-import { loadNative } from "../lib/blas/native.ts";
+import { loadNative, type Native } from "../lib/blas/native.ts";
 import type { ModelConfig } from "../lib/config.ts";
 import { generate, KernelStepper } from "../lib/generate.ts";
 import { Adam } from "../lib/optim.ts";
@@ -68,7 +68,8 @@ function tiedRouters(model: VisionLanguageModel): void {
   }
 }
 
-const CONFIGS: [string, Partial<ModelConfig>, ((m: VisionLanguageModel) => void)?][] = [
+/** What is tested, the config, a change to the model, and the rows (19: split across threads; 12: seeMoE's experts split). */
+const CONFIGS: [string, Partial<ModelConfig>, ((m: VisionLanguageModel) => void)?, number?][] = [
   ...RECIPES.map(([what, o]): [string, Partial<ModelConfig>] => [`seemore, ${what}`, o]),
   ...[1, 2].flatMap((k) =>
     RECIPES.map((
@@ -76,9 +77,10 @@ const CONFIGS: [string, Partial<ModelConfig>, ((m: VisionLanguageModel) => void)
     ): [string, Partial<ModelConfig>] => [`seeMoE top-${k}, ${what}`, { ...seemoe(k), ...o }])
   ),
   ["seeMoE top-2, every router logit tied (the lower index wins)", seemoe(2), tiedRouters],
+  ["seeMoE top-2, 12 rows (one chunk: the experts run side by side)", seemoe(2), undefined, 12],
 ];
 
-for (const [what, overrides, prepare] of CONFIGS) {
+for (const [what, overrides, prepare, rows = 19] of CONFIGS) {
   Deno.test({
     name:
       `native decoder step = tfjs decoder over the whole sequence, every position's logits: ${what}${NOTE}`,
@@ -88,7 +90,7 @@ for (const [what, overrides, prepare] of CONFIGS) {
       const config = tinyConfig({ n_layer: 3, ...overrides });
       const model = buildModel(config, 5);
       prepare?.(model);
-      const [B, T, V, vocab] = [19, 5, model.numVisualTokens, config.vocab_size];
+      const [B, T, V, vocab] = [rows, 5, model.numVisualTokens, config.vocab_size];
       const images = tf.randomNormal([B, 3, 32, 32], 0, 1, "float32", 9) as tf.Tensor4D;
       const ids = Array.from(
         { length: B },
@@ -109,10 +111,19 @@ for (const [what, overrides, prepare] of CONFIGS) {
         TOL,
         "last visual position",
       );
-      for (let t = 0; t < T; t++) {
-        const rows = readSync(stepper.next(ids.map((row) => row[t]), V + t));
-        assertClose(rows.map((r) => r.slice()), splitRows(at(V + t), B), TOL, `position ${V + t}`);
+      const native = (loadNative() as { ok: true; native: Native }).native;
+      const [threads, shared] = [native.threads(), native.jobsShared()];
+      native.setThreads(2);
+      try {
+        for (let t = 0; t < T; t++) {
+          const rows = readSync(stepper.next(ids.map((row) => row[t]), V + t));
+          assertClose(rows.map((r) => r.slice()), splitRows(at(V + t), B), TOL, `position ${V + t}`);
+        }
+      } finally {
+        native.setThreads(threads);
       }
+      // The steps alone share work with the helper threads: 19 rows by row chunks, 12 by experts.
+      assertEquals(native.jobsShared() > shared, true, "work shared with helper threads");
       tf.dispose([images]);
       model.dispose();
     },

@@ -198,6 +198,9 @@ static void top_k(const float *values, int64_t cols, int64_t k, int32_t *out) {
   }
 }
 
+/* Picked rows (rows times k) from which mixture_rows runs its experts on the pool's threads. */
+#define EXPERTS_SPLIT_ROWS 16
+
 /* The experts of one mixture_rows call, for parallel_for: active[i] is the i-th expert with rows. */
 typedef struct {
   const decoder_step_args *a;
@@ -231,7 +234,7 @@ static void step_experts_range(void *p, int64_t i0, int64_t i1) {
  * logits n Wr + br choose each row's k experts (top_k), weighted by the softmax over those k logits
  * (the others' weights are exactly 0, as in the op's softmax with -1e9 added elsewhere); each expert,
  * ReLU(n W1 + b1) W2 + b2, runs once on the rows that chose it (the experts side by side on the kernel
- * threads); each row's outputs are summed in the order of its choices (as the combine op sums them).
+ * threads, given rows enough); each row's outputs are summed in the order of its choices (as the combine op sums them).
  * `experts`: the offsets of expert 0's tensors. */
 static void mixture_rows(const decoder_step_args *a, const router_weights *R, const uint32_t *experts,
                          int64_t rows, step_scratch *s) {
@@ -266,7 +269,9 @@ static void mixture_rows(const decoder_step_args *a, const router_weights *R, co
     s->picked[at] = (int32_t)i;
   }
   experts_job job = {a, experts, active, s};
-  parallel_for(n_active, 1, step_experts_range, &job);
+  /* Side by side only with rows enough to pay for waking a helper: generation's single row runs them here. */
+  if (rows * k >= EXPERTS_SPLIT_ROWS) parallel_for(n_active, 1, step_experts_range, &job);
+  else step_experts_range(&job, 0, n_active);
   for (int64_t r = 0; r < rows; r++) {
     float *o = s->o + r * C;
     memset(o, 0, (size_t)C * sizeof(float));
