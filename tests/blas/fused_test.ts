@@ -562,7 +562,8 @@ Deno.test({
           const loss = opt.minimize(f);
           losses.push(loss.dataSync()[0]);
           loss.dispose();
-          assertEquals(tf.memory().numTensors, before, "tensors left by a step");
+          // The first step leaves each MoE layer's routing (SparseMoE.lastRouting, for its statistics).
+          if (step > 0) assertEquals(tf.memory().numTensors, before, "tensors left by a step");
         } else {
           const { value, grads } = tf.variableGrads(f, opt.params);
           const all = opt.params.map((p) => grads[p.name] ?? tf.zerosLike(p));
