@@ -178,22 +178,18 @@ export class OurModel {
   train(): Promise<number> {
     const step = this.step++;
     return time(async () => {
-      const { value, grads } = tf.variableGrads(
-        () =>
-          captionLoss(
-            this.model,
-            this.images,
-            this.idx,
-            this.targets,
-            new ForwardContext(true, 1, step),
-            "first",
-          ),
-        this.opt.params,
+      const loss = this.opt.minimize(() =>
+        captionLoss(
+          this.model,
+          this.images,
+          this.idx,
+          this.targets,
+          new ForwardContext(true, 1, step),
+          "first",
+        )
       );
-      this.opt.update(this.opt.params.map((p) => grads[p.name]));
-      tf.dispose(Object.values(grads));
-      await value.data();
-      value.dispose();
+      await loss.data();
+      loss.dispose();
     });
   }
 

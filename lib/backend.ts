@@ -119,17 +119,10 @@ async function useBlas(): Promise<string[]> {
   const native = blas.activeNative();
   registerExtras("wasm", {
     adamInPlace: blas.adamInPlace,
-    decoderStep: native?.hasSgemm()
-      ? {
-        layout: {
-          block: blas.DECODER_LAYER_TENSORS.map((t) => t.name),
-          final: blas.DECODER_FINAL_TENSORS.map((t) => t.name),
-        },
-        cacheSize: blas.decoderCacheSize,
-        step: (weights, x, cache, logits, dims, position) =>
-          native.decoderStep(weights, x, cache, logits, dims, position),
-        inPlaceUpdates: blas.inPlaceUpdateCount,
-      }
+    gradientsEach: blas.leanGradientsInstalled() ? blas.leanGradientsEach : undefined,
+    releaseHostMemory: native ? () => native.releaseHostMemory() : undefined,
+    decoderSteps: native?.hasSgemm()
+      ? { dense: blas.decoderStepKernel("dense"), moe: blas.decoderStepKernel("moe") }
       : undefined,
   });
   return [`OpenBLAS kernels: ${[...r.kernels, ...fused].join(", ")}`, ...(r.gemm ? [r.gemm] : [])];

@@ -188,13 +188,11 @@ async function timeTrainStep(batch = 2, steps = 5, warmup = 2): Promise<{ ms: nu
   const times: number[] = [];
   for (let i = 0; i < warmup + steps && times.reduce((a, b) => a + b, 0) < 2000; i++) {
     const t0 = performance.now();
-    const { value, grads } = tf.variableGrads(
-      () => captionLoss(model, images, idx, targets, new ForwardContext(true, 1, i), "first"),
-      opt.params,
+    const loss = opt.minimize(() =>
+      captionLoss(model, images, idx, targets, new ForwardContext(true, 1, i), "first")
     );
-    opt.update(opt.params.map((p) => grads[p.name]));
-    await value.data(); // the step's work done (a GPU's too), read as every backend can
-    tf.dispose([value, ...Object.values(grads)]);
+    await loss.data(); // the step's work done (a GPU's too), read as every backend can
+    loss.dispose();
     if (i >= warmup) times.push(performance.now() - t0);
   }
   tf.dispose([images, idx, targets]);

@@ -14,11 +14,18 @@
 import * as tf from "@tensorflow/tfjs";
 import type { KVCache } from "./model/attention.ts";
 import { Block } from "./model/block.ts";
-import type { DecoderLanguageModel } from "./model/decoder.ts";
+import type { DecoderBlock, DecoderLanguageModel } from "./model/decoder.ts";
+import { SparseMoEBlock } from "./model/moe.ts";
 import { ForwardContext, type Module, readData } from "./model/module.ts";
 import type { VisionLanguageModel } from "./model/vision_language_model.ts";
 import { LAYER_NORM_EPS } from "./ops/layer_norm.ts";
-import { backendExtras, type DecoderStepDims, type DecoderStepKernel } from "./ops/registry.ts";
+import {
+  backendExtras,
+  type DecoderKind,
+  type DecoderStep,
+  type DecoderStepDims,
+  type DecoderStepKernel,
+} from "./ops/registry.ts";
 import { mulberry32 } from "./random.ts";
 import { readAsync, type Readback, readSync } from "./readback.ts";
 
@@ -182,23 +189,26 @@ class TfjsStepper implements Stepper {
 
 /**
  * The decoder as one kernel call per position (the backend's decoder step: lib/blas on the fast CPU
- * path); the image still goes through the ViT and the projector as ops. Only where the backend offers
- * the step and the decoder is seemore's (GELU feed-forward blocks, all alike).
+ * path), its parameters read in place; the image still goes through the ViT and the projector as ops.
+ * Only where the backend offers the step for the decoder's kind: seemore's (GELU feed-forward blocks) or
+ * seeMoE's (evaluation's routing: no router noise, no expert capacity).
  */
 export class KernelStepper implements Stepper {
   private readonly cache: Float32Array;
   private readonly logits: Float32Array;
+  private readonly tokenTable: Float32Array;
 
   private constructor(
     readonly model: VisionLanguageModel,
     readonly images: tf.Tensor4D,
     readonly prompt: number[],
-    readonly kernel: DecoderStepKernel,
-    readonly packed: PackedDecoder,
     readonly dims: DecoderStepDims,
+    private readonly run: DecoderStep,
+    cacheSize: number,
   ) {
-    this.cache = new Float32Array(kernel.cacheSize(dims));
+    this.cache = new Float32Array(cacheSize);
     this.logits = new Float32Array(dims.batch * dims.vocab);
+    this.tokenTable = readData(model.decoder.tokenEmbedding.weight);
   }
 
   static create(
@@ -207,12 +217,11 @@ export class KernelStepper implements Stepper {
     prompt: number[],
     maxNewTokens: number,
   ): KernelStepper | null {
-    const kernel = backendExtras().decoderStep;
-    const blocks = model.decoder.blocks;
-    if (!kernel || blocks.length === 0 || !blocks.every((b) => b instanceof Block && b.cfg.ffn !== "mlp")) {
-      return null;
-    }
-    const attn = (blocks[0] as Block).attn, cfg = model.config;
+    const kind = stepKind(model);
+    const kernel = kind && backendExtras().decoderSteps?.[kind];
+    if (!kind || !kernel) return null;
+    const blocks = model.decoder.blocks as (Block | SparseMoEBlock)[];
+    const attn = blocks[0].attn, cfg = model.config;
     // Cache room for every position this generation can reach (the last new token is not fed back).
     const positions = model.numVisualTokens + prompt.length + Math.max(0, maxNewTokens - 1);
     const dims: DecoderStepDims = {
@@ -226,8 +235,11 @@ export class KernelStepper implements Stepper {
       scale: attn.scale,
       eps: LAYER_NORM_EPS,
       preNorm: cfg.residual === "pre_norm",
+      experts: kind === "moe" ? cfg.num_experts : 0,
+      topK: kind === "moe" ? cfg.top_k : 0,
     };
-    return new KernelStepper(model, images, prompt, kernel, packedDecoder(model.decoder, kernel), dims);
+    const run = kernel.bind(stepWeights(model.decoder, kernel.layout), dims);
+    return new KernelStepper(model, images, prompt, dims, run, kernel.cacheSize(dims));
   }
 
   *start(): Readback<Float32Array[]> {
@@ -255,7 +267,7 @@ export class KernelStepper implements Stepper {
 
   /** Token embeddings of one id per row → (B, C). */
   private embed(ids: number[]): Float32Array {
-    const C = this.dims.width, table = this.packed.tokenTable;
+    const C = this.dims.width, table = this.tokenTable;
     const x = new Float32Array(ids.length * C);
     ids.forEach((id, b) => x.set(table.subarray(id * C, (id + 1) * C), b * C));
     return x;
@@ -264,54 +276,51 @@ export class KernelStepper implements Stepper {
   /** Inputs x (B, C) at `position` → logits (B, vocab), a fresh copy. */
   private step(x: Float32Array, position: number): Float32Array {
     this.model.decoder.checkPositions(position, 1);
-    this.kernel.step(this.packed.weights, x, this.cache, this.logits, this.dims, position);
+    this.run(x, this.cache, this.logits, position);
     return this.logits.slice();
   }
 }
 
 /**
- * A decoder's weights packed in the step kernel's order, kept while its variables hold the same data:
- * an assign (a checkpoint load, the per-parameter optimizer step) gives a variable a new dataId, and the
- * kernel counts its in-place updates, so the two tell whether the copy is current. Saves packing the
- * weights for every generate() call of an evaluation.
+ * Which decoder step runs this model's decoder: seemore's blocks (GELU feed-forward), or seeMoE's routed
+ * the way evaluation routes (the step has no router noise and no expert capacity); else none.
  */
-interface PackedDecoder {
-  ids: object[];
-  updates: number;
-  weights: Float32Array;
-  tokenTable: Float32Array;
+function stepKind(model: VisionLanguageModel): DecoderKind | null {
+  const blocks = model.decoder.blocks, cfg = model.config;
+  if (blocks.length === 0) return null;
+  if (blocks.every((b) => b instanceof Block && b.cfg.ffn !== "mlp")) return "dense";
+  const evalRouting = !cfg.router_noise_in_eval && cfg.capacity_factor === 0;
+  if (evalRouting && blocks.every((b) => b instanceof SparseMoEBlock)) return "moe";
+  return null;
 }
-const packCache = new WeakMap<DecoderLanguageModel, PackedDecoder>();
 
-/** The model's parameter behind each name of the step kernel's layout that is not its own name. */
+/** The model's parameter behind each name of a step kernel's layout that is not its own name. */
 const PARAMETER_OF: Record<string, string> = {
   "attn.qkv": "attn.heads",
   "ffn.fc1.weight": "ffn.0.weight",
   "ffn.fc1.bias": "ffn.0.bias",
   "ffn.fc2.weight": "ffn.2.weight",
   "ffn.fc2.bias": "ffn.2.bias",
+  "router.weight": "sparseMoE.router.topkroute_linear.weight",
+  "router.bias": "sparseMoE.router.topkroute_linear.bias",
+  "fc1.weight": "net.0.weight", // an expert's
+  "fc1.bias": "net.0.bias",
+  "fc2.weight": "net.2.weight",
+  "fc2.bias": "net.2.bias",
   "position_embedding": "position_embedding_table.weight",
 };
 
-function packedDecoder(decoder: DecoderLanguageModel, kernel: DecoderStepKernel): PackedDecoder {
-  const ids = decoder.variables().map((v) => v.dataId);
-  const updates = kernel.inPlaceUpdates();
-  const hit = packCache.get(decoder);
-  if (hit && hit.updates === updates && hit.ids.every((id, i) => id === ids[i])) return hit;
+/** The decoder's parameters in the step's order: per block its tensors then its experts', then the final ones. */
+function stepWeights(decoder: DecoderLanguageModel, layout: DecoderStepKernel["layout"]): tf.Tensor[] {
   const param = (module: Module, name: string) => module.parameter(PARAMETER_OF[name] ?? name);
-  const tensors = [
-    ...decoder.blocks.flatMap((block) => kernel.layout.block.map((name) => param(block, name))),
-    ...kernel.layout.final.map((name) => param(decoder, name)),
+  const experts = (block: DecoderBlock) => block instanceof SparseMoEBlock ? block.sparseMoE.experts : [];
+  return [
+    ...decoder.blocks.flatMap((block) => [
+      ...layout.block.map((name) => param(block, name)),
+      ...experts(block).flatMap((expert) => layout.expert.map((name) => param(expert, name))),
+    ]),
+    ...layout.final.map((name) => param(decoder, name)),
   ];
-  const weights = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
-  let at = 0;
-  for (const t of tensors) {
-    weights.set(t.dataSync() as Float32Array, at);
-    at += t.size;
-  }
-  const entry = { ids, updates, weights, tokenTable: readData(decoder.tokenEmbedding.weight) };
-  packCache.set(decoder, entry);
-  return entry;
 }
 
 /** (B × vocab) values → B rows. */

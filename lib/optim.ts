@@ -8,9 +8,14 @@ import * as tf from "@tensorflow/tfjs";
 import type { NamedTensor } from "./checkpoint.ts";
 import { readData } from "./model/module.ts";
 import { adamStep, adamStepAllInPlace } from "./ops/adam.ts";
+import { backendExtras } from "./ops/registry.ts";
+
+/** minimize() applies the gradients handed over so far once they hold this many floats (4 MiB). */
+const FLUSH_FLOATS = 1 << 20;
 
 export class Adam {
   step = 0;
+  private released = false;
   private m: tf.Variable[];
   private v: tf.Variable[];
 
@@ -29,12 +34,60 @@ export class Adam {
   /** One update from gradients given in the same order as `params`. */
   update(grads: tf.Tensor[]): void {
     this.step += 1;
+    this.apply(this.params.map((_, i) => i), grads);
+  }
+
+  /**
+   * One step on the loss f returns: its gradients and the update, the same numbers as variableGrads and
+   * update(). Where the backend's backward pass hands each gradient over as soon as it is final (the
+   * fast CPU path), its parameter is updated then and the gradient freed, so the gradients never all
+   * exist at once (Adam is elementwise: the order of the updates changes nothing). A parameter the loss
+   * does not reach gets a zero gradient. Returns the loss; the caller disposes it.
+   */
+  minimize(f: () => tf.Scalar): tf.Scalar {
+    const { gradientsEach: each, releaseHostMemory } = backendExtras();
+    // Before the first step: what start-up freed (building the model, reading the data) goes back to
+    // the system, which would otherwise count it in the process's memory for good.
+    if (!this.released) releaseHostMemory?.();
+    this.released = true;
+    const zeros = (i: number) => tf.zerosLike(this.params[i]);
+    if (!each) {
+      const { value, grads } = tf.variableGrads(f, this.params);
+      const all = this.params.map((p, i) => grads[p.name] ?? zeros(i));
+      this.update(all);
+      tf.dispose(all);
+      return value;
+    }
+    this.step += 1;
+    const pending: { i: number; g: tf.Tensor }[] = [];
+    let floats = 0;
+    const flush = () => {
+      this.apply(pending.map((p) => p.i), pending.map((p) => p.g));
+      tf.dispose(pending.map((p) => p.g));
+      pending.length = floats = 0;
+    };
+    const reached = new Set<number>();
+    const value = each(f, this.params, (i, g) => {
+      reached.add(i);
+      pending.push({ i, g });
+      floats += g.size;
+      if (floats >= FLUSH_FLOATS) flush(); // a few calls per step, a few MiB held at most
+    });
+    this.params.forEach((_, i) => reached.has(i) || pending.push({ i, g: zeros(i) }));
+    flush();
+    return value;
+  }
+
+  /** The step (this.step) for the parameters at `indices`, from their gradients in the same order. */
+  private apply(indices: number[], grads: tf.Tensor[]): void {
+    if (indices.length === 0) return;
     const hyper = { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, step: this.step };
-    if (adamStepAllInPlace(this.params, this.m, this.v, grads, hyper)) return;
-    this.params.forEach((p, i) => {
+    const [ps, ms, vs] = [this.params, this.m, this.v].map((list) => indices.map((i) => list[i]));
+    if (adamStepAllInPlace(ps, ms, vs, grads, hyper)) return;
+    indices.forEach((i, j) => {
       // adamStep: the backend's kernel where it has one, the same formula in tfjs ops elsewhere.
-      const next = adamStep(p, this.m[i], this.v[i], grads[i], hyper);
-      p.assign(next.p);
+      const next = adamStep(this.params[i], this.m[i], this.v[i], grads[j], hyper);
+      this.params[i].assign(next.p);
       this.m[i].assign(next.m);
       this.v[i].assign(next.v);
       tf.dispose([next.p, next.m, next.v]);

@@ -146,16 +146,10 @@ export function stepOnDevice(model: VisionLanguageModel, opt: Adam, run: TrainRu
   const { batch, words } = b;
   try {
     const extra = { skip: batch.skip, words, wordLoss: cfg.word_loss };
-    const { value, grads } = tf.variableGrads(
-      () => captionLoss(model, batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra),
-      opt.params,
+    // A parameter the loss does not use (the word head when word_loss is 0) gets a zero gradient (minimize).
+    return opt.minimize(() =>
+      captionLoss(model, batch.images, batch.idx, batch.targets, ctx, cfg.pad_loss, extra)
     );
-    // A parameter the loss does not use (the word head when word_loss is 0) gets a zero gradient.
-    const unused = opt.params.filter((p) => !grads[p.name]).map((p) => tf.zerosLike(p));
-    let u = 0;
-    opt.update(opt.params.map((p) => grads[p.name] ?? unused[u++]));
-    tf.dispose([...Object.values(grads), ...unused]);
-    return value;
   } finally {
     disposeStepBatch(b);
   }

@@ -1,18 +1,20 @@
 // Generation through the backend's decoder step (lib/generate.ts KernelStepper: on the fast CPU path one
 // C call per position) against the tfjs decoder run over the whole sequence: the logits of every caption
-// position, for the original's block and the pre-norm recipe, one and several visual tokens, 19 rows
-// (split across threads); generate() takes this path on wasm and gives the tokens of full recomputation;
-// seeMoE and the cpu backend fall back to tfjs.
+// position, for seemore's and seeMoE's decoders (top-1 and top-2), the original's block and the pre-norm
+// recipe, one and several visual tokens, 19 rows (split across threads); generate() takes this path on
+// wasm and gives the tokens of full recomputation; the step reads weights updated in place; seeMoE with
+// router noise in evaluation or an expert capacity, and the cpu backend, fall back to tfjs.
 
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
-import { loadNative } from "../lib/blas/native.ts";
+import { loadNative, type Native } from "../lib/blas/native.ts";
 import type { ModelConfig } from "../lib/config.ts";
 import { generate, KernelStepper } from "../lib/generate.ts";
 import { Adam } from "../lib/optim.ts";
 import { readSync } from "../lib/readback.ts";
 import { buildModel } from "../lib/model/factory.ts";
 import { ForwardContext } from "../lib/model/module.ts";
+import type { VisionMoELanguageModel } from "../lib/model/moe.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { tinyConfig } from "./helpers.ts";
 import { assertClose, assertEquals, BLAS_OK } from "./blas/helpers.ts";
@@ -42,7 +44,7 @@ function fullLogits(model: VisionLanguageModel, images: tf.Tensor4D, ids: number
   });
 }
 
-const CONFIGS: [string, Partial<ModelConfig>][] = [
+const RECIPES: [string, Partial<ModelConfig>][] = [
   ["the original's block, CLS token", {}],
   ["pre-norm, head-size scale, all patch tokens", {
     residual: "pre_norm",
@@ -50,8 +52,35 @@ const CONFIGS: [string, Partial<ModelConfig>][] = [
     visual_tokens: "patches",
   }],
 ];
+const seemoe = (topK: number): Partial<ModelConfig> => ({
+  model_type: "seemoe",
+  num_experts: 4,
+  top_k: topK,
+});
+/** seeMoE's router with every logit alike (weights 0, biases 0.5): every choice is a tie. */
+function tiedRouters(model: VisionLanguageModel): void {
+  for (const moe of (model as VisionMoELanguageModel).moeLayers) {
+    const { weight, bias } = moe.router.topkrouteLinear;
+    tf.tidy(() => {
+      weight.assign(tf.zerosLike(weight));
+      bias!.assign(tf.fill(bias!.shape, 0.5));
+    });
+  }
+}
 
-for (const [what, overrides] of CONFIGS) {
+/** What is tested, the config, a change to the model, and the rows (19: split across threads; 12: seeMoE's experts split). */
+const CONFIGS: [string, Partial<ModelConfig>, ((m: VisionLanguageModel) => void)?, number?][] = [
+  ...RECIPES.map(([what, o]): [string, Partial<ModelConfig>] => [`seemore, ${what}`, o]),
+  ...[1, 2].flatMap((k) =>
+    RECIPES.map((
+      [what, o],
+    ): [string, Partial<ModelConfig>] => [`seeMoE top-${k}, ${what}`, { ...seemoe(k), ...o }])
+  ),
+  ["seeMoE top-2, every router logit tied (the lower index wins)", seemoe(2), tiedRouters],
+  ["seeMoE top-2, 12 rows (one chunk: the experts run side by side)", seemoe(2), undefined, 12],
+];
+
+for (const [what, overrides, prepare, rows = 19] of CONFIGS) {
   Deno.test({
     name:
       `native decoder step = tfjs decoder over the whole sequence, every position's logits: ${what}${NOTE}`,
@@ -60,8 +89,8 @@ for (const [what, overrides] of CONFIGS) {
       await ready();
       const config = tinyConfig({ n_layer: 3, ...overrides });
       const model = buildModel(config, 5);
-      // 19 rows: three chunks of rows, which the C step splits across threads.
-      const [B, T, V, vocab] = [19, 5, model.numVisualTokens, config.vocab_size];
+      prepare?.(model);
+      const [B, T, V, vocab] = [rows, 5, model.numVisualTokens, config.vocab_size];
       const images = tf.randomNormal([B, 3, 32, 32], 0, 1, "float32", 9) as tf.Tensor4D;
       const ids = Array.from(
         { length: B },
@@ -82,50 +111,62 @@ for (const [what, overrides] of CONFIGS) {
         TOL,
         "last visual position",
       );
-      for (let t = 0; t < T; t++) {
-        const rows = readSync(stepper.next(ids.map((row) => row[t]), V + t));
-        assertClose(rows.map((r) => r.slice()), splitRows(at(V + t), B), TOL, `position ${V + t}`);
+      const native = (loadNative() as { ok: true; native: Native }).native;
+      const [threads, shared] = [native.threads(), native.jobsShared()];
+      native.setThreads(2);
+      try {
+        for (let t = 0; t < T; t++) {
+          const rows = readSync(stepper.next(ids.map((row) => row[t]), V + t));
+          assertClose(rows.map((r) => r.slice()), splitRows(at(V + t), B), TOL, `position ${V + t}`);
+        }
+      } finally {
+        native.setThreads(threads);
       }
+      // The steps alone share work with the helper threads: 19 rows by row chunks, 12 by experts.
+      assertEquals(native.jobsShared() > shared, true, "work shared with helper threads");
       tf.dispose([images]);
       model.dispose();
     },
   });
 }
 
-Deno.test({
-  name: `generate() on wasm runs the native step and gives the tokens of full recomputation${NOTE}`,
-  ignore: !READY,
-  async fn() {
-    await ready();
-    const model = buildModel(tinyConfig({ n_layer: 2 }), 6);
-    const images = tf.randomNormal([2, 3, 32, 32], 0, 1, "float32", 10) as tf.Tensor4D;
-    const before = tf.memory().numTensors;
-    const prompt = [12, 40];
-    const made = generate(model, images, { maxNewTokens: 10, prompt });
-    assertEquals(tf.memory().numTensors, before, "no tensors leak");
-    // Greedy by recomputation: each next id is the argmax of the full pass's last position.
-    const rows = [[...prompt], [...prompt]];
-    for (let step = 0; step < 10; step++) {
-      const logits = fullLogits(model, images, rows);
-      const vocab = 66, L = logits.length / (2 * vocab);
-      rows.forEach((row, b) => {
-        const last = logits.subarray((b * L + L - 1) * vocab, (b * L + L) * vocab);
-        row.push(last.indexOf(Math.max(...last)));
-      });
-    }
-    made.forEach((row, b) => assertEquals(`${row}`, `${rows[b].slice(2, 2 + row.length)}`, `row ${b}`));
-    assertEquals(made.every((row) => row.length > 0), true, "tokens were made");
-    // The native path: after the ViT and the projector no tfjs kernel runs, however many tokens are made.
-    const kernels = async (n: number) =>
-      (await tf.profile(() => void generate(model, images, { maxNewTokens: n, prompt }))).kernels.length;
-    assertEquals(await kernels(2), await kernels(10), "tfjs kernels for 2 vs 10 new tokens");
-    images.dispose();
-    model.dispose();
-  },
-});
+for (const [what, overrides] of [["seemore", {}], ["seeMoE top-2", seemoe(2)]] as const) {
+  Deno.test({
+    name:
+      `generate() on wasm runs the native step and gives the tokens of full recomputation: ${what}${NOTE}`,
+    ignore: !READY,
+    async fn() {
+      await ready();
+      const model = buildModel(tinyConfig({ n_layer: 2, ...overrides }), 6);
+      const images = tf.randomNormal([2, 3, 32, 32], 0, 1, "float32", 10) as tf.Tensor4D;
+      const before = tf.memory().numTensors;
+      const prompt = [12, 40];
+      const made = generate(model, images, { maxNewTokens: 10, prompt });
+      assertEquals(tf.memory().numTensors, before, "no tensors leak");
+      // Greedy by recomputation: each next id is the argmax of the full pass's last position.
+      const rows = [[...prompt], [...prompt]];
+      for (let step = 0; step < 10; step++) {
+        const logits = fullLogits(model, images, rows);
+        const vocab = 66, L = logits.length / (2 * vocab);
+        rows.forEach((row, b) => {
+          const last = logits.subarray((b * L + L - 1) * vocab, (b * L + L) * vocab);
+          row.push(last.indexOf(Math.max(...last)));
+        });
+      }
+      made.forEach((row, b) => assertEquals(`${row}`, `${rows[b].slice(2, 2 + row.length)}`, `row ${b}`));
+      assertEquals(made.every((row) => row.length > 0), true, "tokens were made");
+      // The native path: after the ViT and the projector no tfjs kernel runs, however many tokens are made.
+      const kernels = async (n: number) =>
+        (await tf.profile(() => void generate(model, images, { maxNewTokens: n, prompt }))).kernels.length;
+      assertEquals(await kernels(2), await kernels(10), "tfjs kernels for 2 vs 10 new tokens");
+      images.dispose();
+      model.dispose();
+    },
+  });
+}
 
 Deno.test({
-  name: `the native decoder sees weights changed in place by Adam (its packed copy is refreshed)${NOTE}`,
+  name: `the native decoder reads the weights in place: it sees an in-place Adam update${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
@@ -148,23 +189,29 @@ Deno.test({
 });
 
 Deno.test({
-  name: `no native decoder for seeMoE, nor off the wasm backend (generation falls back to tfjs)${NOTE}`,
+  name:
+    `no native decoder for seeMoE with router noise in evaluation or an expert capacity, nor off wasm${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
-    const moe = buildModel(tinyConfig({ model_type: "seemoe", num_experts: 4, top_k: 2 }), 7);
     const images = tf.zeros([1, 3, 32, 32]) as tf.Tensor4D;
-    assertEquals(KernelStepper.create(moe, images, [], 1), null, "seeMoE");
-    const dense = buildModel(tinyConfig(), 8);
-    assertEquals(KernelStepper.create(dense, images, [], 1) !== null, true, "seemore on wasm");
+    const stepsFor = (overrides: Partial<ModelConfig>) => {
+      const model = buildModel(tinyConfig(overrides), 7);
+      const steps = KernelStepper.create(model, images, [], 1) !== null;
+      model.dispose();
+      return steps;
+    };
+    assertEquals(stepsFor(seemoe(2)), true, "seeMoE on wasm");
+    assertEquals(stepsFor({ ...seemoe(2), router_noise_in_eval: true }), false, "seeMoE with router noise");
+    assertEquals(stepsFor({ ...seemoe(2), capacity_factor: 1.25 }), false, "seeMoE with an expert capacity");
+    assertEquals(stepsFor({}), true, "seemore on wasm");
     await tf.setBackend("cpu");
     try {
-      assertEquals(KernelStepper.create(dense, images, [], 1), null, "cpu backend");
+      assertEquals(stepsFor({}), false, "seemore on the cpu backend");
+      assertEquals(stepsFor(seemoe(2)), false, "seeMoE on the cpu backend");
     } finally {
       await tf.setBackend("wasm");
     }
-    moe.dispose();
-    dense.dispose();
     images.dispose();
   },
 });

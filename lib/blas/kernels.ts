@@ -38,7 +38,7 @@ import * as matmul from "./kernels/matmul.ts";
 import * as memory from "./kernels/memory_ops.ts";
 
 export { activeNative };
-export { adamInPlace, inPlaceUpdateCount } from "./kernels/elementwise.ts";
+export { adamInPlace } from "./kernels/elementwise.ts";
 
 export interface EnableOptions {
   /** Use small C kernels compiled with the system `cc` where they help (default true; JS if no compiler). */
@@ -106,8 +106,6 @@ const FUSED: Record<string, Kernel> = {
   dropoutGrad: elementwise.dropoutGradKernel,
   im2col3x3s2: elementwise.im2colKernel,
   col2im3x3s2: elementwise.col2imKernel,
-  moeDispatch: experts.moeDispatchKernel,
-  moeDispatchGrad: experts.moeDispatchGradKernel,
   moeCombine: experts.moeCombineKernel,
   moeCombineGrad: experts.moeCombineGradKernel,
 };
@@ -121,6 +119,8 @@ const FUSED_WITH_SGEMM: Record<string, Kernel> = {
   expertsGrad: experts.expertsGradKernel,
   block: block.blockKernel,
   blockGrad: block.blockGradKernel,
+  attentionHalf: block.attentionHalfKernel,
+  attentionHalfGrad: block.attentionHalfGradKernel,
 };
 
 let lastResult: EnableResult | null = null;

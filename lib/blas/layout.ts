@@ -1,10 +1,10 @@
-// The order of the tensors that two C kernels take, declared once: the whole block (seemore_block,
-// seemore_block_grad) and the decoder step's packed weights (seemore_decoder_step). The TypeScript side
-// lays tensors out from these tables, and layoutHeader() writes the C side's indices and field lists
-// from them (native.ts passes it to the compiler), so the two sides cannot drift apart.
+// The order of the tensors that the C kernels take, declared once: the whole block (seemore_block,
+// seemore_block_grad) and the decoder steps' weights (seemore_decoder_step, seemore_moe_decoder_step).
+// The TypeScript side lays tensors out from these tables, and layoutHeader() writes the C side's indices
+// and field lists from them (native.ts passes it to the compiler), so the two sides cannot drift apart.
 
 /** A size in the tables: a multiple of one of the dims ("3C" = 3 × C). */
-export type Size = `${"" | number}${"B" | "T" | "C" | "H" | "V" | "P"}`;
+export type Size = `${"" | number}${"B" | "T" | "C" | "H" | "V" | "P" | "E"}`;
 
 /** A Size as [multiple, dim], parsed once. */
 const parsed = new Map<Size, [number, string]>();
@@ -111,6 +111,32 @@ export const BLOCK_SAVED: readonly SavedName[] = FORWARD_TENSORS.filter((t) => t
   t.name as SavedName
 );
 
+/**
+ * The block's first half alone (seemore_attention_half and its gradient: seeMoE's blocks, whose second
+ * half is the mixture), on the whole block's offsets (BLOCK_TENSORS): x1 = x + dropout(attention(LN1(x)
+ * Wqkv) Wp + bp), its output in x1's place. It keeps LN1's statistics and the masks only: a, qkv and
+ * merged are scratch, and the gradient computes them again.
+ */
+export const HALF_PARAMS = ["g1", "b1", "wqkv", "wp", "bp"] as const satisfies readonly ParamName[];
+export const HALF_SAVED = ["mean1", "rstd1", "maskAtt", "maskProj"] as const satisfies readonly SavedName[];
+
+/** The BLOCK_TENSORS each pass of the attention half reads or writes (it touches no other). */
+export const HALF_TENSORS: { forward: readonly string[]; backward: readonly string[] } = {
+  forward: ["x", ...HALF_PARAMS, "x1", ...HALF_SAVED, "scratch"],
+  backward: [
+    "x",
+    "g1",
+    "b1",
+    "wqkv",
+    "wp",
+    ...HALF_SAVED,
+    "scratch",
+    "dout",
+    "dx",
+    ...HALF_PARAMS.map((p) => `d${p}`),
+  ],
+};
+
 /** The tensors of seemore_block / seemore_block_grad, in order: offsets[i] is BLOCK_TENSORS[i]'s. */
 export const BLOCK_TENSORS: readonly string[] = [
   ...FORWARD_TENSORS.map((t) => t.name),
@@ -162,18 +188,21 @@ export function blockBytes(d: BlockDims, dropout: boolean, backward: boolean): n
 }
 
 // ---------------------------------------------------------------------------------------------
-// The decoder step's packed weights: each layer's tensors in DECODER_LAYER_TENSORS's order, the layers
-// one after another, then DECODER_FINAL_TENSORS. Names as the model's state dict has them; matrices
-// [in, out], row-major, as Linear keeps them (attn.qkv: all heads' query | key | value, no bias).
-// C width, V vocabulary, P positions (the whole position table).
+// The decoder steps' weights (generation: seemore_decoder_step, seemore_moe_decoder_step), read in place:
+// a tensor per entry, in this order: per layer its attention half, then seemore's feed-forward, or
+// seeMoE's router and each of its experts' tensors; then the final ones. Names as the model's state dict
+// has them (an expert's under the expert); matrices [in, out], row-major, as Linear keeps them
+// (attn.qkv: all heads' query | key | value, no bias). C width, V vocabulary, P positions (the whole
+// position table), E experts per layer.
 
-/** One tensor of the packed weights. */
-export interface PackedTensor {
+/** One tensor of a decoder step. */
+export interface StepTensor {
   readonly name: string;
   readonly shape: readonly Size[];
 }
 
-export const DECODER_LAYER_TENSORS = [
+/** Both kinds of layer start with this: ln1, the fused projection and its output projection, ln2. */
+export const DECODER_ATTENTION_TENSORS = [
   { name: "ln1.weight", shape: ["C"] },
   { name: "ln1.bias", shape: ["C"] },
   { name: "attn.qkv", shape: ["C", "3C"] },
@@ -181,11 +210,29 @@ export const DECODER_LAYER_TENSORS = [
   { name: "attn.proj.bias", shape: ["C"] },
   { name: "ln2.weight", shape: ["C"] },
   { name: "ln2.bias", shape: ["C"] },
+] as const satisfies readonly StepTensor[];
+
+/** seemore's feed-forward (GELU). */
+export const DECODER_FFN_TENSORS = [
   { name: "ffn.fc1.weight", shape: ["C", "4C"] },
   { name: "ffn.fc1.bias", shape: ["4C"] },
   { name: "ffn.fc2.weight", shape: ["4C", "C"] },
   { name: "ffn.fc2.bias", shape: ["C"] },
-] as const satisfies readonly PackedTensor[];
+] as const satisfies readonly StepTensor[];
+
+/** seeMoE's router (its noiseless logits: evaluation's routing). */
+export const MOE_ROUTER_TENSORS = [
+  { name: "router.weight", shape: ["C", "E"] },
+  { name: "router.bias", shape: ["E"] },
+] as const satisfies readonly StepTensor[];
+
+/** One seeMoE expert (ReLU). */
+export const MOE_EXPERT_TENSORS = [
+  { name: "fc1.weight", shape: ["C", "4C"] },
+  { name: "fc1.bias", shape: ["4C"] },
+  { name: "fc2.weight", shape: ["4C", "C"] },
+  { name: "fc2.bias", shape: ["C"] },
+] as const satisfies readonly StepTensor[];
 
 export const DECODER_FINAL_TENSORS = [
   { name: "ln_f.weight", shape: ["C"] },
@@ -193,11 +240,35 @@ export const DECODER_FINAL_TENSORS = [
   { name: "lm_head.weight", shape: ["C", "V"] },
   { name: "lm_head.bias", shape: ["V"] },
   { name: "position_embedding", shape: ["P", "C"] },
-] as const satisfies readonly PackedTensor[];
+] as const satisfies readonly StepTensor[];
+
+/** The decoders a step runs: seemore's (GELU feed-forward) and seeMoE's (routed ReLU experts). */
+export type DecoderKind = "dense" | "moe";
+
+/** What a decoder step's tensors are: per layer (`block`), per expert of a layer, and at the end. */
+export interface StepLayout {
+  block: readonly StepTensor[];
+  expert: readonly StepTensor[];
+  final: readonly StepTensor[];
+}
+
+export const STEP_LAYOUTS: Readonly<Record<DecoderKind, StepLayout>> = {
+  dense: {
+    block: [...DECODER_ATTENTION_TENSORS, ...DECODER_FFN_TENSORS],
+    expert: [],
+    final: DECODER_FINAL_TENSORS,
+  },
+  moe: {
+    block: [...DECODER_ATTENTION_TENSORS, ...MOE_ROUTER_TENSORS],
+    expert: MOE_EXPERT_TENSORS,
+    final: DECODER_FINAL_TENSORS,
+  },
+};
 
 /**
- * Sizes of the decoder that the decoder step runs: positions is the length of its position table,
- * cached how many positions the key/value cache holds (≤ positions: what one generation needs).
+ * Sizes of the decoder that a step runs: positions is the length of its position table, cached how
+ * many positions the key/value cache holds (≤ positions: what one generation needs); experts and topK
+ * are seeMoE's (experts per layer, experts per token; 0 for seemore).
  */
 export interface DecoderStepDims {
   batch: number;
@@ -210,37 +281,37 @@ export interface DecoderStepDims {
   scale: number;
   eps: number;
   preNorm: boolean;
+  experts: number;
+  topK: number;
 }
 
-/** Where one tensor lies in the packed weights: its layer (null: a final one), offset in floats, shape. */
-export interface PackedPlace {
+/** One tensor of a step, in order: its layer and expert (null: none), name and shape. */
+export interface StepPlace {
   name: string;
   layer: number | null;
-  offset: number;
+  expert: number | null;
   shape: number[];
 }
 
-/** Every tensor of the packed weights, in order, with its offset and shape. */
-export function decoderWeightLayout(d: DecoderStepDims): PackedPlace[] {
-  const dims = { C: d.width, V: d.vocab, P: d.positions };
-  const places: PackedPlace[] = [];
-  let offset = 0;
-  const put = (t: PackedTensor, layer: number | null) => {
-    const shape = t.shape.map((s) => sizeOf(s, dims));
-    places.push({ name: t.name, layer, offset, shape });
-    offset += shape.reduce((a, b) => a * b, 1);
-  };
-  for (let l = 0; l < d.layers; l++) DECODER_LAYER_TENSORS.forEach((t) => put(t, l));
-  DECODER_FINAL_TENSORS.forEach((t) => put(t, null));
+/** Every tensor a step of `kind` takes, in order. */
+export function decoderStepTensors(kind: DecoderKind, d: DecoderStepDims): StepPlace[] {
+  const dims = { C: d.width, V: d.vocab, P: d.positions, E: d.experts };
+  const { block, expert, final } = STEP_LAYOUTS[kind];
+  const place = (t: StepTensor, layer: number | null, e: number | null): StepPlace => ({
+    name: t.name,
+    layer,
+    expert: e,
+    shape: t.shape.map((s) => sizeOf(s, dims)),
+  });
+  const places: StepPlace[] = [];
+  for (let l = 0; l < d.layers; l++) {
+    places.push(...block.map((t) => place(t, l, null)));
+    for (let e = 0; e < (kind === "moe" ? d.experts : 0); e++) {
+      places.push(...expert.map((t) => place(t, l, e)));
+    }
+  }
+  places.push(...final.map((t) => place(t, null, null)));
   return places;
-}
-
-/** Floats of the packed weights. */
-export function decoderWeightCount(d: DecoderStepDims): number {
-  const dims = { C: d.width, V: d.vocab, P: d.positions };
-  const floats = (tensors: readonly PackedTensor[]) =>
-    tensors.reduce((n, t) => n + elements(t.shape, dims), 0);
-  return d.layers * floats(DECODER_LAYER_TENSORS) + floats(DECODER_FINAL_TENSORS);
 }
 
 /** Floats of the decoder step's key/value cache: per layer keys and values, each (B, H, cached, hs). */
@@ -257,7 +328,7 @@ function cName(name: string): string {
 }
 
 /** `#define DECODER_..._TENSORS(X) X(name, floats) ...`: the fields in order, for X-macros in C. */
-function xMacro(macro: string, tensors: readonly PackedTensor[]): string {
+function xMacro(macro: string, tensors: readonly StepTensor[]): string {
   const fields = tensors.map((t) => `X(${cName(t.name)}, ${t.shape.map(cSize).join(" * ")})`);
   return `#define ${macro}(X) ${fields.join(" ")}`;
 }
@@ -279,7 +350,8 @@ const SCRATCH = BLOCK_TENSORS.indexOf("scratch");
 /**
  * The header of #defines the C kernels are compiled with: BLK_<NAME> = the index of each
  * BLOCK_TENSORS entry in the offsets array, BLK_SCRATCH_FORWARD / _BACKWARD = the scratch's floats per
- * element of (B, T, C), and DECODER_LAYER_TENSORS / DECODER_FINAL_TENSORS as X-macros of (field, floats).
+ * element of (B, T, C), and the decoder steps' tables (DECODER_ATTENTION_TENSORS, DECODER_FFN_TENSORS,
+ * MOE_ROUTER_TENSORS, MOE_EXPERT_TENSORS, DECODER_FINAL_TENSORS) as X-macros of (field, floats).
  */
 export function layoutHeader(): string {
   return [
@@ -288,7 +360,10 @@ export function layoutHeader(): string {
     `#define BLK_COUNT ${BLOCK_TENSORS.length}`,
     `#define BLK_SCRATCH_FORWARD ${blockBytes(UNIT, false, false)[SCRATCH] / 4}`,
     `#define BLK_SCRATCH_BACKWARD ${blockBytes(UNIT, false, true)[SCRATCH] / 4}`,
-    xMacro("DECODER_LAYER_TENSORS", DECODER_LAYER_TENSORS),
+    xMacro("DECODER_ATTENTION_TENSORS", DECODER_ATTENTION_TENSORS),
+    xMacro("DECODER_FFN_TENSORS", DECODER_FFN_TENSORS),
+    xMacro("MOE_ROUTER_TENSORS", MOE_ROUTER_TENSORS),
+    xMacro("MOE_EXPERT_TENSORS", MOE_EXPERT_TENSORS),
     xMacro("DECODER_FINAL_TENSORS", DECODER_FINAL_TENSORS),
     "",
   ].join("\n");

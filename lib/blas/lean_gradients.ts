@@ -13,6 +13,8 @@
 // Gradients are reference-counted by tensor object, so a gradient function that hands back its input
 // gradient unchanged (the same tensor for two ids) never loses it. Nested gradients (gradients of
 // gradients, where the outer tape still needs the inner pass's tensors) use tfjs's own version.
+// leanGradientsEach goes further: it hands each requested gradient over as soon as no node left reads
+// its variable, so an optimizer can apply and free it there (the gradients never all exist at once).
 //
 //   installLeanGradients();   // lib/blas/kernels.ts does this with the fast CPU path
 //   uninstallLeanGradients(); // back to tfjs's own
@@ -84,6 +86,41 @@ function leanGradients(
   if (dy != null && dy.dtype !== "float32") {
     throw new Error(`dy must have 'float32' dtype, but has '${dy.dtype}'`);
   }
+  return backward(engine, f, xs, dy ?? null, allowNoGradients, null);
+}
+
+/**
+ * The lean backward pass of f (a scalar) with respect to xs that hands over each gradient as soon as
+ * it is final: `onGradient(i, g)` runs right after the last node that reads xs[i] (no node processed
+ * later reads it, so it may change xs[i] in place: an optimizer's step), and owns g (it must dispose
+ * it). An x that the loss does not reach is not reported. Returns f's value. Not inside another
+ * gradient's forward pass (nested gradients).
+ */
+export function leanGradientsEach(
+  f: () => tf.Scalar,
+  xs: tf.Variable[],
+  onGradient: (i: number, g: tf.Tensor) => void,
+): tf.Scalar {
+  const engine = tf.engine() as unknown as EngineInternals;
+  if (engine.state.gradientDepth > 0) {
+    throw new Error("lib/blas/lean_gradients.ts: leanGradientsEach inside another gradient's forward pass");
+  }
+  if (xs.length === 0) throw new Error("leanGradientsEach() received an empty list of xs.");
+  return backward(engine, f, xs, null, true, onGradient).value as tf.Scalar;
+}
+
+/**
+ * Records f, then walks its tape backwards (backpropagate). With `onFinal`, each x's gradient goes to
+ * it once final (and none are returned); else all of them are returned at the end.
+ */
+function backward(
+  engine: EngineInternals,
+  f: () => tf.Tensor,
+  xs: tf.Tensor[],
+  dy: tf.Tensor | null,
+  allowNoGradients: boolean,
+  onFinal: ((i: number, g: tf.Tensor) => void) | null,
+): { value: tf.Tensor; grads: tf.Tensor[] } {
   const y = engine.scopedRun(
     () => engine.startTape(),
     () => engine.endTape(),
@@ -99,14 +136,32 @@ function leanGradients(
     );
   }
   return engine.tidy("backward", () => {
-    const grads = new GradientMap(new Set(xs.map((x) => x.id)), dy ?? null);
+    const grads = new GradientMap(new Set(xs.map((x) => x.id)), dy);
     grads.set(y.id, dy ?? tf.ones(y.shape));
-    backpropagate(grads, filtered, (fn) => engine.tidy(fn));
-    const result = xs.map((x) => grads.get(x.id)!);
+    const final = onFinal ? finalNodes(filtered, xs) : null;
+    backpropagate(grads, filtered, (fn) => engine.tidy(fn), (node) => {
+      for (const i of final?.get(node) ?? []) onFinal!(i, grads.take(xs[i].id));
+    });
+    const result = onFinal ? [] : xs.map((x) => grads.get(x.id)!);
     for (const node of tape) for (const t of node.saved ?? []) t.dispose();
     engine.state.activeTape = null;
     return { value: y, grads: result };
   });
+}
+
+/** For each node, the xs (by index) it is the last node of the backward walk to read. */
+function finalNodes(tape: TapeNode[], xs: tf.Tensor[]): Map<TapeNode, number[]> {
+  const index = new Map(xs.map((x, i) => [x.id, i]));
+  const last = new Map<number, TapeNode>(); // x's index → its earliest reader in the tape
+  for (const node of tape) {
+    for (const t of Object.values(node.inputs)) {
+      const i = index.get(t.id);
+      if (i !== undefined && !last.has(i)) last.set(i, node);
+    }
+  }
+  const out = new Map<TapeNode, number[]>();
+  for (const [i, node] of last) out.set(node, [...(out.get(node) ?? []), i]);
+  return out;
 }
 
 /** Gradients by tensor id, counting how many ids hold each tensor object. */
@@ -137,6 +192,22 @@ class GradientMap {
     this.release(t);
   }
 
+  /**
+   * Hands the gradient of `id` over to the caller, out of the pass's tidy: the tensor itself, or a
+   * clone where another id (or the caller's dy) holds it too.
+   */
+  take(id: number): tf.Tensor {
+    const t = this.byId.get(id)!;
+    this.byId.delete(id);
+    const n = this.holders.get(t) ?? 1;
+    if (n > 1 || t === this.external) {
+      this.holders.set(t, n - 1);
+      return tf.keep(tf.clone(t));
+    }
+    this.holders.delete(t);
+    return tf.keep(t);
+  }
+
   /** Frees a tensor that was never stored (or is no longer held). */
   disposeIfUnheld(t: tf.Tensor): void {
     if (!this.holders.has(t) && t !== this.external) t.dispose();
@@ -158,6 +229,7 @@ function backpropagate(
   grads: GradientMap,
   tape: TapeNode[],
   tidy: (fn: () => tf.Tensor[]) => tf.Tensor[],
+  processed: (node: TapeNode) => void,
 ): void {
   for (let i = tape.length - 1; i >= 0; i--) {
     const node = tape[i];
@@ -201,6 +273,7 @@ function backpropagate(
     });
     for (const o of node.outputs) grads.drop(o.id);
     for (const t of node.saved ?? []) t.dispose();
+    processed(node);
   }
 }
 

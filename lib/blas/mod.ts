@@ -4,7 +4,7 @@
 // Inside: kernels.ts puts the tfjs kernels in place (and hands out our fused ones, by op), whose functions live in kernels/<family>.ts; they call
 // OpenBLAS (ffi.ts), oneDNN (onednn.ts) and the C kernels: c/<family>.c, compiled and opened by
 // native.ts, each family's FFI symbols and checked wrappers in native/<family>.ts. layout.ts declares the
-// order of the block's tensors and of the decoder step's packed weights, for both sides.
+// order of the block's tensors and of the decoder steps' weights, for both sides.
 
 export {
   activeBlas,
@@ -16,9 +16,10 @@ export {
   type EnableOptions,
   type EnableResult,
   fusedKernels,
-  inPlaceUpdateCount,
   setKernelThreads,
 } from "./kernels.ts";
+export { type BoundDecoderStep, decoderStepKernel } from "./kernels/decoder.ts";
+export { leanGradientsEach, leanGradientsInstalled } from "./lean_gradients.ts";
 export type { BlockAttrs } from "./kernels/block.ts";
 export {
   BLOCK_PARAMS,
@@ -26,13 +27,12 @@ export {
   BLOCK_TENSORS,
   type BlockDims,
   blockShape,
-  DECODER_FINAL_TENSORS,
-  DECODER_LAYER_TENSORS,
   decoderCacheSize,
+  type DecoderKind,
   type DecoderStepDims,
-  decoderWeightCount,
-  decoderWeightLayout,
-  type PackedPlace,
+  decoderStepTensors,
+  STEP_LAYOUTS,
+  type StepPlace,
 } from "./layout.ts";
 export { loadNative, type Native, type NativeResult } from "./native.ts";
 export { type Blas, loadBlas } from "./ffi.ts";

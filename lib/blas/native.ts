@@ -51,7 +51,7 @@ const CC_FLAGS = [
 ];
 const LIBS = ["-lm", "-ldl", "-pthread"];
 /** Bumped when a C function's arguments change; the library reports it (seemore_abi_version). */
-const ABI_VERSION = 22;
+const ABI_VERSION = 27;
 
 const SYMBOLS = {
   seemore_abi_version: { parameters: [], result: I },

@@ -9,8 +9,14 @@
 // ffn.2); seeMoE's ViT blocks use the `MLP` module instead (ReLU, dropout; saved as ffn.net.0 / .2).
 
 import * as tf from "@tensorflow/tfjs";
-import { type BlockWeights, transformerBlock } from "../ops/block.ts";
+import {
+  attentionHalf as attentionHalfOp,
+  type BlockOptions,
+  type BlockWeights,
+  transformerBlock,
+} from "../ops/block.ts";
 import { LAYER_NORM_EPS } from "../ops/layer_norm.ts";
+import { residual } from "../ops/residual.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { LayerNorm } from "./layers.ts";
 import { FeedForward, MLP } from "./mlp.ts";
@@ -57,10 +63,14 @@ export class Block extends Module {
     return transformerBlock(x, this.weights(), this.wholeOptions(ctx), () => this.layers(x, ctx));
   }
 
-  /** The block layer by layer: x = x + attn(ln1(x)), then the feed-forward half. */
+  /**
+   * The block layer by layer: x = x + attn(ln1(x)), then the feed-forward half. Each half in a tidy:
+   * the ops keep what their gradients need, and the rest (the projection before and after its dropout,
+   * the feed-forward's output) goes at once instead of at the end of the forward pass.
+   */
   layers(x: tf.Tensor3D, ctx: ForwardContext, cache?: KVCache): tf.Tensor3D {
-    const h = tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)); // (B, T, C)
-    return this.feedForward(h, ctx);
+    const h = tf.tidy(() => residual(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache))); // (B, T, C)
+    return tf.tidy(() => this.feedForward(h, ctx));
   }
 
   /**
@@ -70,18 +80,18 @@ export class Block extends Module {
    */
   forwardCls(x: tf.Tensor3D, ctx: ForwardContext): tf.Tensor3D {
     const [B, , C] = x.shape;
-    const first = tf.slice(x, [0, 0, 0], [B, 1, C]); // (B, 1, C)
-    return this.feedForward(
-      tf.add(first, this.attn.forwardCls(this.ln1.forward(x) as tf.Tensor3D, ctx)),
-      ctx,
-    );
+    const h = tf.tidy(() => {
+      const first = tf.slice(x, [0, 0, 0], [B, 1, C]); // (B, 1, C)
+      return residual(first, this.attn.forwardCls(this.ln1.forward(x) as tf.Tensor3D, ctx));
+    });
+    return tf.tidy(() => this.feedForward(h, ctx));
   }
 
   /** The second half, after the attention's residual add: h (B, T, C) → (B, T, C). */
   private feedForward(h: tf.Tensor, ctx: ForwardContext): tf.Tensor3D {
     const n = this.ln2.forward(h); // (B, T, C)
     const base = this.cfg.preNorm ? h : n; // the original adds to the normalised stream
-    return tf.add(base, this.ffn.forward(n, ctx)) as tf.Tensor3D;
+    return residual(base, this.ffn.forward(n, ctx)) as tf.Tensor3D;
   }
 
   /** This block's parameters as the whole-block op takes them. */
@@ -103,18 +113,41 @@ export class Block extends Module {
   }
 
   /** The whole-block op's options: the attention's, with the noise its two dropouts draw in the layers. */
-  private wholeOptions(ctx: ForwardContext) {
-    const { heads, scale, causal, dropout } = this.attn.options(ctx);
-    const preNorm = this.cfg.preNorm === true, eps = LAYER_NORM_EPS;
-    if (!dropout) return { heads, scale, causal, preNorm, eps };
-    const projection = this.attn.noiseSeed(ctx, "output");
-    return {
-      heads,
-      scale,
-      causal,
-      preNorm,
-      eps,
-      dropout: { rate: dropout.rate, attention: dropout.seed, projection },
-    };
+  private wholeOptions(ctx: ForwardContext): BlockOptions {
+    return blockOptions(this.attn, this.cfg.preNorm === true, ctx);
   }
+}
+
+/** A block op's options: the attention's, with the noise its two dropouts draw in the layers. */
+function blockOptions(attn: MultiHeadAttention, preNorm: boolean, ctx: ForwardContext): BlockOptions {
+  const { heads, scale, causal, dropout } = attn.options(ctx);
+  const eps = LAYER_NORM_EPS;
+  if (!dropout) return { heads, scale, causal, preNorm, eps };
+  const projection = attn.noiseSeed(ctx, "output");
+  return {
+    heads,
+    scale,
+    causal,
+    preNorm,
+    eps,
+    dropout: { rate: dropout.rate, attention: dropout.seed, projection },
+  };
+}
+
+/**
+ * A block's first half, x + attn(ln1(x)) (B, T, C): one op where it can (seeMoE's blocks; lib/ops/block.ts
+ * attentionHalf), else the layers, in a tidy (the projection before and after its dropout go at once).
+ * With a cache (generation), or the attention weights kept, always the layers.
+ */
+export function attentionHalf(
+  ln1: LayerNorm,
+  attn: MultiHeadAttention,
+  x: tf.Tensor3D,
+  ctx: ForwardContext,
+  cache?: KVCache,
+): tf.Tensor3D {
+  const layers = () => tf.tidy(() => residual(x, attn.forward(ln1.forward(x) as tf.Tensor3D, ctx, cache)));
+  if (cache || attn.keepAttention) return layers() as tf.Tensor3D;
+  const weights = { g1: ln1.weight, b1: ln1.bias, wqkv: attn.qkv, wp: attn.proj.weight, bp: attn.proj.bias! };
+  return attentionHalfOp(x, weights, blockOptions(attn, false, ctx), layers as () => tf.Tensor3D);
 }

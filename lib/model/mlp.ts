@@ -3,7 +3,7 @@
 // ReLU since the original builds it with is_decoder=True, dropout 0.1, `net.0` / `net.2`), the
 // `MultiModalProjector` (projector.ts) and seeMoE's `Expert` (moe.ts). All are this one class.
 
-import type * as tf from "@tensorflow/tfjs";
+import * as tf from "@tensorflow/tfjs";
 import { relu } from "../ops/activations.ts";
 import { dense, geluDense } from "../ops/dense.ts";
 import { Linear } from "./layers.ts";
@@ -30,14 +30,19 @@ export class TwoLayerMLP extends Module {
     this.fc2 = this.add(name(2), new Linear(cfg.nHidden, cfg.nOut, init));
   }
 
-  /** (..., nIn) → (..., nOut) */
+  /**
+   * (..., nIn) → (..., nOut). In a tidy: the ops keep what their gradients need (h for GELU, ReLU's
+   * output for ReLU), and the rest (h before ReLU, the output before dropout) goes at once.
+   */
   forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
-    const h = this.fc1.forward(x); // (..., nHidden)
-    const { weight, bias } = this.fc2;
-    const y = this.cfg.activation === "gelu"
-      ? geluDense(h, weight, bias!) // fc2(GELU(h)), keeping only h for the backward pass
-      : dense(relu(h), weight, bias ?? undefined);
-    return this.dropout(y, this.cfg.dropout, ctx, "output"); // (..., nOut)
+    return tf.tidy(() => {
+      const h = this.fc1.forward(x); // (..., nHidden)
+      const { weight, bias } = this.fc2;
+      const y = this.cfg.activation === "gelu"
+        ? geluDense(h, weight, bias!) // fc2(GELU(h)), keeping only h for the backward pass
+        : dense(relu(h), weight, bias ?? undefined);
+      return this.dropout(y, this.cfg.dropout, ctx, "output"); // (..., nOut)
+    });
   }
 }
 

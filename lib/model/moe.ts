@@ -8,7 +8,7 @@
 // - Router noise only while training. The original adds N(0,1)·softplus(noise_linear(x)) in eval and
 //   generation too, so its outputs are random; `router_noise_in_eval: true` restores that.
 // - Each expert runs only on the rows routed to it (the original does that too, with boolean indexing),
-//   through the dispatch → experts → combine ops of lib/ops/experts.ts.
+//   through the experts (each gathering its tokens' rows) and combine ops of lib/ops/experts.ts.
 // - Beyond the original: router statistics per layer, an optional Switch-Transformer load-balancing loss
 //   (`aux_loss_coef`), an optional expert capacity (`capacity_factor`).
 //
@@ -18,7 +18,9 @@
 import * as tf from "@tensorflow/tfjs";
 import { checkModelConfig, type ModelConfig } from "../config.ts";
 import { type ExpertWeights, mixtureGates, sparseMixture, topKGates } from "../ops/experts.ts";
+import { residual } from "../ops/residual.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
+import { attentionHalf } from "./block.ts";
 import { DecoderLanguageModel } from "./decoder.ts";
 import { LayerNorm, Linear } from "./layers.ts";
 import { TwoLayerMLP } from "./mlp.ts";
@@ -207,10 +209,10 @@ export class SparseMoEBlock extends Module {
   }
 
   forward(x: tf.Tensor3D, ctx: ForwardContext, cache?: KVCache): tf.Tensor3D {
-    const h = tf.add(x, this.attn.forward(this.ln1.forward(x) as tf.Tensor3D, ctx, cache)); // (B, T, C)
+    const h = attentionHalf(this.ln1, this.attn, x, ctx, cache); // (B, T, C): x + attn(ln1(x))
     const n = this.ln2.forward(h); // (B, T, C)
     const base = this.cfg.residual === "pre_norm" ? h : n; // the original adds to the normalised stream
-    return tf.add(base, this.sparseMoE.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)
+    return residual(base, this.sparseMoE.forward(n, ctx)) as tf.Tensor3D; // (B, T, C)
   }
 }
 

@@ -54,10 +54,12 @@ export class ViT extends Module {
   forward(images: tf.Tensor4D, ctx: ForwardContext): tf.Tensor3D {
     const B = images.shape[0];
     const D = this.cfg.image_embed_dim;
-    const patches = this.patchEmbedding.forward(images); // (B, N, D)
-    const cls = tf.add(tf.zeros([B, 1, D]), this.clsToken); // (B, 1, D)
-    let x = tf.add(tf.concat([cls, patches], 1), this.posEmbedding) as tf.Tensor3D; // (B, 1+N, D)
-    x = this.dropout(x, this.cfg.emb_dropout, ctx, "embedding") as tf.Tensor3D;
+    let x = tf.tidy(() => { // the embeddings before the dropout go at once
+      const patches = this.patchEmbedding.forward(images); // (B, N, D)
+      const cls = tf.add(tf.zeros([B, 1, D]), this.clsToken); // (B, 1, D)
+      const tokens = tf.add(tf.concat([cls, patches], 1), this.posEmbedding); // (B, 1+N, D)
+      return this.dropout(tokens, this.cfg.emb_dropout, ctx, "embedding") as tf.Tensor3D;
+    });
     const clsOnly = this.cfg.visual_tokens === "cls";
     this.blocks.forEach((block, i) => {
       // Only the CLS token leaves the ViT: the last block computes its row alone (the same numbers).

@@ -33,7 +33,10 @@ export function geluWithGrad(x: tf.Tensor, dy: tf.Tensor): [tf.Tensor, tf.Tensor
   return runKernel("geluWithGrad", { x, dy }) as [tf.Tensor, tf.Tensor];
 }
 
-/** ReLU; with the kernel its gradient is one pass (dy where x > 0) instead of tfjs's three. */
+/**
+ * ReLU; with the kernel its gradient is one pass (dy where x > 0) instead of tfjs's three, read from the
+ * output (y > 0 exactly where x > 0), which the next layer keeps anyway: x need not be kept.
+ */
 export function relu(x: tf.Tensor): tf.Tensor {
   if (x.dtype !== "float32" || !hasKernels("reluGrad")) return tf.relu(x);
   return reluKernel(x);
@@ -41,9 +44,10 @@ export function relu(x: tf.Tensor): tf.Tensor {
 
 const reluKernel = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
   const [x, save] = args as [tf.Tensor, tf.GradSaveFunc];
-  save([x]);
+  const y = tf.relu(x);
+  save([y]);
   return {
-    value: tf.relu(x),
+    value: y,
     gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => runKernel("reluGrad", { x: saved[0], dy }) as tf.Tensor,
   };
 }) as (x: tf.Tensor) => tf.Tensor;

@@ -36,14 +36,17 @@ export function attention(qkv: tf.Tensor3D, o: AttentionOptions): tf.Tensor3D {
   };
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [x, save] = args as [tf.Tensor3D, tf.GradSaveFunc];
-    const [out, probs, mask] = runKernel("attention", { qkv: x }, attrs) as tf.Tensor[];
-    save([x, probs, mask]); // only the softmax weights and a byte mask are kept for the gradient
+    const [out, mask] = runKernel("attention", { qkv: x }, attrs) as tf.Tensor[];
+    // Only qkv (the projection keeps it anyway) and a byte mask are kept for the gradient, which
+    // recomputes the softmax weights (B, H, T, T) from qkv, the same numbers.
+    save([x, mask]);
     return {
       value: out, // (B, T, C)
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        runKernel("attentionGrad", { dout: dy, qkv: saved[0], probs: saved[1], mask: saved[2] }, {
+        runKernel("attentionGrad", { dout: dy, qkv: saved[0], mask: saved[1] }, {
           heads: attrs.heads,
           scale: attrs.scale,
+          causal: attrs.causal,
           keep: attrs.keep,
         }) as tf.Tensor, // (B, T, 3C)
     };

@@ -1,6 +1,7 @@
-// A whole transformer block as one op: on a backend with the block kernels, one kernel each way instead
-// of ~60; elsewhere the composite the model hands in (its own layers, lib/model/block.ts), which computes
-// the same maths with the same noise.
+// A whole transformer block as one op, and its first half (attention with its residual) as one op: on a
+// backend with the block kernels, one kernel each way instead of ~60 (or ~20); elsewhere the composite
+// the model hands in (its own layers, lib/model/block.ts), which computes the same maths with the same
+// noise.
 
 import * as tf from "@tensorflow/tfjs-core";
 import { hasKernels, runKernel } from "./registry.ts";
@@ -34,6 +35,21 @@ export interface BlockOptions {
   dropout?: { rate: number; attention: number; projection: number };
 }
 
+/** The block kernels' attrs. */
+function kernelAttrs(o: BlockOptions) {
+  return {
+    heads: o.heads,
+    scale: o.scale,
+    causal: o.causal,
+    preNorm: o.preNorm,
+    eps: o.eps,
+    dropout: o.dropout !== undefined,
+    keep: o.dropout ? 1 - o.dropout.rate : 1,
+    seedAttention: o.dropout?.attention ?? 0,
+    seedProjection: o.dropout?.projection ?? 0,
+  };
+}
+
 /**
  * x (B, T, C) → (B, T, C):  a = LN1(x); x1 = x + dropout(attention(a Wqkv) Wp + bp); n = LN2(x1);
  * out = (preNorm ? x1 : n) + GELU(n W1 + bh) W2 + bf. `composite` computes the same from the layers.
@@ -45,17 +61,7 @@ export function transformerBlock(
   composite: () => tf.Tensor3D,
 ): tf.Tensor3D {
   if (x.dtype !== "float32" || !hasKernels("block", "blockGrad")) return composite();
-  const attrs = {
-    heads: o.heads,
-    scale: o.scale,
-    causal: o.causal,
-    preNorm: o.preNorm,
-    eps: o.eps,
-    dropout: o.dropout !== undefined,
-    keep: o.dropout ? 1 - o.dropout.rate : 1,
-    seedAttention: o.dropout?.attention ?? 0,
-    seedProjection: o.dropout?.projection ?? 0,
-  };
+  const attrs = kernelAttrs(o);
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const input = args[0] as tf.Tensor;
     const save = args[args.length - 1] as tf.GradSaveFunc;
@@ -74,4 +80,42 @@ export function transformerBlock(
     };
   }) as (...inputs: tf.Tensor[]) => tf.Tensor3D;
   return op(x, ...BLOCK_WEIGHTS.map((name) => weights[name]));
+}
+
+/** The attention half's weight inputs, in the order its gradient kernel returns their gradients. */
+export const HALF_WEIGHTS = ["g1", "b1", "wqkv", "wp", "bp"] as const;
+
+export type HalfWeights = Pick<BlockWeights, typeof HALF_WEIGHTS[number]>;
+
+/**
+ * A block's first half, x (B, T, C) → x1 = x + dropout(attention(LN1(x) Wqkv) Wp + bp), as one op (seeMoE's
+ * blocks, whose second half is the mixture of experts). The kernel keeps only x, LN1's statistics and the
+ * dropout masks for the gradient, which computes LN1(x), qkv and the heads again (the same numbers),
+ * instead of the (B, T, 5C) floats the layers keep. `composite` computes the same from the layers.
+ */
+export function attentionHalf(
+  x: tf.Tensor3D,
+  weights: HalfWeights,
+  o: BlockOptions,
+  composite: () => tf.Tensor3D,
+): tf.Tensor3D {
+  if (x.dtype !== "float32" || !hasKernels("attentionHalf", "attentionHalfGrad")) return composite();
+  const attrs = kernelAttrs(o);
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const input = args[0] as tf.Tensor;
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const named: tf.NamedTensorMap = { x: input };
+    HALF_WEIGHTS.forEach((name, i) => (named[name] = args[1 + i] as tf.Tensor));
+    const [x1, ...saved] = runKernel("attentionHalf", named, attrs) as tf.Tensor[];
+    save([input, ...saved]); // the weights are variables, unchanged until the step's update
+    return {
+      value: x1, // (B, T, C)
+      gradFunc: (dy: tf.Tensor, kept: tf.Tensor[]) => {
+        const inputs: tf.NamedTensorMap = { ...named, dout: dy, x: kept[0] };
+        kept.slice(1).forEach((t, i) => (inputs[`saved${i}`] = t));
+        return runKernel("attentionHalfGrad", inputs, attrs) as tf.Tensor[]; // [dx, then HALF_WEIGHTS' gradients]
+      },
+    };
+  }) as (...inputs: tf.Tensor[]) => tf.Tensor3D;
+  return op(x, ...HALF_WEIGHTS.map((name) => weights[name]));
 }

@@ -1,8 +1,8 @@
 // seeMoE's sparse mixture of experts. sparseMixture() picks each token's top-k experts from its router
 // logits and sums their outputs weighted by a softmax over those k logits. Two routes, the same sums:
-// - on the host (the default): the logits are read back and planned, then three ops run — dispatch (each
-//   expert's rows of the tokens), the experts (each on its own rows), combine (each token's experts'
-//   outputs, gate-weighted and summed); a "slot" j·N + n is token n's j-th choice;
+// - on the host (the default): the logits are read back and planned, then two ops run — the experts
+//   (each on the rows of the tokens routed to it, gathered on the way) and combine (each token's
+//   experts' outputs, gate-weighted and summed); a "slot" j·N + n is token n's j-th choice;
 // - on the device (backends that keep work there, registry.ts deviceOnly): top-k on the device, and every
 //   expert on every token with a gate of exactly 0 where not chosen — nothing read back, num_experts /
 //   top_k times the experts' multiply-adds. Experts' dropout noise is then drawn over all the tokens.
@@ -89,7 +89,7 @@ function hostMixture(
     tokens: N,
     choices: k,
   };
-  const merged = experts(moeDispatch(x, route), plan.counts, weights, o.noise); // (M, C)
+  const merged = experts(x, route, plan.counts, weights, o.noise); // (M, C): expert e on its tokens' rows
   return { out: moeCombine(merged, chosenGates(logits, masks.chosen), route), ...masks };
 }
 
@@ -229,17 +229,9 @@ export interface MoERoute {
 
 /** The experts' input rows: row r is token order[r] mod N of x (N, C) → (M, C). */
 export function moeDispatch(x: tf.Tensor2D, route: MoERoute): tf.Tensor2D {
-  if (x.dtype !== "float32" || !hasKernels("moeDispatch", "moeDispatchGrad")) {
-    const k = route.choices;
-    const copies = k === 1 ? x : tf.concat(Array.from({ length: k }, () => x), 0); // (k·N, C)
-    return selectRows(copies as tf.Tensor2D, route.order); // (M, C)
-  }
-  const attrs = route as unknown as tf.NamedAttrMap;
-  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
-    value: runKernel("moeDispatch", { x: args[0] as tf.Tensor }, attrs) as tf.Tensor, // (M, C)
-    gradFunc: (dy: tf.Tensor) => runKernel("moeDispatchGrad", { dinputs: dy }, attrs) as tf.Tensor, // (N, C)
-  })) as (x: tf.Tensor2D) => tf.Tensor2D;
-  return op(x);
+  const k = route.choices;
+  const copies = k === 1 ? x : tf.concat(Array.from({ length: k }, () => x), 0); // (k·N, C)
+  return selectRows(copies as tf.Tensor2D, route.order); // (M, C)
 }
 
 /** One expert's parameters: Linear(C, F) → ReLU → Linear(F, C), weights [in, out]. */
@@ -251,18 +243,22 @@ export interface ExpertWeights {
 }
 
 /**
- * Expert e (Linear → ReLU → Linear → dropout) on its group of rows of x (M, C), counts[e] rows, the
- * groups one after another → (M, C). With dropout, expert e's noise is tf.dropout's for seeds[e].
- * An expert with no rows still gets a (zero) gradient, so an optimizer sees every parameter every step.
+ * Expert e (Linear → ReLU → Linear → dropout) on its group of counts[e] rows, the groups one after
+ * another: row r is token route.order[r] mod N of x (N, C) (moeDispatch) → (M, C). With dropout,
+ * expert e's noise is tf.dropout's for seeds[e]. An expert with no rows still gets a (zero) gradient, so
+ * an optimizer sees every parameter every step. The kernel keeps only the tokens (which the router
+ * keeps anyway) and the dropout mask for the gradient: it gathers the rows and recomputes the hidden
+ * layer again there, the same numbers, instead of keeping (M, C) + (M, 4C) floats per layer.
  */
 export function experts(
   x: tf.Tensor2D,
+  route: MoERoute,
   counts: number[],
   weights: ExpertWeights[],
   noise: { rate: number; seeds: number[] } | null,
 ): tf.Tensor2D {
   if (x.dtype !== "float32" || !hasKernels("experts", "expertsGrad")) {
-    const groups = tf.split(x, counts, 0); // E × (n_e, C)
+    const groups = tf.split(moeDispatch(x, route), counts, 0); // E × (n_e, C)
     const outputs = groups.map((g, e) => {
       const { w1, b1, w2, b2 } = weights[e];
       const y = dense(relu(dense(g, w1, b1)), w2, b2); // (n_e, C)
@@ -271,6 +267,9 @@ export function experts(
     return tf.concat(outputs, 0) as tf.Tensor2D; // (M, C)
   }
   const attrs = {
+    rows: route.order,
+    tokens: route.tokens,
+    choices: route.choices,
     counts,
     hidden: weights[0].w1.shape[1],
     keep: noise ? 1 - noise.rate : 1,
@@ -284,15 +283,15 @@ export function experts(
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const [input, ...params] = args.slice(0, -1) as tf.Tensor[];
-    const [y, h, mask] = runKernel("experts", { x: input, ...named(params) }, attrs) as tf.Tensor[];
+    const [y, mask] = runKernel("experts", { x: input, ...named(params) }, attrs) as tf.Tensor[];
     // The parameters are variables, unchanged until the step's update: the gradient reads them as they are.
-    save([input, h, mask]);
+    save([input, mask]);
     return {
       value: y, // (M, C)
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-        const [sx, sh, smask] = saved;
-        const inputs = { dy, x: sx, h: sh, mask: smask, ...named(params) };
-        return runKernel("expertsGrad", inputs, attrs) as tf.Tensor[];
+        const [sx, smask] = saved;
+        const inputs = { dy, x: sx, mask: smask, ...named(params) };
+        return runKernel("expertsGrad", inputs, attrs) as tf.Tensor[]; // [dx (N, C), the parameters' gradients]
       },
     };
   }) as (...inputs: tf.Tensor[]) => tf.Tensor2D;

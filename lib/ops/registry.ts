@@ -29,8 +29,8 @@ export const KERNELS = {
   expertsGrad: "SeemoreExpertsGrad",
   block: "SeemoreBlock",
   blockGrad: "SeemoreBlockGrad",
-  moeDispatch: "SeemoreMoeDispatch",
-  moeDispatchGrad: "SeemoreMoeDispatchGrad",
+  attentionHalf: "SeemoreAttentionHalf",
+  attentionHalfGrad: "SeemoreAttentionHalfGrad",
   moeCombine: "SeemoreMoeCombine",
   moeCombineGrad: "SeemoreMoeCombineGrad",
 } as const;
@@ -97,27 +97,32 @@ export interface AdamKernelHyper {
   eps: number;
 }
 
+/** The decoders a step kernel runs: seemore's (GELU feed-forward) and seeMoE's (routed ReLU experts). */
+export type DecoderKind = "dense" | "moe";
+
 /**
- * A whole decoder step per new position on plain arrays (generation): the weights packed in `layout`'s
- * order, the key/value cache in one array. See lib/generate.ts.
+ * A whole decoder step per new position (generation): one call runs every block, reading the decoder's
+ * parameters in place. See lib/generate.ts.
  */
 export interface DecoderStepKernel {
-  /** Names of the packed tensors in order: per block, then the final ones (lib/generate.ts packs them). */
-  layout: { block: readonly string[]; final: readonly string[] };
+  /**
+   * Names of the tensors the step takes, in order: per block its `block` tensors, then (seeMoE) each of
+   * its experts' `expert` tensors; after the blocks the `final` ones. lib/generate.ts maps them to parameters.
+   */
+  layout: { block: readonly string[]; expert: readonly string[]; final: readonly string[] };
   /** Floats the key/value cache needs for these dims. */
   cacheSize(dims: DecoderStepDims): number;
-  /** One position for every row: x (B, C) → logits (B, vocab), updating the cache. */
-  step(
-    weights: Float32Array,
-    x: Float32Array,
-    cache: Float32Array,
-    logits: Float32Array,
-    dims: DecoderStepDims,
-    position: number,
-  ): void;
-  /** Changes the kernel made to weights in place since start-up (a packed copy is stale when it moved). */
-  inPlaceUpdates(): number;
+  /** Binds a decoder's tensors (in layout's order; read in place, so they must live while it is used). */
+  bind(weights: readonly tf.Tensor[], dims: DecoderStepDims): DecoderStep;
 }
+
+/** One position for every row: x (B, C) → logits (B, vocab), updating the cache. */
+export type DecoderStep = (
+  x: Float32Array,
+  cache: Float32Array,
+  logits: Float32Array,
+  position: number,
+) => void;
 
 /** The shape of a decoder for its step kernel. */
 export interface DecoderStepDims {
@@ -131,11 +136,27 @@ export interface DecoderStepDims {
   scale: number;
   eps: number;
   preNorm: boolean;
+  experts: number; // seeMoE: experts per layer (0 for seemore)
+  topK: number; // seeMoE: experts per token (0 for seemore)
 }
+
+/**
+ * A backward pass of f (a scalar) that hands each gradient over as soon as it is final: onGradient(i, g)
+ * runs once no later step of the pass reads xs[i] (so it may update xs[i] in place) and owns g.
+ * Variables the loss does not reach are not reported. Returns f's value.
+ */
+export type GradientsEach = (
+  f: () => tf.Scalar,
+  xs: tf.Variable[],
+  onGradient: (i: number, g: tf.Tensor) => void,
+) => tf.Scalar;
 
 export interface BackendExtras {
   adamInPlace?: AdamInPlace;
-  decoderStep?: DecoderStepKernel;
+  gradientsEach?: GradientsEach;
+  /** Hands host memory that was freed back to the system (start-up's garbage would stay resident). */
+  releaseHostMemory?: () => void;
+  decoderSteps?: Partial<Record<DecoderKind, DecoderStepKernel>>;
   /**
    * Work stays on the device: reading a tensor back inside a step would drain a GPU's queue (and WebGPU
    * under Deno reads only asynchronously), so ops that would read (seeMoE's routing) take a device route.

@@ -296,3 +296,34 @@ Deno.test({
     assertEquals(message.includes("qkv [2,4,10]"), true, `error names the tensor: ${message}`);
   },
 });
+
+Deno.test({
+  name:
+    `attention's gradient recomputes the softmax weights bit for bit: the same dqkv as from the forward's own${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready(); // binds the products the kernels call
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const dims = { batch: 3, positions: 9, heads: 4, headSize: 8 };
+    const C = dims.heads * dims.headSize, rows = dims.batch * dims.positions;
+    const weights = dims.batch * dims.heads * dims.positions * dims.positions;
+    const qkv = seeded(rows * 3 * C, 300), dout = seeded(rows * C, 301);
+    for (const causal of [false, true]) {
+      for (const seed of [null, 77]) {
+        const keep = seed === null ? 1 : 0.8;
+        const kept = new Float32Array(weights), mask = seed === null ? null : new Uint8Array(weights);
+        const out = new Float32Array(rows * C);
+        native.attention(qkv, seed, { out, probs: kept, mask }, dims, { scale: 0.3, causal, keep });
+        const grad = (probs: Float32Array | null) => {
+          const dqkv = new Float32Array(rows * 3 * C);
+          native.attentionGrad(dout, { qkv, probs, mask }, dqkv, dims, { scale: 0.3, causal, keep });
+          return dqkv;
+        };
+        const fromKept = grad(kept), recomputed = grad(null);
+        assertEquals(fromKept.some((v) => v !== 0), true, "a gradient");
+        const differing = fromKept.findIndex((v, i) => !Object.is(v, recomputed[i]));
+        assertEquals(differing, -1, `causal ${causal}, dropout ${seed !== null}: first differing element`);
+      }
+    }
+  },
+});

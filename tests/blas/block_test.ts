@@ -1,12 +1,13 @@
 // The whole-block kernel (kernels.c seemore_block / seemore_block_grad, on wasm) against the op-by-op
 // block on the cpu backend, and against the layers' own fast path on wasm: the block's output and the
 // gradients of its input and of all eleven parameters, for the decoder's block (causal) and the ViT's,
-// with and without dropout (same seeds, so the same noise), pre-norm, and the head-size scale.
+// with and without dropout (same seeds, so the same noise), pre-norm, and the head-size scale. The same
+// for the block's first half alone (seemore_attention_half: seeMoE's blocks).
 
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../../lib/backend.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
-import { Block, type BlockConfig } from "../../lib/model/block.ts";
+import { attentionHalf, Block, type BlockConfig } from "../../lib/model/block.ts";
 import { KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
 import { ForwardContext, Initialiser } from "../../lib/model/module.ts";
 import { assertClose, assertEquals, BLAS_OK, onEachGemm, seeded, valuesOn } from "./helpers.ts";
@@ -111,13 +112,16 @@ Deno.test({
   },
 });
 
-async function compareWithLayers(config: tf.KernelConfig): Promise<void> {
+async function compareWithLayers(
+  config: tf.KernelConfig,
+  run: (c: Case) => () => tf.Tensor[] = blockRun,
+): Promise<void> {
   for (const c of CASES) {
-    const fused = await valuesOn("wasm", blockRun(c));
-    tf.unregisterKernel(FUSED_KERNELS.block, "wasm"); // Block.forward then runs layer by layer
+    const fused = await valuesOn("wasm", run(c));
+    tf.unregisterKernel(config.kernelName, "wasm"); // the op then runs its layers
     let layers: Float32Array[];
     try {
-      layers = await valuesOn("wasm", blockRun(c));
+      layers = await valuesOn("wasm", run(c));
     } finally {
       tf.registerKernel(config);
     }
@@ -127,6 +131,52 @@ async function compareWithLayers(config: tf.KernelConfig): Promise<void> {
     });
   }
 }
+
+/** The block's first half alone (seeMoE's blocks: attentionHalf), its output, dx, then the gradients of ln1 and the attention. */
+function halfRun(c: Case): () => tf.Tensor[] {
+  return () => {
+    const shape = c.shape ?? [3, 7, 32];
+    const block = new Block({
+      nEmbd: shape[2],
+      numHeads: 4,
+      dropout: c.rate,
+      isDecoder: c.causal,
+      ...c.options,
+    }, new Initialiser(5));
+    const params = [...block.ln1.variables(), ...block.attn.variables()];
+    const x = tensor(shape, 70) as tf.Tensor3D; // (B, T, C)
+    const w = tensor(shape, 71);
+    const ctx = () => new ForwardContext(c.training, 9, 2); // the same seeds for every pass
+    const half = (t: tf.Tensor) => attentionHalf(block.ln1, block.attn, t as tf.Tensor3D, ctx());
+    const loss = (t: tf.Tensor) => tf.sum(tf.mul(half(t), w)) as tf.Scalar;
+    const out = half(x);
+    const dx = tf.grad(loss)(x);
+    const { grads } = tf.variableGrads(() => loss(x), params);
+    const result = [out, dx, ...params.map((v) => grads[v.name])].map((t) => t.clone());
+    block.variables().forEach((v) => v.dispose());
+    return result;
+  };
+}
+
+Deno.test({
+  name:
+    `the attention half in one kernel each way equals the ops on cpu, and the layers' fast path bit for bit${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    await onEachGemm((loadNative() as { ok: true; native: Native }).native, async (library) => {
+      for (const c of CASES) {
+        const got = await valuesOn("wasm", halfRun(c));
+        assertEquals(got.length, 7, `${library}, ${c.name}: outputs`);
+        assertClose(got, await valuesOn("cpu", halfRun(c)), TOL, `${library}, ${c.name}`);
+      }
+      await compareWithLayers(tf.getKernel(FUSED_KERNELS.attentionHalf, "wasm")!, halfRun);
+    });
+    const kernels = (await tf.profile(() => tf.dispose(halfRun(CASES[0])()))).kernels.map((k) => k.name);
+    assertEquals(kernels.includes(FUSED_KERNELS.attentionHalf), true, "the attention half's kernel ran");
+    assertEquals(kernels.includes(FUSED_KERNELS.attentionHalfGrad), true, "its gradient kernel ran");
+  },
+});
 
 Deno.test({
   name: `the block kernel refuses a parameter of the wrong shape, naming it${NOTE}`,

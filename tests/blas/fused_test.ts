@@ -1,5 +1,6 @@
 // The fused GELU / layer norm / Adam ops (C kernels on wasm) against the same maths from tfjs ops on
-// the cpu backend: forward values, gradients, and several Adam steps.
+// the cpu backend: forward values, gradients, and several Adam steps; Adam.minimize's gradients applied
+// one by one during the backward pass against all of them at the end, bit for bit.
 
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../../lib/backend.ts";
@@ -9,7 +10,11 @@ import { adamComposite as adamOps, adamStep } from "../../lib/ops/adam.ts";
 import { geluDense } from "../../lib/ops/dense.ts";
 import { experts, moeCombine, moeDispatch } from "../../lib/ops/experts.ts";
 import { layerNorm, layerNormComposite as layerNormOps } from "../../lib/ops/layer_norm.ts";
-import { KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
+import { backendExtras, KERNELS as FUSED_KERNELS } from "../../lib/ops/registry.ts";
+import { buildModel } from "../../lib/model/factory.ts";
+import { ForwardContext } from "../../lib/model/module.ts";
+import { captionLoss } from "../../lib/objective.ts";
+import { tinyConfig } from "../helpers.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
 import assert from "node:assert/strict";
@@ -108,9 +113,20 @@ Deno.test({
   },
 });
 
+// 9 tokens with 2 choices each (slots 0..17, slot j·9 + n), 17 of the slots (7 was dropped) grouped by
+// expert: counts 5, 0 (expert 1 gets no rows), 9, 3.
+const EXPERT_ROUTE = {
+  order: Int32Array.of(3, 12, 0, 15, 9, 1, 4, 17, 2, 10, 6, 13, 8, 16, 11, 5, 14),
+  rowOfSlot: new Int32Array(18), // not read by the experts
+  slotExpert: new Int32Array(18),
+  tokens: 9,
+  choices: 2,
+};
+const EXPERT_COUNTS = [5, 0, 9, 3];
+
 Deno.test({
   name:
-    `experts (one C kernel) equal each expert's ops on cpu: values, all gradients, dropout, an empty group${NOTE}`,
+    `experts (one C kernel) equal each expert's ops on cpu: each expert's rows gathered, values, all gradients, dropout, an empty group${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
@@ -118,12 +134,12 @@ Deno.test({
     const threads = native.threads();
     native.setThreads(2); // experts spread over both threads
     try {
-      const C = 8, F = 32, counts = [5, 0, 9, 3]; // expert 1 gets no rows
+      const C = 8, F = 32, counts = EXPERT_COUNTS, route = EXPERT_ROUTE;
       const M = counts.reduce((a, b) => a + b, 0);
       for (const training of [false, true]) {
-        // the op: its kernel on wasm, its composite (each expert's own ops) on cpu
+        // the op: its kernel on wasm, its composite (dispatch, then each expert's own ops) on cpu
         const run = () => () => {
-          const x = tensor([M, C], 100, 2) as tf.Tensor2D, r = tensor([M, C], 101);
+          const x = tensor([route.tokens, C], 100, 2) as tf.Tensor2D, r = tensor([M, C], 101);
           const params = counts.map((_, e) => ({
             w1: tensor([C, F], 110 + e) as tf.Tensor2D,
             b1: tensor([F], 120 + e) as tf.Tensor1D,
@@ -140,7 +156,7 @@ Deno.test({
               b2: ws[4 * e + 3] as tf.Tensor1D,
             }));
             const noise = training ? { rate: 0.3, seeds } : null;
-            return tf.sum(tf.mul(experts(xx as tf.Tensor2D, counts, ps, noise), r));
+            return tf.sum(tf.mul(experts(xx as tf.Tensor2D, route, counts, ps, noise), r));
           };
           return tf.grads(f)([x, ...params.flatMap((p) => [p.w1, p.b1, p.w2, p.b2])]);
         };
@@ -156,7 +172,7 @@ Deno.test({
             ),
         );
       }
-      tf.tidy(() => { // the kernel checks each parameter's shape (the C code trusts them)
+      tf.tidy(() => { // the kernel checks each parameter's shape and the rows (the C code trusts them)
         const ok = {
           w1: tf.zeros([C, F]) as tf.Tensor2D,
           b1: tf.zeros([F]) as tf.Tensor1D,
@@ -164,11 +180,16 @@ Deno.test({
           b2: tf.zeros([C]) as tf.Tensor1D,
         };
         const x = tf.zeros([3, C]) as tf.Tensor2D;
+        const three = { ...route, order: Int32Array.of(0, 4, 2), tokens: 3 };
         assert.throws(
-          () => experts(x, [3], [{ ...ok, w2: tf.zeros([F, C + 1]) as tf.Tensor2D }], null),
+          () => experts(x, three, [3], [{ ...ok, w2: tf.zeros([F, C + 1]) as tf.Tensor2D }], null),
           /w2_0 must be float32 \[32,8\]/,
         );
-        assert.equal(experts(x, [3], [ok], null).shape.join(), `3,${C}`);
+        assert.throws(
+          () => experts(x, { ...three, order: Int32Array.of(0, 6, 2) }, [3], [ok], null),
+          /slot 6 outside/,
+        );
+        assert.equal(experts(x, three, [3], [ok], null).shape.join(), `3,${C}`);
       });
     } finally {
       native.setThreads(threads);
@@ -178,7 +199,44 @@ Deno.test({
 
 Deno.test({
   name:
-    `moeDispatch / moeCombine (C) give the routing's sums and their gradients, dropped slots included${NOTE}`,
+    `the experts' gradient recomputes the hidden layer bit for bit: the same gradients as from the forward's own${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready(); // binds the products the kernels call
+    const native = (loadNative() as { ok: true; native: Native }).native;
+    const C = 8, F = 32, counts = Int32Array.from(EXPERT_COUNTS), E = counts.length;
+    const route = { rows: EXPERT_ROUTE.order, tokens: EXPERT_ROUTE.tokens, choices: 2 };
+    const M = route.rows.length, N = route.tokens;
+    // The parameters and their gradients as regions of a heap, one after another.
+    const sizes = [C * F, F, F * C, C];
+    const heap = new Uint8Array(4 * (2 * E * sizes.reduce((a, b) => a + b, 0)) + 64);
+    let at = 16;
+    const place = () =>
+      Uint32Array.from({ length: 4 * E }, (_, i) => ((at += 4 * sizes[i % 4]) - 4 * sizes[i % 4]));
+    const offsets = place(), gradOffsets = place();
+    const floats = new Float32Array(heap.buffer);
+    offsets.forEach((o, i) => floats.set(seeded(sizes[i % 4], 200 + i), o / 4));
+    const x = seeded(N * C, 210), dy = seeded(M * C, 211);
+    const keptH = new Float32Array(M * F), y = new Float32Array(M * C), mask = new Uint8Array(M * C);
+    const seeds = EXPERT_COUNTS.map((_, e) => 500 + e);
+    native.experts(heap, offsets, counts, route, { x, h: keptH, y, mask }, { seeds, keep: 0.7 }, { C, F });
+    const gradients = (h: Float32Array | null) => {
+      const dx = new Float32Array(N * C);
+      native.expertsGrad(heap, offsets, gradOffsets, counts, route, { x, h, dy, mask, dx }, 0.7, { C, F });
+      return [dx, ...Array.from(gradOffsets, (o, i) => floats.slice(o / 4, o / 4 + sizes[i % 4]))];
+    };
+    const fromKept = gradients(keptH), recomputed = gradients(null);
+    assertEquals(fromKept.some((g) => g.some((v) => v !== 0)), true, "gradients are not all zero");
+    fromKept.forEach((g, i) => {
+      const same = g.every((v, j) => Object.is(v, recomputed[i][j]));
+      assertEquals(same, true, `gradient ${i} (0: dx, then dw1, db1, dw2, db2 per expert) bit for bit`);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    `moeDispatch / moeCombine give the routing's sums and their gradients, dropped slots included (combine in C)${NOTE}`,
   ignore: !READY,
   async fn() {
     await ready();
@@ -232,7 +290,6 @@ Deno.test({
       1e-5,
       "combine",
     );
-    assert.throws(() => moeDispatch(x, { ...route, order: Int32Array.of(0, 3, 2, 1, 6) }), /slot 6 outside/);
     assert.throws(
       () => moeCombine(merged, gates, { ...route, slotExpert: Int32Array.of(0, 2, 1, 1, 0, 3) }),
       /expert 3/,
@@ -475,4 +532,57 @@ Deno.test("on the cpu backend the fused ops fall back to tfjs ops", async () => 
   } finally {
     await tf.setBackend("wasm");
   }
+});
+
+Deno.test({
+  name:
+    `Adam.minimize on the fast path (each gradient applied when final) = variableGrads + update, bit for bit${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    assertEquals(backendExtras().gradientsEach !== undefined, true, "the backward pass hands gradients over");
+    // seeMoE with a word head the caption loss does not use: its parameters get zero gradients.
+    const config = tinyConfig({
+      model_type: "seemoe",
+      num_experts: 4,
+      top_k: 2,
+      image_words: ["red", "star"],
+    });
+    const images = tf.randomNormal([3, 3, 32, 32], 0, 1, "float32", 5) as tf.Tensor4D;
+    const idx = tf.randomUniform([3, 9], 0, 65, "int32", 6) as tf.Tensor2D;
+    const targets = tf.randomUniform([3, 9], 0, 66, "int32", 7) as tf.Tensor2D;
+    const train = (each: boolean) => {
+      const model = buildModel(config, 3);
+      const opt = new Adam(model.variables(), 1e-2);
+      const losses: number[] = [];
+      for (let step = 0; step < 3; step++) {
+        const f = () => captionLoss(model, images, idx, targets, new ForwardContext(true, 1, step), "first");
+        if (each) {
+          const before = tf.memory().numTensors;
+          const loss = opt.minimize(f);
+          losses.push(loss.dataSync()[0]);
+          loss.dispose();
+          // The first step leaves each MoE layer's routing (SparseMoE.lastRouting, for its statistics).
+          if (step > 0) assertEquals(tf.memory().numTensors, before, "tensors left by a step");
+        } else {
+          const { value, grads } = tf.variableGrads(f, opt.params);
+          const all = opt.params.map((p) => grads[p.name] ?? tf.zerosLike(p));
+          assertEquals(all.length > Object.keys(grads).length, true, "a parameter without a gradient");
+          opt.update(all);
+          losses.push(value.dataSync()[0]);
+          tf.dispose([value, ...all]);
+        }
+      }
+      const weights = model.variables().map((v) => v.dataSync().slice() as Float32Array);
+      opt.dispose();
+      model.dispose();
+      return [Float32Array.from(losses), ...weights];
+    };
+    const whole = train(false), each = train(true);
+    whole.forEach((values, i) => {
+      const differing = values.findIndex((v, j) => !Object.is(v, each[i][j]));
+      assertEquals(differing, -1, `${i === 0 ? "losses" : `weight ${i - 1}`}: first differing element`);
+    });
+    tf.dispose([images, idx, targets]);
+  },
 });

@@ -1,6 +1,6 @@
 // The tables of lib/blas/layout.ts and how the C side is built from them: the block's tensor order and
-// shapes, the decoder step's packed weights, the generated header, the unity build and its cache key,
-// and lib/blas importing nothing from outside itself.
+// shapes, the decoder steps' tensors, the generated header, the unity build and its cache key, and
+// lib/blas importing nothing from outside itself.
 
 import {
   BLOCK_PARAMS,
@@ -9,8 +9,11 @@ import {
   blockBytes,
   type BlockDims,
   blockShape,
-  decoderWeightCount,
-  decoderWeightLayout,
+  type DecoderStepDims,
+  decoderStepTensors,
+  HALF_PARAMS,
+  HALF_SAVED,
+  HALF_TENSORS,
   layoutHeader,
 } from "../../lib/blas/layout.ts";
 import { buildKey, generatedHeader, readSources } from "../../lib/blas/native.ts";
@@ -46,6 +49,20 @@ Deno.test("the block's tensors: x, the parameters, out, what is saved, the scrat
     json(BLOCK_TENSORS),
     json(["x", ...BLOCK_PARAMS, "out", ...BLOCK_SAVED, "scratch", "dout", "dx", ...grads]),
   );
+});
+
+Deno.test("the attention half: the block's own tensors, its output in x1's place, keeping LN1's statistics and the masks", () => {
+  assertEquals(json(HALF_PARAMS), json(["g1", "b1", "wqkv", "wp", "bp"]));
+  assertEquals(json(HALF_SAVED), json(["mean1", "rstd1", "maskAtt", "maskProj"]));
+  for (const pass of ["forward", "backward"] as const) {
+    for (const name of HALF_TENSORS[pass]) {
+      assertEquals(BLOCK_TENSORS.includes(name), true, `${pass}: ${name} is one of the block's tensors`);
+    }
+  }
+  assertEquals(HALF_TENSORS.forward.includes("x1"), true, "the forward pass writes x1");
+  for (const kept of ["a", "qkv", "probs", "merged"]) {
+    assertEquals(HALF_TENSORS.backward.includes(kept), false, `the gradient does not read ${kept}`);
+  }
 });
 
 Deno.test("the block's shapes and bytes, with and without dropout, forward and backward", () => {
@@ -116,52 +133,63 @@ Deno.test("the C files take the tensors' order from the generated header only", 
       `${name} declares BLK_ indices itself`,
     );
     assertEquals(
-      /#define\s+DECODER_(LAYER|FINAL)_TENSORS/.test(text),
+      /#define\s+(DECODER|MOE)_[A-Z]+_TENSORS/.test(text),
       false,
-      `${name} declares the packed order`,
+      `${name} declares a decoder step's order`,
     );
   }
   const decoder = readSources().find((s) => s.name === "decoder.c")!.text;
-  assertEquals(decoder.includes("DECODER_LAYER_TENSORS(TAKE)"), true, "decoder.c walks the layer table");
-  assertEquals(decoder.includes("DECODER_FINAL_TENSORS(TAKE)"), true, "decoder.c walks the final table");
+  for (const table of ["DECODER_ATTENTION", "DECODER_FFN", "MOE_ROUTER", "MOE_EXPERT", "DECODER_FINAL"]) {
+    assertEquals(decoder.includes(`${table}_TENSORS(TAKE)`), true, `decoder.c walks ${table}_TENSORS`);
+  }
 });
 
-Deno.test("the decoder step's packed weights: each layer's tensors in order, then the final ones", () => {
-  const d = {
+Deno.test("the decoder steps' tensors: per layer the attention half, then the feed-forward or the router and each expert, then the final ones", () => {
+  const d: DecoderStepDims = {
     batch: 1,
     width: 8,
     heads: 2,
-    layers: 3,
+    layers: 2,
     vocab: 11,
     positions: 7,
     cached: 7,
     scale: 1,
     eps: 1e-5,
     preNorm: false,
+    experts: 3,
+    topK: 2,
   };
-  const C = 8, F = 32, V = 11, P = 7;
-  const layer = 2 * C + 3 * C * C + C * C + C + 2 * C + C * F + F + F * C + C;
-  assertEquals(decoderWeightCount(d), 3 * layer + 2 * C + C * V + V + P * C, "floats in all");
-  const places = decoderWeightLayout(d);
-  let at = 0;
-  for (const p of places) {
-    assertEquals(p.offset, at, `${p.name} of layer ${p.layer} starts where the one before ends`);
-    at += p.shape.reduce((a, b) => a * b, 1);
-  }
-  const second = places.filter((p) => p.layer === 1);
-  assertEquals(second[0].offset, layer, "layer 1 starts after layer 0");
-  assertEquals(json(second.find((p) => p.name === "ffn.fc1.weight")!.shape), json([C, F]), "fc1 [in, out]");
-  const finals = places.filter((p) => p.layer === null).map((p) => `${p.name} ${p.shape}`);
+  const attention = [
+    "ln1.weight 8",
+    "ln1.bias 8",
+    "attn.qkv 8,24",
+    "attn.proj.weight 8,8",
+    "attn.proj.bias 8",
+    "ln2.weight 8",
+    "ln2.bias 8",
+  ];
+  const ffn = ["ffn.fc1.weight 8,32", "ffn.fc1.bias 32", "ffn.fc2.weight 32,8", "ffn.fc2.bias 8"];
+  const router = ["router.weight 8,3", "router.bias 3"];
+  const expert = ["fc1.weight 8,32", "fc1.bias 32", "fc2.weight 32,8", "fc2.bias 8"];
+  const final = [
+    "ln_f.weight 8",
+    "ln_f.bias 8",
+    "lm_head.weight 8,11",
+    "lm_head.bias 11",
+    "position_embedding 7,8",
+  ];
+  const listed = (kind: "dense" | "moe") =>
+    decoderStepTensors(kind, d).map((p) => `${p.layer}/${p.expert} ${p.name} ${p.shape}`);
+  const at = (layer: number | null, expert: number | null, names: string[]) =>
+    names.map((n) => `${layer}/${expert} ${n}`);
   assertEquals(
-    json(finals),
-    json([
-      "ln_f.weight 8",
-      "ln_f.bias 8",
-      "lm_head.weight 8,11",
-      "lm_head.bias 11",
-      "position_embedding 7,8",
-    ]),
+    json(listed("dense")),
+    json([0, 1].flatMap((l) => at(l, null, [...attention, ...ffn])).concat(at(null, null, final))),
   );
+  const moeLayer = (
+    l: number,
+  ) => [...at(l, null, [...attention, ...router]), ...[0, 1, 2].flatMap((e) => at(l, e, expert))];
+  assertEquals(json(listed("moe")), json([...moeLayer(0), ...moeLayer(1), ...at(null, null, final)]));
 });
 
 Deno.test("kernels.c includes every other C file once, and the cache key covers every file and the header", () => {

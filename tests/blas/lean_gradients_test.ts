@@ -1,10 +1,12 @@
 // The lean backward pass (lib/blas/lean_gradients.ts) against tfjs's own engine.gradients: the same
 // gradients on graphs with shared inputs, reused tensors, custom gradients that pass dy through,
-// unconnected variables and nested gradients; fewer live tensors during the pass; nothing leaked.
+// unconnected variables and nested gradients; fewer live tensors during the pass; nothing leaked. And
+// leanGradientsEach: each gradient handed over once, when no node left reads its variable.
 
 import * as tf from "@tensorflow/tfjs";
 import {
   installLeanGradients,
+  leanGradientsEach,
   leanGradientsInstalled,
   uninstallLeanGradients,
 } from "../../lib/blas/lean_gradients.ts";
@@ -118,5 +120,56 @@ Deno.test("lean gradients: no path from x to y is the same clear error", () => {
     }
     assertEquals(message.startsWith("Cannot compute gradient of y=f(x) with respect to x"), true, message);
     x.dispose();
+  });
+});
+
+Deno.test("leanGradientsEach: each gradient once, as soon as no node left reads its variable, the same values", () => {
+  restoring(() => {
+    installLeanGradients();
+    const x = tensor([4, 5], 90);
+    const w1 = tf.variable(tensor([5, 6], 91));
+    const w2 = tf.variable(tensor([6, 5], 92));
+    const unused = tf.variable(tensor([3], 93));
+    const { grads } = tf.variableGrads(() => loss(w1, w2, x), [w1, w2, unused]);
+    const want = [w1, w2].map((w) => Float32Array.from(grads[w.name].dataSync()));
+    tf.dispose(Object.values(grads));
+    const before = tf.memory().numTensors;
+    // Each gradient as handed over; and the other variables' values at that moment (to see when it came).
+    const got = new Map<number, Float32Array>(), order: number[] = [];
+    const value = leanGradientsEach(() => loss(w1, w2, x), [w1, w2, unused], (i, g) => {
+      got.set(i, Float32Array.from(g.dataSync()));
+      order.push(i);
+      g.dispose();
+    });
+    value.dispose();
+    assertEquals(
+      JSON.stringify(order),
+      JSON.stringify([1, 0]),
+      "w2 (read only late in the loss) first, w1 last",
+    );
+    assertClose([got.get(0)!, got.get(1)!], want, 0, "gradients");
+    assertEquals(tf.memory().numTensors, before, "tensors left after the pass");
+    tf.dispose([x, w1, w2, unused]);
+  });
+});
+
+Deno.test("leanGradientsEach: a variable changed in place when its gradient arrives changes nothing after", () => {
+  restoring(() => {
+    installLeanGradients();
+    const x = tensor([4, 5], 90);
+    const w1 = tf.variable(tensor([5, 6], 91));
+    const w2 = tf.variable(tensor([6, 5], 92));
+    const { grads } = tf.variableGrads(() => loss(w1, w2, x), [w1, w2]);
+    const want = Float32Array.from(grads[w1.name].dataSync());
+    tf.dispose(Object.values(grads));
+    let w1Grad = new Float32Array(0);
+    leanGradientsEach(() => loss(w1, w2, x), [w1, w2], (i, g) => {
+      if (i === 0) w1Grad = Float32Array.from(g.dataSync());
+      // Overwrite w2's memory (as an optimizer's in-place step would): w1's gradient, still to come, reads w2.
+      else tf.tidy(() => w2.assign(tf.mul(w2, 0)));
+      g.dispose();
+    }).dispose();
+    assertClose([w1Grad], [want], 0, "w1's gradient, computed after w2 changed");
+    tf.dispose([x, w1, w2]);
   });
 });

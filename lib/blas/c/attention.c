@@ -7,10 +7,11 @@
  * qkv (B, T, 3C) = [all heads' queries | keys | values], head h at columns h*hs of each part,
  * and writing the heads side by side into out (B, T, C) — no split, no transposes:
  *   S = scale * Q K^T (+ causal mask);  P = softmax(S);  out = (P * mult) V
- * probs (B, H, T, T) receives P (before dropout), kept for the backward pass. With noise (dropout:
- * the states of the chunks of draws for (B, H, T, T) in that order, as seemore_dropout takes them),
- * mult and mask are as in seemore_dropout; with NULL, mult = 1 and mask is not touched.
- * Returns 0, or -1 without sgemm (seemore_bind_sgemm not called), -2 out of memory. */
+ * probs (B, H, T, T) receives P (before dropout) when the caller keeps it (NULL: the gradient
+ * recomputes it). With noise (dropout: the states of the chunks of draws for (B, H, T, T) in that
+ * order, as seemore_dropout takes them), mult and mask are as in seemore_dropout; with NULL, mult = 1
+ * and mask is not touched. Returns 0, or -1 without sgemm (seemore_bind_sgemm not called), -2 out of
+ * memory. */
 
 typedef struct {
   const float *qkv, *dout, *saved_probs;
@@ -30,28 +31,46 @@ static const float *dropout_weights(const float *p, const uint8_t *mask, float i
   return w;
 }
 
+/* P = softmax(scale * Q K^T (+ causal mask)) of one head into probs (T, T): the forward pass's, and
+ * the gradient's when it recomputes them (the same calls on the same values: the same bits). */
+static void attention_probs(const attention_args *a, const float *q, const float *k, float *probs) {
+  int64_t T = a->T, C3 = 3 * a->H * a->hs;
+  sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)a->hs, a->scale, q, (int)C3, k, (int)C3, 0.0f,
+        probs, (int)T);
+  softmax_rows(probs, T, T, a->causal ? 0 : -1);
+}
+
 /* Heads bh0..bh1 (flat b * H + h) of the forward pass. */
 static void attention_range(void *p, int64_t bh0, int64_t bh1) {
   attention_args *a = p;
   int64_t T = a->T, H = a->H, hs = a->hs, C = H * hs, C3 = 3 * C, TT = T * T;
   float inv_keep = 1.0f / a->keep; /* == floor(u + keep) / keep for a kept weight */
-  float *dropped = a->mask ? malloc((size_t)TT * sizeof(float)) : NULL;
-  if (a->mask && !dropped) {
+  /* scratch: the weights after dropout, and P when not kept */
+  float *scratch = malloc((size_t)TT * 2 * sizeof(float));
+  if (!scratch) {
     __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED);
     return;
   }
+  float *dropped = scratch + TT;
   for (int64_t bh = bh0; bh < bh1; bh++) {
     int64_t b = bh / H, h = bh % H;
     const float *q = a->qkv + b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
-    float *probs = a->probs + bh * TT;
-    sgemm(ROW_MAJOR, NO_TRANS, TRANS, (int)T, (int)T, (int)hs, a->scale, q, (int)C3, k, (int)C3, 0.0f,
-          probs, (int)T);
-    softmax_rows(probs, T, T, a->causal ? 0 : -1);
+    float *probs = a->probs ? a->probs + bh * TT : scratch;
+    attention_probs(a, q, k, probs);
     const float *weights = dropout_weights(probs, a->mask ? a->mask + bh * TT : NULL, inv_keep, dropped, TT);
     sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, v, (int)C3,
           0.0f, a->out + b * T * C + h * hs, (int)C);
   }
-  free(dropped);
+  free(scratch);
+}
+
+/* The forward pass with the dropout flags already drawn (mask NULL: no dropout): seemore_attention's
+ * after its draws, and the attention half's gradient when it recomputes the heads (attention_half_grad). */
+static int32_t attention_with_mask(const float *qkv, const uint8_t *mask, float *out, float *probs, int32_t B,
+                                   int32_t T, int32_t H, int32_t hs, float scale, int32_t causal, float keep) {
+  attention_args a = {qkv, NULL, NULL, mask, out, probs, NULL, T, H, hs, scale, keep, causal, 0};
+  parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_range, &a);
+  return a.failed ? -2 : 0;
 }
 
 int32_t seemore_attention(const float *qkv, const double *noise, int32_t chunk, float *out, float *probs,
@@ -61,13 +80,11 @@ int32_t seemore_attention(const float *qkv, const double *noise, int32_t chunk, 
   int64_t TT = (int64_t)T * T;
   /* the dropout flags first, in tf.dropout's order: noise holds the states of its chunks of draws */
   if (noise) draw_masks(noise, chunk, (int64_t)B * H * TT, keep, mask, NULL, NULL);
-  attention_args a = {qkv, NULL, NULL, noise ? mask : NULL, out, probs, NULL, T, H, hs, scale, keep, causal, 0};
-  parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_range, &a);
-  return a.failed ? -2 : 0;
+  return attention_with_mask(qkv, noise ? mask : NULL, out, probs, B, T, H, hs, scale, causal, keep);
 }
 
-/* Gradient of seemore_attention: from dout (B, T, C), the saved qkv, probs and mask (NULL when
- * there was no dropout), writes dqkv (B, T, 3C). With M = mult and W = P * M:
+/* Gradient of seemore_attention: from dout (B, T, C), the saved qkv, probs (NULL: recomputed from qkv)
+ * and mask (NULL when there was no dropout), writes dqkv (B, T, 3C). With M = mult and W = P * M:
  *   dV = W^T dO;  dW = dO V^T;  dP = dW * M;  dS = P * (dP - rowsum(dP * P));
  *   dQ = scale * dS K;  dK = scale * dS^T Q. */
 /* Heads bh0..bh1 of the backward pass (each writes only its own columns of dqkv). */
@@ -75,18 +92,19 @@ static void attention_grad_range(void *p, int64_t bh0, int64_t bh1) {
   attention_args *a = p;
   int64_t T = a->T, H = a->H, hs = a->hs, C = H * hs, C3 = 3 * C, TT = T * T;
   float inv_keep = 1.0f / a->keep;
-  float *w = malloc((size_t)TT * 2 * sizeof(float));
+  float *w = malloc((size_t)TT * 3 * sizeof(float));
   if (!w) {
     __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED);
     return;
   }
-  float *dp = w + TT;
+  float *dp = w + TT, *recomputed = dp + TT;
   for (int64_t bh = bh0; bh < bh1; bh++) {
     int64_t b = bh / H, h = bh % H;
     const float *q = a->qkv + b * T * C3 + h * hs, *k = q + C, *v = q + 2 * C;
     const float *d_o = a->dout + b * T * C + h * hs;
     float *dq = a->dqkv + b * T * C3 + h * hs, *dk = dq + C, *dv = dq + 2 * C;
-    const float *probs = a->saved_probs + bh * TT;
+    const float *probs = a->saved_probs ? a->saved_probs + bh * TT : recomputed;
+    if (!a->saved_probs) attention_probs(a, q, k, recomputed);
     const uint8_t *m = a->mask ? a->mask + bh * TT : NULL;
     const float *weights = dropout_weights(probs, m, inv_keep, w, TT);
     sgemm(ROW_MAJOR, TRANS, NO_TRANS, (int)T, (int)hs, (int)T, 1.0f, weights, (int)T, d_o, (int)C, 0.0f,
@@ -106,9 +124,9 @@ static void attention_grad_range(void *p, int64_t bh0, int64_t bh1) {
 
 int32_t seemore_attention_grad(const float *dout, const float *qkv, const float *probs,
                                const uint8_t *mask, float *dqkv, int32_t B, int32_t T, int32_t H,
-                               int32_t hs, float scale, float keep) {
+                               int32_t hs, float scale, int32_t causal, float keep) {
   if (!sgemm) return -1;
-  attention_args a = {qkv, dout, probs, mask, NULL, NULL, dqkv, T, H, hs, scale, keep, 0, 0};
+  attention_args a = {qkv, dout, probs, mask, NULL, NULL, dqkv, T, H, hs, scale, keep, causal, 0};
   parallel_for((int64_t)B * H, ATTENTION_GRAIN, attention_grad_range, &a);
   return a.failed ? -2 : 0;
 }

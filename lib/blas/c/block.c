@@ -17,8 +17,13 @@
 /* The scratch region, in floats per element of (R, C) (F = 4 C): forward proj (R, C) and GELU's output
  * (R, F); backward GELU's output, its gradient and h's (R, F each). layout.ts sizes it. */
 enum { SCRATCH_FORWARD = 1 + 4, SCRATCH_BACKWARD = 3 * 4 };
+/* The attention half's (seemore_attention_half below), in the same units: a, qkv, m; then a, qkv, m,
+ * dproj, dm, dqkv, da and two statistics per row (at most one more unit). */
+enum { HALF_SCRATCH_FORWARD = 1 + 3 + 1, HALF_SCRATCH_BACKWARD = 1 + 3 + 1 + 1 + 1 + 3 + 1 + 1 };
 _Static_assert(SCRATCH_FORWARD <= BLK_SCRATCH_FORWARD && SCRATCH_BACKWARD <= BLK_SCRATCH_BACKWARD,
                "lib/blas/layout.ts gives the block less scratch than block.c uses");
+_Static_assert(HALF_SCRATCH_FORWARD <= BLK_SCRATCH_FORWARD && HALF_SCRATCH_BACKWARD <= BLK_SCRATCH_BACKWARD,
+               "lib/blas/layout.ts gives the attention half less scratch than block.c uses");
 
 typedef struct {
   int32_t B, T, C, H, pre_norm, causal;
@@ -112,7 +117,7 @@ int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout
   block_dense_input_grad(dproj, T_(BLK_WP), dmerged, R, C, C);
   const uint8_t *mask_att = has_dropout ? heap + o[BLK_MASK_ATT] : NULL;
   rc = seemore_attention_grad(dmerged, T_(BLK_QKV), T_(BLK_PROBS), mask_att, dqkv, d->B, d->T, d->H,
-                              (int32_t)(C / d->H), d->scale, d->keep);
+                              (int32_t)(C / d->H), d->scale, d->causal, d->keep);
   if (rc != 0) return rc;
   block_dense_weight_grad(T_(BLK_A), dqkv, T_(BLK_DWQKV), NULL, R, C, 3 * C);
   block_dense_input_grad(dqkv, T_(BLK_WQKV), da, R, C, 3 * C);
@@ -123,3 +128,67 @@ int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout
 #undef T_
   return 0;
 }
+
+/* The block's first half alone (seeMoE's blocks, whose second half is the mixture of experts), with the
+ * same calls as seemore_block makes, so the same numbers as the layers:
+ *   a = LN1(x);  qkv = a Wqkv;  m = attention(qkv);  x1 = x + dropout(m Wp + bp),
+ * written in x1's place (BLK_X1). It keeps only LN1's statistics and the dropout masks: a, qkv and m are
+ * scratch (3 + 2 R C floats), and the gradient computes them again from x (the same calls: the same
+ * bits). Same tensors as the whole block (BLOCK_TENSORS); the feed-forward's are not read. */
+#define T_(i) heap_floats(heap, o[i])
+int32_t seemore_attention_half(uint8_t *heap, const uint32_t *o, const double *noise_att,
+                               const double *noise_proj, int32_t chunk, const block_dims *d) {
+  if (!sgemm) return -1;
+  int64_t R = (int64_t)d->B * d->T, C = d->C;
+  float *x = T_(BLK_X), *x1 = T_(BLK_X1), *a = T_(BLK_SCRATCH), *qkv = a + R * C, *m = qkv + 3 * R * C;
+  seemore_layer_norm(x, T_(BLK_G1), T_(BLK_B1), a, T_(BLK_MEAN1), T_(BLK_RSTD1), (int32_t)R, (int32_t)C,
+                     d->eps);
+  block_dense(a, T_(BLK_WQKV), NULL, qkv, R, C, 3 * C);
+  int32_t rc = seemore_attention(qkv, noise_att, chunk, m, NULL, heap + o[BLK_MASK_ATT], d->B, d->T, d->H,
+                                 (int32_t)(C / d->H), d->scale, d->causal, d->keep);
+  if (rc != 0) return rc;
+  if (noise_proj) {
+    float *proj = a; /* a is no longer needed */
+    block_dense(m, T_(BLK_WP), T_(BLK_BP), proj, R, C, C);
+    seemore_dropout(proj, x1, heap + o[BLK_MASK_PROJ], (int32_t)(R * C), d->keep, noise_proj, chunk);
+  } else {
+    block_dense(m, T_(BLK_WP), T_(BLK_BP), x1, R, C, C); /* no dropout: straight into x1 */
+  }
+  add_into(x1, x, R * C); /* x1 = x + dropout(proj) */
+  return 0;
+}
+
+/* Gradient of seemore_attention_half: from dout (x1's gradient) and x, LN1's statistics and the masks,
+ * writes dx and the gradients of g1, b1, Wqkv, Wp and bp. The scratch: a, qkv and m recomputed, then
+ * dproj, dm, dqkv, da, and LN1's statistics again (11 R C + 2 R floats). */
+int32_t seemore_attention_half_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout,
+                                    const block_dims *d) {
+  if (!sgemm) return -1;
+  int64_t R = (int64_t)d->B * d->T, C = d->C;
+  float *x = T_(BLK_X), *dout = T_(BLK_DOUT), *dx = T_(BLK_DX);
+  float *a = T_(BLK_SCRATCH), *qkv = a + R * C, *m = qkv + 3 * R * C, *dproj = m + R * C;
+  float *dm = dproj + R * C, *dqkv = dm + R * C, *da = dqkv + 3 * R * C, *stats = da + R * C;
+  const uint8_t *mask_att = has_dropout ? heap + o[BLK_MASK_ATT] : NULL;
+  /* the forward pass again, up to m, the masks read instead of drawn */
+  seemore_layer_norm(x, T_(BLK_G1), T_(BLK_B1), a, stats, stats + R, (int32_t)R, (int32_t)C, d->eps);
+  block_dense(a, T_(BLK_WQKV), NULL, qkv, R, C, 3 * C);
+  int32_t rc = attention_with_mask(qkv, mask_att, m, NULL, d->B, d->T, d->H, (int32_t)(C / d->H), d->scale,
+                                   d->causal, d->keep);
+  if (rc != 0) return rc;
+  /* then the gradient, as seemore_block_grad's attention part */
+  if (has_dropout) seemore_dropout_grad(dout, heap + o[BLK_MASK_PROJ], dproj, (int32_t)(R * C), d->keep);
+  else memcpy(dproj, dout, (size_t)(R * C) * sizeof(float));
+  block_dense_weight_grad(m, dproj, T_(BLK_DWP), T_(BLK_DBP), R, C, C);
+  block_dense_input_grad(dproj, T_(BLK_WP), dm, R, C, C);
+  rc = seemore_attention_grad(dm, qkv, NULL, mask_att, dqkv, d->B, d->T, d->H, (int32_t)(C / d->H), d->scale,
+                              d->causal, d->keep);
+  if (rc != 0) return rc;
+  block_dense_weight_grad(a, dqkv, T_(BLK_DWQKV), NULL, R, C, 3 * C);
+  block_dense_input_grad(dqkv, T_(BLK_WQKV), da, R, C, 3 * C);
+  rc = seemore_layer_norm_grad(da, x, T_(BLK_G1), T_(BLK_MEAN1), T_(BLK_RSTD1), dx, T_(BLK_DG1), T_(BLK_DB1),
+                               (int32_t)R, (int32_t)C);
+  if (rc != 0) return rc;
+  add_into(dx, dout, R * C); /* dx = dout + dx: the residual's gradient, then LN1's */
+  return 0;
+}
+#undef T_

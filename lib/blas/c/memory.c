@@ -1,6 +1,19 @@
-/* Memory-bound kernels: transpose, gather, im2col and its adjoint, bias rows, sums. Needs pool.c. */
+/* Memory-bound kernels: transpose, gather, im2col and its adjoint, bias rows, sums; and handing freed
+ * host memory back. Needs pool.c. */
 
 #include "kernels.h"
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+/* Hands the free pages of the C heap back to the system (glibc's malloc_trim). glibc keeps what a
+ * program frees in its heap, and start-up frees a lot: building a model and reading data allocate and
+ * drop typed arrays of tens of MiB in all, which would otherwise stay resident for good. */
+void seemore_release_host_memory(void) {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
 
 /* ---------------------------------------------------------------------------------------------
  * Transpose of 4-byte elements, any rank up to 8: dst = transpose(src, perm).

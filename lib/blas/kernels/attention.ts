@@ -17,7 +17,8 @@ function attentionDims(qkv: TensorInfo, heads: number): AttentionDims {
 
 /**
  * inputs qkv (B, T, 3C); attrs heads, scale, causal, and dropout (with its keep probability and
- * seed) → [out (B, T, C), probs (B, H, T, T), mask (B, H, T, T) bool, or [0] without dropout].
+ * seed) → [out (B, T, C), mask (B, H, T, T) bool, or [0] without dropout]. The softmax weights are
+ * not kept: the gradient recomputes them.
  */
 export function attentionKernel(args: KernelArgs): TensorInfo[] {
   const { qkv } = args.inputs as { qkv: TensorInfo };
@@ -34,20 +35,19 @@ export function attentionKernel(args: KernelArgs): TensorInfo[] {
   const dims = attentionDims(qkv, attrs.heads);
   const { batch: B, positions: T, heads: H, headSize } = dims;
   const out = backend.makeOutput([B, T, H * headSize], "float32");
-  const probs = backend.makeOutput([B, H, T, T], "float32");
   const mask = backend.makeOutput(dropout ? [B, H, T, T] : [0], "bool");
   active.native!.attention(
     floatView(backend, qkv, "attention qkv"),
     dropout ? attrs.seed : null,
     {
       out: floatView(backend, out, "out"),
-      probs: floatView(backend, probs, "probs"),
+      probs: null,
       mask: dropout ? boolView(backend, mask, "mask") : null,
     },
     dims,
     { scale: attrs.scale, causal: attrs.causal, keep: attrs.keep },
   );
-  return [out, probs, mask];
+  return [out, mask];
 }
 
 /**
@@ -90,8 +90,8 @@ export function attentionCachedKernel(args: KernelArgs): TensorInfo[] {
 
 /** inputs dout (B, T, C), qkv, probs, mask (as attentionKernel made them); attrs heads, scale, keep → dqkv. */
 export function attentionGradKernel(args: KernelArgs): TensorInfo {
-  const { dout, qkv, probs, mask } = args.inputs as Record<string, TensorInfo>;
-  const attrs = args.attrs as { heads: number; scale: number; keep: number };
+  const { dout, qkv, mask } = args.inputs as Record<string, TensorInfo>;
+  const attrs = args.attrs as { heads: number; scale: number; causal: boolean; keep: number };
   const backend = wasmOf(args.backend);
   const dims = attentionDims(qkv, attrs.heads);
   const dqkv = backend.makeOutput(qkv.shape, "float32");
@@ -100,12 +100,12 @@ export function attentionGradKernel(args: KernelArgs): TensorInfo {
     floatView(backend, dout, "attention dout"),
     {
       qkv: floatView(backend, qkv, "attention qkv"),
-      probs: floatView(backend, probs, "attention probs"),
+      probs: null,
       mask: hasMask ? boolView(backend, mask, "attention mask") : null,
     },
     floatView(backend, dqkv, "dqkv"),
     dims,
-    { scale: attrs.scale, keep: attrs.keep },
+    { scale: attrs.scale, causal: attrs.causal, keep: attrs.keep },
   );
   return dqkv;
 }

@@ -10,6 +10,8 @@ import {
   type BlockDims,
   blockDtype,
   blockShape,
+  HALF_PARAMS,
+  HALF_SAVED,
 } from "../layout.ts";
 import { active, type KernelArgs, offsetOf, type TensorInfo, type WasmBackend, wasmOf } from "./common.ts";
 
@@ -81,6 +83,30 @@ export function blockGradKernel(args: KernelArgs): TensorInfo[] {
   });
   return blockCall({ ...args, inputs }, outputs, true, (heap, offsets, dims, attrs) => {
     active.native!.blockGrad(heap, offsets, dims, attrs.dropout);
+  });
+}
+
+/**
+ * The block's first half alone (SeemoreAttentionHalf): inputs x and layout.ts's HALF_PARAMS, attrs as the
+ * block's → [x1, then HALF_SAVED].
+ */
+export function attentionHalfKernel(args: KernelArgs): TensorInfo[] {
+  return blockCall(args, ["x1", ...HALF_SAVED], false, (heap, offsets, dims, attrs) => {
+    const seeds = attrs.dropout ? { attention: attrs.seedAttention, projection: attrs.seedProjection } : null;
+    active.native!.attentionHalf(heap, offsets, dims, seeds);
+  });
+}
+
+/** Its gradient: inputs dout (x1's), x, HALF_PARAMS and saved0… (HALF_SAVED) → [dx, then HALF_PARAMS' gradients]. */
+export function attentionHalfGradKernel(args: KernelArgs): TensorInfo[] {
+  const outputs = ["dx", ...HALF_PARAMS.map((p) => `d${p}`)];
+  const inputs = { ...args.inputs };
+  HALF_SAVED.forEach((name, i) => {
+    inputs[name] = inputs[`saved${i}`];
+    delete inputs[`saved${i}`];
+  });
+  return blockCall({ ...args, inputs }, outputs, true, (heap, offsets, dims, attrs) => {
+    active.native!.attentionHalfGrad(heap, offsets, dims, attrs.dropout);
   });
 }
 

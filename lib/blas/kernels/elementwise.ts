@@ -188,14 +188,7 @@ export function adamInPlace(
     sizes[i] = params[i].size;
   }
   c.adamInPlace(backend.wasm.HEAPU8, offsets, sizes, hyper);
-  inPlaceUpdates += 1;
   return true;
-}
-
-let inPlaceUpdates = 0;
-/** How many times adamInPlace has changed tensors without giving them new data (copies of weights check it). */
-export function inPlaceUpdateCount(): number {
-  return inPlaceUpdates;
 }
 
 /** inputs x; attrs keep, seed (tf.dropout's) → [y (float32), mask (bool)]. */

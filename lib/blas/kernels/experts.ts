@@ -1,5 +1,5 @@
-// seeMoE's kernels: the dispatch of tokens to expert rows, all experts of a layer in one call, and the
-// combine back, each with its gradient. Parameters are read in place on the heap.
+// seeMoE's kernels: all experts of a layer in one call (each expert's rows gathered from the tokens on
+// the way), and the combine back, each with its gradient. Parameters are read in place on the heap.
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { MoEDims } from "../native/experts.ts";
@@ -14,49 +14,13 @@ import {
   wasmOf,
 } from "./common.ts";
 
-/** attrs of the seeMoE routing kernels: the routing plan (which expert row each token's choice went to). */
+/** attrs of the combine kernels: the routing plan (which expert row each token's choice went to). */
 interface MoEAttrs {
   order: Int32Array; // (M) slot of each expert row
   rowOfSlot: Int32Array; // (k·N) expert row of each slot, -1 if dropped
   slotExpert: Int32Array; // (k·N) expert of each slot
   tokens: number; // N
   choices: number; // k
-}
-
-function dispatchDims(attrs: MoEAttrs, C: number): MoEDims {
-  return { N: attrs.tokens, C, M: attrs.order.length, k: attrs.choices, E: 0 };
-}
-
-/** inputs x (N, C); attrs as MoEAttrs → (M, C), row r = x[order[r] mod N]. */
-export function moeDispatchKernel(args: KernelArgs): TensorInfo {
-  const { x } = args.inputs as { x: TensorInfo };
-  const attrs = args.attrs as unknown as MoEAttrs;
-  const backend = wasmOf(args.backend);
-  const dims = dispatchDims(attrs, x.shape[1]);
-  const inputs = backend.makeOutput([dims.M, dims.C], "float32");
-  active.native!.moeDispatch(
-    floatView(backend, x, "x"),
-    attrs.order,
-    floatView(backend, inputs, "inputs"),
-    dims,
-  );
-  return inputs;
-}
-
-/** inputs dinputs (M, C) → dx (N, C). */
-export function moeDispatchGradKernel(args: KernelArgs): TensorInfo {
-  const { dinputs } = args.inputs as { dinputs: TensorInfo };
-  const attrs = args.attrs as unknown as MoEAttrs;
-  const backend = wasmOf(args.backend);
-  const dims = dispatchDims(attrs, dinputs.shape[1]);
-  const dx = backend.makeOutput([dims.N, dims.C], "float32");
-  active.native!.moeDispatchGrad(
-    floatView(backend, dinputs, "dinputs"),
-    attrs.order,
-    floatView(backend, dx, "dx"),
-    dims,
-  );
-  return dx;
 }
 
 function combineDims(merged: TensorInfo, gates: TensorInfo, attrs: MoEAttrs): MoEDims {
@@ -130,6 +94,9 @@ function expertOffsets(
 }
 
 interface ExpertsAttrs {
+  rows: Int32Array; // (M) each expert row's slot: token rows[r] mod N
+  tokens: number; // N
+  choices: number; // k
   counts: number[];
   hidden: number;
   keep: number;
@@ -137,44 +104,45 @@ interface ExpertsAttrs {
 }
 
 /**
- * inputs x (M, C) and w1_e, b1_e, w2_e, b2_e for each expert e; attrs counts, hidden (F), keep, seeds
- * → [y (M, C), h (M, F), mask (M, C) bool, or [0] without dropout]. See native/experts.ts.
+ * inputs x (N, C), the tokens, and w1_e, b1_e, w2_e, b2_e for each expert e; attrs as ExpertsAttrs
+ * → [y (M, C), mask (M, C) bool, or [0] without dropout]. The hidden layer is not kept: the gradient
+ * recomputes it. See native/experts.ts.
  */
 export function expertsKernel(args: KernelArgs): TensorInfo[] {
   const inputs = args.inputs as Record<string, TensorInfo>;
-  const { counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
-  const x = inputs.x, [M, C] = x.shape;
+  const { rows, tokens, choices, counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
+  const x = inputs.x, C = x.shape[1], M = rows.length;
   const backend = wasmOf(args.backend);
   const offsets = expertOffsets(backend, inputs, counts.length, C, F);
   const dropout = seeds.length > 0;
   const y = backend.makeOutput([M, C], "float32");
-  const h = backend.makeOutput([M, F], "float32");
   const mask = backend.makeOutput(dropout ? [M, C] : [0], "bool");
   active.native!.experts(
     backend.wasm.HEAPU8,
     offsets,
     Int32Array.from(counts),
+    { rows, tokens, choices },
     {
       x: floatView(backend, x, "experts x"),
-      h: floatView(backend, h, "h"),
+      h: null,
       y: floatView(backend, y, "y"),
       mask: dropout ? boolView(backend, mask, "mask") : null,
     },
     dropout ? { seeds, keep } : null,
     { C, F },
   );
-  return [y, h, mask];
+  return [y, mask];
 }
 
-/** inputs dy, x, h, mask and the experts' parameters; attrs as expertsKernel → [dx, then dw1, db1, dw2, db2 per expert]. */
+/** inputs dy, x, mask and the experts' parameters; attrs as expertsKernel → [dx (N, C), then dw1, db1, dw2, db2 per expert]. */
 export function expertsGradKernel(args: KernelArgs): TensorInfo[] {
   const inputs = args.inputs as Record<string, TensorInfo>;
-  const { counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
-  const { dy, x, h, mask } = inputs;
-  const [M, C] = x.shape;
+  const { rows, tokens, choices, counts, hidden: F, keep, seeds } = args.attrs as unknown as ExpertsAttrs;
+  const { dy, x, mask } = inputs;
+  const C = x.shape[1];
   const backend = wasmOf(args.backend);
   const offsets = expertOffsets(backend, inputs, counts.length, C, F);
-  const dx = backend.makeOutput([M, C], "float32");
+  const dx = backend.makeOutput([tokens, C], "float32");
   const grads = counts.flatMap(() =>
     [[C, F], [F], [F, C], [C]].map((shape) => backend.makeOutput(shape, "float32"))
   );
@@ -184,9 +152,10 @@ export function expertsGradKernel(args: KernelArgs): TensorInfo[] {
     offsets,
     gradOffsets,
     Int32Array.from(counts),
+    { rows, tokens, choices },
     {
       x: floatView(backend, x, "experts x"),
-      h: floatView(backend, h, "experts h"),
+      h: null,
       dy: floatView(backend, dy, "experts dy"),
       mask: seeds.length > 0 ? boolView(backend, mask, "experts mask") : null,
       dx: floatView(backend, dx, "dx"),

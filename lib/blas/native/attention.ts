@@ -6,11 +6,12 @@ import { B, checksFor, F, I, type Shared, type Symbols } from "./common.ts";
 const check = checksFor("lib/blas/native/attention.ts");
 
 export const ATTENTION_SYMBOLS = {
-  // qkv, noise states (or null), draws per chunk, out, probs, mask (u8, or null), B, T, H, hs, scale,
-  // causal, keep -> 0 on success
+  // qkv, noise states (or null), draws per chunk, out, probs (or null: not kept), mask (u8, or null),
+  // B, T, H, hs, scale, causal, keep -> 0 on success
   seemore_attention: { parameters: [B, B, I, B, B, B, I, I, I, I, F, I, F], result: I },
-  // dout, qkv, probs, mask (u8, or null), dqkv, B, T, H, hs, scale, keep -> 0 on success
-  seemore_attention_grad: { parameters: [B, B, B, B, B, I, I, I, I, F, F], result: I },
+  // dout, qkv, probs (or null: recomputed), mask (u8, or null), dqkv, B, T, H, hs, scale, causal, keep
+  // -> 0 on success
+  seemore_attention_grad: { parameters: [B, B, B, B, B, I, I, I, I, F, I, F], result: I },
   // qkv, k_past, v_past (or null), out, k_all, v_all, B, Tn, t_past, H, hs, scale, causal -> 0 on success
   seemore_attention_cached: { parameters: [B, B, B, B, B, B, I, I, I, I, I, F, I], result: I },
 } as const;
@@ -25,24 +26,27 @@ export interface AttentionDims {
 
 export interface AttentionKernels {
   /**
-   * Attention from the fused projection qkv (B, T, 3C) into out (B, T, C); probs (B, H, T, T) gets the
-   * softmax weights. With a dropout seed, the weights get tf.dropout's noise for (B, H, T, T) and
-   * mask the kept flags (see c/attention.c); with null, no dropout.
+   * Attention from the fused projection qkv (B, T, 3C) into out (B, T, C); probs (B, H, T, T), when
+   * given, gets the softmax weights. With a dropout seed, the weights get tf.dropout's noise for
+   * (B, H, T, T) and mask the kept flags (see c/attention.c); with null, no dropout.
    */
   attention(
     qkv: Float32Array,
     seed: number | null,
-    out: { out: Float32Array; probs: Float32Array; mask: Uint8Array | null },
+    out: { out: Float32Array; probs: Float32Array | null; mask: Uint8Array | null },
     dims: AttentionDims,
     opts: { scale: number; causal: boolean; keep: number },
   ): void;
-  /** Gradient of attention(): dqkv (B, T, 3C) from dout (B, T, C) and what the forward saved. */
+  /**
+   * Gradient of attention(): dqkv (B, T, 3C) from dout (B, T, C) and what the forward saved; probs
+   * null: recomputed from qkv (the same bits).
+   */
   attentionGrad(
     dout: Float32Array,
-    saved: { qkv: Float32Array; probs: Float32Array; mask: Uint8Array | null },
+    saved: { qkv: Float32Array; probs: Float32Array | null; mask: Uint8Array | null },
     dqkv: Float32Array,
     dims: AttentionDims,
-    opts: { scale: number; keep: number },
+    opts: { scale: number; causal: boolean; keep: number },
   ): void;
   /**
    * Attention of new positions (qkv (B, Tn, 3C), dims.positions = Tn) over `pastPositions` cached ones
@@ -66,7 +70,7 @@ export function attentionKernels(s: Symbols<typeof ATTENTION_SYMBOLS>, shared: S
       const { qkvSize, outSize, probsSize } = attentionSizes(dims);
       check.sameLength("attention", qkvSize, { qkv });
       check.sameLength("attention", outSize, { out: out.out });
-      check.sameLength("attention", probsSize, { probs: out.probs });
+      if (out.probs) check.sameLength("attention", probsSize, { probs: out.probs });
       if ((seed === null) !== (out.mask === null)) {
         check.fail("attention needs both a dropout seed and a mask, or neither");
       }
@@ -98,11 +102,25 @@ export function attentionKernels(s: Symbols<typeof ATTENTION_SYMBOLS>, shared: S
       const { qkvSize, outSize, probsSize } = attentionSizes(dims);
       check.sameLength("attentionGrad", qkvSize, { qkv: saved.qkv, dqkv });
       check.sameLength("attentionGrad", outSize, { dout });
-      check.sameLength("attentionGrad", probsSize, { probs: saved.probs });
+      if (saved.probs) check.sameLength("attentionGrad", probsSize, { probs: saved.probs });
       if (saved.mask) check.sameLength("attentionGrad", probsSize, { mask: saved.mask });
       const { batch: b, positions: t, heads: h, headSize: hs } = dims;
       const { qkv, probs, mask } = saved;
-      const rc = s.seemore_attention_grad(dout, qkv, probs, mask, dqkv, b, t, h, hs, opts.scale, opts.keep);
+      const causal = opts.causal ? 1 : 0;
+      const rc = s.seemore_attention_grad(
+        dout,
+        qkv,
+        probs,
+        mask,
+        dqkv,
+        b,
+        t,
+        h,
+        hs,
+        opts.scale,
+        causal,
+        opts.keep,
+      );
       check.ok("seemore_attention_grad", rc);
     },
     attentionCached(qkv, past, out, dims, opts) {

@@ -1,28 +1,31 @@
-// Generation's decoder step (c/decoder.c): one new position through the whole decoder in one call, the
-// weights packed in the order of layout.ts's DECODER_LAYER_TENSORS and DECODER_FINAL_TENSORS.
+// Generation's decoder steps (c/decoder.c): one new position through the whole decoder in one call,
+// seemore's or seeMoE's, the weights read in place on the wasm heap in the order of layout.ts's step
+// tables (decoderStepTensors).
 
-import { decoderCacheSize, type DecoderStepDims, decoderWeightCount } from "../layout.ts";
+import { decoderCacheSize, type DecoderKind, type DecoderStepDims, decoderStepTensors } from "../layout.ts";
 import { B, checksFor, F, I, type Symbols } from "./common.ts";
 
 const check = checksFor("lib/blas/native/decoder.ts");
 
 export const DECODER_SYMBOLS = {
-  // weights, x, cache, logits, B, C, H, layers, V, P (position table rows), t, max_t (cached positions),
-  // scale, eps, pre_norm -> 0 on success
-  seemore_decoder_step: { parameters: [B, B, B, B, I, I, I, I, I, I, I, I, F, F, I], result: I },
+  // heap, offsets (u32, one per tensor), x, cache, logits, B, C, H, layers, V, P (position table rows),
+  // t, max_t (cached positions), scale, eps, pre_norm -> 0 on success
+  seemore_decoder_step: { parameters: [B, B, B, B, B, I, I, I, I, I, I, I, I, F, F, I], result: I },
+  // the same with E (experts per layer) and k (experts per row) after layers
+  seemore_moe_decoder_step: { parameters: [B, B, B, B, B, I, I, I, I, I, I, I, I, I, I, F, F, I], result: I },
 } as const;
 
 export interface DecoderKernels {
   /**
-   * One new position through the whole decoder (generation): x (B, C) without its position embedding
-   * → logits (B, V); writes the position's keys and values into `cache` (decoderCacheSize floats).
-   * `weights` is packed as layout.ts's decoderWeightLayout describes.
+   * One new position through the whole decoder of `kind` (generation): x (B, C) without its position
+   * embedding → logits (B, V); writes the position's keys and values into `cache` (decoderCacheSize
+   * floats). Tensor i of decoderStepTensors(kind, dims) lies at byte offsets[i] of the wasm `heap`.
    */
   decoderStep(
-    weights: Float32Array,
-    x: Float32Array,
-    cache: Float32Array,
-    logits: Float32Array,
+    kind: DecoderKind,
+    heap: Uint8Array,
+    offsets: Uint32Array,
+    io: { x: Float32Array; cache: Float32Array; logits: Float32Array },
     dims: DecoderStepDims,
     position: number,
   ): void;
@@ -30,41 +33,92 @@ export interface DecoderKernels {
 
 export function decoderKernels(s: Symbols<typeof DECODER_SYMBOLS>): DecoderKernels {
   return {
-    decoderStep(weights, x, cache, logits, dims, position) {
-      checkDecoderStep(dims, position);
-      const { batch, width, heads, layers, vocab, positions, cached } = dims;
-      check.sameLength("decoderStep", decoderWeightCount(dims), { weights });
+    decoderStep(kind, heap, offsets, { x, cache, logits }, dims, position) {
+      checkDecoderStep(kind, dims, position);
+      checkWeights(kind, heap, offsets, dims);
+      const { batch, width, heads, layers, vocab, positions, cached, scale, eps } = dims;
       check.sameLength("decoderStep", batch * width, { x });
       check.sameLength("decoderStep", decoderCacheSize(dims), { cache });
       check.sameLength("decoderStep", batch * vocab, { logits });
-      const rc = s.seemore_decoder_step(
-        weights,
-        x,
-        cache,
-        logits,
-        batch,
-        width,
-        heads,
-        layers,
-        vocab,
-        positions,
-        position,
-        cached,
-        dims.scale,
-        dims.eps,
-        dims.preNorm ? 1 : 0,
-      );
-      check.ok("seemore_decoder_step", rc);
+      const preNorm = dims.preNorm ? 1 : 0;
+      const rc = kind === "moe"
+        ? s.seemore_moe_decoder_step(
+          heap,
+          offsets,
+          x,
+          cache,
+          logits,
+          batch,
+          width,
+          heads,
+          layers,
+          dims.experts,
+          dims.topK,
+          vocab,
+          positions,
+          position,
+          cached,
+          scale,
+          eps,
+          preNorm,
+        )
+        : s.seemore_decoder_step(
+          heap,
+          offsets,
+          x,
+          cache,
+          logits,
+          batch,
+          width,
+          heads,
+          layers,
+          vocab,
+          positions,
+          position,
+          cached,
+          scale,
+          eps,
+          preNorm,
+        );
+      check.ok(`decoderStep (${kind})`, rc);
     },
   };
 }
 
-function checkDecoderStep(dims: DecoderStepDims, position: number): void {
-  const { batch, width, heads, layers, vocab, positions, cached } = dims;
+/** Offsets whose regions were checked, with the dims and kind they were checked for (the heap only grows). */
+const checked = new WeakMap<Uint32Array, { kind: DecoderKind; dims: DecoderStepDims }>();
+
+/** Each tensor's region lies inside the heap (checked once per offsets array: a step runs per token). */
+function checkWeights(
+  kind: DecoderKind,
+  heap: Uint8Array,
+  offsets: Uint32Array,
+  dims: DecoderStepDims,
+): void {
+  const seen = checked.get(offsets);
+  if (seen?.kind === kind && seen.dims === dims) return;
+  const places = decoderStepTensors(kind, dims);
+  if (offsets.length !== places.length) {
+    check.fail(`decoderStep: ${places.length} tensors for this ${kind} decoder, got ${offsets.length}`);
+  }
+  places.forEach((p, i) => {
+    const floats = p.shape.reduce((a, b) => a * b, 1);
+    check.region(`decoderStep ${p.name}`, heap.byteLength, offsets[i], 4 * floats);
+  });
+  checked.set(offsets, { kind, dims });
+}
+
+function checkDecoderStep(kind: DecoderKind, dims: DecoderStepDims, position: number): void {
+  const { batch, width, heads, layers, vocab, positions, cached, experts, topK } = dims;
   if (![batch, width, heads, layers, vocab, positions, cached].every((v) => Number.isInteger(v) && v > 0)) {
     check.fail(`decoderStep: bad sizes ${JSON.stringify(dims)}`);
   }
   if (width % heads !== 0) check.fail(`decoderStep: ${width} % ${heads} heads`);
+  if (
+    kind === "moe" && !(Number.isInteger(topK) && Number.isInteger(experts) && topK >= 1 && topK <= experts)
+  ) {
+    check.fail(`decoderStep: top-${topK} of ${experts} experts`);
+  }
   if (!Number.isInteger(position) || position < 0 || position >= Math.min(positions, cached)) {
     check.fail(`decoderStep: position ${position} outside [0, ${Math.min(positions, cached)})`);
   }

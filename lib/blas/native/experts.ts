@@ -1,5 +1,5 @@
-// seeMoE's experts and their routing (c/experts.c): all experts of a layer in one call each way, and
-// the dispatch to and combine from them.
+// seeMoE's experts and their routing (c/experts.c): all experts of a layer in one call each way, each
+// expert's rows gathered from the tokens on the way, and the combine after them.
 
 import { aleaState } from "./alea.ts";
 import { B, checksFor, F, I, type Shared, type Symbols, VOID } from "./common.ts";
@@ -7,14 +7,13 @@ import { B, checksFor, F, I, type Shared, type Symbols, VOID } from "./common.ts
 const check = checksFor("lib/blas/native/experts.ts");
 
 export const EXPERTS_SYMBOLS = {
-  // heap, offsets (u32: w1, b1, w2, b2 per expert), counts (i32), E, x, h, y, mask (u8, or null),
-  // noise states (f64[4] per expert, or null), keep, C, F -> 0 on success
-  seemore_experts: { parameters: [B, B, B, I, B, B, B, B, B, F, I, I], result: I },
-  // heap, offsets (w1, b1, w2, b2), gradient offsets (dw1, db1, dw2, db2), counts, E, x, h, dy,
-  // mask (or null), keep, dx, C, F -> 0 on success
-  seemore_experts_grad: { parameters: [B, B, B, B, I, B, B, B, B, F, B, I, I], result: I },
-  seemore_moe_dispatch: { parameters: [B, B, B, I, I, I], result: VOID }, // x, order (i32), inputs, N, M, C
-  seemore_moe_dispatch_grad: { parameters: [B, B, B, I, I, I], result: VOID }, // dinputs, order, dx, N, M, C
+  // heap, offsets (u32: w1, b1, w2, b2 per expert), counts (i32), E, x (tokens), rows (i32 slots), N,
+  // h (or null: not kept), y, mask (u8, or null), noise states (f64[4] per expert, or null), keep, C, F
+  // -> 0 on success
+  seemore_experts: { parameters: [B, B, B, I, B, B, I, B, B, B, B, F, I, I], result: I },
+  // heap, offsets (w1, b1, w2, b2), gradient offsets (dw1, db1, dw2, db2), counts, E, x (tokens), rows, N,
+  // h (or null: recomputed), dy, mask (or null), keep, dx (tokens), C, F -> 0 on success
+  seemore_experts_grad: { parameters: [B, B, B, B, I, B, B, I, B, B, B, F, B, I, I], result: I },
   // merged, gates, rowOfSlot (i32), slotExpert (i32), out, N, k, C, E
   seemore_moe_combine: { parameters: [B, B, B, B, B, I, I, I, I], result: VOID },
   // dout, merged, gates, rowOfSlot, slotExpert, dmerged, dgates, N, k, M, C, E
@@ -38,35 +37,50 @@ export interface MoECombineInputs {
   slotExpert: Int32Array;
 }
 
+/** The experts' rows: row r is token rows[r] mod N of the tokens (N, C) (rows[r] is a slot j·N + n). */
+export interface ExpertRows {
+  rows: Int32Array; // (M)
+  tokens: number; // N
+  choices: number; // k: slots are < k·N
+}
+
 export interface ExpertsKernels {
   /**
-   * seeMoE's experts (Linear(C, F) → ReLU → Linear(F, C) → dropout), each on its group of rows of x
-   * (counts[e] rows, groups in order), parameters on the wasm `heap` at `offsets` (w1, b1, w2, b2 per
-   * expert): writes h = ReLU(x w1 + b1) and y; with seeds (one per expert), y is dropped out with each
-   * expert's own noise and mask written. OpenBLAS must run on one thread (experts spread over ours).
+   * seeMoE's experts (Linear(C, F) → ReLU → Linear(F, C) → dropout), each on its group of rows
+   * (counts[e] rows, groups in order) gathered from the tokens x (N, C) as `route` says, parameters on
+   * the wasm `heap` at `offsets` (w1, b1, w2, b2 per expert): writes y (M, C), and h = ReLU(x w1 + b1)
+   * when given (else it is not kept); with seeds (one per expert), y is dropped out with each expert's
+   * own noise and mask written. OpenBLAS must run on one thread (experts spread over ours).
    */
   experts(
     heap: Uint8Array,
     offsets: Uint32Array,
     counts: Int32Array,
-    io: { x: Float32Array; h: Float32Array; y: Float32Array; mask: Uint8Array | null },
+    route: ExpertRows,
+    io: { x: Float32Array; h: Float32Array | null; y: Float32Array; mask: Uint8Array | null },
     dropout: { seeds: number[]; keep: number } | null,
     dims: { C: number; F: number },
   ): void;
-  /** The gradient of experts(): dx, and dw1, db1, dw2, db2 per expert at gradOffsets on the heap. */
+  /**
+   * The gradient of experts(): dx (N, C) (each token's rows summed, in row order), and dw1, db1, dw2,
+   * db2 per expert at gradOffsets on the heap; h is the forward's, or null: recomputed (the same bits).
+   */
   expertsGrad(
     heap: Uint8Array,
     offsets: Uint32Array,
     gradOffsets: Uint32Array,
     counts: Int32Array,
-    io: { x: Float32Array; h: Float32Array; dy: Float32Array; mask: Uint8Array | null; dx: Float32Array },
+    route: ExpertRows,
+    io: {
+      x: Float32Array;
+      h: Float32Array | null;
+      dy: Float32Array;
+      mask: Uint8Array | null;
+      dx: Float32Array;
+    },
     keep: number,
     dims: { C: number; F: number },
   ): void;
-  /** seeMoE's dispatch: inputs[r] = x[order[r] mod N], x (N, C) → inputs (M, C). */
-  moeDispatch(x: Float32Array, order: Int32Array, inputs: Float32Array, dims: MoEDims): void;
-  /** Its gradient: dx[n] = the sum of the rows of dinputs that came from token n. */
-  moeDispatchGrad(dinputs: Float32Array, order: Int32Array, dx: Float32Array, dims: MoEDims): void;
   /** seeMoE's combine: out[n] = Σ_j gates[n, e] · merged[row] over token n's kept slots (moe.ts). */
   moeCombine(io: MoECombineInputs, out: Float32Array, dims: MoEDims): void;
   /** Its gradient: dmerged (M, C) and dgates (N, E) from dout (N, C). */
@@ -80,11 +94,12 @@ export interface ExpertsKernels {
 
 export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Shared): ExpertsKernels {
   return {
-    experts(heap, offsets, counts, io, dropout, { C, F }) {
+    experts(heap, offsets, counts, route, io, dropout, { C, F }) {
       check.needSgemm(shared, "experts");
       const rows = checkExperts("experts", heap.byteLength, offsets, counts, [C * F, F, F * C, C]);
-      check.sameLength("experts", rows * C, { x: io.x, y: io.y });
-      check.sameLength("experts", rows * F, { h: io.h });
+      checkRows("experts", route, rows, C, io.x);
+      check.sameLength("experts", rows * C, { y: io.y });
+      if (io.h) check.sameLength("experts", rows * F, { h: io.h });
       if (dropout) {
         check.keep(dropout.keep);
         if (!io.mask) check.fail("experts with dropout needs a mask");
@@ -96,21 +111,39 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
       const states = dropout ? new Float64Array(4 * counts.length) : null;
       dropout?.seeds.forEach((seed, e) => states!.set(aleaState(seed), 4 * e));
       const { x, h, y } = io, mask = dropout ? io.mask : null, keep = dropout?.keep ?? 1;
-      const rc = s.seemore_experts(heap, offsets, counts, counts.length, x, h, y, mask, states, keep, C, F);
+      const E = counts.length, N = route.tokens;
+      const rc = s.seemore_experts(
+        heap,
+        offsets,
+        counts,
+        E,
+        x,
+        route.rows,
+        N,
+        h,
+        y,
+        mask,
+        states,
+        keep,
+        C,
+        F,
+      );
       check.ok("seemore_experts", rc);
     },
-    expertsGrad(heap, offsets, gradOffsets, counts, io, keep, { C, F }) {
+    expertsGrad(heap, offsets, gradOffsets, counts, route, io, keep, { C, F }) {
       check.needSgemm(shared, "expertsGrad");
       const sizes = [C * F, F, F * C, C];
       const rows = checkExperts("expertsGrad", heap.byteLength, offsets, counts, sizes);
       checkExperts("expertsGrad (gradients)", heap.byteLength, gradOffsets, counts, sizes);
-      check.sameLength("expertsGrad", rows * C, { x: io.x, dy: io.dy, dx: io.dx });
-      check.sameLength("expertsGrad", rows * F, { h: io.h });
+      checkRows("expertsGrad", route, rows, C, io.x);
+      check.sameLength("expertsGrad", rows * C, { dy: io.dy });
+      check.sameLength("expertsGrad", route.tokens * C, { dx: io.dx });
+      if (io.h) check.sameLength("expertsGrad", rows * F, { h: io.h });
       if (io.mask) {
         check.keep(keep);
         check.sameLength("expertsGrad", rows * C, { mask: io.mask });
       }
-      const { x, h, dy, mask, dx } = io, E = counts.length;
+      const { x, h, dy, mask, dx } = io, E = counts.length, N = route.tokens;
       const rc = s.seemore_experts_grad(
         heap,
         offsets,
@@ -118,6 +151,8 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
         counts,
         E,
         x,
+        route.rows,
+        N,
         h,
         dy,
         mask,
@@ -127,14 +162,6 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
         F,
       );
       check.ok("seemore_experts_grad", rc);
-    },
-    moeDispatch(x, order, inputs, dims) {
-      checkDispatch(order, dims, x, inputs);
-      s.seemore_moe_dispatch(x, order, inputs, dims.N, dims.M, dims.C);
-    },
-    moeDispatchGrad(dinputs, order, dx, dims) {
-      checkDispatch(order, dims, dx, dinputs);
-      s.seemore_moe_dispatch_grad(dinputs, order, dx, dims.N, dims.M, dims.C);
     },
     moeCombine(io, out, dims) {
       checkCombine(io, dims, { out });
@@ -175,11 +202,11 @@ function checkExperts(
   return rows;
 }
 
-function checkDispatch(order: Int32Array, { N, M, C, k }: MoEDims, nc: Float32Array, mc: Float32Array): void {
-  check.sameLength("moeDispatch", N * C, { "(N, C) array": nc });
-  check.sameLength("moeDispatch", M * C, { "(M, C) array": mc });
-  if (order.length !== M) check.fail(`moeDispatch needs ${M} rows, got ${order.length}`);
-  check.range("moeDispatch slot", order, 0, k * N);
+/** The experts' rows: one per row of all groups, each a slot of the N tokens' k choices. */
+function checkRows(what: string, route: ExpertRows, rows: number, C: number, x: Float32Array): void {
+  if (route.rows.length !== rows) check.fail(`${what} needs ${rows} rows, got ${route.rows.length}`);
+  check.range(`${what} slot`, route.rows, 0, route.choices * route.tokens);
+  check.sameLength(what, route.tokens * C, { x });
 }
 
 function checkCombine(

@@ -1,4 +1,5 @@
-// Memory-bound kernels (c/memory.c): transpose, gather, sums, im2col and its adjoint, bias rows.
+// Memory-bound kernels (c/memory.c): transpose, gather, sums, im2col and its adjoint, bias rows; and
+// handing freed host memory back to the system.
 
 import { B, checksFor, I, type Symbols, VOID } from "./common.ts";
 
@@ -16,6 +17,7 @@ export const MEMORY_SYMBOLS = {
   seemore_im2col3x3s2: { parameters: [B, B, I, I, I, I], result: VOID }, // x, cols, B, H, W, C
   seemore_col2im3x3s2: { parameters: [B, B, I, I, I, I], result: VOID }, // dcols, dx, B, H, W, C
   seemore_fill_rows: { parameters: [B, B, I, I], result: VOID }, // dst (rows, n), row (n), rows, n
+  seemore_release_host_memory: { parameters: [], result: VOID },
 } as const;
 
 export interface MemoryKernels {
@@ -39,6 +41,8 @@ export interface MemoryKernels {
   col2im3x3s2(cols: Float32Array, dx: Float32Array, shape: [number, number, number, number]): void;
   /** dst (rows, row.length) = row repeated, rows split across the kernel threads. */
   fillRows(dst: Float32Array, row: Float32Array): void;
+  /** Hands the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere). */
+  releaseHostMemory(): void;
 }
 
 export function memoryKernels(s: Symbols<typeof MEMORY_SYMBOLS>): MemoryKernels {
@@ -98,6 +102,9 @@ export function memoryKernels(s: Symbols<typeof MEMORY_SYMBOLS>): MemoryKernels 
     col2im3x3s2(cols, dx, shape) {
       checkIm2col("col2im3x3s2", dx, cols, shape);
       s.seemore_col2im3x3s2(cols, dx, ...shape);
+    },
+    releaseHostMemory() {
+      s.seemore_release_host_memory();
     },
     fillRows(dst, row) {
       const rows = check.rowsOf("fillRows", dst.length, row.length);
