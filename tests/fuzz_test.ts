@@ -21,7 +21,7 @@ import { DEFAULT_MODEL, type ModelConfig, PAD } from "../lib/config.ts";
 import { ImageCaptionDataset } from "../lib/data/batches.ts";
 import { readImageCaptionCsv } from "../lib/data/csv.ts";
 import { decodeImage, IMAGE_COLUMN, MAX_IMAGE_PIXELS } from "../lib/data/images.ts";
-import { MAX_IMG_SIZE, MAX_PARAMETERS, parameterCount, parseConfig } from "../lib/config.ts";
+import { MAX_IMG_SIZE, MAX_PARAMETERS, MODEL_KEYS, parameterCount, parseConfig } from "../lib/config.ts";
 import { buildModel } from "../lib/model/factory.ts";
 import { configJson, loadModel } from "../lib/model_files.ts";
 import { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
@@ -512,12 +512,22 @@ function editConfig(edits: { key: string; value: unknown }[]): Record<string, un
   return json;
 }
 
-/** Each value of an accepted config has the type of its default; dropouts are probabilities. */
+/**
+ * Each value of an accepted config has the type of its default (a key without a default, such as `init`: absent
+ * or one of its choices); dropouts are probabilities.
+ */
 function assertWellTyped(model: ModelConfig): void {
   for (const [key, value] of Object.entries(DEFAULT_MODEL)) {
+    if (value === undefined) continue; // checked below
     const got = model[key as keyof ModelConfig];
     assert.equal(typeof got, typeof value, `"${key}" is ${JSON.stringify(got)}`);
     assert.equal(Array.isArray(got), Array.isArray(value), `"${key}" is ${JSON.stringify(got)}`);
+  }
+  for (const [key, spec] of Object.entries(MODEL_KEYS)) {
+    if (spec.default !== undefined) continue;
+    const got = (model as unknown as Record<string, unknown>)[key];
+    const choices = (spec as { choices?: readonly unknown[] }).choices;
+    assert.ok(got === undefined || (choices ?? []).includes(got), `"${key}" is ${JSON.stringify(got)}`);
   }
   for (const key of ["dropout", "emb_dropout", "blk_dropout"] as const) {
     assert.ok(model[key] >= 0 && model[key] < 1, `"${key}" is ${model[key]}`);
