@@ -62,3 +62,12 @@ export async function readAsync<T>(g: Readback<T>): Promise<T> {
 export async function toHost(tensors: tf.Tensor[]): Promise<void> {
   await Promise.all(tensors.map((t) => t.data()));
 }
+
+/** The first value of `t`, read asynchronously (any backend); `t` is disposed. */
+export async function readNumber(t: tf.Tensor): Promise<number> {
+  try {
+    return (await t.data())[0] as number;
+  } finally {
+    t.dispose();
+  }
+}
