@@ -11,6 +11,8 @@
 // The notebooks are copied to a temporary folder first; the originals are not touched. Exit status 1 when a
 // chart did not draw.
 
+// An inline npm: import on purpose: this optional check would otherwise make every run install puppeteer-core.
+// deno-lint-ignore no-import-prefix
 import puppeteer, { type Browser } from "npm:puppeteer-core@24.10.0";
 import { parseArgs } from "node:util";
 import { basename, resolve } from "node:path";
