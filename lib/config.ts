@@ -498,8 +498,8 @@ export function configProblem(c: ModelConfig): string | undefined {
  * - "seeing": the CLI's default. A smaller ViT over 64×64 images, a small convolutional stem in front of
  *   16×16 patches, every patch token passed to the decoder, the usual pre-norm blocks with head-size
  *   attention scaling, the first character predicted from the image, PyTorch's default init for seeMoE too;
- *   trained with word noising, a word loss on grey copies of the images and a cosine learning-rate decay. It captions colour–shape pairs it never
- *   saw in training (README, "A model that sees").
+ *   trained with word noising, a word loss on grey copies of the images and a cosine learning-rate decay. It
+ *   captions colour–shape pairs it never saw in training (README, "A model that sees").
  */
 export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Partial<TrainConfig> }> = {
   original: { model: {}, train: {} },
