@@ -58,8 +58,14 @@ const CASES: Case[] = [
   { name: "ViT block, eval, split products", causal: false, rate: 0.1, training: false, shape: [4, 40, 64] },
 ];
 
-/** The block's output, dx, then each parameter's gradient (ln1, attention, ln2, feed-forward order). */
-function blockRun(c: Case): () => tf.Tensor[] {
+/** What one run differentiates: a part of the case's block and the parameters it uses. */
+interface Part {
+  forward: (x: tf.Tensor3D, ctx: ForwardContext) => tf.Tensor;
+  params: tf.Variable[];
+}
+
+/** A part's output, dx, then each of its parameters' gradients, on the case's block, input and seeds. */
+function partRun(c: Case, part: (block: Block) => Part): () => tf.Tensor[] {
   return () => {
     const shape = c.shape ?? [3, 7, 32];
     const block = new Block({
@@ -69,18 +75,24 @@ function blockRun(c: Case): () => tf.Tensor[] {
       isDecoder: c.causal,
       ...c.options,
     }, new Initialiser(5));
+    const { forward, params } = part(block);
     const x = tensor(shape, 70) as tf.Tensor3D; // (B, T, C)
     const w = tensor(shape, 71);
     const ctx = () => new ForwardContext(c.training, 9, 2); // the same seeds for every pass
-    const loss = (t: tf.Tensor) => tf.sum(tf.mul(block.forward(t as tf.Tensor3D, ctx()), w)) as tf.Scalar;
-    const out = block.forward(x, ctx());
+    const run = (t: tf.Tensor) => forward(t as tf.Tensor3D, ctx());
+    const loss = (t: tf.Tensor) => tf.sum(tf.mul(run(t), w)) as tf.Scalar;
+    const out = run(x);
     const dx = tf.grad(loss)(x);
-    const { grads } = tf.variableGrads(() => loss(x), block.variables());
-    const result = [out, dx, ...block.variables().map((v) => grads[v.name])].map((t) => t.clone());
+    const { grads } = tf.variableGrads(() => loss(x), params);
+    const result = [out, dx, ...params.map((v) => grads[v.name])].map((t) => t.clone());
     block.variables().forEach((v) => v.dispose());
     return result;
   };
 }
+
+/** The whole block: 12 gradients (ln1, attention, ln2, feed-forward order). */
+const blockRun = (c: Case) =>
+  partRun(c, (block) => ({ forward: (x, ctx) => block.forward(x, ctx), params: block.variables() }));
 
 Deno.test({
   name: `a whole block in one kernel each way equals the ops on cpu: output and all 12 gradients${NOTE}`,
@@ -132,31 +144,12 @@ async function compareWithLayers(
   }
 }
 
-/** The block's first half alone (seeMoE's blocks: attentionHalf), its output, dx, then the gradients of ln1 and the attention. */
-function halfRun(c: Case): () => tf.Tensor[] {
-  return () => {
-    const shape = c.shape ?? [3, 7, 32];
-    const block = new Block({
-      nEmbd: shape[2],
-      numHeads: 4,
-      dropout: c.rate,
-      isDecoder: c.causal,
-      ...c.options,
-    }, new Initialiser(5));
-    const params = [...block.ln1.variables(), ...block.attn.variables()];
-    const x = tensor(shape, 70) as tf.Tensor3D; // (B, T, C)
-    const w = tensor(shape, 71);
-    const ctx = () => new ForwardContext(c.training, 9, 2); // the same seeds for every pass
-    const half = (t: tf.Tensor) => attentionHalf(block.ln1, block.attn, t as tf.Tensor3D, ctx());
-    const loss = (t: tf.Tensor) => tf.sum(tf.mul(half(t), w)) as tf.Scalar;
-    const out = half(x);
-    const dx = tf.grad(loss)(x);
-    const { grads } = tf.variableGrads(() => loss(x), params);
-    const result = [out, dx, ...params.map((v) => grads[v.name])].map((t) => t.clone());
-    block.variables().forEach((v) => v.dispose());
-    return result;
-  };
-}
+/** The block's first half alone (seeMoE's blocks: attentionHalf): the gradients of ln1 and the attention. */
+const halfRun = (c: Case) =>
+  partRun(c, (block) => ({
+    forward: (x, ctx) => attentionHalf(block.ln1, block.attn, x, ctx),
+    params: [...block.ln1.variables(), ...block.attn.variables()],
+  }));
 
 Deno.test({
   name:
