@@ -17,7 +17,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { checkModelConfig, type ModelConfig } from "../config.ts";
-import { type ExpertWeights, mixtureGates, sparseMixture, topKGates } from "../ops/experts.ts";
+import { type ExpertWeights, sparseMixture, topKGates } from "../ops/experts.ts";
 import { residual } from "../ops/residual.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { attentionHalf } from "./block.ts";
@@ -25,7 +25,14 @@ import { DecoderLanguageModel } from "./decoder.ts";
 import { LayerNorm, Linear } from "./layers.ts";
 import { TwoLayerMLP } from "./mlp.ts";
 import { ForwardContext, Initialiser, Module } from "./module.ts";
-import { type RouterStats, routerStats, switchBalanceLoss } from "./routing.ts";
+import {
+  readGates,
+  readRoutingStats,
+  type RouterStats,
+  type Routing,
+  routingStats,
+  switchBalanceLoss,
+} from "./routing.ts";
 import { VisionLanguageModel } from "./vision_language_model.ts";
 
 /** One expert: Linear(C, 4C) → ReLU → Linear(4C, C) → Dropout (saved as net.0 / net.2). */
@@ -88,7 +95,7 @@ export class SparseMoE extends Module {
   readonly router: NoisyTopkRouter;
   readonly experts: Expert[];
   /** The last training (or recorded) forward's routing, kept for its statistics (readRouterStats). */
-  lastRouting: { logits: tf.Tensor2D; chosen: tf.Tensor2D; kept: tf.Tensor2D } | null = null;
+  lastRouting: Routing | null = null;
   /** Keep the routing of evaluation forwards too (VisionMoELanguageModel.routingGates). */
   recordRouting = false;
   /** Load-balancing loss of the last training forward when `opts.auxLoss` (taken by auxLoss()). */
@@ -261,24 +268,17 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
 
   /** Router statistics of each layer from the last training forward (empty before one), read synchronously. */
   routerStats(): RouterStats[] {
-    return this.moeLayers.flatMap((m) => {
-      const r = m.lastRouting;
-      return r
-        ? [routerStats(r.logits.dataSync(), r.chosen.dataSync(), r.kept.dataSync(), m.opts.numExperts)]
-        : [];
-    });
+    return routingStats(this.routings());
   }
 
   /** routerStats(), read asynchronously (any backend: WebGPU reads only so). */
-  async readRouterStats(): Promise<RouterStats[]> {
-    const out: RouterStats[] = [];
-    for (const m of this.moeLayers) {
-      const r = m.lastRouting;
-      if (!r) continue;
-      const [logits, chosen, kept] = await Promise.all([r.logits.data(), r.chosen.data(), r.kept.data()]);
-      out.push(routerStats(logits, chosen, kept, m.opts.numExperts));
-    }
-    return out;
+  readRouterStats(): Promise<RouterStats[]> {
+    return readRoutingStats(this.routings());
+  }
+
+  /** Each layer's routing from its last training (or recorded) forward; layers without one left out. */
+  private routings(): Routing[] {
+    return this.moeLayers.flatMap((m) => (m.lastRouting ? [m.lastRouting] : []));
   }
 
   /**
@@ -294,13 +294,7 @@ export class VisionMoELanguageModel extends VisionLanguageModel {
     } finally {
       layers.forEach((m) => (m.recordRouting = false));
     }
-    return await Promise.all(layers.map(async (m) => {
-      const { logits, chosen, kept } = m.lastRouting!;
-      const gates = tf.tidy(() => mixtureGates(logits, chosen, kept));
-      const rows = await gates.array() as number[][];
-      gates.dispose();
-      return rows;
-    }));
+    return await readGates(layers.map((m) => m.lastRouting!));
   }
 
   /** The mean over layers of the last training forward's Switch balance loss (aux_loss_coef > 0), or null. */

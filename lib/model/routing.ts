@@ -1,8 +1,16 @@
-// What seeMoE's routers did: statistics per layer for metrics and charts, and the Switch-Transformer
-// load-balancing loss. The choice itself is made by lib/ops/experts.ts (sparseMixture), which reports it
-// as two (N, E) masks: `chosen` (before any capacity limit) and `kept`.
+// What seeMoE's routers did: statistics per layer for metrics and charts, each token's gates, and the
+// Switch-Transformer load-balancing loss. The choice itself is made by lib/ops/experts.ts (sparseMixture),
+// which reports it as two (N, E) masks: `chosen` (before any capacity limit) and `kept`.
 
 import * as tf from "@tensorflow/tfjs";
+import { mixtureGates } from "../ops/experts.ts";
+
+/** One layer's routing in one forward: its router logits and the chosen and kept masks, each (N, E). */
+export interface Routing {
+  logits: tf.Tensor2D;
+  chosen: tf.Tensor2D;
+  kept: tf.Tensor2D;
+}
 
 /** How a router layer behaved on the last training batch (plain numbers, for metrics and charts). */
 export interface RouterStats {
@@ -51,6 +59,33 @@ export function routerStats(
   }
   const balance = E * share.reduce((s, f, e) => s + f * meanProb[e], 0);
   return { share, entropy, gateEntropy, balance, dropped: (pairs - keptPairs) / pairs };
+}
+
+/** The statistics of each layer's routing, read synchronously. */
+export function routingStats(routings: Routing[]): RouterStats[] {
+  return statsOf(routings, (t) => t.dataSync());
+}
+
+/** routingStats, read asynchronously (any backend: WebGPU reads only so). */
+export async function readRoutingStats(routings: Routing[]): Promise<RouterStats[]> {
+  const tensors = routings.flatMap((r) => [r.logits, r.chosen, r.kept]);
+  const values = await Promise.all(tensors.map((t) => t.data()));
+  return statsOf(routings, (t) => values[tensors.indexOf(t)]);
+}
+
+/** Each routing's statistics, its tensors' values as `read` gives them (the loop both reads share). */
+function statsOf(routings: Routing[], read: (t: tf.Tensor2D) => ArrayLike<number>): RouterStats[] {
+  return routings.map((r) => routerStats(read(r.logits), read(r.chosen), read(r.kept), r.logits.shape[1]));
+}
+
+/** Each layer's gates as rows [token][expert], read asynchronously: 0 where not chosen or dropped. */
+export function readGates(routings: Routing[]): Promise<number[][][]> {
+  return Promise.all(routings.map(async ({ logits, chosen, kept }) => {
+    const gates = tf.tidy(() => mixtureGates(logits, chosen, kept));
+    const rows = await gates.array() as number[][];
+    gates.dispose();
+    return rows;
+  }));
 }
 
 /**
