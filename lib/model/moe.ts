@@ -17,7 +17,7 @@
 
 import * as tf from "@tensorflow/tfjs";
 import { checkModelConfig, type ModelConfig } from "../config.ts";
-import { type ExpertWeights, sparseMixture, topKGates } from "../ops/experts.ts";
+import { type ExpertWeights, type MixtureOptions, sparseMixture, topKGates } from "../ops/experts.ts";
 import { residual } from "../ops/residual.ts";
 import { type KVCache, MultiHeadAttention } from "./attention.ts";
 import { attentionHalf } from "./block.ts";
@@ -126,15 +126,17 @@ export class SparseMoE extends Module {
   forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
     const flat = tf.reshape(x, [-1, this.nEmbd]) as tf.Tensor2D; // (N, C)
     const logits = this.router.forward(flat, ctx); // (N, E)
-    const { out, chosen, kept } = sparseMixture(flat, logits, this.expertWeights(), {
-      topK: this.opts.topK,
-      capacity: this.capacity(flat.shape[0]),
-      noise: this.expertNoise(ctx),
-    });
+    const { out, chosen, kept } = this.mixture(flat, logits, this.expertNoise(ctx));
     this.lastAuxLoss = null;
     if (ctx.training || this.recordRouting) this.keepRouting(logits, chosen, kept);
     if (ctx.training && this.opts.auxLoss) this.lastAuxLoss = switchBalanceLoss(logits, chosen);
     return tf.reshape(out, x.shape); // (..., C)
+  }
+
+  /** The mixture op on flat (N, C) and its router logits (N, E), with this layer's top_k and capacity. */
+  private mixture(flat: tf.Tensor2D, logits: tf.Tensor2D, noise: MixtureOptions["noise"]) {
+    const o = { topK: this.opts.topK, capacity: this.capacity(flat.shape[0]), noise };
+    return sparseMixture(flat, logits, this.expertWeights(), o);
   }
 
   /** Each expert's parameters, as the mixture op takes them. */
@@ -176,11 +178,7 @@ export class SparseMoE extends Module {
   forwardDense(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
     const flat = tf.reshape(x, [-1, this.nEmbd]) as tf.Tensor2D; // (N, C)
     const logits = this.router.forward(flat, ctx); // (N, E)
-    const { chosen, kept } = sparseMixture(flat, logits, this.expertWeights(), {
-      topK: this.opts.topK,
-      capacity: this.capacity(flat.shape[0]),
-      noise: null,
-    });
+    const { chosen, kept } = this.mixture(flat, logits, null);
     const gates = tf.mul(tf.softmax(tf.add(logits, tf.mul(tf.sub(chosen, 1), 1e9))), kept); // (N, E)
     const N = flat.shape[0];
     let out: tf.Tensor = tf.zerosLike(flat); // (N, C)
@@ -202,15 +200,9 @@ export class SparseMoEBlock extends Module {
     super();
     const C = cfg.n_embd;
     this.ln1 = this.add("ln1", new LayerNorm(C, init));
+    const attention = { nEmbd: C, numHeads: cfg.n_head, dropout: cfg.dropout, isDecoder: true };
     const scaleByHeadSize = cfg.attention_scale === "head";
-    const attention = {
-      nEmbd: C,
-      numHeads: cfg.n_head,
-      dropout: cfg.dropout,
-      isDecoder: true,
-      scaleByHeadSize,
-    };
-    this.attn = this.add("attn", new MultiHeadAttention(attention, init));
+    this.attn = this.add("attn", new MultiHeadAttention({ ...attention, scaleByHeadSize }, init));
     this.ln2 = this.add("ln2", new LayerNorm(C, init));
     this.sparseMoE = this.add("sparseMoE", new SparseMoE(C, cfg.dropout, moe, init));
   }
