@@ -274,29 +274,17 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
   const metrics = resumeDir ? await loadRunState(resumeDir, opt) : [];
   let savedStep = resumeDir !== undefined && resumeDir === outDir ? opt.step : undefined; // what outDir holds
   const bar = run.progress ? new ProgressBar(cfg.max_iters) : null;
-  let stop = false;
+  const ctrlC = ctrlCStop(run);
   let timeUp = false;
-  const onSigint = () => {
-    stop = true;
-  };
-  if (run.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
   let trainSeconds = metrics.at(-1)?.elapsed_s ?? 0;
-  const positions = model.config.block_positions - model.numVisualTokens; // caption characters that fit
-  const noise = cfg.word_noise > 0
-    ? new WordNoise(run.train.tokens, run.vocab, cfg.word_noise, positions)
-    : undefined;
+  const noise = wordNoise(run);
   /** Every loss up to `f`'s step, read and checked: the weights after it are fit to evaluate and save. */
-  const settle = async (f: InFlight) => {
-    const loss = await f.read;
-    if (Number.isFinite(loss)) return loss;
-    const kept = outDir && (savedStep === undefined ? `nothing saved` : `${outDir} keeps step ${savedStep}`);
-    throw new Error(`training stopped: the loss of step ${f.step} is ${loss}${kept ? ` (${kept})` : ""}`);
-  };
+  const settle = (f: InFlight) => checkedLoss(f, outDir, savedStep);
   let next = opt.step < cfg.max_iters ? stepBatch(model, run, opt.step, noise) : null;
   let previous: InFlight | null = null; // the step before the one just queued
   let shownLoss = NaN; // the progress bar's: the previous step's, read without waiting for this one
   try {
-    while (next && !stop && !timeUp) {
+    while (next && !ctrlC.stopped && !timeUp) {
       const step = opt.step;
       const t0 = performance.now();
       opt.lr = learningRate(cfg, step);
@@ -306,19 +294,11 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
       if (previous) {
         const done = previous;
         previous = null;
-        try {
-          shownLoss = await settle(done);
-        } finally {
-          done.loss.dispose();
-        }
+        shownLoss = await settleAndFree(done, settle);
       }
       previous = current;
       trainSeconds += (performance.now() - t0) / 1000;
-      bar?.update(
-        opt.step,
-        Number.isNaN(shownLoss) ? {} : { loss: shownLoss },
-        opt.step / Math.max(trainSeconds, 1e-9),
-      );
+      showProgress(bar, opt.step, shownLoss, trainSeconds);
       run.onStep?.(opt.step, trainSeconds);
       if (run.timeLimitS !== undefined && trainSeconds >= run.timeLimitS) timeUp = true;
       const evaluate = step % cfg.eval_interval === 0 || opt.step === cfg.max_iters || timeUp;
@@ -344,11 +324,54 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
       previous.loss.dispose();
     }
     if (next) disposeStepBatch(next);
-    if (run.handleSigint) Deno.removeSignalListener("SIGINT", onSigint);
+    ctrlC.remove();
     bar?.finish();
   }
   if (outDir) await saveRun(run, opt, metrics, outDir);
-  return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: stop, timeUp };
+  return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: ctrlC.stopped, timeUp };
+}
+
+/** With run.handleSigint, Ctrl-C sets `stopped` (training ends after this step); remove() unhooks it. */
+function ctrlCStop(run: TrainRun): { stopped: boolean; remove: () => void } {
+  const flag = { stopped: false, remove: () => {} };
+  if (!run.handleSigint) return flag;
+  const onSigint = () => {
+    flag.stopped = true;
+  };
+  Deno.addSignalListener("SIGINT", onSigint);
+  flag.remove = () => Deno.removeSignalListener("SIGINT", onSigint);
+  return flag;
+}
+
+/** The training captions' word noise (cfg.word_noise; none at 0), over the caption positions that fit. */
+function wordNoise(run: TrainRun): WordNoise | undefined {
+  const { model, cfg } = run;
+  const positions = model.config.block_positions - model.numVisualTokens; // caption characters that fit
+  return cfg.word_noise > 0
+    ? new WordNoise(run.train.tokens, run.vocab, cfg.word_noise, positions)
+    : undefined;
+}
+
+/** `f`'s loss, read and checked: NaN or ±Inf stops training, naming the step and what outDir keeps. */
+async function checkedLoss(f: InFlight, outDir?: string, savedStep?: number): Promise<number> {
+  const loss = await f.read;
+  if (Number.isFinite(loss)) return loss;
+  const kept = outDir && (savedStep === undefined ? `nothing saved` : `${outDir} keeps step ${savedStep}`);
+  throw new Error(`training stopped: the loss of step ${f.step} is ${loss}${kept ? ` (${kept})` : ""}`);
+}
+
+/** `settle(f)`, then f's loss tensor freed whatever the outcome. */
+async function settleAndFree(f: InFlight, settle: (f: InFlight) => Promise<number>): Promise<number> {
+  try {
+    return await settle(f);
+  } finally {
+    f.loss.dispose();
+  }
+}
+
+/** The progress bar's line after `steps` steps: the last loss read (none yet: NaN) and steps per second. */
+function showProgress(bar: ProgressBar | null, steps: number, loss: number, seconds: number): void {
+  bar?.update(steps, Number.isNaN(loss) ? {} : { loss }, steps / Math.max(seconds, 1e-9));
 }
 
 /** A step's loss on the device, with its read to the host under way. */
