@@ -472,32 +472,47 @@ export async function patchGridChart(
   image: Float32Array,
   opts: { imgSize: number; patchSize: number; weights?: readonly number[]; title?: string; scale?: number },
 ): Promise<Spec> {
+  const { imgSize: S, patchSize: p, weights } = opts;
+  const g = checkPatchGrid(S, p, weights);
+  const scale = opts.scale ?? 3;
+  const px = S * scale;
+  const url = await imageDataUrl(image, S, scale);
+  const patches = patchCells(g, p, weights);
+  const layers: Record<string, unknown>[] = [imageLayer(url, S, px)];
+  if (weights) layers.push(patchShadeLayer(patches, weights, S));
+  layers.push(...patchLinesAndNumbers(patches, g, p, S, Math.max(8, Math.round(p * scale / 4))));
+  const description = `${S}×${S} image cut into ${g}×${g} = ${g * g} patches of ${p}×${p} pixels` +
+    (weights ? `; most weight on patch ${weights.indexOf(Math.max(...weights))}` : "");
+  return {
+    $schema: VEGA_LITE_SCHEMA,
+    description,
+    title: opts.title ?? `${g * g} patches of ${p}×${p} pixels`,
+    width: px,
+    height: px,
+    layer: layers,
+    config: { view: { stroke: null } },
+  };
+}
+
+/** The patches per side of an S-pixel image cut into p-pixel patches; refuses a bad size or weights. */
+function checkPatchGrid(S: number, p: number, weights?: readonly number[]): number {
   const chart = "patchGridChart";
-  const { imgSize: S, patchSize: p } = opts;
   if (!(S > 0 && p > 0 && S % p === 0)) {
     throw new Error(`${chart}: img_size ${S} must be a positive multiple of patch_size ${p}`);
   }
   const g = S / p;
-  if (opts.weights) {
-    if (opts.weights.length !== g * g) {
-      throw new Error(
-        `${chart}: weights has ${opts.weights.length} values, expected one per patch (${g * g})`,
-      );
+  if (weights) {
+    if (weights.length !== g * g) {
+      throw new Error(`${chart}: weights has ${weights.length} values, expected one per patch (${g * g})`);
     }
-    opts.weights.forEach((w, i) => checkFinite(chart, w, `weights[${i}]`));
+    weights.forEach((w, i) => checkFinite(chart, w, `weights[${i}]`));
   }
-  const scale = opts.scale ?? 3;
-  const px = S * scale;
-  const url = await imageDataUrl(image, S, scale);
-  const domain = [0, S];
-  const xy = (field: string, axis: "x" | "y") => ({
-    field,
-    type: "quantitative",
-    scale: { domain, nice: false, ...(axis === "y" ? { reverse: true } : {}) },
-    axis: null,
-  });
-  const cuts = Array.from({ length: g - 1 }, (_, i) => ({ at: (i + 1) * p }));
-  const patches = Array.from({ length: g * g }, (_, i) => ({
+  return g;
+}
+
+/** Each of the g × g patches, row-major: its number, corners, centre and weight (0 without weights). */
+function patchCells(g: number, p: number, weights?: readonly number[]) {
+  return Array.from({ length: g * g }, (_, i) => ({
     index: i,
     x: (i % g) * p,
     x2: (i % g + 1) * p,
@@ -505,25 +520,53 @@ export async function patchGridChart(
     y2: (Math.floor(i / g) + 1) * p,
     cx: (i % g + 0.5) * p,
     cy: (Math.floor(i / g) + 0.5) * p,
-    weight: opts.weights ? opts.weights[i] : 0,
+    weight: weights ? weights[i] : 0,
   }));
-  const layers: Record<string, unknown>[] = [imageLayer(url, S, px)];
-  if (opts.weights) {
-    const max = Math.max(...opts.weights, 1e-12);
-    layers.push({
-      data: { values: patches.map((q) => ({ ...q, dim: 0.75 * (1 - q.weight / max) })) },
-      mark: { type: "rect", color: "black", tooltip: true },
-      encoding: {
-        x: xy("x", "x"),
-        x2: { field: "x2" },
-        y: xy("y", "y"),
-        y2: { field: "y2" },
-        opacity: { field: "dim", type: "quantitative", scale: null, legend: null },
-        tooltip: [{ field: "index", title: "patch" }, { field: "weight", format: ".3f" }],
-      },
-    });
-  }
-  layers.push(
+}
+
+/** A position on the S-pixel image, x rightwards and y downwards as in the image layer, without an axis. */
+function pixelChannel(field: string, axis: "x" | "y", S: number) {
+  const domain = [0, S];
+  return {
+    field,
+    type: "quantitative",
+    scale: { domain, nice: false, ...(axis === "y" ? { reverse: true } : {}) },
+    axis: null,
+  };
+}
+
+/** Each patch darkened by how far its weight falls below the largest (the brightest has the most). */
+function patchShadeLayer(
+  patches: ReturnType<typeof patchCells>,
+  weights: readonly number[],
+  S: number,
+): Record<string, unknown> {
+  const max = Math.max(...weights, 1e-12);
+  return {
+    data: { values: patches.map((q) => ({ ...q, dim: 0.75 * (1 - q.weight / max) })) },
+    mark: { type: "rect", color: "black", tooltip: true },
+    encoding: {
+      x: pixelChannel("x", "x", S),
+      x2: { field: "x2" },
+      y: pixelChannel("y", "y", S),
+      y2: { field: "y2" },
+      opacity: { field: "dim", type: "quantitative", scale: null, legend: null },
+      tooltip: [{ field: "index", title: "patch" }, { field: "weight", format: ".3f" }],
+    },
+  };
+}
+
+/** White lines on the cuts between patches, and each patch's number at its centre. */
+function patchLinesAndNumbers(
+  patches: ReturnType<typeof patchCells>,
+  g: number,
+  p: number,
+  S: number,
+  fontSize: number,
+): Record<string, unknown>[] {
+  const cuts = Array.from({ length: g - 1 }, (_, i) => ({ at: (i + 1) * p }));
+  const xy = (field: string, axis: "x" | "y") => pixelChannel(field, axis, S);
+  return [
     {
       data: { values: cuts },
       mark: { type: "rule", color: "white", opacity: 0.8 },
@@ -536,21 +579,10 @@ export async function patchGridChart(
     },
     {
       data: { values: patches },
-      mark: { type: "text", color: "white", opacity: 0.7, fontSize: Math.max(8, Math.round(p * scale / 4)) },
+      mark: { type: "text", color: "white", opacity: 0.7, fontSize },
       encoding: { x: xy("cx", "x"), y: xy("cy", "y"), text: { field: "index", type: "nominal" } },
     },
-  );
-  const description = `${S}×${S} image cut into ${g}×${g} = ${g * g} patches of ${p}×${p} pixels` +
-    (opts.weights ? `; most weight on patch ${opts.weights.indexOf(Math.max(...opts.weights))}` : "");
-  return {
-    $schema: VEGA_LITE_SCHEMA,
-    description,
-    title: opts.title ?? `${g * g} patches of ${p}×${p} pixels`,
-    width: px,
-    height: px,
-    layer: layers,
-    config: { view: { stroke: null } },
-  };
+  ];
 }
 
 /** One image with what the model said about it and, optionally, the truth. */
