@@ -35,7 +35,7 @@ import { ForwardContext } from "../lib/model/module.ts";
 import { captionLoss } from "../lib/objective.ts";
 import type { VisionLanguageModel } from "../lib/model/vision_language_model.ts";
 import { Adam } from "../lib/optim.ts";
-import { OriginalProcess, TORCH_DEVICES, type TorchDevice } from "./original.ts";
+import { OriginalProcess, type OriginalReady, TORCH_DEVICES, type TorchDevice } from "./original.ts";
 import { formatProfile, type KernelProfile, profileKernels } from "./profile.ts";
 
 const USAGE = `deno task bench [--backend B] [--model seemore|seemoe] [--size original|tiny] [--batch N]
@@ -462,122 +462,196 @@ export async function compareOriginal(
     caption: p.caption,
     device: opts.torchDevice,
   });
-  const train: number[] = [], forward: number[] = [], gen: { ms: number; tokens: number }[] = [];
   if (!started.ok) {
     log(`original not timed: ${started.reason}`);
-    for (let r = 0; r < rounds; r++) {
-      train.push(await p.ours.train());
-      forward.push(await p.ours.forward());
-      gen.push(await p.ours.generate());
-    }
-    const ours = resultOf(p, train, forward, gen);
-    if (opts.profile) ours.profile = await profileKernels(() => p.ours.train());
+    const ours = await oursAlone(p, rounds, opts.profile);
     p.ours.dispose();
     return { rounds, repeat, ours, original: null, original_unavailable: started.reason, ratio: null };
   }
   const orig = started.process;
   try {
-    if (started.batch !== p.batch || started.caption !== p.caption) {
-      throw new Error(
-        `bench/bench.ts: the original times batch ${started.batch}, caption ${started.caption}; ` +
-          `ours batch ${p.batch}, caption ${p.caption}`,
-      );
-    }
+    checkSameBatch(started, p);
     const { probe, timed } = started.device === "cpu"
       ? await probeThreads(orig, threads, log)
       : await warmUpOnGpu(orig, started.defaultThreads, log);
-    for (const t of timed) {
-      await orig.ask(`threads ${t}`);
-      await orig.ask("forward"); // warm-up
-      await orig.ask("generate");
-    }
-    const oTrain = new Map<number, number[]>(timed.map((t) => [t, []]));
-    const oForward = new Map<number, number[]>(timed.map((t) => [t, []]));
-    const oGen = new Map<number, number[]>(timed.map((t) => [t, []]));
-    // Each figure of a round is the best of `repeat` back-to-back runs: another process's burst
-    // slows one run, rarely all of them.
-    const theirs = async (command: string, t: number) => {
-      await orig.ask(`threads ${t}`);
-      let ms = Infinity;
-      for (let i = 0; i < repeat; i++) ms = Math.min(ms, (await orig.ask(command)).ms);
-      return ms;
-    };
-    for (let r = 0; r < rounds; r++) {
-      train.push(Math.min(...await repeatRuns(repeat, () => p.ours.train())));
-      for (const t of timed) oTrain.get(t)!.push(await theirs("train", t));
-      forward.push(Math.min(...await repeatRuns(repeat, () => p.ours.forward())));
-      for (const t of timed) oForward.get(t)!.push(await theirs("forward", t));
-      const gens = await repeatRuns(repeat, () => p.ours.generate());
-      gen.push(gens.reduce((a, b) => (b.ms < a.ms ? b : a)));
-      for (const t of timed) oGen.get(t)!.push(await theirs("generate", t));
-      log(
-        `round ${r + 1}/${rounds}: ours ${train[r].toFixed(0)}/${forward[r].toFixed(0)}/${
-          gen[r].ms.toFixed(0)
-        } ms, original ${
-          timed.map((t) =>
-            `${t}t ${oTrain.get(t)!.at(-1)!.toFixed(0)}/${oForward.get(t)!.at(-1)!.toFixed(0)}/${
-              oGen.get(t)!.at(-1)!.toFixed(0)
-            }`
-          ).join(", ")
-        } ms (train/forward/generate)`,
-      );
-    }
-    const ours = resultOf(p, train, forward, gen);
+    await warmUpAt(orig, timed);
+    const r = await alternate(p, orig, timed, rounds, repeat, log);
+    const ours = resultOf(p, r.train, r.forward, r.gen);
     if (opts.profile) ours.profile = await profileKernels(() => p.ours.train());
-    const memory = await orig.ask("rss");
-    const rss = memory.peak_rss_mib;
-    const [trainMs, trainT] = best(oTrain),
-      [forwardMs, forwardT] = best(oForward),
-      [genMs, genT] = best(oGen);
-    const original: OriginalFigures = {
-      torch: started.torch,
-      default_threads: started.defaultThreads,
-      device: started.device,
-      gpu: started.gpu,
-      batch_size: started.batch,
-      caption_length: started.caption,
-      thread_probe_ms: Object.fromEntries([...probe].map(([t, xs]) => [String(t), xs])),
-      threads_timed: timed,
-      train_step_ms: trainMs,
-      train_step_threads: trainT,
-      forward_ms: forwardMs,
-      forward_threads: forwardT,
-      generate_ms: genMs,
-      generate_threads: genT,
-      by_threads: Object.fromEntries(timed.map((t) => [String(t), {
-        train_step_ms: median(oTrain.get(t)!),
-        forward_ms: median(oForward.get(t)!),
-        generate_ms: median(oGen.get(t)!),
-      }])),
-      by_threads_rounds: Object.fromEntries(timed.map((t) => [String(t), {
-        train: oTrain.get(t)!,
-        forward: oForward.get(t)!,
-        generate: oGen.get(t)!,
-      }])),
-      peak_rss_mib: rss,
-      peak_cuda_mib: memory.peak_cuda_mib ?? null,
-    };
-    const paired = (mine: number[], other: number[]) => median(mine.map((x, i) => x / other[i]));
-    const genOurs = gen.map((g) => g.ms);
-    const generateRatio = paired(genOurs, oGen.get(genT)!);
-    const ratio = {
-      train_step: paired(train, oTrain.get(trainT)!),
-      forward: paired(forward, oForward.get(forwardT)!),
-      generate: generateRatio,
-      generate_speedup: 1 / generateRatio,
-      peak_rss: ours.peak_rss_mib / rss,
-    };
-    const ratioOfMedians = {
-      train_step: ours.train_step_ms / trainMs,
-      forward: ours.forward_ms / forwardMs,
-      generate: ours.generate_ms / genMs,
-    };
-    const perRound = { ours: { train, forward, generate: genOurs }, original: original.by_threads_rounds };
-    return { rounds, repeat, ours, original, ratio, ratio_of_medians: ratioOfMedians, per_round: perRound };
+    const original = originalFigures(started, probe, timed, r, await orig.ask("rss"));
+    return { rounds, repeat, ours, original, ...ratios(ours, original, r) };
   } finally {
     await orig.close();
     p.ours.dispose();
   }
+}
+
+/** Our figures alone, one run of each per round, when the original cannot run. */
+async function oursAlone(p: Prepared, rounds: number, profile?: boolean): Promise<BenchResult> {
+  const train: number[] = [], forward: number[] = [], gen: { ms: number; tokens: number }[] = [];
+  for (let r = 0; r < rounds; r++) {
+    train.push(await p.ours.train());
+    forward.push(await p.ours.forward());
+    gen.push(await p.ours.generate());
+  }
+  const ours = resultOf(p, train, forward, gen);
+  if (profile) ours.profile = await profileKernels(() => p.ours.train());
+  return ours;
+}
+
+/** The original must time our batch shapes, or the ratios compare different work. */
+function checkSameBatch(started: OriginalReady, p: Prepared): void {
+  if (started.batch !== p.batch || started.caption !== p.caption) {
+    throw new Error(
+      `bench/bench.ts: the original times batch ${started.batch}, caption ${started.caption}; ` +
+        `ours batch ${p.batch}, caption ${p.caption}`,
+    );
+  }
+}
+
+/** The original's forward and generation warmed up at every thread count to be timed. */
+async function warmUpAt(orig: OriginalProcess, timed: number[]): Promise<void> {
+  for (const t of timed) {
+    await orig.ask(`threads ${t}`);
+    await orig.ask("forward"); // warm-up
+    await orig.ask("generate");
+  }
+}
+
+/** What the rounds measured (ms): ours, and the original's by thread count. */
+interface Rounds {
+  train: number[];
+  forward: number[];
+  gen: { ms: number; tokens: number }[];
+  oTrain: Map<number, number[]>;
+  oForward: Map<number, number[]>;
+  oGen: Map<number, number[]>;
+}
+
+/** `rounds` rounds of ours, then the original at each timed thread count: train step, forward, generation. */
+async function alternate(
+  p: Prepared,
+  orig: OriginalProcess,
+  timed: number[],
+  rounds: number,
+  repeat: number,
+  log: (s: string) => void,
+): Promise<Rounds> {
+  const byThreads = () => new Map<number, number[]>(timed.map((t) => [t, []]));
+  const r: Rounds = {
+    train: [],
+    forward: [],
+    gen: [],
+    oTrain: byThreads(),
+    oForward: byThreads(),
+    oGen: byThreads(),
+  };
+  const theirs = (command: string, t: number) => bestOfOriginal(orig, command, t, repeat);
+  for (let i = 0; i < rounds; i++) {
+    r.train.push(Math.min(...await repeatRuns(repeat, () => p.ours.train())));
+    for (const t of timed) r.oTrain.get(t)!.push(await theirs("train", t));
+    r.forward.push(Math.min(...await repeatRuns(repeat, () => p.ours.forward())));
+    for (const t of timed) r.oForward.get(t)!.push(await theirs("forward", t));
+    const gens = await repeatRuns(repeat, () => p.ours.generate());
+    r.gen.push(gens.reduce((a, b) => (b.ms < a.ms ? b : a)));
+    for (const t of timed) r.oGen.get(t)!.push(await theirs("generate", t));
+    log(roundLine(r, i, rounds, timed));
+  }
+  return r;
+}
+
+/**
+ * The original's `command` at `threads` threads: the best of `repeat` back-to-back runs (another
+ * process's burst slows one run, rarely all of them).
+ */
+async function bestOfOriginal(
+  orig: OriginalProcess,
+  command: string,
+  threads: number,
+  repeat: number,
+): Promise<number> {
+  await orig.ask(`threads ${threads}`);
+  let ms = Infinity;
+  for (let i = 0; i < repeat; i++) ms = Math.min(ms, (await orig.ask(command)).ms);
+  return ms;
+}
+
+/** Round i's figures, ours and the original's at each thread count: train/forward/generate ms. */
+function roundLine(r: Rounds, i: number, rounds: number, timed: number[]): string {
+  return `round ${i + 1}/${rounds}: ours ${r.train[i].toFixed(0)}/${r.forward[i].toFixed(0)}/${
+    r.gen[i].ms.toFixed(0)
+  } ms, original ${
+    timed.map((t) =>
+      `${t}t ${r.oTrain.get(t)!.at(-1)!.toFixed(0)}/${r.oForward.get(t)!.at(-1)!.toFixed(0)}/${
+        r.oGen.get(t)!.at(-1)!.toFixed(0)
+      }`
+    ).join(", ")
+  } ms (train/forward/generate)`;
+}
+
+/** The original's figures: each at its best thread count, the medians and rounds at every count, memory. */
+function originalFigures(
+  started: OriginalReady,
+  probe: Map<number, number[]>,
+  timed: number[],
+  r: Rounds,
+  memory: Record<string, number>,
+): OriginalFigures {
+  const [trainMs, trainT] = best(r.oTrain),
+    [forwardMs, forwardT] = best(r.oForward),
+    [genMs, genT] = best(r.oGen);
+  return {
+    torch: started.torch,
+    default_threads: started.defaultThreads,
+    device: started.device,
+    gpu: started.gpu,
+    batch_size: started.batch,
+    caption_length: started.caption,
+    thread_probe_ms: Object.fromEntries([...probe].map(([t, xs]) => [String(t), xs])),
+    threads_timed: timed,
+    train_step_ms: trainMs,
+    train_step_threads: trainT,
+    forward_ms: forwardMs,
+    forward_threads: forwardT,
+    generate_ms: genMs,
+    generate_threads: genT,
+    by_threads: Object.fromEntries(timed.map((t) => [String(t), {
+      train_step_ms: median(r.oTrain.get(t)!),
+      forward_ms: median(r.oForward.get(t)!),
+      generate_ms: median(r.oGen.get(t)!),
+    }])),
+    by_threads_rounds: Object.fromEntries(timed.map((t) => [String(t), {
+      train: r.oTrain.get(t)!,
+      forward: r.oForward.get(t)!,
+      generate: r.oGen.get(t)!,
+    }])),
+    peak_rss_mib: memory.peak_rss_mib,
+    peak_cuda_mib: memory.peak_cuda_mib ?? null,
+  };
+}
+
+/** Ours / the original's: paired by round at its best thread counts, the ratio of medians, every round. */
+function ratios(ours: BenchResult, g: OriginalFigures, r: Rounds) {
+  const paired = (mine: number[], other: number[]) => median(mine.map((x, i) => x / other[i]));
+  const genOurs = r.gen.map((x) => x.ms);
+  const generateRatio = paired(genOurs, r.oGen.get(g.generate_threads)!);
+  const ratio = {
+    train_step: paired(r.train, r.oTrain.get(g.train_step_threads)!),
+    forward: paired(r.forward, r.oForward.get(g.forward_threads)!),
+    generate: generateRatio,
+    generate_speedup: 1 / generateRatio,
+    peak_rss: ours.peak_rss_mib / g.peak_rss_mib,
+  };
+  const ratioOfMedians = {
+    train_step: ours.train_step_ms / g.train_step_ms,
+    forward: ours.forward_ms / g.forward_ms,
+    generate: ours.generate_ms / g.generate_ms,
+  };
+  const perRound = {
+    ours: { train: r.train, forward: r.forward, generate: genOurs },
+    original: g.by_threads_rounds,
+  };
+  return { ratio, ratio_of_medians: ratioOfMedians, per_round: perRound };
 }
 
 // ---------------------------------------------------------------------------------------------
