@@ -715,41 +715,7 @@ function printCompare(c: CompareResult): void {
         onGpu ? "on cuda" : "at its best thread count per figure"
       }\n`,
   );
-  const rows: [string, string, string, string, string][] = [
-    [
-      "train step (ms)",
-      o.train_step_ms.toFixed(0),
-      `${g.train_step_ms.toFixed(0)} (${at(g.train_step_threads)})`,
-      c.ratio.train_step.toFixed(2),
-      "≤ 0.50",
-    ],
-    [
-      "forward (ms)",
-      o.forward_ms.toFixed(0),
-      `${g.forward_ms.toFixed(0)} (${at(g.forward_threads)})`,
-      c.ratio.forward.toFixed(2),
-      "≤ 0.50",
-    ],
-    [
-      `generate ${GENERATE_TOKENS} tok (ms)`,
-      `${o.generate_ms.toFixed(0)}${
-        o.generate_tokens < GENERATE_TOKENS ? ` [${o.generate_tokens} tok]` : ""
-      }`,
-      `${g.generate_ms.toFixed(0)} (${at(g.generate_threads)})`,
-      `${c.ratio.generate.toFixed(3)} (${c.ratio.generate_speedup.toFixed(1)}x faster)`,
-      "≤ 0.10",
-    ],
-    [
-      "peak RSS (MiB)",
-      o.peak_rss_mib.toFixed(0),
-      g.peak_rss_mib.toFixed(0),
-      c.ratio.peak_rss.toFixed(2),
-      "≤ 500 MiB",
-    ],
-  ];
-  const head: [string, string, string, string, string] = ["", "ours", "original", "ours/original", "target"];
-  const widths = [24, 18, 14, 26, 10];
-  for (const row of [head, ...rows]) console.log(row.map((cell, i) => cell.padEnd(widths[i])).join(""));
+  for (const line of compareTable(o, g, c.ratio, at)) console.log(line);
   if (g.peak_cuda_mib !== null) {
     console.log(
       `the original's peak CUDA memory (torch.cuda.max_memory_allocated): ${g.peak_cuda_mib.toFixed(0)} MiB`,
@@ -770,6 +736,50 @@ function printCompare(c: CompareResult): void {
     }`,
   );
   if (o.profile) console.log(formatProfile(o.profile, 10));
+}
+
+/** The side-by-side table: each figure ours, the original's (`at`: where it ran), ours/original, target. */
+function compareTable(
+  o: BenchResult,
+  g: OriginalFigures,
+  ratio: NonNullable<CompareResult["ratio"]>,
+  at: (threads: number) => string,
+): string[] {
+  const rows: [string, string, string, string, string][] = [
+    [
+      "train step (ms)",
+      o.train_step_ms.toFixed(0),
+      `${g.train_step_ms.toFixed(0)} (${at(g.train_step_threads)})`,
+      ratio.train_step.toFixed(2),
+      "≤ 0.50",
+    ],
+    [
+      "forward (ms)",
+      o.forward_ms.toFixed(0),
+      `${g.forward_ms.toFixed(0)} (${at(g.forward_threads)})`,
+      ratio.forward.toFixed(2),
+      "≤ 0.50",
+    ],
+    [
+      `generate ${GENERATE_TOKENS} tok (ms)`,
+      `${o.generate_ms.toFixed(0)}${
+        o.generate_tokens < GENERATE_TOKENS ? ` [${o.generate_tokens} tok]` : ""
+      }`,
+      `${g.generate_ms.toFixed(0)} (${at(g.generate_threads)})`,
+      `${ratio.generate.toFixed(3)} (${ratio.generate_speedup.toFixed(1)}x faster)`,
+      "≤ 0.10",
+    ],
+    [
+      "peak RSS (MiB)",
+      o.peak_rss_mib.toFixed(0),
+      g.peak_rss_mib.toFixed(0),
+      ratio.peak_rss.toFixed(2),
+      "≤ 500 MiB",
+    ],
+  ];
+  const head: [string, string, string, string, string] = ["", "ours", "original", "ours/original", "target"];
+  const widths = [24, 18, 14, 26, 10];
+  return [head, ...rows].map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join(""));
 }
 
 function parseThreads(s: string): number[] {
