@@ -66,15 +66,7 @@ export function attentionKernels(s: Symbols<typeof ATTENTION_SYMBOLS>, shared: S
   return {
     attention(qkv, seed, out, dims, opts) {
       check.needSgemm(shared, "attention");
-      check.keep(opts.keep);
-      const { qkvSize, outSize, probsSize } = attentionSizes(dims);
-      check.sameLength("attention", qkvSize, { qkv });
-      check.sameLength("attention", outSize, { out: out.out });
-      if (out.probs) check.sameLength("attention", probsSize, { probs: out.probs });
-      if ((seed === null) !== (out.mask === null)) {
-        check.fail("attention needs both a dropout seed and a mask, or neither");
-      }
-      if (out.mask) check.sameLength("attention", probsSize, { mask: out.mask });
+      const probsSize = checkAttention(qkv, seed, out, dims, opts.keep);
       const { batch: b, positions: t, heads: h, headSize: hs } = dims;
       const { scale, keep } = opts, causal = opts.causal ? 1 : 0;
       const noise = seed === null ? null : aleaStates(seed, probsSize);
@@ -98,12 +90,7 @@ export function attentionKernels(s: Symbols<typeof ATTENTION_SYMBOLS>, shared: S
     },
     attentionGrad(dout, saved, dqkv, dims, opts) {
       check.needSgemm(shared, "attentionGrad");
-      check.keep(opts.keep);
-      const { qkvSize, outSize, probsSize } = attentionSizes(dims);
-      check.sameLength("attentionGrad", qkvSize, { qkv: saved.qkv, dqkv });
-      check.sameLength("attentionGrad", outSize, { dout });
-      if (saved.probs) check.sameLength("attentionGrad", probsSize, { probs: saved.probs });
-      if (saved.mask) check.sameLength("attentionGrad", probsSize, { mask: saved.mask });
+      checkAttentionGrad(dout, saved, dqkv, dims, opts.keep);
       const { batch: b, positions: t, heads: h, headSize: hs } = dims;
       const { qkv, probs, mask } = saved;
       const causal = opts.causal ? 1 : 0;
@@ -125,17 +112,8 @@ export function attentionKernels(s: Symbols<typeof ATTENTION_SYMBOLS>, shared: S
     },
     attentionCached(qkv, past, out, dims, opts) {
       check.needSgemm(shared, "attentionCached");
-      const { pastPositions: tPast, ...newDims } = dims;
-      if (!Number.isInteger(tPast) || tPast < 0 || (tPast === 0) !== (past === null)) {
-        check.fail(`attentionCached: ${tPast} cached positions but cache ${past ? "given" : "missing"}`);
-      }
-      const { qkvSize, outSize } = attentionSizes(newDims);
-      const { batch, positions, heads, headSize } = newDims;
-      const perPosition = batch * heads * headSize;
-      check.sameLength("attentionCached", qkvSize, { qkv });
-      check.sameLength("attentionCached", outSize, { out: out.out });
-      check.sameLength("attentionCached", perPosition * (tPast + positions), { k: out.k, v: out.v });
-      if (past) check.sameLength("attentionCached", perPosition * tPast, { pastK: past.k, pastV: past.v });
+      checkAttentionCached(qkv, past, out, dims);
+      const { pastPositions: tPast, batch, positions, heads, headSize } = dims;
       const [pastK, pastV, causal] = [past?.k ?? null, past?.v ?? null, opts.causal ? 1 : 0];
       const rc = s.seemore_attention_cached(
         qkv,
@@ -155,6 +133,62 @@ export function attentionKernels(s: Symbols<typeof ATTENTION_SYMBOLS>, shared: S
       check.ok("seemore_attention_cached", rc);
     },
   };
+}
+
+/** attention()'s arrays have its sizes, and a dropout seed comes with a mask; returns the weights' size. */
+function checkAttention(
+  qkv: Float32Array,
+  seed: number | null,
+  out: { out: Float32Array; probs: Float32Array | null; mask: Uint8Array | null },
+  dims: AttentionDims,
+  keep: number,
+): number {
+  check.keep(keep);
+  const { qkvSize, outSize, probsSize } = attentionSizes(dims);
+  check.sameLength("attention", qkvSize, { qkv });
+  check.sameLength("attention", outSize, { out: out.out });
+  if (out.probs) check.sameLength("attention", probsSize, { probs: out.probs });
+  if ((seed === null) !== (out.mask === null)) {
+    check.fail("attention needs both a dropout seed and a mask, or neither");
+  }
+  if (out.mask) check.sameLength("attention", probsSize, { mask: out.mask });
+  return probsSize;
+}
+
+/** attentionGrad()'s arrays have its sizes (probs and mask where given). */
+function checkAttentionGrad(
+  dout: Float32Array,
+  saved: { qkv: Float32Array; probs: Float32Array | null; mask: Uint8Array | null },
+  dqkv: Float32Array,
+  dims: AttentionDims,
+  keep: number,
+): void {
+  check.keep(keep);
+  const { qkvSize, outSize, probsSize } = attentionSizes(dims);
+  check.sameLength("attentionGrad", qkvSize, { qkv: saved.qkv, dqkv });
+  check.sameLength("attentionGrad", outSize, { dout });
+  if (saved.probs) check.sameLength("attentionGrad", probsSize, { probs: saved.probs });
+  if (saved.mask) check.sameLength("attentionGrad", probsSize, { mask: saved.mask });
+}
+
+/** attentionCached()'s cache is given exactly when positions are cached, and every array has its size. */
+function checkAttentionCached(
+  qkv: Float32Array,
+  past: { k: Float32Array; v: Float32Array } | null,
+  out: { out: Float32Array; k: Float32Array; v: Float32Array },
+  dims: AttentionDims & { pastPositions: number },
+): void {
+  const { pastPositions: tPast, ...newDims } = dims;
+  if (!Number.isInteger(tPast) || tPast < 0 || (tPast === 0) !== (past === null)) {
+    check.fail(`attentionCached: ${tPast} cached positions but cache ${past ? "given" : "missing"}`);
+  }
+  const { qkvSize, outSize } = attentionSizes(newDims);
+  const { batch, positions, heads, headSize } = newDims;
+  const perPosition = batch * heads * headSize;
+  check.sameLength("attentionCached", qkvSize, { qkv });
+  check.sameLength("attentionCached", outSize, { out: out.out });
+  check.sameLength("attentionCached", perPosition * (tPast + positions), { k: out.k, v: out.v });
+  if (past) check.sameLength("attentionCached", perPosition * tPast, { pastK: past.k, pastV: past.v });
 }
 
 /** Element counts of attention's tensors; throws on sizes that are not positive int32s. */
