@@ -96,20 +96,8 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
   return {
     experts(heap, offsets, counts, route, io, dropout, { C, F }) {
       check.needSgemm(shared, "experts");
-      const rows = checkExperts("experts", heap.byteLength, offsets, counts, [C * F, F, F * C, C]);
-      checkRows("experts", route, rows, C, io.x);
-      check.sameLength("experts", rows * C, { y: io.y });
-      if (io.h) check.sameLength("experts", rows * F, { h: io.h });
-      if (dropout) {
-        check.keep(dropout.keep);
-        if (!io.mask) check.fail("experts with dropout needs a mask");
-        check.sameLength("experts", rows * C, { mask: io.mask! });
-        if (dropout.seeds.length !== counts.length) {
-          check.fail(`experts needs one seed per expert, got ${dropout.seeds.length}`);
-        }
-      }
-      const states = dropout ? new Float64Array(4 * counts.length) : null;
-      dropout?.seeds.forEach((seed, e) => states!.set(aleaState(seed), 4 * e));
+      checkExpertsForward(heap.byteLength, offsets, counts, route, io, dropout, { C, F });
+      const states = dropoutStates(dropout, counts.length);
       const { x, h, y } = io, mask = dropout ? io.mask : null, keep = dropout?.keep ?? 1;
       const E = counts.length, N = route.tokens;
       const rc = s.seemore_experts(
@@ -132,17 +120,7 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
     },
     expertsGrad(heap, offsets, gradOffsets, counts, route, io, keep, { C, F }) {
       check.needSgemm(shared, "expertsGrad");
-      const sizes = [C * F, F, F * C, C];
-      const rows = checkExperts("expertsGrad", heap.byteLength, offsets, counts, sizes);
-      checkExperts("expertsGrad (gradients)", heap.byteLength, gradOffsets, counts, sizes);
-      checkRows("expertsGrad", route, rows, C, io.x);
-      check.sameLength("expertsGrad", rows * C, { dy: io.dy });
-      check.sameLength("expertsGrad", route.tokens * C, { dx: io.dx });
-      if (io.h) check.sameLength("expertsGrad", rows * F, { h: io.h });
-      if (io.mask) {
-        check.keep(keep);
-        check.sameLength("expertsGrad", rows * C, { mask: io.mask });
-      }
+      checkExpertsGrad(heap.byteLength, offsets, gradOffsets, counts, route, io, keep, { C, F });
       const { x, h, dy, mask, dx } = io, E = counts.length, N = route.tokens;
       const rc = s.seemore_experts_grad(
         heap,
@@ -200,6 +178,67 @@ function checkExperts(
     rows += n;
   }
   return rows;
+}
+
+/** experts()' regions, rows and arrays (h where kept); with dropout, a mask and a seed per expert. */
+function checkExpertsForward(
+  heapBytes: number,
+  offsets: Uint32Array,
+  counts: Int32Array,
+  route: ExpertRows,
+  io: { x: Float32Array; h: Float32Array | null; y: Float32Array; mask: Uint8Array | null },
+  dropout: { seeds: number[]; keep: number } | null,
+  { C, F }: { C: number; F: number },
+): void {
+  const rows = checkExperts("experts", heapBytes, offsets, counts, [C * F, F, F * C, C]);
+  checkRows("experts", route, rows, C, io.x);
+  check.sameLength("experts", rows * C, { y: io.y });
+  if (io.h) check.sameLength("experts", rows * F, { h: io.h });
+  if (dropout) {
+    check.keep(dropout.keep);
+    if (!io.mask) check.fail("experts with dropout needs a mask");
+    check.sameLength("experts", rows * C, { mask: io.mask! });
+    if (dropout.seeds.length !== counts.length) {
+      check.fail(`experts needs one seed per expert, got ${dropout.seeds.length}`);
+    }
+  }
+}
+
+/** Each expert's dropout noise state (4 float64s, from its seed), or null without dropout. */
+function dropoutStates(dropout: { seeds: number[] } | null, experts: number): Float64Array | null {
+  const states = dropout ? new Float64Array(4 * experts) : null;
+  dropout?.seeds.forEach((seed, e) => states!.set(aleaState(seed), 4 * e));
+  return states;
+}
+
+/** expertsGrad()'s parameter and gradient regions, rows and arrays (h and mask where given). */
+function checkExpertsGrad(
+  heapBytes: number,
+  offsets: Uint32Array,
+  gradOffsets: Uint32Array,
+  counts: Int32Array,
+  route: ExpertRows,
+  io: {
+    x: Float32Array;
+    h: Float32Array | null;
+    dy: Float32Array;
+    mask: Uint8Array | null;
+    dx: Float32Array;
+  },
+  keep: number,
+  { C, F }: { C: number; F: number },
+): void {
+  const sizes = [C * F, F, F * C, C];
+  const rows = checkExperts("expertsGrad", heapBytes, offsets, counts, sizes);
+  checkExperts("expertsGrad (gradients)", heapBytes, gradOffsets, counts, sizes);
+  checkRows("expertsGrad", route, rows, C, io.x);
+  check.sameLength("expertsGrad", rows * C, { dy: io.dy });
+  check.sameLength("expertsGrad", route.tokens * C, { dx: io.dx });
+  if (io.h) check.sameLength("expertsGrad", rows * F, { h: io.h });
+  if (io.mask) {
+    check.keep(keep);
+    check.sameLength("expertsGrad", rows * C, { mask: io.mask });
+  }
 }
 
 /** The experts' rows: one per row of all groups, each a slot of the N tokens' k choices. */
