@@ -198,8 +198,9 @@ static void top_k(const float *values, int64_t cols, int64_t k, int32_t *out) {
   }
 }
 
-/* Picked rows (rows times k) from which mixture_rows runs its experts on the pool's threads. */
-#define EXPERTS_SPLIT_ROWS 16
+/* Multiply-adds from which mixture_rows runs its experts side by side on the pool's threads: one row's
+ * two experts at width 128 (2 * 2 * 128 * 512) already pay, as each streams its weights from memory. */
+#define EXPERTS_SPLIT_MACS (1 << 17)
 
 /* The experts of one mixture_rows call, for parallel_for: active[i] is the i-th expert with rows. */
 typedef struct {
@@ -269,8 +270,8 @@ static void mixture_rows(const decoder_step_args *a, const router_weights *R, co
     s->picked[at] = (int32_t)i;
   }
   experts_job job = {a, experts, active, s};
-  /* Side by side only with rows enough to pay for waking a helper: generation's single row runs them here. */
-  if (rows * k >= EXPERTS_SPLIT_ROWS) parallel_for(n_active, 1, step_experts_range, &job);
+  /* Side by side only with work enough to pay for handing an expert to a helper thread. */
+  if (rows * k * 2 * C * 4 * C >= EXPERTS_SPLIT_MACS) parallel_for(n_active, 1, step_experts_range, &job);
   else step_experts_range(&job, 0, n_active);
   for (int64_t r = 0; r < rows; r++) {
     float *o = s->o + r * C;
