@@ -18,61 +18,37 @@
  * cache: per layer the keys then the values, each (B, H, max_t, hs), max_t > t.
  * Rows are independent, so they are split across threads. Returns 0, or -2 out of memory. */
 
-/* Columns j0..j1 of y (rows, n) = x (rows, k) W [k, n] + bias (NULL: none); each row of W is read once
- * for all rows. With `sparse` a zero input adds nothing, and a row of W that no row needs is not read
- * (ReLU's outputs are mostly zero). */
-SIMD_CLONES static void dense_cols(const float *x, const float *w, const float *bias, float *y, int64_t rows,
-                                   int64_t k, int64_t n, int64_t j0, int64_t j1, int sparse) {
+/* y (rows, n) = x (rows, k) W [k, n] + bias (NULL: none); each row of W is read once for all rows. */
+SIMD_CLONES static void dense_rows(const float *x, const float *w, const float *bias, float *y,
+                                   int64_t rows, int64_t k, int64_t n) {
   for (int64_t r = 0; r < rows; r++) {
-    if (bias) memcpy(y + r * n + j0, bias + j0, (size_t)(j1 - j0) * sizeof(float));
-    else memset(y + r * n + j0, 0, (size_t)(j1 - j0) * sizeof(float));
+    if (bias) memcpy(y + r * n, bias, (size_t)n * sizeof(float));
+    else memset(y + r * n, 0, (size_t)n * sizeof(float));
   }
   for (int64_t i = 0; i < k; i++) {
     const float *wi = w + i * n;
     for (int64_t r = 0; r < rows; r++) {
       float xi = x[r * k + i];
-      if (sparse && xi == 0.0f) continue;
       float *yr = y + r * n;
-      for (int64_t j = j0; j < j1; j++) yr[j] += xi * wi[j];
+      for (int64_t j = 0; j < n; j++) yr[j] += xi * wi[j];
     }
   }
 }
 
-/* Multiply-adds from which a product is split by columns across the pool's threads: generation's rows
- * are few, so its products stream their weights from memory, which two cores read faster than one.
- * Each element sums in the same order either way. */
-#define DENSE_SPLIT_MACS (1 << 15)
-
-typedef struct {
-  const float *x, *w, *bias;
-  float *y;
-  int64_t rows, k, n;
-  int sparse;
-} dense_job;
-
-static void dense_cols_range(void *p, int64_t j0, int64_t j1) {
-  dense_job *d = p;
-  dense_cols(d->x, d->w, d->bias, d->y, d->rows, d->k, d->n, j0, j1, d->sparse);
-}
-
-/* y (rows, n) = x (rows, k) W [k, n] + bias, in column halves on two threads when big enough (inside
- * another split, parallel_for runs it on the calling thread). */
-static void product_rows(const float *x, const float *w, const float *bias, float *y, int64_t rows, int64_t k,
-                         int64_t n, int sparse) {
-  dense_job job = {x, w, bias, y, rows, k, n, sparse};
-  int64_t half = ((n + 1) / 2 + 15) / 16 * 16; /* whole cache lines per thread */
-  if (rows * k * n >= DENSE_SPLIT_MACS) parallel_for(n, half, dense_cols_range, &job);
-  else dense_cols_range(&job, 0, n);
-}
-
-static void dense_rows(const float *x, const float *w, const float *bias, float *y, int64_t rows, int64_t k,
-                       int64_t n) {
-  product_rows(x, w, bias, y, rows, k, n, 0);
-}
-
-static void sparse_dense_rows(const float *x, const float *w, const float *bias, float *y, int64_t rows,
-                              int64_t k, int64_t n) {
-  product_rows(x, w, bias, y, rows, k, n, 1);
+/* dense_rows for inputs that are mostly zero (ReLU's outputs): a zero input adds nothing, and a row of
+ * W that no row needs is not read. */
+SIMD_CLONES static void sparse_dense_rows(const float *x, const float *w, const float *bias, float *y,
+                                          int64_t rows, int64_t k, int64_t n) {
+  for (int64_t r = 0; r < rows; r++) memcpy(y + r * n, bias, (size_t)n * sizeof(float));
+  for (int64_t i = 0; i < k; i++) {
+    const float *wi = w + i * n;
+    for (int64_t r = 0; r < rows; r++) {
+      float xi = x[r * k + i];
+      if (xi == 0.0f) continue;
+      float *yr = y + r * n;
+      for (int64_t j = 0; j < n; j++) yr[j] += xi * wi[j];
+    }
+  }
 }
 
 static void layer_norm_rows(const float *x, const float *g, const float *b, float *y, float *stats,
