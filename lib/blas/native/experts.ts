@@ -21,6 +21,20 @@ export const EXPERTS_SYMBOLS = {
 } as const;
 
 /** Sizes of seeMoE's routing: N tokens of width C, k choices each, M expert rows, E experts. */
+/** experts()' arrays: x in, y out, and h (the hidden layer, where kept) and the dropout mask. */
+type ExpertsIo = { x: Float32Array; h: Float32Array | null; y: Float32Array; mask: Uint8Array | null };
+/** experts()' dropout: one seed per expert and the keep probability. */
+type ExpertsDropout = { seeds: number[]; keep: number };
+
+/** expertsGrad()'s arrays: the forward's x (and h, or null: recomputed), dy and mask in, dx out. */
+type ExpertsGradIo = {
+  x: Float32Array;
+  h: Float32Array | null;
+  dy: Float32Array;
+  mask: Uint8Array | null;
+  dx: Float32Array;
+};
+
 export interface MoEDims {
   N: number;
   M: number;
@@ -57,8 +71,8 @@ export interface ExpertsKernels {
     offsets: Uint32Array,
     counts: Int32Array,
     route: ExpertRows,
-    io: { x: Float32Array; h: Float32Array | null; y: Float32Array; mask: Uint8Array | null },
-    dropout: { seeds: number[]; keep: number } | null,
+    io: ExpertsIo,
+    dropout: ExpertsDropout | null,
     dims: { C: number; F: number },
   ): void;
   /**
@@ -71,13 +85,7 @@ export interface ExpertsKernels {
     gradOffsets: Uint32Array,
     counts: Int32Array,
     route: ExpertRows,
-    io: {
-      x: Float32Array;
-      h: Float32Array | null;
-      dy: Float32Array;
-      mask: Uint8Array | null;
-      dx: Float32Array;
-    },
+    io: ExpertsGradIo,
     keep: number,
     dims: { C: number; F: number },
   ): void;
@@ -186,8 +194,8 @@ function checkExpertsForward(
   offsets: Uint32Array,
   counts: Int32Array,
   route: ExpertRows,
-  io: { x: Float32Array; h: Float32Array | null; y: Float32Array; mask: Uint8Array | null },
-  dropout: { seeds: number[]; keep: number } | null,
+  io: ExpertsIo,
+  dropout: ExpertsDropout | null,
   { C, F }: { C: number; F: number },
 ): void {
   const rows = checkExperts("experts", heapBytes, offsets, counts, [C * F, F, F * C, C]);
@@ -218,13 +226,7 @@ function checkExpertsGrad(
   gradOffsets: Uint32Array,
   counts: Int32Array,
   route: ExpertRows,
-  io: {
-    x: Float32Array;
-    h: Float32Array | null;
-    dy: Float32Array;
-    mask: Uint8Array | null;
-    dx: Float32Array;
-  },
+  io: ExpertsGradIo,
   keep: number,
   { C, F }: { C: number; F: number },
 ): void {
