@@ -104,7 +104,7 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
   return {
     experts(heap, offsets, counts, route, io, dropout, { C, F }) {
       check.needSgemm(shared, "experts");
-      checkExpertsForward(heap.byteLength, offsets, counts, route, io, dropout, { C, F });
+      checkExpertsForward(heap, offsets, counts, route, io, dropout, { C, F });
       const states = dropoutStates(dropout, counts.length);
       const { x, h, y } = io, mask = dropout ? io.mask : null, keep = dropout?.keep ?? 1;
       const E = counts.length, N = route.tokens;
@@ -128,7 +128,7 @@ export function expertsKernels(s: Symbols<typeof EXPERTS_SYMBOLS>, shared: Share
     },
     expertsGrad(heap, offsets, gradOffsets, counts, route, io, keep, { C, F }) {
       check.needSgemm(shared, "expertsGrad");
-      checkExpertsGrad(heap.byteLength, offsets, gradOffsets, counts, route, io, keep, { C, F });
+      checkExpertsGrad(heap, offsets, gradOffsets, counts, route, io, keep, { C, F });
       const { x, h, dy, mask, dx } = io, E = counts.length, N = route.tokens;
       const rc = s.seemore_experts_grad(
         heap,
@@ -190,15 +190,9 @@ function checkExperts(
 
 /** experts()' regions, rows and arrays (h where kept); with dropout, a mask and a seed per expert. */
 function checkExpertsForward(
-  heapBytes: number,
-  offsets: Uint32Array,
-  counts: Int32Array,
-  route: ExpertRows,
-  io: ExpertsIo,
-  dropout: ExpertsDropout | null,
-  { C, F }: { C: number; F: number },
+  ...[heap, offsets, counts, route, io, dropout, { C, F }]: Parameters<ExpertsKernels["experts"]>
 ): void {
-  const rows = checkExperts("experts", heapBytes, offsets, counts, [C * F, F, F * C, C]);
+  const rows = checkExperts("experts", heap.byteLength, offsets, counts, [C * F, F, F * C, C]);
   checkRows("experts", route, rows, C, io.x);
   check.sameLength("experts", rows * C, { y: io.y });
   if (io.h) check.sameLength("experts", rows * F, { h: io.h });
@@ -221,18 +215,13 @@ function dropoutStates(dropout: { seeds: number[] } | null, experts: number): Fl
 
 /** expertsGrad()'s parameter and gradient regions, rows and arrays (h and mask where given). */
 function checkExpertsGrad(
-  heapBytes: number,
-  offsets: Uint32Array,
-  gradOffsets: Uint32Array,
-  counts: Int32Array,
-  route: ExpertRows,
-  io: ExpertsGradIo,
-  keep: number,
-  { C, F }: { C: number; F: number },
+  ...[heap, offsets, gradOffsets, counts, route, io, keep, { C, F }]: Parameters<
+    ExpertsKernels["expertsGrad"]
+  >
 ): void {
   const sizes = [C * F, F, F * C, C];
-  const rows = checkExperts("expertsGrad", heapBytes, offsets, counts, sizes);
-  checkExperts("expertsGrad (gradients)", heapBytes, gradOffsets, counts, sizes);
+  const rows = checkExperts("expertsGrad", heap.byteLength, offsets, counts, sizes);
+  checkExperts("expertsGrad (gradients)", heap.byteLength, gradOffsets, counts, sizes);
   checkRows("expertsGrad", route, rows, C, io.x);
   check.sameLength("expertsGrad", rows * C, { dy: io.dy });
   check.sameLength("expertsGrad", route.tokens * C, { dx: io.dx });
