@@ -49,6 +49,8 @@ export interface BlockDims {
   heads: number;
   preNorm: boolean;
   causal: boolean;
+  /** The feed-forward's activation is ReLU (seeMoE's ViT) instead of GELU. */
+  relu: boolean;
   scale: number;
   keep: number;
   eps: number;
@@ -341,6 +343,7 @@ const UNIT: BlockDims = {
   heads: 1,
   preNorm: false,
   causal: false,
+  relu: false,
   scale: 1,
   keep: 1,
   eps: 0,

@@ -40,8 +40,6 @@ export class Block extends Module {
   readonly attn: MultiHeadAttention;
   readonly ln2: LayerNorm;
   readonly ffn: FeedForward | MLP;
-  /** The whole block runs as one op where it can (seemore's feed-forward): decided once, here. */
-  private readonly whole: boolean;
 
   constructor(readonly cfg: BlockConfig, init: Initialiser) {
     super();
@@ -54,13 +52,20 @@ export class Block extends Module {
     this.ln2 = this.add("ln2", new LayerNorm(C, init));
     // seeMoE's MLP keeps its own default dropout of 0.1, whatever the block's rate.
     this.ffn = this.add("ffn", cfg.ffn === "mlp" ? new MLP(C, 0.1, true, init) : new FeedForward(C, init));
-    this.whole = cfg.ffn !== "mlp";
   }
 
   /** x (B, T, C) → (B, T, C); with a cache (generation) x holds only the new positions. */
   forward(x: tf.Tensor3D, ctx: ForwardContext, cache?: KVCache): tf.Tensor3D {
-    if (!this.whole || cache || this.attn.keepAttention) return this.layers(x, ctx, cache);
+    if (!this.whole(ctx) || cache || this.attn.keepAttention) return this.layers(x, ctx, cache);
     return transformerBlock(x, this.weights(), this.wholeOptions(ctx), () => this.layers(x, ctx));
+  }
+
+  /**
+   * Whether the block runs as one op: always with seemore's feed-forward; with seeMoE's ViT MLP only
+   * while its output dropout is off (evaluation), a draw the block op does not make.
+   */
+  private whole(ctx: ForwardContext): boolean {
+    return this.ffn.cfg.dropout === 0 || !ctx.training;
   }
 
   /**
@@ -114,7 +119,7 @@ export class Block extends Module {
 
   /** The whole-block op's options: the attention's, with the noise its two dropouts draw in the layers. */
   private wholeOptions(ctx: ForwardContext): BlockOptions {
-    return blockOptions(this.attn, this.cfg.preNorm === true, ctx);
+    return { ...blockOptions(this.attn, this.cfg.preNorm === true, ctx), activation: this.ffn.cfg.activation };
   }
 }
 

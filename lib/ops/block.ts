@@ -9,7 +9,7 @@ import { hasKernels, runKernel } from "./registry.ts";
 /** The block kernels' weight inputs, in the order the gradient kernel returns their gradients. */
 export const BLOCK_WEIGHTS = ["g1", "b1", "wqkv", "wp", "bp", "g2", "b2", "w1", "bh", "w2", "bf"] as const;
 
-/** A block's parameters (seemore's block with its GELU feed-forward), weights [in, out]. */
+/** A block's parameters (its feed-forward without dropout: seemore's GELU or seeMoE's ViT's ReLU), weights [in, out]. */
 export interface BlockWeights {
   g1: tf.Tensor1D; // ln1
   b1: tf.Tensor1D;
@@ -30,6 +30,8 @@ export interface BlockOptions {
   causal: boolean;
   /** out = x1 + ffn(LN2 x1) when true, else the original's LN2(x1) + ffn(LN2 x1). */
   preNorm: boolean;
+  /** The feed-forward's activation (default GELU). */
+  activation?: "gelu" | "relu";
   eps: number;
   /** Dropout on the attention weights and on the projection's output, tf.dropout's noise for each seed. */
   dropout?: { rate: number; attention: number; projection: number };
@@ -42,6 +44,7 @@ function kernelAttrs(o: BlockOptions) {
     scale: o.scale,
     causal: o.causal,
     preNorm: o.preNorm,
+    relu: o.activation === "relu",
     eps: o.eps,
     dropout: o.dropout !== undefined,
     keep: o.dropout ? 1 - o.dropout.rate : 1,
@@ -52,7 +55,8 @@ function kernelAttrs(o: BlockOptions) {
 
 /**
  * x (B, T, C) → (B, T, C):  a = LN1(x); x1 = x + dropout(attention(a Wqkv) Wp + bp); n = LN2(x1);
- * out = (preNorm ? x1 : n) + GELU(n W1 + bh) W2 + bf. `composite` computes the same from the layers.
+ * out = (preNorm ? x1 : n) + act(n W1 + bh) W2 + bf, act GELU or ReLU. `composite` computes the same from
+ * the layers.
  */
 export function transformerBlock(
   x: tf.Tensor3D,

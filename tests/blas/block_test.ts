@@ -1,7 +1,8 @@
 // The whole-block kernel (kernels.c seemore_block / seemore_block_grad, on wasm) against the op-by-op
 // block on the cpu backend, and against the layers' own fast path on wasm: the block's output and the
 // gradients of its input and of all eleven parameters, for the decoder's block (causal) and the ViT's,
-// with and without dropout (same seeds, so the same noise), pre-norm, and the head-size scale. The same
+// with and without dropout (same seeds, so the same noise), pre-norm, the head-size scale, and seeMoE's
+// ViT block (ReLU MLP; one kernel only in evaluation, where its MLP's dropout is off). The same
 // for the block's first half alone (seemore_attention_half: seeMoE's blocks).
 
 import * as tf from "@tensorflow/tfjs";
@@ -56,7 +57,19 @@ const CASES: Case[] = [
     shape: [4, 40, 64],
   },
   { name: "ViT block, eval, split products", causal: false, rate: 0.1, training: false, shape: [4, 40, 64] },
+  // seeMoE's ViT block (its MLP: ReLU, output dropout): one kernel in evaluation, its layers while training
+  { name: "ReLU MLP block, eval", causal: false, rate: 0.1, training: false, options: { ffn: "mlp" } },
+  {
+    name: "ReLU MLP block, eval, split products",
+    causal: false,
+    rate: 0.1,
+    training: false,
+    options: { ffn: "mlp" },
+    shape: [4, 40, 64],
+  },
+  { name: "ReLU MLP block, dropout (its layers)", causal: false, rate: 0.1, training: true, options: { ffn: "mlp" } },
 ];
+const RELU_EVAL = CASES.findIndex((c) => c.name === "ReLU MLP block, eval");
 
 /** What one run differentiates: a part of the case's block and the parameters it uses. */
 interface Part {
@@ -106,9 +119,11 @@ Deno.test({
         assertClose(got, await valuesOn("cpu", blockRun(c)), TOL, `${library}, ${c.name}`);
       }
     });
-    const kernels = (await tf.profile(() => tf.dispose(blockRun(CASES[0])()))).kernels.map((k) => k.name);
-    assertEquals(kernels.includes(FUSED_KERNELS.block), true, "the block kernel ran");
-    assertEquals(kernels.includes(FUSED_KERNELS.blockGrad), true, "its gradient kernel ran");
+    for (const c of [CASES[0], CASES[RELU_EVAL]]) {
+      const kernels = (await tf.profile(() => tf.dispose(blockRun(c)()))).kernels.map((k) => k.name);
+      assertEquals(kernels.includes(FUSED_KERNELS.block), true, `${c.name}: the block kernel ran`);
+      assertEquals(kernels.includes(FUSED_KERNELS.blockGrad), true, `${c.name}: its gradient kernel ran`);
+    }
   },
 });
 
@@ -180,7 +195,16 @@ Deno.test({
     const x = tensor([2, 5, 32], 72);
     const [g1, b1, wqkv, wp, bp, g2, b2, w1, bh, w2, bf] = block.variables();
     const inputs = { x, g1, b1, wqkv, wp, bp, g2, b2, w1, bh: tf.zeros([31]), w2, bf };
-    const attrs = { heads: 4, scale: 0.25, causal: true, preNorm: false, eps: 1e-5, dropout: false, keep: 1 };
+    const attrs = {
+      heads: 4,
+      scale: 0.25,
+      causal: true,
+      preNorm: false,
+      relu: false,
+      eps: 1e-5,
+      dropout: false,
+      keep: 1,
+    };
     let message = "";
     try {
       tf.engine().runKernel(FUSED_KERNELS.block, inputs, { ...attrs, seedAttention: 0, seedProjection: 0 });

@@ -72,6 +72,7 @@ Deno.test("the block's shapes and bytes, with and without dropout, forward and b
     C: 8,
     heads: 2,
     preNorm: false,
+    relu: false,
     causal: true,
     scale: 1,
     keep: 0.9,

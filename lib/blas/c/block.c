@@ -3,19 +3,20 @@
 
 #include "kernels.h"
 
-/* One transformer block (lib/model/block.ts with seemore's GELU feed-forward) in one call each way:
+/* One transformer block (lib/model/block.ts) in one call each way, with seemore's GELU feed-forward or
+ * (relu) the ReLU one of seeMoE's ViT when its dropout is off:
  * the kernels above, called in the order and with the arguments the op-by-op fast path uses, so the
  * numbers are the same and a block costs two calls into C instead of ~60 tfjs kernels. Rows R = B T:
  *   a = LN1(x);  qkv = a Wqkv;  m = attention(qkv);  x1 = x + dropout(m Wp + bp);
- *   n = LN2(x1);  h = n W1 + b1;  out = (pre_norm ? x1 : n) + (GELU(h) W2 + b2)
+ *   n = LN2(x1);  h = n W1 + b1;  out = (pre_norm ? x1 : n) + (act(h) W2 + b2),  act GELU or ReLU
  * Tensors are passed as offsets into the wasm heap, offsets[BLK_*] in the order of layout.ts's
  * BLOCK_TENSORS (the forward pass writes out and the saved tensors; the backward pass reads them and
  * writes dx and the gradients, BLK_D*). The dropout noise comes as chunk states (as seemore_dropout
  * takes them): noise_att for the attention weights (B, H, T, T), noise_proj for the projection's output
  * (R, C); NULL without dropout (the masks are then not touched). */
 
-/* The scratch region, in floats per element of (R, C) (F = 4 C): forward proj (R, C) and GELU's output
- * (R, F); backward GELU's output, its gradient and h's (R, F each). layout.ts sizes it. */
+/* The scratch region, in floats per element of (R, C) (F = 4 C): forward proj (R, C) and act's output
+ * (R, F); backward act's output, its gradient and h's (R, F each). layout.ts sizes it. */
 enum { SCRATCH_FORWARD = 1 + 4, SCRATCH_BACKWARD = 3 * 4 };
 /* The attention half's (seemore_attention_half below), in the same units: a, qkv, m; then a, qkv, m,
  * dproj, dm, dqkv, da and two statistics per row (at most one more unit). */
@@ -26,7 +27,7 @@ _Static_assert(HALF_SCRATCH_FORWARD <= BLK_SCRATCH_FORWARD && HALF_SCRATCH_BACKW
                "lib/blas/layout.ts gives the attention half less scratch than block.c uses");
 
 typedef struct {
-  int32_t B, T, C, H, pre_norm, causal;
+  int32_t B, T, C, H, pre_norm, causal, relu;
   float scale, keep, eps;
 } block_dims;
 
@@ -86,7 +87,8 @@ int32_t seemore_block(uint8_t *heap, const uint32_t *o, const double *noise_att,
   seemore_layer_norm(x1, T_(BLK_G2), T_(BLK_B2), n, T_(BLK_MEAN2), T_(BLK_RSTD2), (int32_t)R, (int32_t)C,
                      d->eps);
   block_dense(n, T_(BLK_W1), T_(BLK_BH), h, R, C, F);
-  seemore_gelu(h, g, (int32_t)(R * F));
+  if (d->relu) seemore_relu_grad(h, h, g, (int32_t)(R * F)); /* h where h > 0, else 0 */
+  else seemore_gelu(h, g, (int32_t)(R * F));
   block_dense(g, T_(BLK_W2), T_(BLK_BF), out, R, F, C);
   add_into(out, d->pre_norm ? x1 : n, R * C);
   return 0;
@@ -97,9 +99,14 @@ int32_t seemore_block_grad(uint8_t *heap, const uint32_t *o, int32_t has_dropout
   int64_t R = (int64_t)d->B * d->T, C = d->C, F = 4 * C;
   float *dout = T_(BLK_DOUT), *dx = T_(BLK_DX);
   float *s = T_(BLK_SCRATCH), *g = s, *dg = s + R * F, *dh = s + 2 * R * F;
-  /* the feed-forward: out = res + GELU(h) W2 + b2 */
+  /* the feed-forward: out = res + act(h) W2 + b2 */
   block_dense_input_grad(dout, T_(BLK_W2), dg, R, F, C);
-  seemore_gelu_with_grad(T_(BLK_H), dg, g, dh, (int32_t)(R * F));
+  if (d->relu) {
+    seemore_relu_grad(T_(BLK_H), T_(BLK_H), g, (int32_t)(R * F)); /* act(h) again */
+    seemore_relu_grad(T_(BLK_H), dg, dh, (int32_t)(R * F));
+  } else {
+    seemore_gelu_with_grad(T_(BLK_H), dg, g, dh, (int32_t)(R * F));
+  }
   block_dense_weight_grad(g, dout, T_(BLK_DW2), T_(BLK_DBF), R, F, C);
   block_dense_weight_grad(T_(BLK_N), dh, T_(BLK_DW1), T_(BLK_DBH), R, C, F);
   float *dn = s, *dx1 = s + R * C, *dproj = s + 2 * R * C, *dmerged = s + 3 * R * C, *dqkv = s + 4 * R * C;

@@ -21,6 +21,8 @@ export interface BlockAttrs {
   scale: number;
   causal: boolean;
   preNorm: boolean;
+  /** The feed-forward's activation is ReLU instead of GELU (the attention half ignores it). */
+  relu: boolean;
   eps: number;
   /** Dropout on the attention weights and on the projection's output, with these seeds (keep = 1 - rate). */
   dropout: boolean;
@@ -37,7 +39,7 @@ function blockDims(x: TensorInfo, attrs: BlockAttrs): BlockDims {
   }
   const [B, T, C] = x.shape;
   const { heads, preNorm, causal, scale, keep, eps } = attrs;
-  return { B, T, C, heads, preNorm, causal, scale, keep: attrs.dropout ? keep : 1, eps };
+  return { B, T, C, heads, preNorm, causal, relu: attrs.relu === true, scale, keep: attrs.dropout ? keep : 1, eps };
 }
 
 /** Each named tensor's heap offset at its BLOCK_TENSORS place, after checking its dtype and element count. */

@@ -9,7 +9,7 @@ const check = checksFor("lib/blas/native/block.ts");
 
 export const BLOCK_SYMBOLS = {
   // heap, offsets (u32, BLOCK_TENSORS order), attention noise states (or null), projection noise
-  // states (or null), draws per chunk, dims (block_dims: 6 i32 then 3 f32) -> 0 on success
+  // states (or null), draws per chunk, dims (block_dims: 7 i32 then 3 f32) -> 0 on success
   seemore_block: { parameters: [B, B, B, B, I, B], result: I },
   seemore_block_grad: { parameters: [B, B, I, B], result: I }, // heap, offsets, has dropout, dims -> 0 on success
   // the block's first half alone (layout.ts HALF_TENSORS), the same arguments as seemore_block / _grad
@@ -127,10 +127,10 @@ function checkBlock(
   });
 }
 
-/** block_dims as c/block.c lays it out: B, T, C, H, pre_norm, causal (int32), then scale, keep, eps (float32). */
+/** block_dims as c/block.c lays it out: B, T, C, H, pre_norm, causal, relu (int32), then scale, keep, eps (float32). */
 function blockDimsStruct(d: BlockDims): Uint8Array {
-  const buf = new ArrayBuffer(36);
-  new Int32Array(buf, 0, 6).set([d.B, d.T, d.C, d.heads, d.preNorm ? 1 : 0, d.causal ? 1 : 0]);
-  new Float32Array(buf, 24, 3).set([d.scale, d.keep, d.eps]);
+  const buf = new ArrayBuffer(40);
+  new Int32Array(buf, 0, 7).set([d.B, d.T, d.C, d.heads, d.preNorm ? 1 : 0, d.causal ? 1 : 0, d.relu ? 1 : 0]);
+  new Float32Array(buf, 28, 3).set([d.scale, d.keep, d.eps]);
   return new Uint8Array(buf);
 }
