@@ -119,7 +119,10 @@ export class Block extends Module {
 
   /** The whole-block op's options: the attention's, with the noise its two dropouts draw in the layers. */
   private wholeOptions(ctx: ForwardContext): BlockOptions {
-    return { ...blockOptions(this.attn, this.cfg.preNorm === true, ctx), activation: this.ffn.cfg.activation };
+    return {
+      ...blockOptions(this.attn, this.cfg.preNorm === true, ctx),
+      activation: this.ffn.cfg.activation,
+    };
   }
 }
 

@@ -67,7 +67,13 @@ const CASES: Case[] = [
     options: { ffn: "mlp" },
     shape: [4, 40, 64],
   },
-  { name: "ReLU MLP block, dropout (its layers)", causal: false, rate: 0.1, training: true, options: { ffn: "mlp" } },
+  {
+    name: "ReLU MLP block, dropout (its layers)",
+    causal: false,
+    rate: 0.1,
+    training: true,
+    options: { ffn: "mlp" },
+  },
 ];
 const RELU_EVAL = CASES.findIndex((c) => c.name === "ReLU MLP block, eval");
 

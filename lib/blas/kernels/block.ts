@@ -39,7 +39,8 @@ function blockDims(x: TensorInfo, attrs: BlockAttrs): BlockDims {
   }
   const [B, T, C] = x.shape;
   const { heads, preNorm, causal, scale, keep, eps } = attrs;
-  return { B, T, C, heads, preNorm, causal, relu: attrs.relu === true, scale, keep: attrs.dropout ? keep : 1, eps };
+  const relu = attrs.relu === true;
+  return { B, T, C, heads, preNorm, causal, relu, scale, keep: attrs.dropout ? keep : 1, eps };
 }
 
 /** Each named tensor's heap offset at its BLOCK_TENSORS place, after checking its dtype and element count. */

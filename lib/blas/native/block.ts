@@ -130,7 +130,15 @@ function checkBlock(
 /** block_dims as c/block.c lays it out: B, T, C, H, pre_norm, causal, relu (int32), then scale, keep, eps (float32). */
 function blockDimsStruct(d: BlockDims): Uint8Array {
   const buf = new ArrayBuffer(40);
-  new Int32Array(buf, 0, 7).set([d.B, d.T, d.C, d.heads, d.preNorm ? 1 : 0, d.causal ? 1 : 0, d.relu ? 1 : 0]);
+  new Int32Array(buf, 0, 7).set([
+    d.B,
+    d.T,
+    d.C,
+    d.heads,
+    d.preNorm ? 1 : 0,
+    d.causal ? 1 : 0,
+    d.relu ? 1 : 0,
+  ]);
   new Float32Array(buf, 28, 3).set([d.scale, d.keep, d.eps]);
   return new Uint8Array(buf);
 }
