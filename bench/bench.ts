@@ -51,6 +51,8 @@ a GPU, else the CPU). On a GPU machine, ours on the GPU against the original on 
 See bench/README.md.`;
 
 export const GENERATE_TOKENS = 40;
+/** Generation runs per figure: each takes tens of ms, so a median of a few swings with the machine's noise. */
+const GENERATE_RUNS = 15;
 const VOCAB = 66; // the original's: 65 characters of input.txt + <pad>
 
 export function median(xs: number[]): number {
@@ -328,13 +330,13 @@ async function repeatRuns<T>(n: number, f: () => Promise<T>): Promise<T[]> {
   return out;
 }
 
-/** Our figures: medians of `steps` runs of each. */
+/** Our figures: medians of `steps` runs of the train step and the forward pass, of GENERATE_RUNS generations. */
 export async function bench(opts: BenchOptions & { profile?: boolean } = {}): Promise<BenchResult> {
   const p = await prepare(opts);
   const steps = opts.steps ?? 10;
   const train = await repeatRuns(steps, () => p.ours.train());
   const forward = await repeatRuns(steps, () => p.ours.forward());
-  const gen = await repeatRuns(Math.min(steps, 5), () => p.ours.generate());
+  const gen = await repeatRuns(GENERATE_RUNS, () => p.ours.generate());
   const result = resultOf(p, train, forward, gen);
   if (opts.profile) result.profile = await profileKernels(() => p.ours.train());
   p.ours.dispose();
