@@ -38,8 +38,7 @@ function blockDims(x: TensorInfo, attrs: BlockAttrs): BlockDims {
     );
   }
   const [B, T, C] = x.shape;
-  const { heads, preNorm, causal, scale, keep, eps } = attrs;
-  const relu = attrs.relu === true;
+  const { heads, preNorm, causal, relu, scale, keep, eps } = attrs;
   return { B, T, C, heads, preNorm, causal, relu, scale, keep: attrs.dropout ? keep : 1, eps };
 }
 
