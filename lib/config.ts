@@ -59,6 +59,7 @@ export interface TrainConfig {
   min_lr: number;
   word_noise: number;
   word_loss: number;
+  image_shift: number;
 }
 
 /** Where a key's flag appears in --help. */
@@ -318,6 +319,15 @@ export const TRAIN_KEYS: Specs<TrainConfig> = {
     flag: "word-loss",
     group: "training",
     help: "weight of the word loss: the ViT's CLS feature of a grey copy predicts the caption's words",
+  },
+  image_shift: {
+    default: 0,
+    integer: true,
+    min: 0,
+    max: 64,
+    flag: "image-shift",
+    group: "training",
+    help: "training images moved by up to this many pixels each way (edges repeated)",
   },
 };
 

@@ -74,6 +74,7 @@ const seeds = (seed: number, step: number) => ({
   dropout: hash32(seed, step, 2),
   val: hash32(seed, step, 3),
   tokens: hash32(seed, step, 4),
+  shift: hash32(seed, step, 5),
 });
 
 /**
@@ -126,7 +127,8 @@ export function stepBatch(
   const rows = new BatchSampler(run.train, s.batch).sampleRows(cfg.batch_size);
   const rand = mulberry32(s.tokens);
   const noised = noise ? rows.map((row) => noise.apply(run.train.tokens[row], rand)) : undefined;
-  const batch = makeBatch(run.train, rows, noised);
+  const shift = cfg.image_shift > 0 ? { max: cfg.image_shift, rand: mulberry32(s.shift) } : undefined;
+  const batch = makeBatch(run.train, rows, noised, shift);
   const words = model.wordHead && cfg.word_loss > 0 ? imageWordTargets(model, run.train, rows) : undefined;
   return { step, batch, words };
 }

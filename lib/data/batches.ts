@@ -7,6 +7,7 @@ import { DEFAULT_MODEL } from "../config.ts";
 import { describeLocation, type Tokenizer } from "../tokenizer.ts";
 import { CAPTION_COLUMN, type ImageCaptionTable, readImageCaptionCsv } from "./csv.ts";
 import { blankImage, decodeBase64Images } from "./images.ts";
+import { shiftImages } from "./image_shift.ts";
 import type { NoisedCaption } from "./word_noise.ts";
 import { mulberry32 } from "../random.ts";
 
@@ -181,8 +182,14 @@ function checkBatchSize(batchSize: number): void {
 /**
  * The original's get_batch on chosen rows: images stacked, captions padded, targets shifted.
  * `noised`: the rows' captions after word noising (lib/data/word_noise.ts), used instead of the dataset's.
+ * `shift`: each image moved by up to `max` pixels each way, drawn from `rand` (lib/data/image_shift.ts).
  */
-export function makeBatch(dataset: ImageCaptionDataset, rows: number[], noised?: NoisedCaption[]): Batch {
+export function makeBatch(
+  dataset: ImageCaptionDataset,
+  rows: number[],
+  noised?: NoisedCaption[],
+  shift?: { max: number; rand: () => number },
+): Batch {
   const B = rows.length;
   if (B === 0) throw new Error(`${dataset.file}: a batch needs at least one row`);
   for (const row of rows) {
@@ -193,6 +200,7 @@ export function makeBatch(dataset: ImageCaptionDataset, rows: number[], noised?:
   const imageSize = 3 * dataset.imgSize * dataset.imgSize;
   const pixels = new Float32Array(B * imageSize);
   rows.forEach((row, b) => pixels.set(dataset.image(row), b * imageSize));
+  if (shift) shiftImages(pixels, dataset.imgSize, shift.max, shift.rand);
 
   const captions = noised?.map((n) => n.ids) ?? rows.map((row) => dataset.tokens[row]);
   const T = Math.max(...captions.map((ids) => ids.length));
