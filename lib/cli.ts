@@ -163,7 +163,8 @@ async function modelFor(flags: ParsedFlags, table: ImageCaptionTable, s: ReturnT
       max_iters: s.cfg.max_iters,
       ...(flags.train.save_interval !== undefined ? { save_interval: s.cfg.save_interval } : {}),
     };
-    if (saved) Object.assign(s.cfg, { ...saved, ...keep });
+    // A key the saved settings lack came later and was off in that run: its default, not the recipe's.
+    if (saved) Object.assign(s.cfg, { ...DEFAULT_TRAIN, ...saved, ...keep });
     return { model: loaded.model, tokenizer: new Tokenizer(loaded.vocab) };
   }
   const tokenizer = chooseTokenizer(table.captions);

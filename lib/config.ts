@@ -60,6 +60,7 @@ export interface TrainConfig {
   word_noise: number;
   word_loss: number;
   image_shift: number;
+  ema: number;
 }
 
 /** Where a key's flag appears in --help. */
@@ -328,6 +329,13 @@ export const TRAIN_KEYS: Specs<TrainConfig> = {
     flag: "image-shift",
     group: "training",
     help: "training images moved by up to this many pixels each way (edges repeated)",
+  },
+  ema: {
+    default: 0,
+    ...RATE,
+    flag: "ema",
+    group: "training",
+    help: "decay of a moving average of the weights, saved as the model (0: the last step's weights)",
   },
 };
 

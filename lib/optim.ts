@@ -101,26 +101,35 @@ export class Adam {
 
   /** State as named tensors (adam.m.<i>, adam.v.<i>) for a safetensors file; `step` goes alongside. */
   state(): NamedTensor[] {
-    const named = (kind: string, vs: tf.Variable[]) =>
-      vs.map((t, i) => ({ name: `adam.${kind}.${i}`, shape: t.shape, data: readData(t) }));
-    return [...named("m", this.m), ...named("v", this.v)];
+    return [...namedState("adam.m", this.m), ...namedState("adam.v", this.v)];
   }
 
-  load(step: number, tensors: Map<string, { shape: number[]; data: Float32Array }>, file: string): void {
-    const restore = (kind: string, vs: tf.Variable[]) =>
-      vs.forEach((t, i) => {
-        const s = tensors.get(`adam.${kind}.${i}`);
-        if (!s || s.data.length !== t.size) {
-          throw new Error(`${file}: optimizer tensor adam.${kind}.${i} is missing or mis-shaped`);
-        }
-        tf.tidy(() => t.assign(tf.tensor(s.data, t.shape)));
-      });
-    restore("m", this.m);
-    restore("v", this.v);
+  load(step: number, tensors: SavedTensors, file: string): void {
+    restoreState(tensors, "adam.m", this.m, file);
+    restoreState(tensors, "adam.v", this.v, file);
     this.step = step;
   }
 
   dispose(): void {
     tf.dispose([...this.m, ...this.v]);
   }
+}
+
+/** Tensors read from a safetensors file, by name. */
+export type SavedTensors = Map<string, { shape: number[]; data: Float32Array }>;
+
+/** Training state as named tensors, `<prefix>.<i>` for vs[i]. */
+export function namedState(prefix: string, vs: tf.Variable[]): NamedTensor[] {
+  return vs.map((t, i) => ({ name: `${prefix}.${i}`, shape: t.shape, data: readData(t) }));
+}
+
+/** Restores namedState(prefix, vs) from `tensors`; a missing or mis-shaped tensor is named with its file. */
+export function restoreState(tensors: SavedTensors, prefix: string, vs: tf.Variable[], file: string): void {
+  vs.forEach((t, i) => {
+    const s = tensors.get(`${prefix}.${i}`);
+    if (!s || s.data.length !== t.size) {
+      throw new Error(`${file}: training-state tensor ${prefix}.${i} is missing or mis-shaped`);
+    }
+    tf.tidy(() => t.assign(tf.tensor(s.data, t.shape)));
+  });
 }

@@ -5,6 +5,10 @@
 // all come from seeds derived from (seed, s). So a run resumed from a checkpoint at step s (weights,
 // optimizer moments and step count restored) follows the same loss curve as one never interrupted.
 //
+// With cfg.ema the run also keeps an average of the weights (lib/weight_average.ts): each save writes the
+// average as the model and the training weights beside the optimizer state; after training the model
+// holds the average.
+//
 // Faults: the run folder is saved every save_interval steps and at the end, each save one group commit
 // (lib/checkpoint.ts), so a crash at any moment leaves a folder that loads and resumes. A NaN or infinite
 // loss stops training with an error, and no save follows: the folder keeps the last good checkpoint.
@@ -31,6 +35,7 @@ import { type MetricRow, metricsCsv, routerStatsCsv } from "./run_log.ts";
 import { Adam } from "./optim.ts";
 import { ProgressBar } from "./progress.ts";
 import { toHost } from "./readback.ts";
+import { WeightAverage } from "./weight_average.ts";
 
 export type { MetricRow };
 
@@ -207,7 +212,7 @@ export function metricsFrame(rows: MetricRow[]): pl.DataFrame {
   });
 }
 
-/** Names the first parameter or optimizer moment holding NaN or ±Inf, if any: such a state is not saved. */
+/** Names the first parameter or training-state tensor holding NaN or ±Inf, if any: such a state is not saved. */
 function nonFinite(opt: Adam, moments: NamedTensor[]): string | undefined {
   const finite = (data: ArrayLike<number>) => {
     for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return false;
@@ -216,16 +221,24 @@ function nonFinite(opt: Adam, moments: NamedTensor[]): string | undefined {
   const param = opt.params.find((p) => !finite(p.dataSync() as Float32Array));
   if (param) return `parameter ${param.name}`;
   const moment = moments.find((t) => !finite(t.data));
-  return moment && `optimizer tensor ${moment.name}`;
+  return moment && `training-state tensor ${moment.name}`;
 }
 
 /**
  * Writes the checkpoint (config.json + model.safetensors) and everything --resume needs, as one group:
  * a crash while saving leaves the previous save whole. Refuses weights or moments that hold NaN or ±Inf.
+ * With a weight average, model.safetensors holds the average and the optimizer file the training weights.
  */
-export async function saveRun(run: TrainRun, opt: Adam, metrics: MetricRow[], dir: string): Promise<void> {
-  await toHost([...run.model.variables(), ...opt.moments()]); // so the synchronous readers below work on WebGPU
-  const moments = opt.state();
+export async function saveRun(
+  run: TrainRun,
+  opt: Adam,
+  metrics: MetricRow[],
+  dir: string,
+  average?: WeightAverage,
+): Promise<void> {
+  // Read to the host first, so that the synchronous readers below work on WebGPU.
+  await toHost([...run.model.variables(), ...opt.moments(), ...(average?.tensors() ?? [])]);
+  const moments = [...opt.state(), ...(average?.state() ?? [])];
   const bad = nonFinite(opt, moments);
   if (bad) throw new Error(`${dir}: not saved: ${bad} holds NaN or Inf after step ${opt.step}`);
   const enc = new TextEncoder();
@@ -235,14 +248,16 @@ export async function saveRun(run: TrainRun, opt: Adam, metrics: MetricRow[], di
     ["metrics.csv", enc.encode(metricsCsv(metrics))],
   ];
   if (metrics.some((r) => r.router)) files.push(["router.csv", enc.encode(routerStatsCsv(metrics))]);
-  await saveModel(dir, run.model, run.vocab, { ...run.extraConfig, train: run.cfg }, files);
+  const save = () => saveModel(dir, run.model, run.vocab, { ...run.extraConfig, train: run.cfg }, files);
+  await (average ? average.withAverage(opt.step, save) : save());
 }
 
 /**
- * Restores optimizer state and metrics saved by saveRun (the model itself is loaded by loadModel). Reads
- * through a commit that a crash interrupted, as loadModel does, so both see the same save.
+ * Restores optimizer state and metrics saved by saveRun (the model itself is loaded by loadModel), and
+ * with a weight average its running sums and the training weights. Reads through a commit that a crash
+ * interrupted, as loadModel does, so both see the same save.
  */
-export async function loadRunState(dir: string, opt: Adam): Promise<MetricRow[]> {
+export async function loadRunState(dir: string, opt: Adam, average?: WeightAverage): Promise<MetricRow[]> {
   const stateFile = `${dir}/${STATE_FILE}`;
   let state: { step: number; metrics: MetricRow[] };
   try {
@@ -251,7 +266,9 @@ export async function loadRunState(dir: string, opt: Adam): Promise<MetricRow[]>
     throw new Error(`${stateFile}: cannot resume from this folder (${(e as Error).message.split("\n")[0]})`);
   }
   const optFile = `${dir}/${OPTIMIZER_FILE}`;
-  opt.load(state.step, decodeSafetensors(await readCommitted(dir, OPTIMIZER_FILE), optFile), optFile);
+  const tensors = decodeSafetensors(await readCommitted(dir, OPTIMIZER_FILE), optFile);
+  opt.load(state.step, tensors, optFile);
+  average?.load(tensors, optFile);
   return state.metrics;
 }
 
@@ -259,21 +276,30 @@ export async function loadRunState(dir: string, opt: Adam): Promise<MetricRow[]>
  * Trains `run.model` for cfg.max_iters optimizer steps in all (a resumed run continues its count),
  * saving to run.outDir every cfg.save_interval steps and at the end. Throws on a NaN or infinite loss,
  * naming the step, without saving. `resumeDir`: a folder written by saveRun whose weights are already
- * loaded into run.model.
+ * loaded into run.model. With cfg.ema, run.model ends holding the average of its weights.
  */
 export async function train(run: TrainRun, resumeDir?: string): Promise<TrainResult> {
   const { model, cfg } = run;
   const opt = new Adam(model.variables(), cfg.learning_rate);
+  const average = cfg.ema > 0 ? new WeightAverage(model.variables(), cfg.ema) : undefined;
   try {
-    return await trainLoop(run, opt, resumeDir);
+    const result = await trainLoop(run, opt, average, resumeDir);
+    if (!result.interrupted) average?.apply(opt.step);
+    return result;
   } finally {
     opt.dispose();
+    average?.dispose();
   }
 }
 
-async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<TrainResult> {
+async function trainLoop(
+  run: TrainRun,
+  opt: Adam,
+  average: WeightAverage | undefined,
+  resumeDir?: string,
+): Promise<TrainResult> {
   const { model, cfg, outDir } = run;
-  const metrics = resumeDir ? await loadRunState(resumeDir, opt) : [];
+  const metrics = resumeDir ? await loadRunState(resumeDir, opt, average) : [];
   let savedStep = resumeDir !== undefined && resumeDir === outDir ? opt.step : undefined; // what outDir holds
   const bar = run.progress ? new ProgressBar(cfg.max_iters) : null;
   const ctrlC = ctrlCStop(run);
@@ -291,6 +317,7 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
       const t0 = performance.now();
       opt.lr = learningRate(cfg, step);
       const current = inFlight(stepOnDevice(model, opt, run, next), opt.step); // queued, not waited for
+      average?.update(opt.step);
       // While the device works: the next batch, then the previous step's loss.
       next = opt.step < cfg.max_iters ? stepBatch(model, run, opt.step, noise) : null;
       if (previous) {
@@ -312,7 +339,7 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
         trainSeconds += (performance.now() - t1) / 1000;
         if (evaluate) await evaluateAt(run, step, trainLoss, trainSeconds, metrics);
         if (save) {
-          await saveRun(run, opt, metrics, outDir);
+          await saveRun(run, opt, metrics, outDir, average);
           savedStep = opt.step;
         }
       }
@@ -329,7 +356,7 @@ async function trainLoop(run: TrainRun, opt: Adam, resumeDir?: string): Promise<
     ctrlC.remove();
     bar?.finish();
   }
-  if (outDir) await saveRun(run, opt, metrics, outDir);
+  if (outDir) await saveRun(run, opt, metrics, outDir, average);
   return { metrics, frame: metricsFrame(metrics), steps: opt.step, interrupted: ctrlC.stopped, timeUp };
 }
 

@@ -23,7 +23,10 @@ function cfg(over: Partial<TrainConfig> = {}): TrainConfig {
   return { ...DEFAULT_TRAIN, batch_size: 3, eval_iters: 2, val_batch_size: 3, eval_interval: 5, ...over };
 }
 
-/** The original's model and schedule, and the seeing recipe's extras: conv stem, word head, word noise, decay. */
+/**
+ * The original's model and schedule, and the seeing recipe's extras: conv stem, word head, word noise,
+ * decay; and image shifts and a weight average (whose running sums and training weights a resume restores).
+ */
 const SETUPS = [
   { name: "original", model: tinyConfig(), train: {} },
   {
@@ -34,7 +37,15 @@ const SETUPS = [
       first_token_from_image: true,
       image_words: ["a", "red"],
     }),
-    train: { word_noise: 0.5, word_loss: 1, warmup_iters: 2, decay_lr: true, min_lr: 1e-4 },
+    train: {
+      word_noise: 0.5,
+      word_loss: 1,
+      warmup_iters: 2,
+      decay_lr: true,
+      min_lr: 1e-4,
+      image_shift: 2,
+      ema: 0.9,
+    },
   },
 ] as const;
 
