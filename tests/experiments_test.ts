@@ -59,3 +59,17 @@ Deno.test("prompt_swap.ts: the true shape's share after the true and after a see
     assert(Number.isInteger(r[key] * 8) && r[key] >= 0 && r[key] <= 1, `${key} = ${r[key]}`);
   }
 });
+
+Deno.test("ema.ts: test scores of the last weights and of each average, and the last weights put back", async () => {
+  const out = await run([
+    `${EXPERIMENTS}ema.ts`,
+    ...["--data", data, "--decays", "0.5,0.9", "--every", "1"],
+    ...["--train", JSON.stringify({ max_iters: 3, batch_size: 4, eval_interval: 10, eval_iters: 1 })],
+  ]);
+  const r = JSON.parse(out.trim().split("\n").at(-1)!);
+  assert.equal(r.steps, 3);
+  for (const key of ["last", "ema_0.5", "ema_0.9", "last_again"]) {
+    assert(Number.isInteger(r[key].exact * 8) && r[key].exact >= 0 && r[key].exact <= 1, `${key}: ${r[key]}`);
+  }
+  assert.deepEqual(r.last_again, r.last);
+});
