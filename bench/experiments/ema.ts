@@ -4,7 +4,7 @@
 // end scores the test split (500 held-out colour–shape pairs) with the last weights and with each average.
 //
 //   deno run -A --v8-flags=--max-semi-space-size=4 bench/experiments/ema.ts --seed 1 --decays 0.998,0.999
-//   ... --train '{"image_shift": 2}'     (other training settings, as JSON)
+//   ... --train '{"image_shift": 2}'     (other training settings, as JSON; --model for the model's)
 //
 // Each average starts from the initial weights and is updated every --every steps with decay^every; after
 // thousands of steps the initial weights' share is negligible (0.998^4800 ≈ 7e-5). `--ema` in the training
@@ -36,6 +36,7 @@ const { values: v } = parseArgs({
     every: { type: "string", default: "4" },
     data: { type: "string", default: "data/shapes" }, // a folder with train.csv, val.csv, test.csv
     train: { type: "string", default: "{}" }, // extra training keys as JSON, e.g. '{"max_iters": 3000}'
+    model: { type: "string", default: "{}" }, // extra model keys as JSON, e.g. '{"img_size": 96}'
   },
 });
 const decays = v.decays!.split(",").map(Number);
@@ -51,7 +52,12 @@ const cfg: TrainConfig = {
 } as TrainConfig;
 const table = readImageCaptionCsv(`${v.data}/train.csv`);
 const tokenizer = Tokenizer.original();
-const config: ModelConfig = { ...DEFAULT_MODEL, ...RECIPES.seeing.model, vocab_size: tokenizer.vocabSize };
+const config: ModelConfig = {
+  ...DEFAULT_MODEL,
+  ...RECIPES.seeing.model,
+  ...JSON.parse(v.model!),
+  vocab_size: tokenizer.vocabSize,
+};
 config.image_words = cfg.word_loss > 0 ? captionVocabulary(table.captions) : [];
 const model = buildModel(config, cfg.seed);
 const opts = { maxLen: config.block_positions, visualTokens: model.numVisualTokens };
