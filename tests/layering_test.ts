@@ -22,7 +22,14 @@ const LAYERS: [string, string[]][] = [
   ]],
   ["ops", ["ops/"]],
   ["model", ["model/"]],
-  ["around the model", ["objective.ts", "optim.ts", "run_log.ts", "model_files.ts", "backend.ts"]],
+  ["around the model", [
+    "objective.ts",
+    "optim.ts",
+    "weight_average.ts",
+    "run_log.ts",
+    "model_files.ts",
+    "backend.ts",
+  ]],
   ["jobs", ["train.ts", "evaluate.ts", "generate.ts", "setup.ts"]],
   ["front doors", ["fast_path.ts", "doctor.ts", "flags.ts", "notebook.ts", "cli.ts"]],
 ];
