@@ -1,7 +1,7 @@
 // An exponential moving average of the weights (Polyak averaging, `ema` in the training settings): the
 // saved checkpoint and the evaluation after training use the average of roughly the last 1/(1 - decay)
-// steps' weights rather than the last step's, which the last updates' noise moves about. On the shapes data
-// this decides which held-out shapes the model gets (README, "A model that sees").
+// steps' weights rather than the last step's, which the last updates' noise moves about. README, "A model
+// that sees", measures what it does to held-out captions.
 //
 // The running sum starts at zero and is divided by 1 - keep^updates, as Adam corrects its moments, so early
 // in a run the average is the weighted mean of the weights seen so far, not pulled towards zero. It is
