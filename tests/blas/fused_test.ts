@@ -17,6 +17,7 @@ import { captionLoss } from "../../lib/objective.ts";
 import { tinyConfig } from "../helpers.ts";
 import { loadNative, type Native } from "../../lib/blas/native.ts";
 import { Adam } from "../../lib/optim.ts";
+import { EVERY, WeightAverage } from "../../lib/weight_average.ts";
 import assert from "node:assert/strict";
 import { assertClose, assertEquals, BLAS_OK, onEachGemm, seeded, valuesOn } from "./helpers.ts";
 
@@ -418,6 +419,29 @@ Deno.test({
     assertEquals(kernels.includes(FUSED_KERNELS.adam), false, "in place: no per-parameter kernel");
     assertClose(run(false), expected, TOL, "in place");
     assertClose(run(true), expected, TOL, "with a clone kept (per-parameter path)");
+  },
+});
+
+Deno.test({
+  name:
+    `after a save with a weight average (train --ema), Adam still updates every parameter in place${NOTE}`,
+  ignore: !READY,
+  async fn() {
+    await ready();
+    const params = [[6, 5], [7]].map((s, i) => tf.tidy(() => tf.variable(tensor(s, 50 + i))));
+    const opt = new Adam(params);
+    const average = new WeightAverage(params, 0.9);
+    for (let step = 1; step <= EVERY; step++) average.update(step);
+    await average.withAverage(EVERY, () => Promise.resolve()); // what saveRun does
+    const grads = params.map((p, i) => tensor(p.shape, 60 + i));
+    const kernels = await kernelsRun(() => {
+      opt.update(grads);
+      return [];
+    });
+    assertEquals(kernels.includes(FUSED_KERNELS.adam), false, "in place: no per-parameter kernel");
+    tf.dispose([...params, ...grads]);
+    opt.dispose();
+    average.dispose();
   },
 });
 
