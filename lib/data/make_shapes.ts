@@ -1,7 +1,7 @@
 // Writes the synthetic shapes data set (train.csv, val.csv, test.csv) and prints blind baselines.
 //
 //   deno run -A lib/data/make_shapes.ts --out data/shapes --seed 1337 --level 1 \
-//     --train 5000 --val 300 --test 500 --extra-colours 6 --extra-shapes 4
+//     --train 20000 --val 300 --test 500 --extra-colours 6 --extra-shapes 4
 //
 // Those are the defaults (`deno task shapes`), which made data/shapes; data/shapes2 is the same with
 // --level 2 --out data/shapes2. --extra-colours / --extra-shapes add that many of shapes.ts's
@@ -20,7 +20,7 @@ const DEFAULTS = {
   out: "data/shapes",
   seed: 1337,
   level: 1,
-  train: 5000,
+  train: 20000,
   val: 300,
   test: 500,
   "extra-colours": 6,

@@ -377,7 +377,7 @@ Deno.test("bundled CSVs: schema, sizes, captions in the grammar of their level",
         if (b.options.level === 2) assert.ok(attrs.relation, `${b.name} ${split}: ${caption}`);
       }
     }
-    assert.ok(bytes < 15e6, `${b.name}: ${bytes} bytes`);
+    assert.ok(bytes < 30e6, `${b.name}: ${bytes} bytes`); // a clone stays small: 20000 rows of level 2 are 27 MB
   }
 });
 
