@@ -516,8 +516,9 @@ export function configProblem(c: ModelConfig): string | undefined {
  * - "seeing": the CLI's default. A smaller ViT over 64×64 images, a small convolutional stem in front of
  *   16×16 patches, every patch token passed to the decoder, the usual pre-norm blocks with head-size
  *   attention scaling, the first character predicted from the image, PyTorch's default init for seeMoE too;
- *   trained with word noising, a word loss on grey copies of the images and a cosine learning-rate decay. It
- *   captions colour–shape pairs it never saw in training (README, "A model that sees").
+ *   trained with word noising, a word loss on grey copies of the images and a cosine learning-rate decay, and
+ *   saved as an average of its last weights. It captions colour–shape pairs it never saw in training
+ *   (README, "A model that sees").
  */
 export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Partial<TrainConfig> }> = {
   original: { model: {}, train: {} },
@@ -544,6 +545,7 @@ export const RECIPES: Record<string, { model: Partial<ModelConfig>; train: Parti
       min_lr: 1e-4,
       word_noise: 0.25,
       word_loss: 2, // with 1, one CLI seed in three fell under 98 % held-out (README: the wider spread)
+      ema: 0.998, // the saved model averages roughly the last 500 steps: ≥ 98 % held-out on three seeds
     },
   },
 };
