@@ -12,6 +12,7 @@ import {
   MODEL_KEYS,
   type ModelConfig,
   RECIPES,
+  recipeTrain,
   TRAIN_KEYS,
   type TrainConfig,
 } from "./config.ts";
@@ -38,7 +39,7 @@ const BACKEND_FLAG = {
   default: "auto",
 };
 
-const TRAIN: Command = {
+export const TRAIN: Command = {
   name: "train",
   summary:
     "Trains a model on a bundled data set (default: shapes) or an image–caption CSV, then captions the " +
@@ -69,7 +70,8 @@ const TRAIN: Command = {
     recipe: {
       value: "NAME",
       group: "recipe",
-      help: "seeing, or original (the PyTorch original's settings)",
+      help: "seeing, or original (the PyTorch original's settings); seeing trains --data shapes2 for 9000 " +
+        "steps with --word-loss 1",
       default: DEFAULT_RECIPE,
     },
     backend: BACKEND_FLAG,
@@ -135,12 +137,15 @@ const GENERATE: Command = {
   },
 };
 
-/** The settings of a training run: recipe defaults, then the flags. */
-function trainSettings(flags: ParsedFlags): { recipe: string; cfg: TrainConfig; arch: Partial<ModelConfig> } {
+/** The settings of a training run: recipe defaults (with its changes for a bundled --data), then the flags. */
+export function trainSettings(
+  flags: ParsedFlags,
+): { recipe: string; cfg: TrainConfig; arch: Partial<ModelConfig> } {
   const name = (flags.own.recipe as string | undefined) ?? DEFAULT_RECIPE;
   const recipe = RECIPES[name];
   if (!recipe) throw new UsageError(`--recipe must be one of ${Object.keys(RECIPES).join(", ")}`);
-  const cfg = { ...DEFAULT_TRAIN, ...recipe.train, ...flags.train } as TrainConfig;
+  const data = (flags.own.data as string | undefined) ?? DEFAULT_DATA;
+  const cfg = { ...DEFAULT_TRAIN, ...recipeTrain(name, data), ...flags.train } as TrainConfig;
   return { recipe: name, cfg, arch: { ...recipe.model, ...flags.model } };
 }
 

@@ -3,7 +3,10 @@
 
 import * as tf from "@tensorflow/tfjs";
 import assert from "node:assert/strict";
+import { TRAIN, trainSettings } from "../lib/cli.ts";
+import { DEFAULT_TRAIN, RECIPES } from "../lib/config.ts";
 import { decodeImage } from "../lib/data/images.ts";
+import { parseFlags } from "../lib/flags.ts";
 import { makeRows, rowsToCsv } from "../lib/data/shapes.ts";
 import { generate, type GenerateOptions } from "../lib/generate.ts";
 import { loadModel } from "../lib/model_files.ts";
@@ -97,6 +100,7 @@ Deno.test("train → eval → generate on a user's CSV", async () => {
   assert.equal(config.patch_stem, "conv");
   assert(config.image_words.length > 0 && config.image_words.every((w: string) => /^[a-z]+$/.test(w)));
   assert.equal(config.train.word_noise, 0.25);
+  assert.equal(config.train.ema, 0.998, "the seeing recipe saves the weight average");
 
   const e = await cli("eval", "--ckpt", run, "--data", `${dir}/val.csv`, "--json");
   assert.equal(e.code, 0, e.err);
@@ -245,4 +249,25 @@ Deno.test("bad inputs fail clearly and write nothing", async () => {
   const decay = await cli("train", "--decay-lr", "yes");
   assert.equal(decay.code, 2);
   assert.match(decay.err, /--decay-lr must be true or false/);
+});
+
+Deno.test("train's settings: the recipe, its changes for a bundled --data, then the flags", () => {
+  const cfg = (...args: string[]) => trainSettings(parseFlags(args, TRAIN)).cfg;
+  const seeing = RECIPES.seeing.train;
+  for (const data of [[], ["--data", "shapes"], ["--data", "my/shapes2.csv"]]) {
+    assert.equal(cfg(...data).max_iters, seeing.max_iters, data.join(" "));
+    assert.equal(cfg(...data).word_loss, seeing.word_loss, data.join(" "));
+  }
+  // two objects: more steps, word loss 1 (README, "A model that sees"); the rest of the recipe stays
+  const two = cfg("--data", "shapes2");
+  const kept = [two.ema, two.word_noise, two.decay_lr];
+  assert.deepEqual([two.max_iters, two.word_loss, ...kept], [9000, 1, seeing.ema, seeing.word_noise, true]);
+  // flags still win, and another recipe has no such changes
+  assert.equal(cfg("--data", "shapes2", "--steps", "100").max_iters, 100);
+  assert.equal(cfg("--data", "shapes2", "--word-loss", "2").word_loss, 2);
+  const original = cfg("--data", "shapes2", "--recipe", "original");
+  assert.deepEqual([original.max_iters, original.word_loss], [
+    DEFAULT_TRAIN.max_iters,
+    DEFAULT_TRAIN.word_loss,
+  ]);
 });
