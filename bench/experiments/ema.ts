@@ -1,7 +1,8 @@
 // Does an average of the weights over the last steps (an exponential moving average, EMA) caption held-out
-// pairs better than the last step's weights? Trains the seeing recipe exactly as `deno task train --seed S`
-// does (same model, data, batches and kernels), keeps one EMA of the weights per --decays value, and at the
-// end scores the test split (500 held-out colour–shape pairs) with the last weights and with each average.
+// pairs better than the last step's weights? Trains the seeing recipe as `deno task train --seed S` does (same
+// model, data, batches and kernels) but without the recipe's own average (since acc6c59), keeps one EMA of
+// the weights per --decays value, and at the end scores the test split (500 held-out colour–shape pairs) with
+// the last weights and with each average.
 //
 //   deno run -A --v8-flags=--max-semi-space-size=4 bench/experiments/ema.ts --seed 1 --decays 0.998,0.999
 //   ... --train '{"image_shift": 2}'     (other training settings, as JSON; --model for the model's)
@@ -48,6 +49,7 @@ const cfg: TrainConfig = {
   ...RECIPES.seeing.train,
   seed: Number(v.seed),
   save_interval: 0,
+  ema: 0, // the recipe's own average (since acc6c59) would replace the last weights this script compares
   ...JSON.parse(v.train!),
 } as TrainConfig;
 const table = readImageCaptionCsv(`${v.data}/train.csv`);
